@@ -1,0 +1,78 @@
+"""The baseline agent: what a team would script on top of Prometheus alert rules, written honestly.
+
+Layer: agents. It exists to show, on the same scenarios, what opsmedic's judgement is worth. Its rules,
+each firing once per resource:
+
+- any XID on a GPU -> cordon and drain the node;
+- GPU temperature > 85 C -> cordon and drain the node;
+- GPU utilisation < 5 % for 5 min on a training pod -> restart the pod;
+- any model SLO breach -> roll the model back;
+- drift PSI > 0.1 -> retrain the model;
+- node NotReady -> drain it.
+
+It has no hysteresis beyond its own rule windows, no diagnosis, no governor and no approvals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from opsmedic.domain import Action, ClusterSnapshot
+
+
+@dataclass
+class BaselineAgent:
+    fired: set[str] = field(default_factory=set)
+    low_util_since: dict[str, float] = field(default_factory=dict)
+    seq: int = 0
+
+    def _fire(self, key: str, resource: str, cause: str, actions: list[Action]) -> Iterator[
+            tuple[str, str, str, Action | None]]:
+        if key in self.fired:
+            return
+        self.fired.add(key)
+        self.seq += 1
+        inc = f"base-{self.seq:04d}"
+        yield inc, resource, cause, None
+        for a in actions:
+            yield inc, resource, cause, a
+
+    def observe(self, snap: ClusterSnapshot) -> Iterator[tuple[str, str, str, Action | None]]:
+        t = snap.at_s
+        for g in snap.gpus:
+            drain = [Action(name="cordon_node", target=g.node), Action(name="drain_node", target=g.node)]
+            if g.xids:
+                yield from self._fire(f"xid:{g.node}", g.gpu, "gpu_fell_off_bus", drain)
+            if g.temp_c is not None and g.temp_c > 85:
+                yield from self._fire(f"temp:{g.node}", g.gpu, "gpu_thermal_throttle", drain)
+        util = {g.gpu: g.util_pct for g in snap.gpus}
+        for p in snap.pods:
+            if p.kind != "training" or p.phase != "Running":
+                self.low_util_since.pop(p.name, None)
+                continue
+            vals = [u for gid in p.gpus if (u := util.get(gid)) is not None]
+            if vals and sum(vals) / len(vals) < 5:
+                since = self.low_util_since.setdefault(p.name, t)
+                if t - since >= 300:
+                    self.fired.discard(f"util:{p.name}")
+                    yield from self._fire(f"util:{p.name}", p.name, "training_job_stalled",
+                                          [Action(name="restart_pod", target=p.name)])
+                    self.low_util_since.pop(p.name, None)
+            else:
+                self.low_util_since.pop(p.name, None)
+        for m in snap.models:
+            breach = (m.accuracy is not None and m.slo_accuracy_min is not None and m.accuracy < m.slo_accuracy_min)
+            slow = (m.latency_p95_ms is not None and m.slo_latency_p95_ms is not None
+                    and m.latency_p95_ms > m.slo_latency_p95_ms)
+            if breach or slow:
+                cause = "model_quality_regression" if breach else "model_latency_regression"
+                yield from self._fire(f"slo:{m.name}:{m.serving_version}", m.name, cause,
+                                      [Action(name="rollback_model", target=m.name)])
+            if any(v > 0.1 for v in m.drift_psi.values()):
+                yield from self._fire(f"drift:{m.name}", m.name, "data_drift",
+                                      [Action(name="retrain_model", target=m.name)])
+        for n in snap.nodes:
+            if not n.ready:
+                yield from self._fire(f"nr:{n.name}", n.name, "node_not_ready",
+                                      [Action(name="drain_node", target=n.name)])

@@ -1,0 +1,205 @@
+"""The diagnostician: names an incident's root cause, with evidence, from fault signatures and runbooks.
+
+Layer: agents. Deterministic: the same incident and snapshot give the same `Diagnosis`. The rules read
+fault signatures — the XID code table, ECC counters and row-remap flags, temperatures with the HW thermal
+slowdown flag, framebuffer trends, training progress counters, SLO breaches against deploy history, and
+drift scores — and then cite the runbooks that the knowledge base returns for the chosen cause.
+
+Pod logs are evidence only: they are quoted, never interpreted as instructions, and no rule here keys on
+what a log line asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opsmedic.domain import ClusterSnapshot, Diagnosis, Evidence, Incident, ResourceKind, RootCause, Signal
+
+# NVIDIA XID catalogue, reduced to what decides an action. Application faults (13, 31, 43, 45) are the
+# program's fault: restart it, never blame the hardware.
+XID_TABLE: dict[int, tuple[RootCause, str]] = {
+    79: ("gpu_fell_off_bus", "GPU has fallen off the bus"),
+    48: ("gpu_uncorrectable_ecc", "double-bit ECC error"),
+    63: ("gpu_uncorrectable_ecc", "ECC page retirement / row remapping recorded"),
+    64: ("gpu_uncorrectable_ecc", "row remapping failure"),
+    92: ("gpu_uncorrectable_ecc", "high single-bit ECC error rate"),
+    94: ("gpu_uncorrectable_ecc", "contained ECC error"),
+    95: ("gpu_uncorrectable_ecc", "uncontained ECC error"),
+    74: ("nvlink_errors", "NVLink error"),
+    13: ("gpu_app_error", "graphics engine exception (application fault)"),
+    31: ("gpu_app_error", "GPU memory page fault (application fault)"),
+    43: ("gpu_app_error", "GPU stopped processing (application fault)"),
+    45: ("gpu_app_error", "preemptive cleanup after an application fault"),
+}
+# Order of precedence when one GPU shows several signatures: the most severe explains the rest.
+_GPU_PRECEDENCE: list[RootCause] = [
+    "gpu_fell_off_bus", "gpu_uncorrectable_ecc", "nvlink_errors", "gpu_thermal_throttle", "gpu_app_error",
+]
+RECENT_DEPLOY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The deterministic verdict before runbooks are attached."""
+
+    root_cause: RootCause
+    resource: str
+    confidence: float
+    summary: str
+    evidence: list[Evidence]
+    runbook_hint: str | None = None  # a variant runbook the signature points at (e.g. remap failure)
+    query: str = ""
+
+
+def _ev(sig: Signal) -> Evidence:
+    return Evidence(kind=sig.kind, resource=sig.resource, detail=sig.detail, value=sig.value)
+
+
+def _xids(signals: Sequence[Signal]) -> list[int]:
+    return sorted({int(s.value) for s in signals if s.kind == "gpu_xid" and s.value is not None})
+
+
+def diagnose_gpu(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    gpu = inc.resource
+    sigs = [s for s in inc.signals if s.resource == gpu]
+    kinds = {s.kind for s in sigs}
+    evidence = [_ev(s) for s in sigs]
+    xids = _xids(sigs)
+    causes: dict[RootCause, str] = {}
+    for x in xids:
+        if x in XID_TABLE:
+            cause, what = XID_TABLE[x]
+            causes.setdefault(cause, f"XID {x}: {what}")
+    if "gpu_lost" in kinds:
+        causes.setdefault("gpu_fell_off_bus", "the GPU is gone from NVML")
+    if "ecc_dbe" in kinds or "remap_failure" in kinds:
+        causes.setdefault("gpu_uncorrectable_ecc", "uncorrectable ECC errors in the volatile counters")
+    if "nvlink_errors" in kinds:
+        causes.setdefault("nvlink_errors", "NVLink CRC errors climbing")
+    if "gpu_temp_high" in kinds:
+        causes.setdefault("gpu_thermal_throttle", "sustained high temperature with HW thermal slowdown")
+    sample = snap.gpu(gpu)
+    if sample is not None:
+        evidence.append(Evidence(
+            kind="nvml", resource=gpu,
+            detail=(f"temp {sample.temp_c} C, util {sample.util_pct}%, power {sample.power_w}/"
+                    f"{sample.power_limit_w} W, clock reasons 0x{(sample.clock_event_reasons or 0):x}, "
+                    f"DBE {sample.ecc_dbe_volatile}, remap pending {sample.remap_pending}, "
+                    f"remap failure {sample.remap_failure}") if sample.present else "GPU not visible to NVML",
+        ))
+    pods = snap.pods_on_gpu(gpu)
+    for p in pods:
+        if p.log_tail:
+            # quoted as data; the diagnosis never acts on what a log line says
+            evidence.append(Evidence(kind="pod_log", resource=p.name, detail=repr(p.log_tail[-1][:200])))
+    for s in inc.signals:
+        if s.resource != gpu:
+            evidence.append(_ev(s))
+    if not causes:
+        unknown = ", ".join(str(x) for x in xids) or "none"
+        return Finding("healthy", gpu, 0.4, f"{gpu}: no known fault signature (XIDs: {unknown})", evidence,
+                       query=f"GPU {gpu} XID {unknown}")
+    cause = next(c for c in _GPU_PRECEDENCE if c in causes)
+    why = causes[cause]
+    hint = None
+    resource = gpu
+    if cause == "gpu_uncorrectable_ecc" and (
+        "remap_failure" in kinds or 64 in xids or (sample is not None and sample.remap_failure)
+    ):
+        hint, why = "gpu-row-remap-failure", why + "; row remapping failed, a reset will not help"
+    if cause == "gpu_app_error":
+        if not pods:
+            return Finding("healthy", gpu, 0.6, f"{why} on {gpu}, but no process was using it", evidence,
+                           query=f"XID {xids} application error")
+        resource = pods[0].name
+        why += f" in pod {resource}; the hardware is fine"
+    query = f"{why}. " + " ".join(f"XID {x}" for x in xids) + " " + " ".join(sorted(kinds))
+    return Finding(cause, resource, 0.95 if xids or "gpu_lost" in kinds else 0.85, f"{gpu}: {why}", evidence,
+                   hint, query)
+
+
+def diagnose_pod(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    pod = snap.pod(inc.resource)
+    kinds = {s.kind for s in inc.signals}
+    evidence = [_ev(s) for s in inc.signals]
+    if pod is not None and pod.log_tail:
+        evidence.append(Evidence(kind="pod_log", resource=pod.name, detail=repr(pod.log_tail[-1][:200])))
+    if "fb_memory_growth" in kinds:
+        return Finding("gpu_memory_leak", inc.resource, 0.9,
+                       f"{inc.resource}: GPU framebuffer use grows steadily; it will run out of memory",
+                       evidence, query="GPU memory leak framebuffer grows until out of memory OOM")
+    if "training_stalled" in kinds:
+        return Finding("training_job_stalled", inc.resource, 0.9,
+                       f"{inc.resource}: Running but its step counter stopped and its GPUs idle",
+                       evidence, query="training job stalled step counter not advancing GPU utilisation 0")
+    reason = pod.reason if pod else None
+    return Finding("pod_crashloop", inc.resource, 0.8,
+                   f"{inc.resource}: not ready ({reason or 'failing'}) with no GPU fault under it",
+                   evidence, query=f"pod CrashLoopBackOff {reason or ''} restarts")
+
+
+def diagnose_node(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    nodes = sorted({s.resource for s in inc.signals if s.kind == "node_not_ready"})
+    evidence = [_ev(s) for s in inc.signals]
+    if inc.resource_kind == ResourceKind.cluster or len(nodes) > 1:
+        return Finding("node_not_ready", inc.resource, 0.7,
+                       f"{len(nodes)} nodes NotReady at once ({', '.join(nodes)}): a network partition or a "
+                       f"control-plane problem, not {len(nodes)} broken nodes", evidence,
+                       query="many nodes NotReady at once network partition")
+    return Finding("node_not_ready", inc.resource, 0.9,
+                   f"{inc.resource} is NotReady: the kubelet stopped reporting; its pods are unreachable",
+                   evidence, query="node NotReady kubelet stopped posting status pods unreachable")
+
+
+def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    m = snap.model(inc.resource)
+    kinds = {s.kind for s in inc.signals}
+    evidence = [_ev(s) for s in inc.signals]
+    recent_deploy = (
+        m is not None and m.last_deploy_at_s is not None and inc.opened_at_s - m.last_deploy_at_s <= RECENT_DEPLOY_S
+    )
+    if m is not None:
+        evidence.append(Evidence(
+            kind="registry", resource=m.name,
+            detail=f"serving v{m.serving_version} (previous v{m.previous_version}); last deploy "
+                   + (f"{inc.opened_at_s - m.last_deploy_at_s:.0f}s before the incident"
+                      if m.last_deploy_at_s is not None else "not in the window"),
+        ))
+    drift = any(k.startswith("drift_") for k in kinds)
+    breach_q = "slo_accuracy" in kinds
+    breach_l = "slo_latency" in kinds
+    if (breach_q or breach_l) and recent_deploy:
+        cause: RootCause = "model_quality_regression" if breach_q else "model_latency_regression"
+        what = "accuracy" if breach_q else "latency"
+        ver = m.serving_version if m else "?"
+        return Finding(cause, inc.resource, 0.9,
+                       f"{inc.resource}: {what} broke its SLO right after version {ver} was deployed",
+                       evidence, query=f"model {what} regression after new version deploy rollback")
+    if drift:
+        return Finding("data_drift", inc.resource, 0.85,
+                       f"{inc.resource}: live feature distribution drifted from the training data", evidence,
+                       query="data drift PSI feature distribution shift retrain")
+    if breach_q:
+        return Finding("model_quality_regression", inc.resource, 0.6,
+                       f"{inc.resource}: accuracy below SLO with no recent deploy or drift", evidence,
+                       query="model accuracy below SLO")
+    return Finding("model_latency_regression", inc.resource, 0.6,
+                   f"{inc.resource}: latency above SLO with no recent deploy", evidence,
+                   query="model latency p95 above SLO")
+
+
+def find(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    kinds = {s.kind for s in inc.signals}
+    if inc.resource_kind == ResourceKind.gpu:
+        return diagnose_gpu(inc, snap)
+    if "node_not_ready" in kinds or inc.resource_kind in (ResourceKind.node, ResourceKind.cluster):
+        return diagnose_node(inc, snap)
+    if inc.resource_kind == ResourceKind.model:
+        return diagnose_model(inc, snap)
+    return diagnose_pod(inc, snap)
+
+
+def to_diagnosis(f: Finding, runbook_ids: list[str]) -> Diagnosis:
+    return Diagnosis(root_cause=f.root_cause, resource=f.resource, confidence=f.confidence, summary=f.summary,
+                     evidence=f.evidence, runbook_ids=runbook_ids)

@@ -1,0 +1,35 @@
+"""The governor agent: deterministic code that decides every proposed action against the policy.
+
+Layer: agents. No LLM output, runbook text or log line reaches a tool without passing `decide` here; the
+graph's `act` node refuses to execute an action that lacks an allow, or a consumed approval bound to the
+same digest. This module only assembles the facts a decision needs (cluster capacity out of service,
+executed-action history) and hands them to `policies.engine.PolicyEngine`.
+"""
+
+from __future__ import annotations
+
+from opsmedic.domain import Action, ClusterSnapshot, PolicyDecision
+from policies.engine import DecisionContext, HistoryEntry, PolicyEngine
+
+
+def decision_context(
+    snap: ClusterSnapshot, *, incident_id: str, now_s: float, history: list[HistoryEntry],
+    actions_in_incident: int, requested_by: str = "opsmedic",
+) -> DecisionContext:
+    out_nodes = sorted(n.name for n in snap.nodes if n.unschedulable or not n.ready)
+    total_gpus = sum(n.gpus for n in snap.nodes)
+    # A cordoned node's GPUs still serve their pods, so they count against the node breaker only; GPUs
+    # that are lost, resetting or on a NotReady node serve nothing and count against the GPU breaker.
+    out_gpus = {g.gpu for g in snap.gpus if not g.present or g.util_pct is None}
+    for n in snap.nodes:
+        if not n.ready:
+            out_gpus.update(f"{n.name}/gpu-{i}" for i in range(n.gpus))
+    return DecisionContext(
+        incident_id=incident_id, now_s=now_s, requested_by=requested_by, total_nodes=len(snap.nodes),
+        total_gpus=total_gpus, nodes_out_of_service=out_nodes, gpus_out_of_service=sorted(out_gpus),
+        history=history, actions_in_incident=actions_in_incident,
+    )
+
+
+def decide(engine: PolicyEngine, action: Action, ctx: DecisionContext) -> PolicyDecision:
+    return engine.decide(action, ctx)

@@ -1,0 +1,342 @@
+"""The incident graph: monitor -> diagnose -> plan -> govern -> (approval) -> act -> verify -> resolved.
+
+Layer: agents. One LangGraph `StateGraph` per incident (thread id = incident id), checkpointed, so a crash
+loses neither an incident nor an approval::
+
+    monitor -> diagnose -> plan -> govern --allow--> act -> verify --ok, more steps--> govern
+                                     |  \\--needs approval--> await_approval --approved--> act
+                                     |                               \\--rejected/expired--> escalate
+                                     \\--deny--> escalate                 verify --failed--> diagnose (bounded)
+                                                                        verify --ok, done--> resolved
+
+Nodes are functions from state to a partial update; their dependencies arrive as `Runtime[Deps]`.
+LangGraph re-runs a node from its top after `interrupt()`, so nodes that interrupt keep everything before
+the interrupt pure, and every side effect after it is idempotent (audit appends carry dedupe keys,
+actions carry idempotency keys, approvals are consumed once).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Literal
+
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from agents import diagnostician, remediator
+from agents.governor import decision_context
+from agents.state import Deps, IncidentState, TimelineEntry
+from opsmedic import domain
+from opsmedic.domain import ApprovalStatus, PolicyDecision, VerificationResult, Verdict
+from opsmedic.errors import ApprovalError, PolicyViolation
+from policies.engine import HistoryEntry
+
+# How long an action's effect takes to show, and how long we wait for it at most (simulated seconds).
+SETTLE_S: dict[str, tuple[float, float]] = {
+    "restart_pod": (30.0, 300.0),
+    "reschedule_pod": (30.0, 300.0),
+    "drain_node": (70.0, 600.0),
+    "reset_gpu": (30.0, 180.0),
+    "rollback_model": (60.0, 600.0),
+    "retrain_model": (300.0, 3600.0),
+    "promote_model": (30.0, 300.0),
+    "resume_job": (70.0, 600.0),
+    "pause_job": (10.0, 120.0),
+    "scale_deployment": (30.0, 300.0),
+}
+POLL_S = 30.0
+
+Agent = Literal["monitor", "diagnostician", "remediator", "governor", "executor", "verifier", "human"]
+
+
+def _note(state: IncidentState, deps: Deps, agent: Agent, text: str) -> list[TimelineEntry]:
+    entry = TimelineEntry(at_s=deps.clock.now(), agent=agent, text=text)
+    if deps.narrate is not None:
+        deps.narrate(state.incident.id, entry)
+    return [*state.timeline, entry]
+
+
+def _audit(deps: Deps, state: IncidentState, kind: str, payload: dict[str, Any], key: str) -> None:
+    deps.audit.append(kind, payload, incident_id=state.incident.id, sim_s=deps.clock.now(),
+                      dedupe_key=f"{state.incident.id}:{key}")
+
+
+def _step_key(state: IncidentState) -> str:
+    return f"a{state.attempts}:s{state.cursor}"
+
+
+# ------------------------------------------------------------------------------------------- nodes
+
+
+def monitor(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    deps = runtime.context
+    inc = state.incident
+    _audit(deps, state, "observation", {"resource": inc.resource, "signals": [s.model_dump() for s in inc.signals]},
+           "observation")
+    return {"timeline": _note(state, deps, "monitor", f"incident {inc.id} on {inc.resource}: {inc.title}")}
+
+
+def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    deps = runtime.context
+    snap = deps.telemetry.snapshot()
+    finding = diagnostician.find(state.incident, snap)
+    cited: list[str] = []
+    primary = deps.runbooks.for_cause(finding.root_cause, finding.runbook_hint)
+    if primary is not None:
+        cited.append(primary.id)
+    if finding.root_cause != "healthy" and finding.query:
+        for rb, _score in deps.runbooks.search(finding.query, top_k=3, root_cause=finding.root_cause):
+            if rb.id not in cited:
+                cited.append(rb.id)
+    diag = diagnostician.to_diagnosis(finding, cited)
+    _audit(deps, state, "diagnosis", diag.model_dump(), f"diagnosis:{state.attempts}")
+    text = (f"root cause {diag.root_cause} at {diag.resource} (confidence {diag.confidence:.2f}): {diag.summary}"
+            + (f"; runbooks {', '.join(cited)}" if cited else ""))
+    return {"diagnosis": diag, "timeline": _note(state, deps, "diagnostician", text)}
+
+
+def plan(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    deps = runtime.context
+    assert state.diagnosis is not None
+    snap = deps.telemetry.snapshot()
+    runbook = None
+    if state.diagnosis.runbook_ids:
+        runbook = deps.runbooks.for_cause(state.diagnosis.root_cause, state.diagnosis.runbook_ids[0])
+    p = remediator.plan(state.incident, state.diagnosis, runbook, snap)
+    _audit(deps, state, "plan", p.model_dump(), f"plan:{state.attempts}")
+    if not p.steps:
+        deps.mark_decision(state.incident.id)
+    steps = ", ".join(s.action.key for s in p.steps) or "nothing"
+    return {"plan": p, "cursor": 0, "timeline": _note(state, deps, "remediator", f"proposes {steps} ({p.rationale})")}
+
+
+def govern(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    deps = runtime.context
+    assert state.plan is not None
+    step = state.plan.steps[state.cursor]
+    now = deps.clock.now()
+    ctx = decision_context(
+        deps.telemetry.snapshot(), incident_id=state.incident.id, now_s=now, history=deps.history,
+        actions_in_incident=sum(1 for r in state.results if r.ok and not r.dry_run), requested_by=deps.requester,
+    )
+    decision = deps.engine.decide(step.action, ctx)
+    deps.mark_decision(state.incident.id)
+    _audit(deps, state, "decision", decision.model_dump(), f"decision:{_step_key(state)}")
+    update: dict[str, Any] = {"decision": decision, "decisions": [*state.decisions, decision], "approval": None}
+    text = f"{step.action.key}: {decision.verdict.value} (rule {decision.rule}, risk {decision.risk.value})"
+    if decision.verdict == Verdict.needs_approval:
+        req = deps.engine.approval_request(decision, ctx, attempt=state.attempts * 1000 + state.cursor)
+        req = deps.approvals.request(req, requested_by=deps.requester, audit=deps.audit)
+        update["approval"] = req
+        update["approvals"] = [*state.approvals, req]
+        text += f"; approval {req.id} asked of {', '.join(req.approvers)}"
+    elif decision.verdict == Verdict.deny:
+        text += f"; {'; '.join(decision.reasons)}"
+    update["timeline"] = _note(state, deps, "governor", text)
+    return update
+
+
+def await_approval(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """Wait for a human. The resume value is only a wake-up call: what counts is the approval store."""
+    assert state.approval is not None and state.decision is not None
+    req = state.approval
+    interrupt({"kind": "approval", "request_id": req.id, "incident_id": state.incident.id,
+               "action": req.action.key, "digest": req.digest, "expires_at_s": req.expires_at_s})
+    deps = runtime.context
+    now = deps.clock.now()
+    deps.approvals.expire_due(now, audit=deps.audit)
+    stored = deps.approvals.get(req.id)
+    if stored is not None and stored.status == ApprovalStatus.consumed:
+        # we consumed it before a crash and are re-running: the approval stands, once
+        return {"approval": stored, "timeline": _note(state, deps, "human", f"approval {req.id} already used")}
+    try:
+        used = deps.approvals.consume(req.id, digest=state.decision.action.digest(), now_s=now, audit=deps.audit)
+    except ApprovalError as exc:
+        status = stored.status.value if stored is not None else "unknown"
+        reason = f"approval {req.id} for {req.action.key} not granted ({status}): {exc}"
+        return {"approval": stored, "escalation": reason, "timeline": _note(state, deps, "human", reason)}
+    who = ", ".join(used.approved_by)
+    return {"approval": used, "timeline": _note(state, deps, "human", f"{who} approved {req.action.key}")}
+
+
+def act(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    deps = runtime.context
+    assert state.plan is not None and state.decision is not None
+    action = state.plan.steps[state.cursor].action
+    _require_permission(state, action)
+    key = f"{state.incident.id}:{_step_key(state)}:{action.digest()[:16]}"
+    result = deps.backend.execute(action, idempotency_key=key, dry_run=state.decision.dry_run)
+    if result.ok and not result.dry_run and result.changed:
+        deps.history.append(HistoryEntry.of(action, result.at_s, state.incident.id))
+    _audit(deps, state, "execution", result.model_dump(), f"execution:{_step_key(state)}")
+    verb = "executed" if result.ok else "FAILED"
+    return {"results": [*state.results, result], "verify_started_s": None,
+            "timeline": _note(state, deps, "executor", f"{verb} {action.key}: {result.detail}")}
+
+
+def _require_permission(state: IncidentState, action: domain.Action) -> None:
+    d = state.decision
+    assert d is not None
+    if d.action.digest() != action.digest():
+        raise PolicyViolation(f"{action.key}: the decision on record is for another action")
+    if d.verdict == Verdict.allow:
+        return
+    a = state.approval
+    if (d.verdict == Verdict.needs_approval and a is not None and a.status == ApprovalStatus.consumed
+            and a.digest == action.digest()):
+        return
+    raise PolicyViolation(f"{action.key}: no allow and no consumed approval bound to it")
+
+
+def verify(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    deps = runtime.context
+    assert state.plan is not None
+    result = state.results[-1]
+    action = result.action
+    settle, deadline = SETTLE_S.get(action.name, (0.0, 0.0))
+    if result.ok and not result.dry_run and settle > 0:
+        started = state.verify_started_s if state.verify_started_s is not None else result.at_s
+        waited = deps.clock.now() - started
+        due = started + (settle if waited < settle else waited + POLL_S)
+        interrupt({"kind": "wait", "until_s": due, "incident_id": state.incident.id, "action": action.key})
+    else:
+        started = result.at_s
+    now = deps.clock.now()
+    if result.dry_run:
+        check = VerificationResult(action=action, ok=True, detail="dry run: nothing to verify", at_s=now)
+    elif not result.ok:
+        check = VerificationResult(action=action, ok=False, detail=result.detail, at_s=now)
+    else:
+        check = deps.backend.verify(action)
+        if not check.ok and now - started < deadline:
+            return {"verify_started_s": started}  # not yet: poll again
+    _audit(deps, state, "verification", check.model_dump(), f"verification:{_step_key(state)}")
+    mark = "ok" if check.ok else "FAILED"
+    update: dict[str, Any] = {"verifications": [*state.verifications, check], "verify_started_s": None,
+                              "timeline": _note(state, deps, "verifier", f"{action.key} {mark}: {check.detail}")}
+    step = state.plan.steps[state.cursor]
+    if check.ok or step.optional:
+        update["cursor"] = state.cursor + 1
+    else:
+        update["attempts"] = state.attempts + 1
+        update["escalation"] = f"{action.key} did not take effect: {check.detail}"
+    return update
+
+
+def skip(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    """A denied optional step (a notification) does not stop the plan."""
+    deps = runtime.context
+    return {"cursor": state.cursor + 1, "timeline": _note(state, deps, "governor", "optional step skipped")}
+
+
+def escalate(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    deps = runtime.context
+    reason = state.escalation or (
+        f"denied: {'; '.join(state.decision.reasons)}" if state.decision is not None else "needs a human")
+    page = domain.Action(name="escalate", target=state.incident.resource,
+                         params={"message": f"{state.incident.id}: {reason}"[:4000]})
+    ctx = decision_context(deps.telemetry.snapshot(), incident_id=state.incident.id, now_s=deps.clock.now(),
+                           history=deps.history, actions_in_incident=0, requested_by=deps.requester)
+    decision = deps.engine.decide(page, ctx)
+    _audit(deps, state, "decision", decision.model_dump(), "decision:escalate")
+    results = list(state.results)
+    if decision.verdict == Verdict.allow:
+        res = deps.backend.execute(page, idempotency_key=f"{state.incident.id}:escalate", dry_run=decision.dry_run)
+        results.append(res)
+        _audit(deps, state, "execution", res.model_dump(), "execution:escalate")
+    _audit(deps, state, "escalation", {"reason": reason}, "escalation")
+    return {"outcome": "escalated", "escalation": reason, "results": results,
+            "timeline": _note(state, deps, "governor", f"escalated to a human: {reason}")}
+
+
+def resolved(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+    deps = runtime.context
+    assert state.plan is not None and state.diagnosis is not None
+    done = [r.action.key for r in state.results if r.ok]
+    text = ("no action needed" if not state.plan.steps else f"resolved after {', '.join(done)}")
+    _audit(deps, state, "resolution", {"outcome": "resolved", "actions": done}, "resolution")
+    return {"outcome": "resolved", "timeline": _note(state, deps, "verifier", text)}
+
+
+# ------------------------------------------------------------------------------------------ routing
+
+
+def _after_plan(state: IncidentState) -> str:
+    assert state.plan is not None and state.diagnosis is not None
+    if state.plan.steps:
+        return "govern"
+    return "resolved" if state.diagnosis.root_cause == "healthy" else "escalate"
+
+
+def _after_govern(state: IncidentState) -> str:
+    assert state.decision is not None and state.plan is not None
+    v = state.decision.verdict
+    if v == Verdict.allow:
+        return "act"
+    if v == Verdict.needs_approval:
+        return "await_approval"
+    return "skip" if state.plan.steps[state.cursor].optional else "escalate"
+
+
+def _after_approval(state: IncidentState) -> str:
+    a = state.approval
+    return "act" if a is not None and a.status == ApprovalStatus.consumed else "escalate"
+
+
+def _after_verify(state: IncidentState, deps_max_attempts: int = 2) -> str:
+    assert state.plan is not None
+    if state.verify_started_s is not None:
+        return "verify"
+    last = state.verifications[-1]
+    if not last.ok and not state.plan.steps[state.cursor if state.cursor < len(state.plan.steps) else -1].optional:
+        if state.cursor < len(state.plan.steps) and state.attempts < deps_max_attempts:
+            return "diagnose"
+        return "escalate"
+    return _next_step(state)
+
+
+def _next_step(state: IncidentState) -> str:
+    assert state.plan is not None
+    return "govern" if state.cursor < len(state.plan.steps) else "resolved"
+
+
+def build_graph() -> StateGraph[IncidentState, Deps, IncidentState, IncidentState]:
+    g: StateGraph[IncidentState, Deps, IncidentState, IncidentState] = StateGraph(
+        IncidentState, context_schema=Deps)
+    for name, fn in [("monitor", monitor), ("diagnose", diagnose), ("plan", plan), ("govern", govern),
+                     ("await_approval", await_approval), ("act", act), ("verify", verify), ("skip", skip),
+                     ("escalate", escalate), ("resolved", resolved)]:
+        g.add_node(name, fn)  # type: ignore[call-overload]
+    g.add_edge(START, "monitor")
+    g.add_edge("monitor", "diagnose")
+    g.add_edge("diagnose", "plan")
+    g.add_conditional_edges("plan", _after_plan, ["govern", "resolved", "escalate"])
+    g.add_conditional_edges("govern", _after_govern, ["act", "await_approval", "skip", "escalate"])
+    g.add_conditional_edges("await_approval", _after_approval, ["act", "escalate"])
+    g.add_edge("act", "verify")
+    g.add_conditional_edges("verify", _after_verify, ["verify", "diagnose", "escalate", "govern", "resolved"])
+    g.add_conditional_edges("skip", _next_step, ["govern", "resolved"])
+    g.add_edge("escalate", END)
+    g.add_edge("resolved", END)
+    return g
+
+
+# Types the checkpointer may rebuild from msgpack: ours, and nothing else.
+_ALLOWED = [
+    ("opsmedic.domain", n) for n in (
+        "Action", "ActionPlan", "ActionResult", "ApprovalRequest", "ApprovalStatus", "Diagnosis", "Evidence",
+        "Incident", "PlannedAction", "PolicyDecision", "ResourceKind", "Risk", "Signal", "Verdict",
+        "VerificationResult")
+] + [("agents.state", "IncidentState"), ("agents.state", "TimelineEntry")]
+
+
+def compile_graph(conn: sqlite3.Connection) -> CompiledStateGraph[IncidentState, Deps, IncidentState, IncidentState]:
+    saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=_ALLOWED))
+    return build_graph().compile(checkpointer=saver)
+
+
+__all__ = ["PolicyDecision", "build_graph", "compile_graph"]

@@ -1,0 +1,333 @@
+"""The monitor agent: turns raw cluster snapshots into incidents.
+
+Layer: agents. It runs once per telemetry tick, outside the per-incident graph (one graph per incident
+starts from what it opens). Three jobs, in order:
+
+1. **Detect** — stateless detectors read one snapshot (plus a short history) and emit `Signal`s.
+2. **Hysteresis** — a signal must hold for its detector's window before it counts (events such as XIDs
+   and ECC counters count at once), so that a 30-second temperature spike is not an incident.
+3. **Group** — signals are keyed by the resource that explains them: a pod's failure is attached to the
+   failing GPU or NotReady node under it, a model's SLO breach to its drift, and many NotReady nodes at
+   once form one partition incident. One failing GPU is one incident, however many signals mention it.
+
+A key with an open incident absorbs new signals; after the incident closes, the key only opens a new
+incident when its condition clears and then comes back (flapping suppression).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+
+from opsmedic.domain import (
+    CLOCK_REASON_HW_THERMAL,
+    ClusterSnapshot,
+    GpuSample,
+    Incident,
+    ResourceKind,
+    Signal,
+)
+from opsmedic.settings import MonitorSettings
+
+APP_XIDS = frozenset({13, 31, 43, 45})
+
+
+@dataclass
+class _Track:
+    """Hysteresis state of one (detector, resource) pair."""
+
+    first_seen: float
+    last_seen: float
+    active: bool = False
+
+
+@dataclass
+class _Key:
+    incident_id: str | None = None
+    closed: bool = False
+    quiet_since: float | None = None
+
+
+@dataclass
+class Monitor:
+    settings: MonitorSettings = field(default_factory=MonitorSettings)
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    skipped_samples: int = 0
+    _tracks: dict[tuple[str, str], _Track] = field(default_factory=dict)
+    _keys: dict[str, _Key] = field(default_factory=dict)
+    _mem: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
+    _steps: dict[str, deque[tuple[float, int]]] = field(default_factory=lambda: defaultdict(deque))
+    _nvlink: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
+    _restarts: dict[str, int] = field(default_factory=dict)
+    _seq: int = 0
+
+    # ------------------------------------------------------------------------------- detection
+
+    def detect(self, snap: ClusterSnapshot) -> list[Signal]:
+        """Raw (pre-hysteresis) signals for one snapshot."""
+        s = self.settings
+        t = snap.at_s
+        out: list[Signal] = []
+        for g in snap.gpus:
+            out.extend(self._gpu_signals(g, t))
+        for n in snap.nodes:
+            if not n.ready:
+                out.append(Signal(kind="node_not_ready", resource=n.name, resource_kind=ResourceKind.node,
+                                  at_s=t, detail=f"{n.name} is NotReady: the kubelet stopped reporting"))
+        util_by_gpu = {g.gpu: g.util_pct for g in snap.gpus}
+        for p in snap.pods:
+            prev = self._restarts.get(p.name, p.restarts)
+            self._restarts[p.name] = p.restarts
+            if p.phase == "Unknown":
+                out.append(Signal(kind="pod_unreachable", resource=p.name, resource_kind=ResourceKind.pod,
+                                  at_s=t, detail=f"{p.name} unreachable ({p.reason})",
+                                  labels={"node": p.node or ""}))
+            elif p.phase == "Running" and not p.ready:
+                out.append(Signal(kind="pod_not_ready", resource=p.name, resource_kind=ResourceKind.pod,
+                                  at_s=t, detail=f"{p.name} Running but not ready ({p.reason})",
+                                  labels={"reason": p.reason or "", "node": p.node or ""}))
+            elif p.restarts > prev and p.reason == "OOMKilled":
+                out.append(Signal(kind="pod_oom_killed", resource=p.name, resource_kind=ResourceKind.pod,
+                                  at_s=t, value=float(p.restarts), detail=f"{p.name} was OOM-killed",
+                                  labels={"node": p.node or ""}))
+            # framebuffer growth: the mean of the pod's GPUs, so one leak is one signal
+            mems = [g.mem_used_mib for g in snap.gpus if g.gpu in p.gpus and g.mem_used_mib is not None]
+            total = next((g.mem_total_mib for g in snap.gpus if g.gpu in p.gpus and g.mem_total_mib), None)
+            if mems and total and p.phase == "Running":
+                sig = self._leak_signal(p.name, t, sum(mems) / len(mems), total)
+                if sig:
+                    out.append(sig)
+            else:
+                self._mem.pop(p.name, None)
+            if p.kind == "training" and p.phase == "Running" and p.ready and p.step is not None:
+                sig = self._stall_signal(p.name, t, p.step, [util_by_gpu.get(g) for g in p.gpus])
+                if sig:
+                    out.append(sig)
+            elif p.kind == "training":
+                self._steps.pop(p.name, None)
+        for m in snap.models:
+            labels = {"version": str(m.serving_version)}
+            if m.accuracy is not None and m.slo_accuracy_min is not None and m.accuracy < m.slo_accuracy_min:
+                out.append(Signal(kind="slo_accuracy", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
+                                  value=m.accuracy, threshold=m.slo_accuracy_min, labels=labels,
+                                  detail=f"{m.name} v{m.serving_version} accuracy {m.accuracy:.3f} "
+                                         f"< SLO {m.slo_accuracy_min}"))
+            if (m.latency_p95_ms is not None and m.slo_latency_p95_ms is not None
+                    and m.latency_p95_ms > m.slo_latency_p95_ms):
+                out.append(Signal(kind="slo_latency", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
+                                  value=m.latency_p95_ms, threshold=m.slo_latency_p95_ms, labels=labels,
+                                  detail=f"{m.name} v{m.serving_version} latency p95 {m.latency_p95_ms:.0f} ms "
+                                         f"> SLO {m.slo_latency_p95_ms:.0f} ms"))
+            for feat, psi in sorted(m.drift_psi.items()):
+                if not math.isfinite(psi):
+                    self.skipped_samples += 1
+                    continue
+                if psi > s.drift_psi:
+                    out.append(Signal(kind="drift_psi", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
+                                      value=psi, threshold=s.drift_psi, labels={"feature": feat},
+                                      detail=f"{m.name} feature {feat!r} PSI {psi:.2f} > {s.drift_psi}"))
+            for feat, kl in sorted(m.drift_kl.items()):
+                if math.isfinite(kl) and kl > s.drift_kl:
+                    out.append(Signal(kind="drift_kl", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
+                                      value=kl, threshold=s.drift_kl, labels={"feature": feat},
+                                      detail=f"{m.name} feature {feat!r} KL {kl:.2f} > {s.drift_kl}"))
+        return out
+
+    def _gpu_signals(self, g: GpuSample, t: float) -> list[Signal]:
+        s = self.settings
+        out: list[Signal] = []
+        gpu = ResourceKind.gpu
+
+        def sig(kind: str, detail: str, value: float | None = None, threshold: float | None = None,
+                **labels: str) -> None:
+            out.append(Signal(kind=kind, resource=g.gpu, resource_kind=gpu, at_s=t, value=value,
+                              threshold=threshold, detail=detail, labels={"node": g.node, **labels}))
+
+        for xid in g.xids:
+            sig("gpu_xid", f"XID {xid} on {g.gpu}", float(xid), xid=str(xid))
+        if not g.present:
+            sig("gpu_lost", f"{g.gpu} is gone from NVML (GPU is lost)")
+            return out
+        if g.ecc_dbe_volatile:
+            sig("ecc_dbe", f"{g.ecc_dbe_volatile} uncorrectable (double-bit) ECC error(s) on {g.gpu}",
+                float(g.ecc_dbe_volatile))
+        if g.remap_failure:
+            sig("remap_failure", f"row remapping failed on {g.gpu}: the GPU needs replacement")
+        temp = g.temp_c
+        if temp is not None and not math.isfinite(temp):
+            self.skipped_samples += 1
+            temp = None
+        hw_thermal = bool((g.clock_event_reasons or 0) & CLOCK_REASON_HW_THERMAL)
+        if (temp is not None and temp >= s.gpu_temp_c) or hw_thermal:
+            sig("gpu_temp_high", f"{g.gpu} at {temp} C" + (" with HW thermal slowdown" if hw_thermal else ""),
+                temp, s.gpu_temp_c, hw_slowdown=str(hw_thermal).lower())
+        if g.nvlink_crc_errors is not None:
+            hist = self._nvlink[g.gpu]
+            hist.append((t, float(g.nvlink_crc_errors)))
+            while hist and t - hist[0][0] > s.nvlink_window_s:
+                hist.popleft()
+            if len(hist) >= 3 and hist[-1][0] > hist[0][0]:
+                rate = (hist[-1][1] - hist[0][1]) / (hist[-1][0] - hist[0][0]) * 60.0
+                if rate > s.nvlink_errors_per_min:
+                    sig("nvlink_errors", f"NVLink CRC errors on {g.gpu} climbing at {rate:.0f}/min",
+                        rate, s.nvlink_errors_per_min)
+        return out
+
+    def _leak_signal(self, pod: str, t: float, mem: float, total: float) -> Signal | None:
+        s = self.settings
+        hist = self._mem[pod]
+        if hist and mem < hist[-1][1] - 1024:  # memory dropped by > 1 GiB: a restart, start over
+            hist.clear()
+        hist.append((t, mem))
+        while hist and t - hist[0][0] > s.leak_window_s:
+            hist.popleft()
+        if len(hist) < 6 or hist[-1][0] - hist[0][0] < s.leak_window_s * 0.75:
+            return None
+        xs = [h[0] for h in hist]
+        ys = [h[1] for h in hist]
+        n = len(xs)
+        mx, my = sum(xs) / n, sum(ys) / n
+        var = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+        rises = sum(1 for a, b in zip(ys, ys[1:], strict=False) if b > a) / (n - 1)
+        gib_per_min = slope * 60.0 / 1024.0
+        if gib_per_min < s.leak_gib_per_min or rises < 0.7:
+            return None
+        minutes_left = (total - mem) / 1024.0 / gib_per_min
+        return Signal(kind="fb_memory_growth", resource=pod, resource_kind=ResourceKind.pod, at_s=t,
+                      value=round(gib_per_min, 2), threshold=s.leak_gib_per_min,
+                      labels={"minutes_to_oom": f"{minutes_left:.1f}"},
+                      detail=f"{pod} GPU memory grows {gib_per_min:.1f} GiB/min; out of memory in "
+                             f"~{minutes_left:.0f} min")
+
+    def _stall_signal(self, pod: str, t: float, step: int, utils: list[float | None]) -> Signal | None:
+        s = self.settings
+        hist = self._steps[pod]
+        hist.append((t, step))
+        while hist and t - hist[0][0] > s.stall_window_s:
+            hist.popleft()
+        if hist[-1][0] - hist[0][0] < s.stall_window_s * 0.9 or hist[-1][1] != hist[0][1]:
+            return None
+        known = [u for u in utils if u is not None]
+        util = sum(known) / len(known) if known else None
+        if util is not None and util > s.stall_util_pct:
+            return None
+        return Signal(kind="training_stalled", resource=pod, resource_kind=ResourceKind.pod, at_s=t,
+                      value=float(step), detail=f"{pod} step counter stuck at {step} for "
+                      f"{hist[-1][0] - hist[0][0]:.0f}s; GPU utilisation {util if util is not None else '?'}%")
+
+    # ------------------------------------------------------------------------------ hysteresis
+
+    def _hold_for(self, kind: str) -> float:
+        s = self.settings
+        return {
+            "gpu_temp_high": s.thermal_hold_s,
+            "node_not_ready": s.node_hold_s,
+            "pod_not_ready": s.pod_hold_s,
+            "pod_unreachable": s.node_hold_s,
+            "slo_accuracy": s.slo_hold_s,
+            "slo_latency": s.slo_hold_s,
+            "drift_psi": s.drift_hold_s,
+            "drift_kl": s.drift_hold_s,
+            "nvlink_errors": s.nvlink_hold_s,
+        }.get(kind, 0.0)
+
+    def _sustained(self, raw: list[Signal], t: float, tick: float) -> list[Signal]:
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for sig in raw:
+            key = (sig.kind, sig.resource)
+            seen.add(key)
+            tr = self._tracks.get(key)
+            # one missing sample is tolerated (N of M); a longer gap restarts the window
+            if tr is None or t - tr.last_seen > 2.5 * tick:
+                tr = self._tracks[key] = _Track(first_seen=t, last_seen=t)
+            tr.last_seen = t
+            if t - tr.first_seen >= self._hold_for(sig.kind):
+                tr.active = True
+            if tr.active:
+                out.append(sig)
+        for key in [k for k, tr in self._tracks.items() if k not in seen and t - tr.last_seen > 2.5 * tick]:
+            del self._tracks[key]
+        return out
+
+    # ---------------------------------------------------------------------------------- grouping
+
+    def _group(self, sigs: list[Signal], snap: ClusterSnapshot) -> dict[str, list[Signal]]:
+        groups: dict[str, list[Signal]] = defaultdict(list)
+        down = sorted({x.resource for x in sigs if x.kind == "node_not_ready"})
+        partition = len(down) >= 2 and len(down) > max(1, math.floor(len(snap.nodes) * 0.25))
+        gpu_keys = {x.resource for x in sigs if x.resource_kind == ResourceKind.gpu}
+
+        def key_for_down(node: str) -> str:
+            return "partition:" + ",".join(down) if partition else node
+
+        for x in sigs:
+            if x.kind == "node_not_ready":
+                key = key_for_down(x.resource)
+            elif x.resource_kind == ResourceKind.pod:
+                pod = snap.pod(x.resource)
+                node = pod.node if pod else None
+                hw = [g for g in (pod.gpus if pod else []) if g in gpu_keys or self._open(g)]
+                if node in down or (node is not None and self._open(node)):
+                    key = node if node not in down else key_for_down(node)
+                elif hw:
+                    key = hw[0]
+                else:
+                    key = x.resource
+            else:
+                key = x.resource
+            groups[key].append(x)
+        return groups
+
+    def _open(self, key: str) -> bool:
+        state = self._keys.get(key)
+        return state is not None and state.incident_id is not None and not state.closed
+
+    def observe(self, snap: ClusterSnapshot, tick: float) -> list[Incident]:
+        """Feed one snapshot; returns the incidents opened by it (existing ones absorb their signals)."""
+        active = self._sustained(self.detect(snap), snap.at_s, tick)
+        groups = self._group(active, snap)
+        opened: list[Incident] = []
+        t = snap.at_s
+        for key, sigs in sorted(groups.items()):
+            state = self._keys.setdefault(key, _Key())
+            state.quiet_since = None
+            if state.incident_id is not None and not state.closed:
+                inc = self.incidents[state.incident_id]
+                known = {(s.kind, s.resource) for s in inc.signals}
+                inc.signals.extend(s for s in sigs if (s.kind, s.resource) not in known)
+                continue
+            if state.incident_id is not None and state.closed:
+                continue  # closed and still active: wait until the condition clears (no flapping)
+            self._seq += 1
+            inc_id = f"inc-{self._seq:04d}"
+            kind, resource = self._resource_of(key, sigs)
+            title = "; ".join(dict.fromkeys(s.detail for s in sigs))[:300]
+            inc = Incident(id=inc_id, resource=resource, resource_kind=kind, opened_at_s=t,
+                           signals=list(sigs), title=title)
+            self.incidents[inc_id] = inc
+            state.incident_id, state.closed = inc_id, False
+            opened.append(inc)
+        for key, state in self._keys.items():
+            if key in groups:
+                continue
+            if state.quiet_since is None:
+                state.quiet_since = t
+            if state.closed and t - state.quiet_since >= self.settings.reopen_quiet_s:
+                state.incident_id, state.closed = None, False
+        return opened
+
+    @staticmethod
+    def _resource_of(key: str, sigs: list[Signal]) -> tuple[ResourceKind, str]:
+        if key.startswith("partition:"):
+            return ResourceKind.cluster, key.split(":", 1)[1].split(",")[0]
+        kinds = {s.resource_kind for s in sigs if s.resource == key}
+        return (next(iter(kinds)) if kinds else sigs[0].resource_kind), key
+
+    def close(self, incident_id: str) -> None:
+        """The graph finished with an incident: its key may open again once its condition clears."""
+        for state in self._keys.values():
+            if state.incident_id == incident_id:
+                state.closed = True

@@ -1,0 +1,92 @@
+"""The remediator: turns a diagnosis and its runbook into a typed `ActionPlan` of whitelisted actions.
+
+Layer: agents. The deterministic path takes the runbook's ordered `actions` and expands each placeholder
+target (`node`, `gpu`, `pod`, `pods_on_gpu`, `pods_on_node`, `model`, `workload`) against the incident and
+the current snapshot. The plan is a proposal: every step still goes through the governor, and actions
+are executed (by `agents.graph`) only after it allows them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from knowledge.runbooks import Runbook, RunbookStep
+from opsmedic.domain import Action, ActionPlan, ClusterSnapshot, Diagnosis, Incident, PlannedAction
+from tools.registry import validate_action
+
+# Reschedule pods off a NotReady node by force: their kubelet is gone, so a graceful eviction never ends.
+_FORCE_ON_NOT_READY = {"force": True}
+
+
+def _node_of(resource: str, snap: ClusterSnapshot) -> str | None:
+    if "/gpu-" in resource:
+        return resource.split("/", 1)[0]
+    if snap.node(resource) is not None:
+        return resource
+    pod = snap.pod(resource)
+    if pod is not None:
+        return pod.node
+    return None
+
+
+def _gpus_of(diag: Diagnosis, inc: Incident, snap: ClusterSnapshot) -> list[str]:
+    for r in (diag.resource, inc.resource):
+        if "/gpu-" in r:
+            return [r]
+    pod = snap.pod(diag.resource)
+    return list(pod.gpus) if pod else []
+
+
+def _workload_of(resource: str, snap: ClusterSnapshot) -> str | None:
+    pod = snap.pod(resource)
+    if pod is not None:
+        return pod.workload
+    return resource if snap.model(resource) is not None else None
+
+
+def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: ClusterSnapshot) -> list[Action]:
+    """The concrete actions one runbook step stands for (possibly none: no pods on the GPU)."""
+    params: dict[str, Any] = dict(step.params)
+    res = diag.resource
+    targets: list[str] = []
+    if step.target == "node":
+        node = _node_of(res, snap) or _node_of(inc.resource, snap)
+        targets = [node] if node else []
+    elif step.target == "gpu":
+        targets = _gpus_of(diag, inc, snap)
+    elif step.target == "pod":
+        targets = [res] if snap.pod(res) is not None else [p.name for g in _gpus_of(diag, inc, snap)
+                                                            for p in snap.pods_on_gpu(g)]
+    elif step.target == "pods_on_gpu":
+        targets = sorted({p.name for g in _gpus_of(diag, inc, snap) for p in snap.pods_on_gpu(g)})
+    elif step.target == "pods_on_node":
+        node = _node_of(res, snap)
+        targets = [p.name for p in snap.pods_on_node(node)] if node else []
+        n = snap.node(node) if node else None
+        if step.action == "reschedule_pod" and n is not None and not n.ready:
+            params = {**params, **_FORCE_ON_NOT_READY}
+    elif step.target == "model":
+        targets = [res] if snap.model(res) is not None else []
+    elif step.target == "workload":
+        w = _workload_of(res, snap)
+        targets = [w] if w else []
+    if step.action in ("notify", "escalate"):
+        params = {"message": f"{diag.root_cause} on {res}: {diag.summary}"[:4000]}
+    if step.action == "rollback_model" and not params.get("to_version"):
+        m = snap.model(res)
+        if m is not None and m.previous_version is not None:
+            params = {**params, "to_version": m.previous_version}
+    return [validate_action(Action(name=step.action, target=t, params=params)) for t in dict.fromkeys(targets)]
+
+
+def plan(inc: Incident, diag: Diagnosis, runbook: Runbook | None, snap: ClusterSnapshot) -> ActionPlan:
+    if runbook is None or diag.root_cause == "healthy":
+        why = "healthy: nothing to do" if diag.root_cause == "healthy" else "no runbook covers this cause"
+        return ActionPlan(incident_id=inc.id, steps=[], rationale=why)
+    steps: list[PlannedAction] = []
+    for step in runbook.actions:
+        for action in expand_step(step, diag, inc, snap):
+            steps.append(PlannedAction(action=action, why=step.why, runbook_id=runbook.id,
+                                       optional=step.action in ("notify", "escalate")))
+    return ActionPlan(incident_id=inc.id, steps=steps, runbook_ids=[runbook.id],
+                      rationale=f"runbook {runbook.id}: {runbook.title}")

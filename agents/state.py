@@ -1,0 +1,90 @@
+"""The per-incident graph state and the dependencies nodes receive through LangGraph's runtime context.
+
+Layer: agents. State is a pydantic model (checkpointed after every node); dependencies are not state:
+they arrive as `Runtime[Deps]` so tests and the eval swap the clock, the telemetry, the backends and the
+stores without globals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+from knowledge.runbooks import Runbook
+from opsmedic.domain import (
+    ActionPlan,
+    ActionResult,
+    ApprovalRequest,
+    Diagnosis,
+    Incident,
+    PolicyDecision,
+    VerificationResult,
+)
+from policies.approvals import ApprovalStore
+from policies.audit import AuditLog
+from policies.engine import HistoryEntry, PolicyEngine
+from tools.backend import ActionBackend, TelemetrySource
+
+Outcome = Literal["open", "resolved", "escalated", "failed"]
+
+
+class TimelineEntry(BaseModel):
+    at_s: float
+    agent: Literal["monitor", "diagnostician", "remediator", "governor", "executor", "verifier", "human"]
+    text: str
+
+
+class IncidentState(BaseModel):
+    incident: Incident
+    diagnosis: Diagnosis | None = None
+    plan: ActionPlan | None = None
+    cursor: int = 0
+    decision: PolicyDecision | None = None
+    decisions: list[PolicyDecision] = Field(default_factory=list)
+    approval: ApprovalRequest | None = None
+    approvals: list[ApprovalRequest] = Field(default_factory=list)
+    results: list[ActionResult] = Field(default_factory=list)
+    verifications: list[VerificationResult] = Field(default_factory=list)
+    verify_started_s: float | None = None
+    attempts: int = 0
+    outcome: Outcome = "open"
+    escalation: str | None = None
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class RunbookSource(Protocol):
+    def for_cause(self, root_cause: str, hint: str | None = None) -> Runbook | None: ...
+
+    def search(self, query: str, *, top_k: int = 3, root_cause: str | None = None) -> list[tuple[Runbook, float]]:
+        ...
+
+
+@dataclass
+class Deps:
+    """What every node may use. Built once per process (daemon) or per scenario (eval)."""
+
+    clock: Clock
+    telemetry: TelemetrySource
+    backend: ActionBackend
+    engine: PolicyEngine
+    approvals: ApprovalStore
+    audit: AuditLog
+    runbooks: RunbookSource
+    history: list[HistoryEntry] = field(default_factory=list)
+    requester: str = "opsmedic"
+    max_attempts: int = 2
+    narrate: Callable[[str, TimelineEntry], None] | None = None
+    # wall-clock seconds of the first governed decision per incident (decision latency)
+    first_decision_wall: dict[str, float] = field(default_factory=dict)
+    started_wall: dict[str, float] = field(default_factory=dict)
+
+    def mark_decision(self, incident_id: str) -> None:
+        self.first_decision_wall.setdefault(incident_id, time.perf_counter())

@@ -1,0 +1,390 @@
+"""Domain models shared by every layer of opsmedic.
+
+This module sits at the bottom of the dependency graph (see DESIGN.md): it holds pydantic models and
+vocabularies only, performs no I/O and imports nothing from opsmedic's other packages. The sandbox, the
+tools, the policy engine, the knowledge base and the agents all speak these types, so the vocabularies
+here (root-cause labels, action names, risks) are exactly the ones in SCENARIOS.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --------------------------------------------------------------------------------------------------
+# Vocabularies (SCENARIOS.md)
+# --------------------------------------------------------------------------------------------------
+
+RootCause = Literal[
+    "gpu_fell_off_bus",
+    "gpu_uncorrectable_ecc",
+    "gpu_thermal_throttle",
+    "gpu_memory_leak",
+    "nvlink_errors",
+    "gpu_app_error",
+    "training_job_stalled",
+    "node_not_ready",
+    "pod_crashloop",
+    "model_quality_regression",
+    "model_latency_regression",
+    "data_drift",
+    "healthy",
+]
+ROOT_CAUSES: tuple[str, ...] = RootCause.__args__  # type: ignore[attr-defined]
+
+ActionName = Literal[
+    "restart_pod",
+    "reschedule_pod",
+    "cordon_node",
+    "uncordon_node",
+    "drain_node",
+    "reset_gpu",
+    "scale_deployment",
+    "pause_job",
+    "resume_job",
+    "rollback_model",
+    "retrain_model",
+    "promote_model",
+    "notify",
+    "escalate",
+]
+ACTION_NAMES: tuple[str, ...] = ActionName.__args__  # type: ignore[attr-defined]
+
+
+class Risk(StrEnum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+class ResourceKind(StrEnum):
+    gpu = "gpu"
+    node = "node"
+    pod = "pod"
+    workload = "workload"
+    model = "model"
+    cluster = "cluster"
+
+
+def resource_kind_of(resource: str) -> ResourceKind:
+    """Infer the kind of a resource id from opsmedic's naming scheme.
+
+    `node-2/gpu-3` is a GPU, `node-2` a node; pods and models are told apart by the caller, who knows
+    the cluster, so this only recognises the two hardware shapes and `cluster`.
+    """
+    if resource == "cluster":
+        return ResourceKind.cluster
+    if "/gpu-" in resource:
+        return ResourceKind.gpu
+    if resource.startswith("node-") and resource[5:].isdigit():
+        return ResourceKind.node
+    return ResourceKind.pod
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling used for digests and hash chains: sorted keys, no whitespace."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster observations (what telemetry sources produce and the monitor consumes)
+# --------------------------------------------------------------------------------------------------
+
+# NVML clock event reasons (nvmlClocksEventReason*), as bit flags.
+CLOCK_REASON_GPU_IDLE = 0x1
+CLOCK_REASON_APP_CLOCKS = 0x2
+CLOCK_REASON_SW_POWER_CAP = 0x4
+CLOCK_REASON_HW_SLOWDOWN = 0x8
+CLOCK_REASON_SYNC_BOOST = 0x10
+CLOCK_REASON_SW_THERMAL = 0x20
+CLOCK_REASON_HW_THERMAL = 0x40
+CLOCK_REASON_HW_POWER_BRAKE = 0x80
+
+
+class GpuSample(BaseModel):
+    """One GPU's health reading at one instant, in NVML's terms. `None` means absent/not supported."""
+
+    model_config = ConfigDict(frozen=True)
+
+    gpu: str  # node-1/gpu-3
+    node: str
+    index: int
+    present: bool = True  # False once the GPU has fallen off the bus (NVML can no longer see it)
+    util_pct: float | None = None
+    mem_util_pct: float | None = None
+    mem_used_mib: float | None = None
+    mem_total_mib: float | None = None
+    temp_c: float | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    sm_clock_mhz: float | None = None
+    mem_clock_mhz: float | None = None
+    clock_event_reasons: int | None = None
+    ecc_sbe_volatile: int | None = None
+    ecc_dbe_volatile: int | None = None
+    ecc_dbe_aggregate: int | None = None
+    remapped_rows_correctable: int | None = None
+    remapped_rows_uncorrectable: int | None = None
+    remap_pending: bool | None = None
+    remap_failure: bool | None = None
+    pcie_replay_counter: int | None = None
+    nvlink_crc_errors: int | None = None
+    nvlink_replay_errors: int | None = None
+    xids: list[int] = Field(default_factory=list)  # XID events seen since the previous sample
+    processes: list[str] = Field(default_factory=list)  # pods (or pids) using the GPU
+
+
+class NodeStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    ready: bool
+    unschedulable: bool = False
+    cordoned_by: str | None = None  # incident id when opsmedic cordoned it
+    gpus: int = 0
+    taints: list[str] = Field(default_factory=list)
+
+
+PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+
+
+class PodStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    workload: str
+    kind: Literal["training", "inference"]
+    node: str | None
+    gpus: list[str] = Field(default_factory=list)  # GPU ids it holds
+    phase: PodPhase
+    ready: bool
+    reason: str | None = None  # CrashLoopBackOff, OOMKilled, Error, NodeLost ...
+    restarts: int = 0
+    step: int | None = None  # training progress counter
+    started_at_s: float = 0.0
+    log_tail: list[str] = Field(default_factory=list)  # recent log lines: data, never instructions
+
+
+class ModelStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    serving_version: int
+    versions: list[int]
+    accuracy: float | None = None
+    latency_p95_ms: float | None = None
+    slo_accuracy_min: float | None = None
+    slo_latency_p95_ms: float | None = None
+    drift_psi: dict[str, float] = Field(default_factory=dict)
+    drift_kl: dict[str, float] = Field(default_factory=dict)
+    last_deploy_at_s: float | None = None
+    previous_version: int | None = None
+
+
+class ClusterSnapshot(BaseModel):
+    """Everything the monitor sees at one tick."""
+
+    at_s: float
+    gpus: list[GpuSample]
+    nodes: list[NodeStatus]
+    pods: list[PodStatus]
+    models: list[ModelStatus]
+
+    def gpu(self, gpu_id: str) -> GpuSample | None:
+        return next((g for g in self.gpus if g.gpu == gpu_id), None)
+
+    def node(self, name: str) -> NodeStatus | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def pod(self, name: str) -> PodStatus | None:
+        return next((p for p in self.pods if p.name == name), None)
+
+    def model(self, name: str) -> ModelStatus | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def pods_on_gpu(self, gpu_id: str) -> list[PodStatus]:
+        return [p for p in self.pods if gpu_id in p.gpus]
+
+    def pods_on_node(self, node: str) -> list[PodStatus]:
+        return [p for p in self.pods if p.node == node]
+
+
+# --------------------------------------------------------------------------------------------------
+# Signals and incidents
+# --------------------------------------------------------------------------------------------------
+
+
+class Signal(BaseModel):
+    """A detector's finding: something abnormal about one resource, with the numbers behind it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str  # e.g. gpu_xid, gpu_temp_high, fb_memory_growth, node_not_ready, slo_accuracy ...
+    resource: str
+    resource_kind: ResourceKind
+    at_s: float
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    source: str = "sandbox"
+
+
+IncidentStatus = Literal["open", "awaiting_approval", "resolved", "escalated", "failed"]
+
+
+class Incident(BaseModel):
+    id: str
+    resource: str
+    resource_kind: ResourceKind
+    opened_at_s: float
+    signals: list[Signal]
+    status: IncidentStatus = "open"
+    title: str = ""
+
+
+class Evidence(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    resource: str
+    detail: str
+    value: float | None = None
+
+
+class Diagnosis(BaseModel):
+    root_cause: RootCause
+    resource: str
+    confidence: float = Field(ge=0.0, le=1.0)
+    summary: str
+    evidence: list[Evidence] = Field(default_factory=list)
+    runbook_ids: list[str] = Field(default_factory=list)
+    source: Literal["deterministic", "llm"] = "deterministic"
+
+
+# --------------------------------------------------------------------------------------------------
+# Actions, plans, decisions
+# --------------------------------------------------------------------------------------------------
+
+
+class Action(BaseModel):
+    """One concrete, whitelisted action: a name, a target and parameters. Immutable so that its digest,
+    to which an approval is bound, cannot drift."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: ActionName
+    target: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.target}"
+
+    def digest(self) -> str:
+        payload = {"name": self.name, "target": self.target, "params": self.params}
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+    def __str__(self) -> str:
+        return self.key
+
+
+class PlannedAction(BaseModel):
+    action: Action
+    why: str = ""
+    runbook_id: str | None = None
+    # True for steps whose failure must not stop the plan (notifications)
+    optional: bool = False
+
+
+class ActionPlan(BaseModel):
+    incident_id: str
+    steps: list[PlannedAction]
+    rationale: str = ""
+    runbook_ids: list[str] = Field(default_factory=list)
+
+
+class Verdict(StrEnum):
+    allow = "allow"
+    needs_approval = "needs_approval"
+    deny = "deny"
+
+
+class PolicyDecision(BaseModel):
+    action: Action
+    verdict: Verdict
+    risk: Risk
+    rule: str  # the rule that fired, e.g. "actions.drain_node.approval"
+    reasons: list[str] = Field(default_factory=list)
+    approvers: list[str] = Field(default_factory=list)
+    approvals_required: int = 0
+    dry_run: bool = False
+
+
+class ApprovalStatus(StrEnum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    expired = "expired"
+    consumed = "consumed"
+
+
+class ApprovalRequest(BaseModel):
+    id: str
+    incident_id: str
+    action: Action
+    digest: str
+    risk: Risk
+    rule: str
+    approvers: list[str] = Field(default_factory=list)
+    approvals_required: int = 1
+    requested_at_s: float
+    expires_at_s: float
+    status: ApprovalStatus = ApprovalStatus.pending
+    approved_by: list[str] = Field(default_factory=list)
+    decided_at_s: float | None = None
+    reason: str | None = None
+
+
+class ApprovalResponse(BaseModel):
+    """What resumes a graph waiting for approval: who said what about which digest."""
+
+    request_id: str
+    decision: Literal["approve", "reject", "expired"]
+    by: str | None = None
+    digest: str | None = None
+    at_s: float
+    reason: str | None = None
+
+
+class ActionResult(BaseModel):
+    action: Action
+    ok: bool
+    changed: bool = True
+    detail: str = ""
+    idempotency_key: str = ""
+    at_s: float = 0.0
+    dry_run: bool = False
+
+
+class VerificationResult(BaseModel):
+    action: Action | None
+    ok: bool
+    detail: str
+    at_s: float
+
+
+class AuditEntry(BaseModel):
+    seq: int
+    at: str  # wall-clock ISO time
+    sim_s: float | None = None
+    incident_id: str | None = None
+    kind: str  # observation, diagnosis, plan, decision, approval_request, approval, rejection, execution...
+    payload: dict[str, Any] = Field(default_factory=dict)
+    prev_hash: str
+    hash: str

@@ -1,0 +1,94 @@
+"""Settings: `OPSMEDIC_*` environment variables and an optional `opsmedic.toml`, validated by pydantic.
+
+Layer: bottom (no I/O beyond reading the settings themselves). Secrets — the OpenAI key and the Slack
+signing secret and bot token — are read from the environment only, never from the TOML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from opsmedic.errors import ConfigError
+
+
+class MonitorSettings(BaseModel):
+    """Detector thresholds and hysteresis windows (seconds). The windows are why a short spike is not an
+    incident: a condition must hold for its whole window."""
+
+    gpu_temp_c: float = 85.0
+    thermal_hold_s: float = 60.0
+    node_hold_s: float = 30.0
+    pod_hold_s: float = 60.0
+    slo_hold_s: float = 120.0
+    drift_hold_s: float = 300.0
+    drift_psi: float = 0.2
+    drift_kl: float = 0.15
+    leak_window_s: float = 120.0
+    leak_gib_per_min: float = 0.5
+    stall_window_s: float = 120.0
+    stall_util_pct: float = 5.0
+    nvlink_window_s: float = 120.0
+    nvlink_errors_per_min: float = 10.0
+    nvlink_hold_s: float = 60.0
+    reopen_quiet_s: float = 60.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPSMEDIC_", env_nested_delimiter="__", toml_file="opsmedic.toml",
+                                      extra="forbid")
+
+    database_url: str | None = Field(default=None, description="sqlite:///path or postgresql://...")
+    data_dir: Path = Field(default=Path(".opsmedic"))
+    policy_file: Path | None = None
+    runbooks_dir: Path | None = None
+    qdrant_url: str | None = None
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    slack_signing_secret: SecretStr | None = None
+    slack_bot_token: SecretStr | None = None
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    def sqlite_path(self) -> Path:
+        url = self.database_url
+        if url and url.startswith("sqlite:///"):
+            return Path(url.removeprefix("sqlite:///"))
+        if url and not url.startswith(("sqlite:", "postgresql:", "postgres:")):
+            return Path(url)
+        return self.data_dir / "opsmedic.db"
+
+
+_SECRETS = ("slack_signing_secret", "slack_bot_token")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from environment and opsmedic.toml; a bad value is a ConfigError naming the key."""
+    toml = Path("opsmedic.toml")
+    if toml.exists():
+        import tomllib
+
+        try:
+            data = tomllib.loads(toml.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML: {exc}", str(toml)) from None
+        for key in _SECRETS:
+            if key in data:
+                raise ConfigError("secrets are read from the environment only, not from opsmedic.toml",
+                                  f"{toml}: {key}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(err["msg"], f"setting {key} (OPSMEDIC_{key.upper().replace('.', '__')})") from None

@@ -1,0 +1,896 @@
+"""The simulated GPU cluster: nodes, GPUs, pods, models, faults and the effects of actions.
+
+Layer: sandbox (imports `opsmedic.domain`, `opsmedic.errors` and its own modules only). The simulator
+advances a simulated clock in ticks; every random draw comes from one `random.Random(seed)`, so the same
+scenario and seed give the same run. GPU readings are sampled from a real H100 NVML trace
+(`nvml_profile`), and actions change the world the way a real cluster would: a cordoned node takes no new
+pods, evicted pods are re-created where there is room, a GPU resets only when no process holds it, a
+rollback serves the previous version.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from opsmedic.domain import (
+    CLOCK_REASON_HW_THERMAL,
+    CLOCK_REASON_SW_POWER_CAP,
+    Action,
+    ClusterSnapshot,
+    GpuSample,
+    ModelStatus,
+    NodeStatus,
+    PodStatus,
+    VerificationResult,
+)
+from opsmedic.errors import PermanentToolError
+from sandbox.nvml_profile import TraceRow, profiles
+from sandbox.scenario import (
+    BadDeployParams,
+    CrashloopParams,
+    DriftParams,
+    EccParams,
+    FaultSpec,
+    LeakParams,
+    LogInjectionParams,
+    NvlinkParams,
+    Scenario,
+    SpikeParams,
+    ThermalParams,
+    XidParams,
+    place_pods,
+)
+
+GPU_SPECS: dict[str, tuple[float, float]] = {  # model -> (framebuffer MiB, power limit W)
+    "H100-80GB": (81559.0, 700.0),
+    "A100-80GB": (81920.0, 400.0),
+    "L4": (23034.0, 72.0),
+}
+THERMAL_SLOWDOWN_C = 89.0
+NODE_MONITOR_GRACE_S = 40.0  # kube-controller-manager marks a silent node NotReady after this
+POD_START_S = {"training": 60.0, "inference": 20.0}
+RESET_S = 20.0
+RETRAIN_S = 600.0
+CRASH_BACKOFF_S = 30.0
+APP_XIDS = {13, 31, 43, 45}
+PERSISTENT_CRASH_REASONS = {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"}
+
+
+@dataclass
+class SimGpu:
+    id: str
+    node: str
+    index: int
+    temp: float
+    temp_offset: float
+    present: bool = True
+    needs_reset: bool = False
+    reset_until: float | None = None
+    ecc_sbe: int = 0
+    ecc_dbe_vol: int = 0
+    ecc_dbe_agg: int = 0
+    remap_corr: int = 0
+    remap_unc: int = 0
+    remap_pending: bool = False
+    remap_failure: bool = False
+    pcie_replay: int = 0
+    nvlink_crc: float = 0.0
+    nvlink_replay: float = 0.0
+    nvlink_rate_per_min: float = 0.0
+    pending_xids: list[int] = field(default_factory=list)
+    pod: str | None = None
+    mem_used: float = 500.0
+    power_capped: bool = False
+    thermal: tuple[float, float, float, float] | None = None  # (start, start_temp, target, end)
+    spike: tuple[str, float, float] | None = None  # (metric, value, until)
+
+    @property
+    def healthy(self) -> bool:
+        return self.present and not self.needs_reset and self.reset_until is None
+
+
+@dataclass
+class SimNode:
+    name: str
+    kubelet_up: bool = True
+    down_since: float | None = None
+    unschedulable: bool = False
+    cordoned_by: str | None = None
+
+    def ready(self, now: float) -> bool:
+        return self.kubelet_up or (self.down_since is not None and now - self.down_since < NODE_MONITOR_GRACE_S)
+
+
+@dataclass
+class SimPod:
+    name: str
+    workload: str
+    kind: str
+    gpus_needed: int
+    node: str | None = None
+    gpus: list[str] = field(default_factory=list)
+    state: str = "Pending"  # Pending | Starting | Running | CrashLoop | Unknown | Deleted
+    ready_at: float = 0.0
+    started_at: float = 0.0
+    restarts: int = 0
+    reason: str | None = None
+    app_error: bool = False
+    stalled: bool = False
+    crash_reason: str | None = None
+    next_crash_at: float = 0.0
+    leak_rate_mib_s: float = 0.0
+    leak_mib: float = 0.0
+    step: float = 0.0
+    ckpt_step: float = 0.0
+    last_ckpt_at: float = 0.0
+    checkpoint_every: float = 600.0
+    base_mem_mib: float = 0.0
+    log: list[str] = field(default_factory=list)
+    paused: bool = False
+
+
+@dataclass
+class SimVersion:
+    version: int
+    accuracy: float
+    latency_ms: float
+    drift_robust: bool = False
+
+
+@dataclass
+class SimModel:
+    name: str
+    workload: str
+    versions: dict[int, SimVersion]
+    serving: int
+    previous: int | None = None
+    slo_accuracy: float | None = None
+    slo_latency: float | None = None
+    last_deploy_at: float | None = None
+    drift_target: dict[str, float] = field(default_factory=dict)
+    drift_start: float | None = None
+    drift_psi: dict[str, float] = field(default_factory=dict)
+    retrain_done_at: float | None = None
+    history: list[str] = field(default_factory=list)
+    accuracy_now: float | None = None
+    latency_now: float | None = None
+
+
+@dataclass(frozen=True)
+class SimEvent:
+    at_s: float
+    kind: str  # fault | pod | action | model | node
+    detail: str
+
+
+class Simulator:
+    """One scenario's cluster, advanced tick by tick."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.rng = random.Random(scenario.seed)
+        self.now = 0.0
+        self.tick = scenario.tick
+        self.prof = profiles()
+        mem_total, power_limit = GPU_SPECS[scenario.cluster.gpu_model]
+        self.mem_total = mem_total
+        self.power_limit = power_limit
+        self.power_scale = power_limit / self.prof.power_limit_w
+        self.events: list[SimEvent] = []
+        self.notifications: list[str] = []
+        self.nodes: dict[str, SimNode] = {n: SimNode(n) for n in scenario.node_names()}
+        self.gpus: dict[str, SimGpu] = {}
+        for n in scenario.node_names():
+            for i in range(scenario.cluster.gpus_per_node):
+                gid = f"{n}/gpu-{i}"
+                off = self.rng.uniform(-2.0, 3.0)
+                self.gpus[gid] = SimGpu(id=gid, node=n, index=i, temp=36.0 + off, temp_offset=off)
+        self.pods: dict[str, SimPod] = {}
+        self.models: dict[str, SimModel] = {}
+        for w in scenario.workloads:
+            for pod in w.pod_names():
+                base = 0.72 if w.kind == "training" else (0.45 if w.gpus_per_replica > 1 else 0.3)
+                self.pods[pod] = SimPod(
+                    name=pod, workload=w.name, kind=w.kind, gpus_needed=w.gpus_per_replica,
+                    checkpoint_every=w.checkpoint_every or 600.0,
+                    base_mem_mib=mem_total * base,
+                )
+            if w.model_name:
+                cur = w.current_version or 1
+                slo = w.slo
+                lat_slo = slo.latency_p95_ms if slo else None
+                acc_slo = slo.accuracy_min if slo else None
+                base_lat = (lat_slo or 100.0) * 0.55
+                base_acc = min(0.99, max(acc_slo or 0.85, 0.85) + 0.05)
+                versions = {
+                    v: SimVersion(v, round(base_acc + self.rng.uniform(-0.004, 0.004), 4),
+                                  base_lat * self.rng.uniform(0.95, 1.05))
+                    for v in range(1, cur + 1)
+                }
+                self.models[w.model_name] = SimModel(
+                    name=w.model_name, workload=w.name, versions=versions, serving=cur,
+                    previous=cur - 1 if cur > 1 else None, slo_accuracy=acc_slo, slo_latency=lat_slo,
+                )
+        for pod, (node, idxs) in place_pods(scenario).items():
+            self._bind(self.pods[pod], node, [f"{node}/gpu-{i}" for i in idxs])
+            p = self.pods[pod]
+            p.state, p.ready_at, p.started_at = "Running", 0.0, 0.0
+        self._applied: set[tuple[int, int]] = set()  # (fault index, repetition)
+        self._update_models(0.0)
+
+    # ------------------------------------------------------------------------------------- clock
+
+    @property
+    def duration(self) -> float:
+        return self.scenario.duration
+
+    @property
+    def done(self) -> bool:
+        return self.now >= self.scenario.duration
+
+    def step(self) -> None:
+        dt = self.tick
+        self.now = round(self.now + dt, 6)
+        self._inject_faults()
+        self._update_nodes()
+        self._update_pods(dt)
+        self._update_gpus(dt)
+        self._update_models(dt)
+
+    def _event(self, kind: str, detail: str) -> None:
+        self.events.append(SimEvent(self.now, kind, detail))
+
+    # ------------------------------------------------------------------------------------ faults
+
+    def _inject_faults(self) -> None:
+        for i, f in enumerate(self.scenario.faults):
+            reps = f.typed_params().repeat if f.type == "gpu_xid" else 1
+            every = f.typed_params().every if f.type == "gpu_xid" else 0.0
+            for r in range(reps):
+                at = f.at + r * every
+                if at <= self.now and (i, r) not in self._applied:
+                    self._applied.add((i, r))
+                    self._apply_fault(f, r)
+
+    def _apply_fault(self, f: FaultSpec, rep: int) -> None:
+        p = f.typed_params()
+        self._event("fault", f"{f.type} on {f.target}" + (f" {f.params}" if f.params else ""))
+        if isinstance(p, XidParams):
+            self._xid(self.gpus[f.target], p.xid)
+        elif isinstance(p, EccParams):
+            g = self.gpus[f.target]
+            g.ecc_dbe_vol += p.volatile_dbe
+            g.ecc_dbe_agg += p.volatile_dbe
+            g.remap_unc += 1
+            g.needs_reset = True
+            g.remap_pending = not p.remap_failure
+            g.remap_failure = g.remap_failure or p.remap_failure
+            self._crash_gpu_pods(g, "uncorrectable ECC error", persistent=True)
+        elif isinstance(p, ThermalParams):
+            g = self.gpus[f.target]
+            end = f.at + 60.0 + (p.for_ if p.for_ is not None else 10 * self.scenario.duration)
+            g.thermal = (f.at, g.temp, p.temp_c, end)
+        elif isinstance(p, LeakParams):
+            self.pods[f.target].leak_rate_mib_s = p.rate_gib_per_min * 1024.0 / 60.0
+        elif isinstance(p, NvlinkParams):
+            self.gpus[f.target].nvlink_rate_per_min = p.rate_per_min
+        elif f.type == "power_cap_under_load":
+            targets = [f.target] if f.target in self.gpus else [g for g in self.gpus if g.startswith(f.target + "/")]
+            for gid in targets:
+                self.gpus[gid].power_capped = True
+        elif isinstance(p, SpikeParams):
+            self.gpus[f.target].spike = (p.metric, p.value, f.at + p.for_)
+        elif f.type == "node_not_ready":
+            n = self.nodes[f.target]
+            n.kubelet_up, n.down_since = False, self.now
+        elif isinstance(p, CrashloopParams):
+            pod = self.pods[f.target]
+            pod.crash_reason = p.reason
+            if pod.state in ("Running", "Starting"):
+                self._crash(pod, p.reason)
+        elif f.type == "training_stall":
+            pod = self.pods[f.target]
+            pod.stalled = True
+            pod.log.append("NCCL watchdog: collective operation has not completed (waiting)")
+        elif isinstance(p, BadDeployParams):
+            m = self.models[f.target]
+            cur = m.versions[m.serving]
+            v = p.version or max(m.versions) + 1
+            m.versions[v] = SimVersion(
+                v, p.accuracy if p.accuracy is not None else cur.accuracy,
+                p.latency_p95_ms if p.latency_p95_ms is not None else cur.latency_ms,
+            )
+            self._serve(m, v, f"deploy of version {v}")
+        elif isinstance(p, DriftParams):
+            m = self.models[f.target]
+            m.drift_target[p.feature] = p.psi
+            m.drift_start = m.drift_start if m.drift_start is not None else f.at
+        elif isinstance(p, LogInjectionParams):
+            self.pods[f.target].log.append(p.text)
+
+    def _xid(self, g: SimGpu, xid: int) -> None:
+        g.pending_xids.append(xid)
+        if xid == 79:
+            g.present = False
+            self._crash_gpu_pods(g, "CUDA error: GPU has fallen off the bus", persistent=True)
+        elif xid in (48, 95):
+            g.ecc_dbe_vol += 1
+            g.ecc_dbe_agg += 1
+            g.remap_pending = True
+            g.needs_reset = True
+            self._crash_gpu_pods(g, "CUDA error: uncorrectable ECC error encountered", persistent=True)
+        elif xid == 94:
+            g.ecc_dbe_vol += 1
+            g.ecc_dbe_agg += 1
+            g.remap_pending = True
+            for pod in self._gpu_pods(g):
+                pod.restarts += 1
+                pod.state, pod.ready_at = "Starting", self.now + POD_START_S[pod.kind]
+                pod.log.append("CUDA error: uncorrectable ECC error encountered (contained)")
+        elif xid in APP_XIDS:
+            for pod in self._gpu_pods(g):
+                pod.app_error = True
+                pod.log.append("RuntimeError: CUDA error: an illegal memory access was encountered")
+                self._event("pod", f"{pod.name} hit a CUDA application error (XID {xid})")
+        elif xid == 92:
+            g.ecc_sbe += 500
+        elif xid == 74:
+            g.nvlink_crc += 50
+            g.nvlink_replay += 10
+        elif xid == 63:
+            g.remap_unc += 1
+            g.remap_pending = True
+        elif xid == 64:
+            g.remap_failure = True
+            g.needs_reset = True
+
+    def _gpu_pods(self, g: SimGpu) -> list[SimPod]:
+        return [p for p in self.pods.values() if g.id in p.gpus and p.state != "Deleted"]
+
+    def _crash_gpu_pods(self, g: SimGpu, why: str, *, persistent: bool) -> None:
+        for pod in self._gpu_pods(g):
+            pod.log.append(why)
+            self._crash(pod, "CrashLoopBackOff")
+
+    def _crash(self, pod: SimPod, reason: str) -> None:
+        pod.state, pod.reason = "CrashLoop", reason
+        pod.restarts += 1
+        pod.next_crash_at = self.now + CRASH_BACKOFF_S
+        self._event("pod", f"{pod.name} is crashing ({reason})")
+
+    # -------------------------------------------------------------------------------- dynamics
+
+    def _update_nodes(self) -> None:
+        for n in self.nodes.values():
+            if not n.ready(self.now):
+                for pod in self.pods.values():
+                    if pod.node == n.name and pod.state not in ("Deleted", "Unknown"):
+                        pod.state, pod.reason = "Unknown", "NodeLost"
+                        self._event("pod", f"{pod.name} is unreachable: its node {n.name} is NotReady")
+
+    def _pod_blocked(self, pod: SimPod) -> str | None:
+        """Why a pod's containers cannot run where it is bound, if they cannot."""
+        for gid in pod.gpus:
+            g = self.gpus[gid]
+            if not g.present:
+                return "CUDA error: no CUDA-capable device is detected"
+            if g.needs_reset:
+                return "CUDA error: uncorrectable ECC error encountered"
+        if pod.crash_reason:
+            return pod.crash_reason
+        return None
+
+    def _update_pods(self, dt: float) -> None:
+        for pod in self.pods.values():
+            if pod.state == "Pending":
+                self._try_schedule(pod)
+            elif pod.state == "Starting" and self.now >= pod.ready_at:
+                blocked = self._pod_blocked(pod)
+                if blocked:
+                    self._crash(pod, "CrashLoopBackOff")
+                else:
+                    pod.state, pod.reason = "Running", None
+            elif pod.state == "CrashLoop" and self.now >= pod.next_crash_at:
+                if self._pod_blocked(pod):
+                    pod.restarts += 1
+                    pod.next_crash_at = self.now + min(300.0, CRASH_BACKOFF_S * 2 ** min(pod.restarts, 4))
+                else:
+                    pod.state, pod.ready_at = "Starting", self.now + POD_START_S[pod.kind]
+            if pod.state == "Running":
+                self._run_pod(pod, dt)
+
+    def _run_pod(self, pod: SimPod, dt: float) -> None:
+        if pod.kind == "training" and not pod.stalled:
+            slow = min((self._clock_factor(self.gpus[g]) for g in pod.gpus), default=1.0)
+            pod.step += dt * 1.0 * slow
+            if self.now - pod.last_ckpt_at >= pod.checkpoint_every:
+                pod.ckpt_step, pod.last_ckpt_at = pod.step, self.now
+        if pod.leak_rate_mib_s > 0:
+            pod.leak_mib += pod.leak_rate_mib_s * dt
+            if pod.base_mem_mib + pod.leak_mib >= self.mem_total:
+                pod.log.append("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+                pod.leak_mib = 0.0
+                pod.restarts += 1
+                pod.state, pod.reason = "Starting", "OOMKilled"
+                pod.ready_at = self.now + POD_START_S[pod.kind]
+                self._event("pod", f"{pod.name} was killed: GPU out of memory")
+
+    def _clock_factor(self, g: SimGpu) -> float:
+        return 0.55 if g.temp > THERMAL_SLOWDOWN_C else 1.0
+
+    def _update_gpus(self, dt: float) -> None:
+        alpha = 1.0 - math.exp(-dt / 25.0)
+        for g in self.gpus.values():
+            if g.reset_until is not None and self.now >= g.reset_until:
+                g.reset_until = None
+                self._finish_reset(g)
+            pod = self.pods.get(g.pod) if g.pod else None
+            running = pod is not None and pod.state == "Running"
+            if g.power_capped or (running and pod is not None and pod.kind == "training" and not pod.stalled):
+                target = 62.0 + g.temp_offset
+            elif running and pod is not None and pod.kind == "inference":
+                target = 50.0 + g.temp_offset
+            else:
+                target = 36.0 + g.temp_offset
+            if g.thermal is not None:
+                start, t0, hot, end = g.thermal
+                if self.now < end:
+                    frac = min(1.0, (self.now - start) / 60.0)
+                    g.temp = t0 + (hot - t0) * frac + self.rng.uniform(-0.4, 0.4)
+                    continue
+                g.thermal = None
+            g.temp += (target - g.temp) * alpha + self.rng.uniform(-0.3, 0.3)
+            if g.nvlink_rate_per_min > 0:
+                g.nvlink_crc += g.nvlink_rate_per_min * dt / 60.0 * self.rng.uniform(0.7, 1.3)
+                g.nvlink_replay += g.nvlink_rate_per_min * dt / 600.0
+
+    def _finish_reset(self, g: SimGpu) -> None:
+        g.ecc_dbe_vol = 0
+        g.ecc_sbe = 0
+        g.nvlink_crc = g.nvlink_replay = 0.0
+        if g.remap_failure:
+            self._event("node", f"{g.id} reset, but its row remapping failed: it needs replacement")
+            return
+        g.needs_reset = False
+        g.remap_pending = False
+        self._event("node", f"{g.id} reset and healthy")
+
+    def _update_models(self, dt: float) -> None:
+        for m in self.models.values():
+            if m.retrain_done_at is not None and self.now >= m.retrain_done_at:
+                m.retrain_done_at = None
+                v = max(m.versions) + 1
+                base = max(x.accuracy for x in m.versions.values() if not x.drift_robust or True)
+                acc = round(min(0.99, max(base, 0.94) + self.rng.uniform(0.0, 0.01)), 4)
+                lat = m.versions[m.serving].latency_ms
+                m.versions[v] = SimVersion(v, acc, lat, drift_robust=True)
+                m.history.append(f"{self.now:.0f}s: version {v} trained on recent data (accuracy {acc:.3f})")
+                self._event("model", f"{m.name} version {v} registered by retraining")
+            robust = m.versions[m.serving].drift_robust
+            for feat, target in m.drift_target.items():
+                if m.drift_start is None:
+                    continue
+                ramp = min(1.0, (self.now - m.drift_start) / 600.0)
+                val = 0.02 if robust else max(0.02, target * ramp)
+                m.drift_psi[feat] = round(val * self.rng.uniform(0.92, 1.08), 4)
+            ready = [
+                p for p in self.pods.values()
+                if p.workload == m.workload and p.state == "Running" and not p.app_error
+            ]
+            ver = m.versions[m.serving]
+            if not ready:
+                m.accuracy_now = m.latency_now = None
+                continue
+            acc = ver.accuracy
+            if m.drift_start is not None and not robust and m.drift_target:
+                hours = max(0.0, self.now - m.drift_start) / 3600.0
+                strength = max(m.drift_target.values()) / 0.35
+                acc -= min(0.2, 0.022 * hours * strength)
+            m.accuracy_now = round(acc + self.rng.uniform(-0.003, 0.003), 4)
+            slow = max(
+                (1.6 if any(self._clock_factor(self.gpus[g]) < 1 for g in p.gpus) else 1.0) for p in ready
+            )
+            m.latency_now = round(ver.latency_ms * slow * self.rng.uniform(0.96, 1.04), 2)
+
+    # ------------------------------------------------------------------------------ scheduling
+
+    def _bind(self, pod: SimPod, node: str, gpus: list[str]) -> None:
+        pod.node, pod.gpus = node, gpus
+        for gid in gpus:
+            self.gpus[gid].pod = pod.name
+
+    def _unbind(self, pod: SimPod) -> None:
+        for gid in pod.gpus:
+            if self.gpus[gid].pod == pod.name:
+                self.gpus[gid].pod = None
+        pod.node, pod.gpus = None, []
+
+    def _free_gpus(self, node: str) -> list[str]:
+        return [
+            g.id for g in self.gpus.values()
+            if g.node == node and g.pod is None and g.healthy
+        ]
+
+    def _schedulable(self, node: str) -> bool:
+        n = self.nodes[node]
+        return n.kubelet_up and not n.unschedulable
+
+    def _try_schedule(self, pod: SimPod, prefer: tuple[str, list[str]] | None = None) -> bool:
+        if pod.paused:
+            return False
+        if prefer is not None:
+            node, gpus = prefer
+            if self._schedulable(node) and all(self.gpus[g].pod is None and self.gpus[g].healthy for g in gpus):
+                self._start(pod, node, gpus)
+                return True
+        for node in self.nodes:
+            if not self._schedulable(node):
+                continue
+            free = sorted(self._free_gpus(node), key=lambda gid: self.gpus[gid].index)
+            if len(free) >= pod.gpus_needed:
+                self._start(pod, node, free[: pod.gpus_needed])
+                return True
+        pod.state, pod.reason = "Pending", "Unschedulable"
+        return False
+
+    def _start(self, pod: SimPod, node: str, gpus: list[str]) -> None:
+        self._bind(pod, node, gpus)
+        pod.state, pod.reason = "Starting", "ContainerCreating"
+        pod.ready_at = self.now + POD_START_S[pod.kind]
+        pod.started_at = self.now
+        pod.step = pod.ckpt_step
+        pod.last_ckpt_at = self.now
+        self._event("pod", f"{pod.name} scheduled on {node} ({', '.join(g.split('/')[1] for g in gpus)})")
+
+    def _recreate(self, pod: SimPod, *, in_place: bool) -> None:
+        """Delete the pod and let its controller create a fresh one (same name, StatefulSet-style)."""
+        prefer = (pod.node, list(pod.gpus)) if in_place and pod.node else None
+        self._unbind(pod)
+        pod.app_error = pod.stalled = False
+        if pod.crash_reason not in PERSISTENT_CRASH_REASONS:
+            pod.crash_reason = None
+        pod.leak_mib = 0.0
+        pod.reason = None
+        self._try_schedule(pod, prefer=prefer)
+
+    # ------------------------------------------------------------------------------- actions
+
+    def execute(self, action: Action) -> tuple[bool, str]:
+        """Apply an action. Returns (changed, detail); raises PermanentToolError when it cannot be done."""
+        name, t = action.name, action.target
+        handler = getattr(self, f"_do_{name}")
+        changed, detail = handler(t, action.params)
+        self._event("action", f"{action.key}: {detail}")
+        return changed, detail
+
+    def _node(self, name: str) -> SimNode:
+        if name not in self.nodes:
+            raise PermanentToolError(f"node {name!r} not found")
+        return self.nodes[name]
+
+    def _pod(self, name: str) -> SimPod:
+        pod = self.pods.get(name)
+        if pod is None or pod.state == "Deleted":
+            raise PermanentToolError(f"pod {name!r} not found")
+        return pod
+
+    def _gpu(self, gid: str) -> SimGpu:
+        if gid not in self.gpus:
+            raise PermanentToolError(f"GPU {gid!r} not found")
+        return self.gpus[gid]
+
+    def _model(self, name: str) -> SimModel:
+        if name not in self.models:
+            raise PermanentToolError(f"model {name!r} not registered")
+        return self.models[name]
+
+    def _do_cordon_node(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        n = self._node(t)
+        if n.unschedulable:
+            return False, f"{t} was already cordoned"
+        n.unschedulable = True
+        n.cordoned_by = str(params.get("incident_id") or "opsmedic")
+        return True, f"{t} cordoned: no new pods will be scheduled there"
+
+    def _do_uncordon_node(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        n = self._node(t)
+        if not n.unschedulable:
+            return False, f"{t} was already schedulable"
+        n.unschedulable, n.cordoned_by = False, None
+        return True, f"{t} uncordoned"
+
+    def _do_drain_node(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        n = self._node(t)
+        if not n.unschedulable:
+            n.unschedulable = True
+        pods = [p for p in self.pods.values() if p.node == t and p.state != "Deleted"]
+        if not pods:
+            return False, f"{t} had no pods to evict"
+        moved = []
+        for p in pods:
+            self._recreate(p, in_place=False)
+            moved.append(f"{p.name} -> {p.node or 'Pending'}")
+        return True, f"evicted {len(pods)} pod(s): " + ", ".join(moved)
+
+    def _do_reschedule_pod(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        pod = self._pod(t)
+        old = pod.node
+        if old is not None and not self.nodes[old].ready(self.now) and not params.get("force"):
+            raise PermanentToolError(
+                f"{t} is on NotReady node {old}: eviction cannot complete there; reschedule with force"
+            )
+        # Keep the pod off the GPUs it leaves: they are the reason it moves.
+        held = [self.gpus[g] for g in pod.gpus]
+        saved = [(g, g.pod) for g in held]
+        self._unbind(pod)
+        for g in held:
+            g.pod = "__leaving__"
+        pod.app_error = pod.stalled = False
+        pod.leak_mib = 0.0
+        ok = self._try_schedule(pod)
+        for g, _ in saved:
+            g.pod = None if g.pod == "__leaving__" else g.pod
+        where = pod.node if ok else "Pending (no room)"
+        return True, f"{t} moved from {old} to {where}"
+
+    def _do_restart_pod(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        pod = self._pod(t)
+        pod.restarts += 1
+        self._recreate(pod, in_place=True)
+        return True, f"{t} deleted and re-created on {pod.node or 'Pending'}"
+
+    def _do_reset_gpu(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        g = self._gpu(t)
+        if not self.nodes[g.node].ready(self.now):
+            raise PermanentToolError(f"cannot reset {t}: node {g.node} is NotReady")
+        if not g.present:
+            raise PermanentToolError(f"cannot reset {t}: the GPU is not visible to the driver; reboot the node")
+        if g.pod is not None:
+            raise PermanentToolError(f"cannot reset {t}: in use by pod {g.pod}; move the pod first")
+        if g.reset_until is not None:
+            return False, f"{t} reset already in progress"
+        g.reset_until = self.now + RESET_S
+        return True, f"{t} reset started (nvidia-smi -r)"
+
+    def _do_scale_deployment(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        raise PermanentToolError("scale_deployment: not supported by the sandbox for fixed-size scenarios")
+
+    def _do_pause_job(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        pods = [p for p in self.pods.values() if p.workload == t]
+        if not pods or pods[0].kind != "training":
+            raise PermanentToolError(f"{t} is not a training job")
+        for p in pods:
+            p.paused = True
+            self._unbind(p)
+            p.state = "Pending"
+        return True, f"{t} paused at its last checkpoint"
+
+    def _do_resume_job(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        pods = [p for p in self.pods.values() if p.workload == t]
+        if not pods:
+            raise PermanentToolError(f"{t} is not a training job")
+        for p in pods:
+            p.paused = False
+            self._try_schedule(p)
+        return True, f"{t} resumed"
+
+    def _serve(self, m: SimModel, version: int, why: str) -> None:
+        m.previous, m.serving = m.serving, version
+        m.last_deploy_at = self.now
+        m.history.append(f"{self.now:.0f}s: serving version {version} ({why})")
+        self._event("model", f"{m.name} now serves version {version} ({why})")
+
+    def _do_rollback_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        m = self._model(t)
+        to = params.get("to_version") or m.previous
+        if to is None or to not in m.versions:
+            raise PermanentToolError(f"{t} has no previous version to roll back to")
+        if to == m.serving:
+            return False, f"{t} already serves version {to}"
+        frm = m.serving
+        self._serve(m, int(to), f"rollback from {frm}")
+        return True, f"{t} rolled back from version {frm} to {to}"
+
+    def _do_retrain_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        m = self._model(t)
+        if m.retrain_done_at is not None:
+            return False, f"{t} retraining already running"
+        m.retrain_done_at = self.now + RETRAIN_S
+        return True, f"{t} retraining started on the last 24h of data"
+
+    def _do_promote_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        m = self._model(t)
+        newest = params.get("version") or max(m.versions)
+        if newest == m.serving:
+            return False, f"{t} already serves version {newest}"
+        margin = float(params.get("min_margin", 0.01))
+        cand = m.versions[newest]
+        current = m.accuracy_now if m.accuracy_now is not None else m.versions[m.serving].accuracy
+        if cand.accuracy < current + margin:
+            raise PermanentToolError(
+                f"version {newest} (held-out accuracy {cand.accuracy:.3f}) does not beat the serving "
+                f"version ({current:.3f}) by {margin}"
+            )
+        self._serve(m, int(newest), "promotion after retraining")
+        return True, f"{t} promoted to version {newest} (accuracy {cand.accuracy:.3f} vs {current:.3f})"
+
+    def _do_notify(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        self.notifications.append(f"notify {t}: {params.get('message', '')}")
+        return True, "owners notified"
+
+    def _do_escalate(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        self.notifications.append(f"escalate {t}: {params.get('message', '')}")
+        return True, "on-call paged"
+
+    # ----------------------------------------------------------------------------- verification
+
+    def verify(self, action: Action) -> VerificationResult:
+        ok, detail = self._check(action)
+        return VerificationResult(action=action, ok=ok, detail=detail, at_s=self.now)
+
+    def _pod_healthy(self, pod: SimPod) -> bool:
+        return (
+            pod.state == "Running" and not pod.app_error and pod.node is not None
+            and self.nodes[pod.node].ready(self.now)
+            and all(self.gpus[g].healthy for g in pod.gpus)
+        )
+
+    def _check(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        if a.name == "cordon_node":
+            return self.nodes[t].unschedulable, f"{t} unschedulable={self.nodes[t].unschedulable}"
+        if a.name == "uncordon_node":
+            return not self.nodes[t].unschedulable, f"{t} unschedulable={self.nodes[t].unschedulable}"
+        if a.name == "drain_node":
+            left = [p.name for p in self.pods.values() if p.node == t]
+            moved = [p for p in self.pods.values() if p.state != "Deleted"]
+            waiting = [p.name for p in moved if p.state in ("Pending", "Starting")]
+            if left:
+                return False, f"pods still on {t}: {', '.join(left)}"
+            return not waiting, (f"waiting for {', '.join(waiting)}" if waiting else f"{t} drained; pods running elsewhere")
+        if a.name in ("restart_pod", "reschedule_pod"):
+            pod = self.pods[t]
+            ok = self._pod_healthy(pod)
+            return ok, f"{t} {pod.state} on {pod.node}" + ("" if ok else f" ({pod.reason or 'not ready'})")
+        if a.name == "reset_gpu":
+            g = self.gpus[t]
+            if g.reset_until is not None:
+                return False, f"{t} reset in progress"
+            return g.healthy, f"{t} " + ("healthy after reset" if g.healthy else "still unhealthy after reset")
+        if a.name == "rollback_model":
+            m = self.models[t]
+            ok = m.accuracy_now is not None and self._model_meets_slo(m)
+            return ok, f"{t} serves version {m.serving}; accuracy {m.accuracy_now}, p95 {m.latency_now} ms"
+        if a.name == "retrain_model":
+            m = self.models[t]
+            if m.retrain_done_at is not None:
+                return False, f"{t} retraining still running"
+            return True, f"{t} version {max(m.versions)} registered"
+        if a.name == "promote_model":
+            m = self.models[t]
+            return m.serving == max(m.versions), f"{t} serves version {m.serving}"
+        if a.name in ("pause_job",):
+            return all(p.node is None for p in self.pods.values() if p.workload == t), f"{t} paused"
+        if a.name in ("resume_job",):
+            ok = all(self._pod_healthy(p) for p in self.pods.values() if p.workload == t)
+            return ok, f"{t} running={ok}"
+        return True, "delivered"
+
+    def _model_meets_slo(self, m: SimModel) -> bool:
+        if m.accuracy_now is None or m.latency_now is None:
+            return False
+        if m.slo_accuracy is not None and m.accuracy_now < m.slo_accuracy:
+            return False
+        return not (m.slo_latency is not None and m.latency_now > m.slo_latency)
+
+    def recovered(self) -> tuple[bool, list[str]]:
+        """SCENARIOS.md: every workload has all its replicas Running on healthy GPUs, and every
+        inference workload meets its SLO."""
+        problems = []
+        for pod in self.pods.values():
+            if not self._pod_healthy(pod):
+                where = f" on {pod.node}" if pod.node else ""
+                problems.append(f"{pod.name} is {pod.state}{where} ({pod.reason or 'not ready'})")
+        for m in self.models.values():
+            if not self._model_meets_slo(m):
+                problems.append(
+                    f"{m.name} misses its SLO: accuracy {m.accuracy_now} (min {m.slo_accuracy}), "
+                    f"p95 {m.latency_now} ms (max {m.slo_latency})"
+                )
+        return not problems, problems
+
+    # -------------------------------------------------------------------------------- snapshot
+
+    def _row(self, rows: tuple[TraceRow, ...]) -> TraceRow:
+        return rows[self.rng.randrange(len(rows))]
+
+    def _gpu_sample(self, g: SimGpu) -> GpuSample:
+        xids, g.pending_xids = g.pending_xids, []
+        base = dict(gpu=g.id, node=g.node, index=g.index)
+        if not g.present:
+            return GpuSample(**base, present=False, xids=xids)  # type: ignore[arg-type]
+        pod = self.pods.get(g.pod) if g.pod else None
+        running = pod is not None and pod.state == "Running"
+        if g.power_capped or (running and pod is not None and pod.kind == "training" and not pod.stalled):
+            row = self._row(self.prof.load)
+            util, power, sm, reasons = row.util, row.power_w * self.power_scale, row.sm_clock_mhz, row.reasons
+        elif running and pod is not None and pod.kind == "inference":
+            row = self._row(self.prof.load)
+            util = round(row.util * 0.55)
+            power = (95.0 + (row.power_w - 95.0) * 0.5) * self.power_scale
+            sm, reasons = 1980.0, 0
+        else:
+            row = self._row(self.prof.idle)
+            util, power, sm, reasons = 0.0, row.power_w * self.power_scale, row.sm_clock_mhz, row.reasons
+        temp = g.temp
+        if g.spike is not None:
+            metric, value, until = g.spike
+            if self.now < until:
+                if metric == "temp_c":
+                    temp = value
+                elif metric == "util":
+                    util = value
+                else:
+                    power = value
+            else:
+                g.spike = None
+        if g.thermal is not None and temp > THERMAL_SLOWDOWN_C:
+            reasons = (reasons & ~CLOCK_REASON_SW_POWER_CAP) | CLOCK_REASON_HW_THERMAL
+            sm = round(sm * 0.55)
+            power *= 0.7
+        mem = 480.0 + self.rng.uniform(0, 30)
+        if pod is not None and pod.state in ("Running", "Starting", "CrashLoop"):
+            mem = pod.base_mem_mib + pod.leak_mib + self.rng.uniform(-64, 64)
+        if g.reset_until is not None:
+            util, mem = 0.0, 0.0
+        return GpuSample(
+            **base,  # type: ignore[arg-type]
+            util_pct=float(util), mem_util_pct=float(min(100.0, util * 0.6)), mem_used_mib=round(mem, 1),
+            mem_total_mib=self.mem_total, temp_c=round(temp, 1), power_w=round(power, 2),
+            power_limit_w=self.power_limit, sm_clock_mhz=float(sm), mem_clock_mhz=row.mem_clock_mhz,
+            clock_event_reasons=int(reasons), ecc_sbe_volatile=g.ecc_sbe, ecc_dbe_volatile=g.ecc_dbe_vol,
+            ecc_dbe_aggregate=g.ecc_dbe_agg, remapped_rows_correctable=g.remap_corr,
+            remapped_rows_uncorrectable=g.remap_unc, remap_pending=g.remap_pending,
+            remap_failure=g.remap_failure, pcie_replay_counter=g.pcie_replay,
+            nvlink_crc_errors=None if self.scenario.cluster.gpu_model == "L4" else int(g.nvlink_crc),
+            nvlink_replay_errors=None if self.scenario.cluster.gpu_model == "L4" else int(g.nvlink_replay),
+            xids=xids, processes=[g.pod] if g.pod and pod is not None and pod.state != "Pending" else [],
+        )
+
+    def snapshot(self) -> ClusterSnapshot:
+        gpus = [self._gpu_sample(g) for g in self.gpus.values() if self.nodes[g.node].ready(self.now)]
+        nodes = [
+            NodeStatus(
+                name=n.name, ready=n.ready(self.now), unschedulable=n.unschedulable, cordoned_by=n.cordoned_by,
+                gpus=self.scenario.cluster.gpus_per_node,
+                taints=(["node.kubernetes.io/unschedulable"] if n.unschedulable else [])
+                + ([] if n.ready(self.now) else ["node.kubernetes.io/unreachable"]),
+            )
+            for n in self.nodes.values()
+        ]
+        pods = []
+        for p in self.pods.values():
+            if p.state == "Deleted":
+                continue
+            phase = {"Starting": "Pending", "CrashLoop": "Running"}.get(p.state, p.state)
+            ready = p.state == "Running" and not p.app_error
+            reason = p.reason if p.state != "Running" else ("Error" if p.app_error else None)
+            pods.append(PodStatus(
+                name=p.name, workload=p.workload, kind=p.kind, node=p.node, gpus=list(p.gpus),  # type: ignore[arg-type]
+                phase=phase, ready=ready, reason=reason, restarts=p.restarts,  # type: ignore[arg-type]
+                step=int(p.step) if p.kind == "training" else None, started_at_s=p.started_at,
+                log_tail=p.log[-10:],
+            ))
+        models = [
+            ModelStatus(
+                name=m.name, serving_version=m.serving, versions=sorted(m.versions),
+                accuracy=m.accuracy_now, latency_p95_ms=m.latency_now, slo_accuracy_min=m.slo_accuracy,
+                slo_latency_p95_ms=m.slo_latency, drift_psi=dict(m.drift_psi),
+                last_deploy_at_s=m.last_deploy_at, previous_version=m.previous,
+            )
+            for m in self.models.values()
+        ]
+        return ClusterSnapshot(at_s=self.now, gpus=gpus, nodes=nodes, pods=pods, models=models)

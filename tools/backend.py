@@ -1,0 +1,29 @@
+"""The seam between the remediator and the world: an `ActionBackend` executes whitelisted actions.
+
+The sandbox backend acts on the simulated cluster directly; the Kubernetes and MLflow backends implement
+the same protocol against real servers. Backends never decide anything: the governor has already allowed
+the action (and `agents.act` refuses to call a backend without that decision).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
+
+
+class ActionBackend(Protocol):
+    def execute(self, action: Action, *, idempotency_key: str, dry_run: bool = False) -> ActionResult:
+        """Carry out the action once. Calling it again with the same idempotency key is a no-op that
+        returns the first result."""
+        ...
+
+    def verify(self, action: Action) -> VerificationResult:
+        """Read the world back and say whether the action's effect holds."""
+        ...
+
+
+class TelemetrySource(Protocol):
+    def snapshot(self) -> ClusterSnapshot:
+        """The cluster as it is now."""
+        ...
