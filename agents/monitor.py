@@ -52,6 +52,7 @@ class _Key:
 @dataclass
 class Monitor:
     settings: MonitorSettings = field(default_factory=MonitorSettings)
+    id_prefix: str = "inc"  # incident ids must be unique across runs that share one database
     incidents: dict[str, Incident] = field(default_factory=dict)
     skipped_samples: int = 0
     _tracks: dict[tuple[str, str], _Track] = field(default_factory=dict)
@@ -302,7 +303,7 @@ class Monitor:
             if state.incident_id is not None and state.closed:
                 continue  # closed and still active: wait until the condition clears (no flapping)
             self._seq += 1
-            inc_id = f"inc-{self._seq:04d}"
+            inc_id = f"{self.id_prefix}-{self._seq}"
             kind, resource = self._resource_of(key, sigs)
             title = "; ".join(dict.fromkeys(s.detail for s in sigs))[:300]
             inc = Incident(id=inc_id, resource=resource, resource_kind=kind, opened_at_s=t,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,8 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None) -> None:
     approvals = ApprovalStore(db_path)
     audit = AuditLog(db_path)
     graph = compile_graph(conn)
-    monitor = Monitor(settings.monitor)
+    # Incident ids are unique per run, so that runs sharing one database never mix their audit entries.
+    monitor = Monitor(settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}")
 
     def on_note(incident_id: str, e: TimelineEntry) -> None:
         line = f"[{_clock(e.at_s)}] {incident_id} {e.agent:<13} {e.text}"
@@ -321,11 +323,30 @@ def _matches(ref: str, key: str) -> bool:
     return name == a_name and (not target or target == a_target)
 
 
-def _fault_time(s: Scenario, e: ExpectSpec) -> float:
-    for f in s.faults:
-        if e.resource and (f.target == e.resource or e.resource.startswith(f.target + "/")
-                           or f.target.startswith(e.resource + "/")):
-            return f.at
+def _related(s: Scenario, target: str, resource: str) -> bool:
+    """Does a fault on `target` explain an incident on `resource`? (same thing, the GPU under a node, a pod
+    on the GPU or node at the start, a model whose pods sit there)."""
+    from sandbox.scenario import place_pods
+
+    if target == resource or resource.startswith(target + "/") or target.startswith(resource + "/"):
+        return True
+    placed = place_pods(s)
+    homes: dict[str, set[str]] = {}
+    for pod, (node, gpus) in placed.items():
+        homes[pod] = {node, *(f"{node}/gpu-{g}" for g in gpus)}
+    for w in s.workloads:
+        if resource in (w.name, w.model_name):
+            homes[resource] = set().union(*(homes.get(p, set()) | {p} for p in w.pod_names()))
+    return target in homes.get(resource, set()) or resource in homes.get(target, set())
+
+
+def _fault_time(s: Scenario, e: ExpectSpec, opened_at: float) -> float:
+    related = [f.at for f in s.faults if e.resource and _related(s, f.target, e.resource)]
+    before = [t for t in related if t <= opened_at]
+    if before:
+        return max(before)
+    if related:
+        return min(related)
     return min((f.at for f in s.faults), default=0.0)
 
 
@@ -354,7 +375,7 @@ def score(run: _Run) -> ScenarioResult:
             failures.append("expected an incident" + (f" on {e.resource}" if e.resource else "") + ", none opened")
             continue
         first = first or match
-        after = match.opened_at_s - _fault_time(s, e)
+        after = match.opened_at_s - _fault_time(s, e, match.opened_at_s)
         detected = after if detected is None else detected
         if e.root_cause and match.root_cause != e.root_cause:
             failures.append(f"root cause {match.root_cause} != expected {e.root_cause}")

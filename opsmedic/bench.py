@@ -1,0 +1,88 @@
+"""`opsmedic bench`: the performance figures quoted in the README, measured, never asserted by tests.
+
+Layer: interfaces. Each group measures one part and returns flat `name: number` figures; `--only GROUP`
+runs one group. Groups whose part is not installed are skipped with a note rather than failing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q * (len(s) - 1)))))
+    return s[k]
+
+
+def bench_decision_and_sim(repeats: int = 3) -> dict[str, Any]:
+    """Decision latency (incident -> first governed decision, wall ms) and sandbox speed, over the
+    bundled example scenarios, `repeats` times each."""
+    from opsmedic.cli import bundled_scenarios
+    from opsmedic.evaluation import run_scenario
+    from sandbox.scenario import load_scenario
+
+    scenarios = [load_scenario(p) for p in bundled_scenarios().values()]
+    decisions: list[float] = []
+    sim_s = wall_s = 0.0
+    run_scenario(scenarios[0])  # warm-up: imports and the runbook catalogue are not what we measure
+    for _ in range(repeats):
+        for sc in scenarios:
+            r = run_scenario(sc)
+            decisions += [i.decision_ms for i in r.incidents if i.decision_ms is not None]
+            sim_s += r.sim_seconds
+            wall_s += r.wall_seconds
+    return {
+        "decision_ms_p50": round(statistics.median(decisions), 2) if decisions else None,
+        "decision_ms_p95": round(_pct(decisions, 0.95), 2) if decisions else None,
+        "decisions_measured": len(decisions),
+        "sim_speedup": round(sim_s / wall_s, 1) if wall_s else None,
+    }
+
+
+def _optional(module: str, fn: str) -> Callable[[], dict[str, Any]] | None:
+    try:
+        mod = __import__(module, fromlist=[fn])
+    except ImportError:
+        return None
+    f = getattr(mod, fn, None)
+    return f if callable(f) else None
+
+
+GROUPS: dict[str, tuple[str, str] | None] = {
+    "decision": None,
+    "sim": None,
+    "retrieval": ("knowledge.bench", "run_retrieval_bench"),
+    "monitor": ("agents.fleet_monitor", "bench_tick"),
+    "alerts": ("tools.alertmanager", "bench_alert_storm"),
+    "actions": ("tools.k8s_bench", "bench_actions"),
+}
+
+
+def run_bench(only: str | None = None) -> dict[str, Any]:
+    if only is not None and only not in GROUPS:
+        from opsmedic.errors import InputError
+
+        raise InputError(f"unknown bench group {only!r}; expected one of {', '.join(GROUPS)}", "bench --only")
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if only in (None, "decision", "sim"):
+        figures = bench_decision_and_sim()
+        if only == "sim":
+            figures = {"sim_speedup": figures["sim_speedup"]}
+        out.update(figures)
+    for group, target in GROUPS.items():
+        if target is None or only not in (None, group):
+            continue
+        fn = _optional(*target)
+        if fn is None:
+            out[f"{group}_skipped"] = f"{target[0]}.{target[1]} not available"
+            continue
+        out.update(fn())
+    out["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+    return out

@@ -1,0 +1,393 @@
+"""The `opsmedic` command line.
+
+Layer: interfaces. Built on argparse so that `opsmedic --help` and `--version` answer without importing
+any heavy library: every subcommand imports what it needs inside its handler. Exit codes: 0 success,
+1 a check failed (a scenario, the audit chain, a policy decision that is not allow), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from opsmedic import __version__
+from opsmedic.errors import InputError, OpsmedicError
+
+# Telemetry of the libraries we use must never phone home.
+for _var, _val in {"DO_NOT_TRACK": "1", "MLFLOW_ENABLE_TELEMETRY": "false", "ANONYMIZED_TELEMETRY": "False",
+                   "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+    os.environ.setdefault(_var, _val)
+
+DEFAULT_DEMO = "xid79-fell-off-bus"
+
+
+def _print(*parts: object) -> None:
+    print(*parts, flush=True)
+
+
+def _err(message: str) -> None:
+    print(f"opsmedic: {message}", file=sys.stderr, flush=True)
+
+
+def bundled_scenarios() -> dict[str, Path]:
+    folder = resources.files("sandbox").joinpath("scenarios")
+    return {Path(str(p)).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".yaml")}
+
+
+# ---------------------------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from opsmedic.evaluation import run_eval
+    from sandbox.scenario import load_scenario, scenario_files
+
+    files = scenario_files(args.paths)
+    scenarios = [load_scenario(f) for f in files]  # all validated before any runs: bad input is exit 2
+    names = [s.name for s in scenarios]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise InputError(f"scenario name(s) used twice: {', '.join(dup)}", "eval")
+    db = _db_path_if_configured()
+    if not args.json:
+        _print(f"{'scenario':<28} {'result':<6} {'root cause':<26} {'detect':>7} {'decide':>8}  actions")
+
+    def progress(r: Any) -> None:
+        if args.json:
+            return
+        det = f"{r.detected_after_s:.0f}s" if r.detected_after_s is not None else "-"
+        dec = f"{r.decision_ms:.0f}ms" if r.decision_ms is not None else "-"
+        _print(f"{r.name:<28} {'PASS' if r.passed else 'FAIL':<6} {str(r.root_cause or '-'):<26} {det:>7} "
+               f"{dec:>8}  {', '.join(r.actions) or '-'}")
+        for f in r.failures:
+            _print(f"{'':<28} - {f}")
+
+    report = run_eval(scenarios, agent=args.agent, db_path=db, progress=progress)
+    if args.json:
+        _print(json.dumps(report.public()))
+    else:
+        _print(f"\n{report.agent}: {report.passed}/{report.scenarios} scenarios passed; unsafe actions "
+               f"{report.unsafe_actions}; policy bypasses {report.policy_bypasses}")
+    return 0 if report.passed == report.scenarios else 1
+
+
+def _db_path_if_configured() -> Path | None:
+    from opsmedic.settings import load_settings
+
+    settings = load_settings()
+    return settings.sqlite_path() if settings.database_url else None
+
+
+def _db_path(arg: str | None) -> Path:
+    from opsmedic.settings import load_settings
+
+    settings = load_settings(database_url=arg) if arg else load_settings()
+    return settings.sqlite_path()
+
+
+# ---------------------------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from opsmedic.evaluation import run_scenario
+    from sandbox.scenario import format_duration, load_scenario
+
+    scenarios = bundled_scenarios()
+    if args.list:
+        for name, path in scenarios.items():
+            sc = load_scenario(path)
+            _print(f"{name:<26} {sc.description}")
+        return 0
+    path = Path(args.scenario) if args.scenario else scenarios[DEFAULT_DEMO]
+    sc = load_scenario(path)
+    db = _db_path(None)
+    w = ", ".join(f"{x.name} ({x.kind}, {x.replicas}x{x.gpus_per_replica} GPU)" for x in sc.workloads)
+    _print(f"opsmedic demo: {sc.name}\n  {sc.description}\n"
+           f"  cluster: {sc.cluster.nodes} nodes x {sc.cluster.gpus_per_node} {sc.cluster.gpu_model}; workloads: {w}")
+    for f in sc.faults:
+        _print(f"  fault injected at {format_duration(f.at)}: {f.type} on {f.target} {f.params or ''}")
+    _print(f"  approver: {sc.approvals}; simulated duration {format_duration(sc.duration)}; "
+           f"audit database {db}\n")
+    _print("What each agent did, as it happened (simulated time):")
+    result = run_scenario(sc, db_path=db, narrate=lambda line: _print("  " + line))
+    _print("\nIncident timeline:")
+    if not result.incidents:
+        _print("  no incident was opened: nothing abnormal held long enough to act on")
+    for inc in result.incidents:
+        _print(f"  {inc.id} on {inc.resource}: {inc.root_cause} -> {inc.outcome}; "
+               f"actions {', '.join(inc.actions) or 'none'}; decision in {inc.decision_ms} ms")
+    verdict = "PASS" if result.passed else "FAIL"
+    _print(f"\nScore against the scenario's expectations: {verdict}"
+           + ("" if result.passed else " - " + "; ".join(result.failures)))
+    _print(f"Recovered: {result.recovered}; unsafe actions {result.unsafe_actions}; policy bypasses "
+           f"{result.policy_bypasses}; simulated {format_duration(result.sim_seconds)} in {result.wall_seconds:.2f}s")
+    _print(f"Audit chain: `opsmedic audit verify --db {db}`; story: `opsmedic audit show --incident ID`")
+    return 0 if result.passed else 1
+
+
+# --------------------------------------------------------------------------------------------- bench
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from opsmedic.bench import run_bench
+
+    figures = run_bench(only=args.only)
+    if args.json:
+        _print(json.dumps(figures))
+    else:
+        for k, v in figures.items():
+            _print(f"{k:<28} {v}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- audit / policy
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from policies.audit import AuditLog
+
+    db = _db_path(args.db)
+    if not db.exists():
+        raise InputError("no audit database here", str(db))
+    with AuditLog(db) as log:
+        v = log.verify()
+    if v.ok:
+        _print(f"audit chain intact: {v.count} entries ({db})")
+        return 0
+    _print(f"audit chain BROKEN at entry {v.first_bad_seq}: {v.reason} ({db})")
+    return 1
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from policies.audit import AuditLog
+
+    db = _db_path(args.db)
+    with AuditLog(db) as log:
+        entries = log.entries(incident_id=args.incident)
+        if args.incident is None:
+            entries = entries[-50:]
+    if not entries:
+        _print("no audit entries" + (f" for incident {args.incident}" if args.incident else ""))
+        return 1
+    for e in entries:
+        sim = f"t={e.sim_s:.0f}s " if e.sim_s is not None else ""
+        _print(f"#{e.seq:<5} {e.at} {sim}{e.incident_id or '-'} {e.kind}: {_summarise(e.payload)}")
+    return 0
+
+
+def _summarise(p: dict[str, Any]) -> str:
+    if "action" in p and isinstance(p["action"], dict):
+        a = p["action"]
+        head = f"{a.get('name')}@{a.get('target')}"
+        for k in ("verdict", "ok", "detail", "rule"):
+            if k in p:
+                head += f" {k}={p[k]}"
+        return head
+    for k in ("root_cause", "reason", "outcome", "rationale", "resource"):
+        if k in p:
+            return f"{k}={p[k]}"
+    return json.dumps(p, default=str)[:160]
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from policies.model import load_policy
+
+    pol = load_policy(args.file)
+    _print(f"{args.file}: valid policy (mode {pol.mode}, {len(pol.actions)} action rules)")
+    return 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from opsmedic.domain import Action
+    from policies.engine import DecisionContext, PolicyEngine
+    from policies.model import load_policy
+
+    name, _, target = args.action.partition("@")
+    if not target:
+        raise InputError("expected ACTION@TARGET, e.g. drain_node@node-3", "policy explain")
+    try:
+        action = Action(name=name, target=target)  # type: ignore[arg-type]
+    except Exception:
+        raise InputError(f"{name!r} is not a whitelisted action", "policy explain") from None
+    engine = PolicyEngine(load_policy(args.policy))
+    ctx = DecisionContext(now_s=0.0, total_nodes=args.nodes, total_gpus=args.nodes * args.gpus_per_node,
+                          nodes_out_of_service=list(args.out or []))
+    _print(engine.explain(action, ctx))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ approvals
+
+
+def cmd_approvals_list(args: argparse.Namespace) -> int:
+    from policies.approvals import ApprovalStore
+
+    db = _db_path(args.db)
+    with ApprovalStore(db) as store:
+        reqs = store.list(status=None if args.all else "pending")
+    if not reqs:
+        _print("no pending approvals" if not args.all else "no approvals")
+        return 0
+    for r in reqs:
+        _print(f"{r.id}  {r.status.value:<9} {r.action.key:<32} risk {r.risk.value:<8} incident {r.incident_id} "
+               f"approvers {', '.join(r.approvers)} expires t={r.expires_at_s:.0f}s")
+    return 0
+
+
+def _approval_now(store: Any, request_id: str) -> float:
+    """Approvals made from the CLI use the clock of the request: epoch seconds for the daemon, simulated
+    seconds for a sandbox run (whose requests were made near t=0)."""
+    import time
+
+    req = store.get(request_id)
+    if req is None:
+        raise InputError(f"no approval request {request_id}", "approvals")
+    return time.time() if req.requested_at_s > 1e9 else req.requested_at_s
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from policies.approvals import ApprovalStore
+    from policies.audit import AuditLog
+
+    db = _db_path(args.db)
+    with ApprovalStore(db) as store, AuditLog(db) as audit:
+        req = store.approve(args.id, by=args.as_user, now_s=_approval_now(store, args.id), audit=audit)
+    _print(f"{req.id}: {req.status.value} by {', '.join(req.approved_by)} ({req.action.key})")
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from policies.approvals import ApprovalStore
+    from policies.audit import AuditLog
+
+    db = _db_path(args.db)
+    with ApprovalStore(db) as store, AuditLog(db) as audit:
+        req = store.reject(args.id, by=args.as_user, reason=args.reason, now_s=_approval_now(store, args.id),
+                           audit=audit)
+    _print(f"{req.id}: rejected by {args.as_user} ({req.action.key}): {args.reason}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- runbooks
+
+
+def cmd_runbooks(args: argparse.Namespace) -> int:
+    from knowledge import cli as kcli
+
+    fn: Callable[..., int] = getattr(kcli, f"cmd_{args.runbooks_cmd}")
+    return fn(args)
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="opsmedic",
+        description="Autonomous, governed self-healing for GPU clusters that serve and train ML models.",
+    )
+    p.add_argument("--version", action="version", version=f"opsmedic {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="run a scenario in the sandbox and narrate what the agents do")
+    d.add_argument("--scenario", metavar="FILE", help="a scenario file (default: a GPU falling off the bus)")
+    d.add_argument("--list", action="store_true", help="list the bundled scenarios")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("eval", help="run scenario files or folders and print a scorecard")
+    e.add_argument("paths", nargs="+", metavar="PATH")
+    e.add_argument("--json", action="store_true", help="print one JSON object (schema in SCENARIOS.md)")
+    e.add_argument("--agent", choices=["opsmedic", "baseline"], default="opsmedic")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="measure the performance figures in the README")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--only", metavar="GROUP", help="decision | sim | retrieval | monitor | alerts | actions")
+    b.set_defaults(func=cmd_bench)
+
+    a = sub.add_parser("audit", help="the hash-chained audit log")
+    asub = a.add_subparsers(dest="audit_cmd", metavar="SUBCOMMAND", required=True)
+    av = asub.add_parser("verify", help="check the hash chain: exit 0 intact, 1 broken")
+    av.add_argument("--db", metavar="URL")
+    av.set_defaults(func=cmd_audit_verify)
+    ash = asub.add_parser("show", help="print the audit entries (of one incident)")
+    ash.add_argument("--incident", metavar="ID")
+    ash.add_argument("--db", metavar="URL")
+    ash.set_defaults(func=cmd_audit_show)
+
+    po = sub.add_parser("policy", help="validate and explain policies")
+    posub = po.add_subparsers(dest="policy_cmd", metavar="SUBCOMMAND", required=True)
+    pc = posub.add_parser("check", help="validate a policy file")
+    pc.add_argument("file")
+    pc.set_defaults(func=cmd_policy_check)
+    pe = posub.add_parser("explain", help="what the policy would decide for ACTION@TARGET, and why")
+    pe.add_argument("action", metavar="ACTION@TARGET")
+    pe.add_argument("--policy", metavar="FILE")
+    pe.add_argument("--nodes", type=int, default=8, help="cluster size to assume (default 8)")
+    pe.add_argument("--gpus-per-node", type=int, default=8)
+    pe.add_argument("--out", nargs="*", metavar="NODE", help="nodes already out of service")
+    pe.set_defaults(func=cmd_policy_explain)
+
+    ap = sub.add_parser("approvals", help="pending approval requests")
+    apsub = ap.add_subparsers(dest="approvals_cmd", metavar="SUBCOMMAND", required=True)
+    al = apsub.add_parser("list")
+    al.add_argument("--all", action="store_true", help="include decided requests")
+    al.add_argument("--db", metavar="URL")
+    al.set_defaults(func=cmd_approvals_list)
+    apr = sub.add_parser("approve", help="approve a pending request")
+    apr.add_argument("id")
+    apr.add_argument("--as", dest="as_user", required=True, metavar="USER")
+    apr.add_argument("--db", metavar="URL")
+    apr.set_defaults(func=cmd_approve)
+    rj = sub.add_parser("reject", help="reject a pending request")
+    rj.add_argument("id")
+    rj.add_argument("--as", dest="as_user", required=True, metavar="USER")
+    rj.add_argument("--reason", required=True)
+    rj.add_argument("--db", metavar="URL")
+    rj.set_defaults(func=cmd_reject)
+
+    rb = sub.add_parser("runbooks", help="lint, index and search the runbook library")
+    rbsub = rb.add_subparsers(dest="runbooks_cmd", metavar="SUBCOMMAND", required=True)
+    rl = rbsub.add_parser("lint", help="validate every runbook")
+    rl.add_argument("folder", nargs="?")
+    rl.set_defaults(func=cmd_runbooks)
+    ri = rbsub.add_parser("index", help="(re)build the Qdrant index when runbooks changed")
+    ri.add_argument("--folder")
+    ri.set_defaults(func=cmd_runbooks)
+    rs = rbsub.add_parser("search", help="hybrid search over the runbooks")
+    rs.add_argument("query")
+    rs.add_argument("--json", action="store_true")
+    rs.add_argument("--top", type=int, default=3)
+    rs.set_defaults(func=cmd_runbooks)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        _err(str(exc))
+        return 2
+    except OpsmedicError as exc:
+        _err(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
