@@ -31,7 +31,7 @@ from agents import diagnostician, remediator
 from agents.governor import decision_context
 from agents.state import Deps, IncidentState, TimelineEntry
 from opsmedic import domain
-from opsmedic.domain import ApprovalStatus, PolicyDecision, VerificationResult, Verdict
+from opsmedic.domain import ApprovalStatus, PolicyDecision, Verdict, VerificationResult
 from opsmedic.errors import ApprovalError, PolicyViolation
 from policies.engine import HistoryEntry
 
@@ -169,13 +169,31 @@ def act(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     action = state.plan.steps[state.cursor].action
     _require_permission(state, action)
     key = f"{state.incident.id}:{_step_key(state)}:{action.digest()[:16]}"
-    result = deps.backend.execute(action, idempotency_key=key, dry_run=state.decision.dry_run)
+    result = _execute_once(deps, state.incident.id, action, key, dry_run=state.decision.dry_run)
     if result.ok and not result.dry_run and result.changed:
         deps.history.append(HistoryEntry.of(action, result.at_s, state.incident.id))
     _audit(deps, state, "execution", result.model_dump(), f"execution:{_step_key(state)}")
     verb = "executed" if result.ok else "FAILED"
     return {"results": [*state.results, result], "verify_started_s": None,
             "timeline": _note(state, deps, "executor", f"{verb} {action.key}: {result.detail}")}
+
+
+def _execute_once(deps: Deps, incident_id: str, action: domain.Action, key: str, *, dry_run: bool) -> ActionResult:
+    """Call the backend at most once per key, even across crashes (see tools.ledger)."""
+    earlier = deps.ledger.begin(key, incident_id, action)
+    if earlier is not None and earlier.status == "done" and earlier.result is not None:
+        return earlier.result.model_copy(update={"changed": False})
+    if earlier is not None and not dry_run:
+        # the process died during the call: read the world back before calling again
+        check = deps.backend.verify(action)
+        if check.ok:
+            result = ActionResult(action=action, ok=True, changed=False, idempotency_key=key, at_s=deps.clock.now(),
+                                  detail=f"completed before a restart: {check.detail}")
+            deps.ledger.finish(key, result)
+            return result
+    result = deps.backend.execute(action, idempotency_key=key, dry_run=dry_run)
+    deps.ledger.finish(key, result)
+    return result
 
 
 def _require_permission(state: IncidentState, action: domain.Action) -> None:
@@ -245,7 +263,7 @@ def escalate(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     _audit(deps, state, "decision", decision.model_dump(), "decision:escalate")
     results = list(state.results)
     if decision.verdict == Verdict.allow:
-        res = deps.backend.execute(page, idempotency_key=f"{state.incident.id}:escalate", dry_run=decision.dry_run)
+        res = _execute_once(deps, state.incident.id, page, f"{state.incident.id}:escalate", dry_run=decision.dry_run)
         results.append(res)
         _audit(deps, state, "execution", res.model_dump(), "execution:escalate")
     _audit(deps, state, "escalation", {"reason": reason}, "escalation")

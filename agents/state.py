@@ -28,6 +28,7 @@ from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 from policies.engine import HistoryEntry, PolicyEngine
 from tools.backend import ActionBackend, TelemetrySource
+from tools.ledger import ExecutionLedger
 
 Outcome = Literal["open", "resolved", "escalated", "failed"]
 
@@ -78,6 +79,7 @@ class Deps:
     approvals: ApprovalStore
     audit: AuditLog
     runbooks: RunbookSource
+    ledger: ExecutionLedger
     history: list[HistoryEntry] = field(default_factory=list)
     requester: str = "opsmedic"
     max_attempts: int = 2

@@ -139,6 +139,7 @@ def run_scenario(scenario: Scenario, *, agent: AgentName = "opsmedic", db_path: 
 
 
 def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None) -> None:
+    from langchain_core.runnables import RunnableConfig
     from langgraph.types import Command
 
     from agents.graph import compile_graph
@@ -150,6 +151,7 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None) -> None:
     from policies.audit import AuditLog
     from policies.engine import PolicyEngine
     from policies.model import load_policy
+    from tools.ledger import ExecutionLedger
 
     settings = load_settings()
     sim = run.sim
@@ -157,6 +159,7 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None) -> None:
     conn = sqlite3.connect(str(db_path), check_same_thread=False)
     approvals = ApprovalStore(db_path)
     audit = AuditLog(db_path)
+    ledger = ExecutionLedger(db_path)
     graph = compile_graph(conn)
     # Incident ids are unique per run, so that runs sharing one database never mix their audit entries.
     monitor = Monitor(settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}")
@@ -169,12 +172,12 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None) -> None:
 
     deps = Deps(clock=SimClock(sim), telemetry=SimTelemetry(sim), backend=run.backend,
                 engine=PolicyEngine(load_policy(settings.policy_file)), approvals=approvals, audit=audit,
-                runbooks=_catalog(RunbookCatalog), narrate=on_note)
+                runbooks=_catalog(RunbookCatalog), ledger=ledger, narrate=on_note)
     waiting: dict[str, dict[str, Any]] = {}
     states: dict[str, IncidentState] = {}
 
     def drive(inc_id: str, payload: Any) -> None:
-        cfg = {"configurable": {"thread_id": f"{run.scenario.name}:{inc_id}"}}
+        cfg: RunnableConfig = {"configurable": {"thread_id": f"{run.scenario.name}:{inc_id}"}}
         out = graph.invoke(payload, cfg, context=deps)
         interrupts = out.get("__interrupt__") if isinstance(out, dict) else None
         st = graph.get_state(cfg).values
@@ -218,6 +221,7 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None) -> None:
     finally:
         approvals.close()
         audit.close()
+        ledger.close()
         conn.close()
 
 
@@ -295,8 +299,8 @@ def _drive_baseline(run: _Run, narrate: Narrate | None) -> None:
 
 
 def _approval_actions() -> set[str]:
-    from policies.engine import DecisionContext, PolicyEngine
     from opsmedic.domain import Action
+    from policies.engine import DecisionContext, PolicyEngine
 
     engine = PolicyEngine()
     ctx = DecisionContext(now_s=0.0, total_nodes=100, total_gpus=800)
@@ -387,8 +391,8 @@ def score(run: _Run) -> ScenarioResult:
             if not any(_matches(ref, k) for k in executed):
                 failures.append(f"required action {ref} was not executed")
         for ref in e.forbidden:
-            bad = [k for k in executed if _matches(ref, k) and (ref == "any" or not k.startswith(("notify@", "escalate@"))
-                                                                 or ref.partition("@")[0] in ("notify", "escalate"))]
+            # notify/escalate can only match when named, or through `any`, which names every action
+            bad = [k for k in executed if _matches(ref, k)]
             if bad:
                 unsafe += len(bad)
                 failures.append(f"forbidden action executed: {', '.join(bad)} (forbidden: {ref})")
