@@ -31,7 +31,7 @@ from agents import diagnostician, remediator
 from agents.governor import decision_context
 from agents.state import Deps, IncidentState, TimelineEntry
 from opsmedic import domain
-from opsmedic.domain import ApprovalStatus, PolicyDecision, Verdict, VerificationResult
+from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
 from opsmedic.errors import ApprovalError, PolicyViolation
 from policies.engine import HistoryEntry
 

@@ -750,7 +750,9 @@ class Simulator:
             waiting = [p.name for p in moved if p.state in ("Pending", "Starting")]
             if left:
                 return False, f"pods still on {t}: {', '.join(left)}"
-            return not waiting, (f"waiting for {', '.join(waiting)}" if waiting else f"{t} drained; pods running elsewhere")
+            if waiting:
+                return False, f"waiting for {', '.join(waiting)}"
+            return True, f"{t} drained; pods running elsewhere"
         if a.name in ("restart_pod", "reschedule_pod"):
             pod = self.pods[t]
             ok = self._pod_healthy(pod)
