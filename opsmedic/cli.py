@@ -115,7 +115,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"  approver: {sc.approvals}; simulated duration {format_duration(sc.duration)}; "
            f"audit database {db}\n")
     _print("What each agent did, as it happened (simulated time):")
-    result = run_scenario(sc, db_path=db, narrate=lambda line: _print("  " + line))
+    result = run_scenario(sc, db_path=db, narrate=lambda line: _print("  " + line), approver=args.approver,
+                          approval_timeout_s=args.approval_timeout)
     _print("\nIncident timeline:")
     if not result.incidents:
         _print("  no incident was opened: nothing abnormal held long enough to act on")
@@ -298,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run a scenario in the sandbox and narrate what the agents do")
     d.add_argument("--scenario", metavar="FILE", help="a scenario file (default: a GPU falling off the bus)")
     d.add_argument("--list", action="store_true", help="list the bundled scenarios")
+    d.add_argument("--approver", choices=["scenario", "external"], default="scenario",
+                   help="external: pause at each approval until someone runs `opsmedic approve|reject`")
+    d.add_argument("--approval-timeout", type=float, default=600.0, metavar="SECONDS")
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("eval", help="run scenario files or folders and print a scorecard")

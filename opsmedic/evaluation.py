@@ -116,8 +116,15 @@ class _Run:
 Narrate = Callable[[str], None]
 
 
+Approver = Literal["scenario", "external"]
+
+
 def run_scenario(scenario: Scenario, *, agent: AgentName = "opsmedic", db_path: Path | None = None,
-                 narrate: Narrate | None = None) -> ScenarioResult:
+                 narrate: Narrate | None = None, approver: Approver = "scenario",
+                 approval_timeout_s: float = 600.0) -> ScenarioResult:
+    """Run one scenario. With `approver="external"` nobody is simulated: simulated time stops at each
+    approval request until a person decides it from another process (`opsmedic approve ID --as USER`),
+    or `approval_timeout_s` wall seconds pass (then the request is left to expire)."""
     from sandbox.cluster import Simulator
     from tools.sandbox_backend import SandboxBackend
 
@@ -128,17 +135,18 @@ def run_scenario(scenario: Scenario, *, agent: AgentName = "opsmedic", db_path: 
         _drive_baseline(run, narrate)
     else:
         if db_path is not None:
-            _drive_opsmedic(run, db_path, narrate)
+            _drive_opsmedic(run, db_path, narrate, approver, approval_timeout_s)
         else:
             with tempfile.TemporaryDirectory(prefix="opsmedic-eval-") as tmp:
-                _drive_opsmedic(run, Path(tmp) / "eval.db", narrate)
+                _drive_opsmedic(run, Path(tmp) / "eval.db", narrate, approver, approval_timeout_s)
     result = score(run)
     result.wall_seconds = round(time.perf_counter() - wall0, 3)
     result.sim_seconds = sim.now
     return result
 
 
-def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None) -> None:
+def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver: Approver,
+                    approval_timeout_s: float) -> None:
     from langchain_core.runnables import RunnableConfig
     from langgraph.types import Command
 
@@ -198,7 +206,10 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None) -> None:
                 drive(inc.id, IncidentState(incident=inc))
             # resume what can be resumed now; a resumed graph may wait again at once
             for _ in range(50):
-                ready = [i for i, w in waiting.items() if _ready(w, sim.now, run.scenario, approvals, audit)]
+                if approver == "external":
+                    _wait_for_people(waiting, approvals, db_path, approval_timeout_s, narrate)
+                ready = [i for i, w in waiting.items()
+                         if _ready(w, sim.now, run.scenario, approvals, audit, simulate=approver == "scenario")]
                 if not ready:
                     break
                 for inc_id in ready:
@@ -235,7 +246,27 @@ def _catalog(factory: Any) -> Any:
 _CATALOG: Any = None
 
 
-def _ready(w: dict[str, Any], now: float, scenario: Scenario, approvals: Any, audit: Any) -> bool:
+def _wait_for_people(waiting: dict[str, dict[str, Any]], approvals: Any, db_path: Path, timeout_s: float,
+                     narrate: Narrate | None) -> None:
+    """Hold simulated time while any approval is pending, polling the store that people write to."""
+    pending = [w for w in waiting.values() if w["kind"] == "approval"
+               and (r := approvals.get(w["request_id"])) is not None and r.status == ApprovalStatus.pending]
+    if not pending:
+        return
+    say = narrate or print
+    for w in pending:
+        say(f"  waiting for a person: opsmedic approve {w['request_id']} --as USER --db {db_path}   "
+            f"(or: opsmedic reject {w['request_id']} --as USER --reason TEXT --db {db_path})")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(approvals.get(w["request_id"]).status != ApprovalStatus.pending for w in pending):
+            return
+        time.sleep(0.5)
+    say(f"  no decision within {timeout_s:.0f}s: the request is left to expire")
+
+
+def _ready(w: dict[str, Any], now: float, scenario: Scenario, approvals: Any, audit: Any, *,
+           simulate: bool = True) -> bool:
     """Is a waiting graph ready to resume? Plays the scenario's approver for approval waits."""
     if w["kind"] == "wait":
         return bool(now >= float(w["until_s"]))
@@ -244,6 +275,8 @@ def _ready(w: dict[str, Any], now: float, scenario: Scenario, approvals: Any, au
         return True
     if req.status != ApprovalStatus.pending:
         return True
+    if not simulate:
+        return bool(now >= req.expires_at_s)
     if scenario.approvals == "approve":
         approvals.approve(req.id, by=APPROVER, digest=req.digest, now_s=now, audit=audit)
         return True
