@@ -8,10 +8,8 @@ person would from another process. Scoring follows SCENARIOS.md.
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,30 +145,10 @@ def run_scenario(scenario: Scenario, *, agent: AgentName = "opsmedic", db_path: 
 
 def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver: Approver,
                     approval_timeout_s: float) -> None:
-    from langchain_core.runnables import RunnableConfig
-    from langgraph.types import Command
+    from agents.state import TimelineEntry
+    from opsmedic.driver import IncidentDriver
 
-    from agents.graph import compile_graph
-    from agents.monitor import Monitor
-    from agents.runbook_source import RunbookCatalog
-    from agents.state import Deps, IncidentState, TimelineEntry
-    from opsmedic.settings import load_settings
-    from policies.approvals import ApprovalStore
-    from policies.audit import AuditLog
-    from policies.engine import PolicyEngine
-    from policies.model import load_policy
-    from tools.ledger import ExecutionLedger
-
-    settings = load_settings()
     sim = run.sim
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(db_path), check_same_thread=False)
-    approvals = ApprovalStore(db_path)
-    audit = AuditLog(db_path)
-    ledger = ExecutionLedger(db_path)
-    graph = compile_graph(conn)
-    # Incident ids are unique per run, so that runs sharing one database never mix their audit entries.
-    monitor = Monitor(settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}")
 
     def on_note(incident_id: str, e: TimelineEntry) -> None:
         line = f"[{_clock(e.at_s)}] {incident_id} {e.agent:<13} {e.text}"
@@ -178,46 +156,23 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
         if narrate is not None:
             narrate(line)
 
-    deps = Deps(clock=SimClock(sim), telemetry=SimTelemetry(sim), backend=run.backend,
-                engine=PolicyEngine(load_policy(settings.policy_file)), approvals=approvals, audit=audit,
-                runbooks=_catalog(RunbookCatalog), ledger=ledger, narrate=on_note)
-    waiting: dict[str, dict[str, Any]] = {}
-    states: dict[str, IncidentState] = {}
-
-    def drive(inc_id: str, payload: Any) -> None:
-        cfg: RunnableConfig = {"configurable": {"thread_id": f"{run.scenario.name}:{inc_id}"}}
-        out = graph.invoke(payload, cfg, context=deps)
-        interrupts = out.get("__interrupt__") if isinstance(out, dict) else None
-        st = graph.get_state(cfg).values
-        states[inc_id] = IncidentState.model_validate(st) if isinstance(st, dict) else st
-        if interrupts:
-            waiting[inc_id] = dict(interrupts[0].value)
-        else:
-            waiting.pop(inc_id, None)
-            monitor.close(inc_id)
-
+    driver = IncidentDriver(db_path=db_path, clock=SimClock(sim), telemetry=SimTelemetry(sim), backend=run.backend,
+                            narrate=on_note, thread_prefix=f"{run.scenario.name}:")
+    play = _scenario_approver(run.scenario, driver) if approver == "scenario" else None
     try:
         while not sim.done:
             sim.step()
-            snap = deps.telemetry.snapshot()
-            for inc in monitor.observe(snap, sim.tick):
+            snap = driver.deps.telemetry.snapshot()
+            for inc in driver.monitor.observe(snap, sim.tick):
                 run.reports[inc.id] = IncidentReport(id=inc.id, resource=inc.resource, opened_at_s=inc.opened_at_s)
-                deps.started_wall[inc.id] = time.perf_counter()
-                drive(inc.id, IncidentState(incident=inc))
-            # resume what can be resumed now; a resumed graph may wait again at once
-            for _ in range(50):
-                if approver == "external":
-                    _wait_for_people(waiting, approvals, db_path, approval_timeout_s, narrate)
-                ready = [i for i, w in waiting.items()
-                         if _ready(w, sim.now, run.scenario, approvals, audit, simulate=approver == "scenario")]
-                if not ready:
-                    break
-                for inc_id in ready:
-                    drive(inc_id, Command(resume={"at_s": sim.now}))
-        for inc_id, st in states.items():
+                driver.start(inc)
+            if approver == "external":
+                _wait_for_people(driver, approval_timeout_s, narrate)
+            driver.resume_ready(sim.now, play)
+        for inc_id, st in driver.states.items():
             rep = run.reports[inc_id]
-            rep.outcome = st.outcome if not waiting.get(inc_id) else "awaiting_approval" if waiting[inc_id][
-                "kind"] == "approval" else "open"
+            w = driver.waiting.get(inc_id)
+            rep.outcome = st.outcome if w is None else ("awaiting_approval" if w["kind"] == "approval" else "open")
             if st.diagnosis is not None:
                 rep.root_cause, rep.diagnosis_resource = st.diagnosis.root_cause, st.diagnosis.resource
             rep.approvals_requested = len({a.id for a in st.approvals})
@@ -225,65 +180,41 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
                 if r.ok and not r.dry_run:
                     rep.actions.append(r.action.key)
                     run.executed.append((inc_id, r))
-                    run.bypasses += _bypass(st, r, approvals)
-            first = deps.first_decision_wall.get(inc_id)
-            if first is not None:
-                rep.decision_ms = round((first - deps.started_wall[inc_id]) * 1000.0, 2)
+                    run.bypasses += _bypass(st, r, driver.approvals)
+            rep.decision_ms = driver.decision_ms(inc_id)
     finally:
-        approvals.close()
-        audit.close()
-        ledger.close()
-        conn.close()
+        driver.close()
 
 
-def _catalog(factory: Any) -> Any:
-    global _CATALOG
-    if _CATALOG is None:
-        _CATALOG = factory.bundled()
-    return _CATALOG
+def _scenario_approver(scenario: Scenario, driver: Any) -> Callable[[Any, float], None]:
+    """The scenario's approver: approves or rejects through the real store, or ignores the request."""
+
+    def play(req: Any, now: float) -> None:
+        if scenario.approvals == "approve":
+            driver.approvals.approve(req.id, by=APPROVER, digest=req.digest, now_s=now, audit=driver.audit)
+        elif scenario.approvals == "reject":
+            driver.approvals.reject(req.id, by=APPROVER, reason="rejected by the scenario's approver", now_s=now,
+                                    audit=driver.audit)
+
+    return play
 
 
-_CATALOG: Any = None
-
-
-def _wait_for_people(waiting: dict[str, dict[str, Any]], approvals: Any, db_path: Path, timeout_s: float,
-                     narrate: Narrate | None) -> None:
+def _wait_for_people(driver: Any, timeout_s: float, narrate: Narrate | None) -> None:
     """Hold simulated time while any approval is pending, polling the store that people write to."""
-    pending = [w for w in waiting.values() if w["kind"] == "approval"
-               and (r := approvals.get(w["request_id"])) is not None and r.status == ApprovalStatus.pending]
+    pending = driver.pending_approvals()
     if not pending:
         return
     say = narrate or print
-    for w in pending:
-        say(f"  waiting for a person: opsmedic approve {w['request_id']} --as USER --db {db_path}   "
-            f"(or: opsmedic reject {w['request_id']} --as USER --reason TEXT --db {db_path})")
+    db = driver.db_path
+    for r in pending:
+        say(f"  waiting for a person: opsmedic approve {r.id} --as USER --db {db}   "
+            f"(or: opsmedic reject {r.id} --as USER --reason TEXT --db {db})")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(approvals.get(w["request_id"]).status != ApprovalStatus.pending for w in pending):
+        if not driver.pending_approvals():
             return
         time.sleep(0.5)
     say(f"  no decision within {timeout_s:.0f}s: the request is left to expire")
-
-
-def _ready(w: dict[str, Any], now: float, scenario: Scenario, approvals: Any, audit: Any, *,
-           simulate: bool = True) -> bool:
-    """Is a waiting graph ready to resume? Plays the scenario's approver for approval waits."""
-    if w["kind"] == "wait":
-        return bool(now >= float(w["until_s"]))
-    req = approvals.get(w["request_id"])
-    if req is None:
-        return True
-    if req.status != ApprovalStatus.pending:
-        return True
-    if not simulate:
-        return bool(now >= req.expires_at_s)
-    if scenario.approvals == "approve":
-        approvals.approve(req.id, by=APPROVER, digest=req.digest, now_s=now, audit=audit)
-        return True
-    if scenario.approvals == "reject":
-        approvals.reject(req.id, by=APPROVER, reason="rejected by the scenario's approver", now_s=now, audit=audit)
-        return True
-    return bool(now >= req.expires_at_s)  # ignore: nobody answers; it expires
 
 
 def _bypass(st: Any, r: ActionResult, approvals: Any) -> int:

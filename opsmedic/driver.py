@@ -1,0 +1,164 @@
+"""The incident driver: one LangGraph graph per incident, started, resumed and tracked.
+
+Layer: interfaces. Shared by `opsmedic eval`/`demo` (simulated clock) and the daemon (wall clock): it feeds
+snapshots to the monitor, starts a graph for each incident it opens, and resumes graphs that wait — a
+`wait` interrupt when its time comes, an `approval` interrupt when the approval store says the request is
+no longer pending (approved, rejected or expired). The resume value is only a wake-up call: the graph
+itself reads the store. Thread-safe: the daemon's HTTP handlers and its monitor loop share one driver.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opsmedic.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident
+
+if TYPE_CHECKING:
+    from agents.state import IncidentState, TimelineEntry
+    from opsmedic.settings import Settings
+    from tools.backend import ActionBackend, TelemetrySource
+
+# Called for each pending approval request the driver sees; may approve or reject it in the store.
+Approver = Callable[[ApprovalRequest, float], None]
+Narrate = Callable[[str, "TimelineEntry"], None]
+
+_CATALOG: Any = None
+
+
+def bundled_catalog() -> Any:
+    """The runbook catalogue is immutable and costly to load: one per process."""
+    global _CATALOG
+    if _CATALOG is None:
+        from agents.runbook_source import RunbookCatalog
+
+        _CATALOG = RunbookCatalog.bundled()
+    return _CATALOG
+
+
+class IncidentDriver:
+    def __init__(self, *, db_path: Path, clock: Any, telemetry: TelemetrySource, backend: ActionBackend,
+                 settings: Settings | None = None, narrate: Narrate | None = None, thread_prefix: str = "",
+                 requester: str = "opsmedic") -> None:
+        from agents.graph import compile_graph
+        from agents.monitor import Monitor
+        from agents.state import Deps
+        from opsmedic.settings import load_settings
+        from policies.approvals import ApprovalStore
+        from policies.audit import AuditLog
+        from policies.engine import PolicyEngine
+        from policies.model import load_policy
+        from tools.ledger import ExecutionLedger
+
+        self.settings = settings or load_settings()
+        self.db_path = db_path
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(db_path), check_same_thread=False)
+        self.approvals = ApprovalStore(db_path)
+        self.audit = AuditLog(db_path)
+        self.ledger = ExecutionLedger(db_path)
+        self.graph = compile_graph(self._conn)
+        # Incident ids are unique per run, so that runs sharing one database never mix their entries.
+        self.monitor = Monitor(self.settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}")
+        self.deps = Deps(clock=clock, telemetry=telemetry, backend=backend,
+                         engine=PolicyEngine(load_policy(self.settings.policy_file)), approvals=self.approvals,
+                         audit=self.audit, runbooks=bundled_catalog(), ledger=self.ledger, narrate=narrate,
+                         requester=requester)
+        self.thread_prefix = thread_prefix
+        self.incidents: dict[str, Incident] = {}
+        self.states: dict[str, IncidentState] = {}
+        self.waiting: dict[str, dict[str, Any]] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------------------------------ graph
+
+    def _config(self, inc_id: str) -> Any:
+        return {"configurable": {"thread_id": f"{self.thread_prefix}{inc_id}"}}
+
+    def _invoke(self, inc_id: str, payload: Any) -> None:
+        from agents.state import IncidentState
+
+        cfg = self._config(inc_id)
+        out = self.graph.invoke(payload, cfg, context=self.deps)
+        interrupts = out.get("__interrupt__") if isinstance(out, dict) else None
+        values = self.graph.get_state(cfg).values
+        self.states[inc_id] = IncidentState.model_validate(values) if isinstance(values, dict) else values
+        if interrupts:
+            self.waiting[inc_id] = dict(interrupts[0].value)
+        else:
+            self.waiting.pop(inc_id, None)
+            self.monitor.close(inc_id)
+
+    def start(self, incident: Incident) -> None:
+        from agents.state import IncidentState
+
+        with self._lock:
+            self.incidents[incident.id] = incident
+            self.deps.started_wall[incident.id] = time.perf_counter()
+            self._invoke(incident.id, IncidentState(incident=incident))
+
+    def observe(self, snap: ClusterSnapshot, tick: float) -> list[Incident]:
+        """Feed one snapshot to the monitor and start a graph for each incident it opens."""
+        with self._lock:
+            opened = self.monitor.observe(snap, tick)
+            for inc in opened:
+                self.start(inc)
+            return opened
+
+    def pending_approvals(self) -> list[ApprovalRequest]:
+        with self._lock:
+            out = []
+            for w in self.waiting.values():
+                if w["kind"] == "approval":
+                    req = self.approvals.get(w["request_id"])
+                    if req is not None and req.status == ApprovalStatus.pending:
+                        out.append(req)
+            return out
+
+    def _ready(self, w: dict[str, Any], now: float, approver: Approver | None) -> bool:
+        if w["kind"] == "wait":
+            return bool(now >= float(w["until_s"]))
+        req = self.approvals.get(w["request_id"])
+        if req is None or req.status != ApprovalStatus.pending:
+            return True
+        if approver is not None:
+            approver(req, now)
+            req = self.approvals.get(w["request_id"])
+            if req is None or req.status != ApprovalStatus.pending:
+                return True
+        return bool(now >= req.expires_at_s)  # nobody answered: it expires, and the graph escalates
+
+    def resume_ready(self, now: float, approver: Approver | None = None, *, max_rounds: int = 50) -> int:
+        """Resume every graph that can go on now; a resumed graph may wait again at once. Returns how many
+        resumes happened."""
+        n = 0
+        with self._lock:
+            for _ in range(max_rounds):
+                ready = [i for i, w in list(self.waiting.items()) if self._ready(w, now, approver)]
+                if not ready:
+                    break
+                for inc_id in ready:
+                    from langgraph.types import Command
+
+                    self._invoke(inc_id, Command(resume={"at_s": now}))
+                    n += 1
+        return n
+
+    def decision_ms(self, inc_id: str) -> float | None:
+        first = self.deps.first_decision_wall.get(inc_id)
+        start = self.deps.started_wall.get(inc_id)
+        if first is None or start is None:
+            return None
+        return round((first - start) * 1000.0, 2)
+
+    def close(self) -> None:
+        with self._lock:
+            self.approvals.close()
+            self.audit.close()
+            self.ledger.close()
+            self._conn.close()
