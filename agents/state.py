@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -83,6 +83,9 @@ class Deps:
     history: list[HistoryEntry] = field(default_factory=list)
     requester: str = "opsmedic"
     max_attempts: int = 2
+    # Optional LLM reasoning (agents.llm): proposes a Diagnosis / ActionPlan that is validated against the
+    # deterministic result and the registry before use; None = deterministic only (the default).
+    llm: Any | None = None
     narrate: Callable[[str, TimelineEntry], None] | None = None
     # wall-clock seconds of the first governed decision per incident (decision latency)
     first_decision_wall: dict[str, float] = field(default_factory=dict)
