@@ -94,8 +94,9 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
                 cited.append(rb.id)
     diag = diagnostician.to_diagnosis(finding, cited)
     _audit(deps, state, "diagnosis", diag.model_dump(), f"diagnosis:{state.attempts}")
+    evidence = "; ".join(e.detail for e in diag.evidence[:3])
     text = (f"root cause {diag.root_cause} at {diag.resource} (confidence {diag.confidence:.2f}): {diag.summary}"
-            + (f"; runbooks {', '.join(cited)}" if cited else ""))
+            + (f"; evidence: {evidence}" if evidence else "") + (f"; runbooks {', '.join(cited)}" if cited else ""))
     return {"diagnosis": diag, "timeline": _note(state, deps, "diagnostician", text)}
 
 
