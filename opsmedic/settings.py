@@ -75,6 +75,7 @@ _SECRETS = ("slack_signing_secret", "slack_bot_token")
 def load_settings(**overrides: Any) -> Settings:
     """Settings from environment and opsmedic.toml; a bad value is a ConfigError naming the key."""
     toml = Path("opsmedic.toml")
+    data: dict[str, Any] = {}
     if toml.exists():
         import tomllib
 
@@ -91,4 +92,8 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(err["msg"], f"setting {key} (OPSMEDIC_{key.upper().replace('.', '__')})") from None
+        msg = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+        top = str(err["loc"][0]) if err["loc"] else ""
+        if top in data:  # the bad value came from the file, not the environment: say so
+            raise ConfigError(msg, f"{toml}: {key}") from None
+        raise ConfigError(msg, f"setting {key} (OPSMEDIC_{key.upper().replace('.', '__')})") from None

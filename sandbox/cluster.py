@@ -155,6 +155,7 @@ class SimModel:
     drift_psi: dict[str, float] = field(default_factory=dict)
     retrain_done_at: float | None = None
     history: list[str] = field(default_factory=list)
+    bad_versions: set[int] = field(default_factory=set)  # rolled back from: never a rollback target again
     accuracy_now: float | None = None
     latency_now: float | None = None
 
@@ -686,12 +687,16 @@ class Simulator:
     def _do_rollback_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
         m = self._model(t)
         to = params.get("to_version") or m.previous
-        if to is None or to not in m.versions:
+        if to is None or to not in m.versions or to in m.bad_versions:
             raise PermanentToolError(f"{t} has no previous version to roll back to")
         if to == m.serving:
             return False, f"{t} already serves version {to}"
         frm = m.serving
         self._serve(m, int(to), f"rollback from {frm}")
+        # the version rolled back from is bad: the next rollback goes further back, never forward to it
+        m.bad_versions.add(frm)
+        older = [v for v in m.versions if v < int(to) and v not in m.bad_versions]
+        m.previous = max(older) if older else None
         return True, f"{t} rolled back from version {frm} to {to}"
 
     def _do_retrain_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:

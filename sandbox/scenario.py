@@ -320,18 +320,25 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _validation_message(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors()[0]
-    loc = tuple(p for p in err["loc"] if p not in ("function-after[_check_params(), FaultSpec]",))
+def _validation_message(exc: ValidationError, raw: Any = None) -> tuple[str, str]:
+    errors = exc.errors()
+    # `expect` is a mapping or a list of mappings: report the errors of the shape that was written,
+    # without pydantic's union-branch names in the location.
+    written_list = isinstance(raw, dict) and isinstance(raw.get("expect"), list)
+    wrong_branch = "ExpectSpec" if written_list else "list[ExpectSpec]"
+    errors = [e for e in errors if tuple(e["loc"][:2]) != ("expect", wrong_branch)] or errors
+    err = errors[0]
+    branch_names = ("function-after[_check_params(), FaultSpec]", "ExpectSpec", "list[ExpectSpec]")
+    loc = tuple(p for p in err["loc"] if p not in branch_names)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown key (not in the scenario contract)"
     elif err["type"] == "missing":
         msg = "required key is missing"
     elif err["type"] == "literal_error":
-        msg = f"unexpected value {err.get('input')!r}: {err['msg'].lower()}"
+        msg = f"unexpected value {err.get('input')!r}: {msg[:1].lower() + msg[1:]}"
     msg = msg.removeprefix("Value error, ")
-    more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
     return _loc(loc), msg + more
 
 
@@ -369,7 +376,7 @@ def parse_scenario(raw: Any, source: str = "<scenario>") -> Scenario:
         if params_problem:
             where, what = params_problem
         else:
-            where, what = _validation_message(exc)
+            where, what = _validation_message(exc, raw)
         raise ScenarioError(what, f"{source}: {where}") from None
     _check_semantics(scenario, source)
     return scenario
@@ -426,6 +433,10 @@ def _check_semantics(s: Scenario, source: str) -> None:
         for j, e in enumerate(s.expect):
             if e.resource is None:
                 fail(f"expect[{j}].resource", "when expect is a list, each entry needs a resource to match")
+    try:
+        place_pods(s)
+    except ScenarioError as exc:
+        fail(exc.where or "workloads", exc.what)
 
 
 def load_scenario(path: str | Path) -> Scenario:
