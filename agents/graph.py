@@ -185,10 +185,18 @@ def _execute_once(deps: Deps, incident_id: str, action: domain.Action, key: str,
     if earlier is not None and earlier.status == "done" and earlier.result is not None:
         return earlier.result.model_copy(update={"changed": False})
     if earlier is not None and not dry_run:
-        # the process died during the call: read the world back before calling again
+        # The process died during the call. Ask the backend whether it saw this key (an effect can take
+        # minutes to show, so a verification read alone could call a slow action twice), then read back.
+        lookup = getattr(deps.backend, "lookup", None)
+        seen = lookup(key) if callable(lookup) else None
+        if isinstance(seen, ActionResult):
+            result = seen.model_copy(update={"detail": f"completed before a restart: {seen.detail}"})
+            deps.ledger.finish(key, result)
+            return result
         check = deps.backend.verify(action)
         if check.ok:
-            result = ActionResult(action=action, ok=True, changed=False, idempotency_key=key, at_s=deps.clock.now(),
+            # changed=True: the action did take effect, and cooldowns must count it
+            result = ActionResult(action=action, ok=True, changed=True, idempotency_key=key, at_s=deps.clock.now(),
                                   detail=f"completed before a restart: {check.detail}")
             deps.ledger.finish(key, result)
             return result

@@ -84,7 +84,9 @@ class IncidentDriver:
         from agents.state import IncidentState
 
         cfg = self._config(inc_id)
-        out = self.graph.invoke(payload, cfg, context=self.deps)
+        # durability=sync: a checkpoint is on disk before the next step runs, so a restart never
+        # mistakes an unfinished incident for a finished one
+        out = self.graph.invoke(payload, cfg, context=self.deps, durability="sync")
         interrupts = out.get("__interrupt__") if isinstance(out, dict) else None
         values = self.graph.get_state(cfg).values
         self.states[inc_id] = IncidentState.model_validate(values) if isinstance(values, dict) else values

@@ -784,7 +784,11 @@ class Simulator:
         if a.name in ("resume_job",):
             ok = all(self._pod_healthy(p) for p in self.pods.values() if p.workload == t)
             return ok, f"{t} running={ok}"
-        return True, "delivered"
+        if a.name in ("notify", "escalate"):
+            msg = f"{a.name} {t}: {a.params.get('message', '')}"
+            ok = msg in self.notifications
+            return ok, "delivered" if ok else "not delivered"
+        return True, "done"
 
     def _model_meets_slo(self, m: SimModel) -> bool:
         if m.accuracy_now is None or m.latency_now is None:

@@ -22,6 +22,10 @@ class ActionBackend(Protocol):
         """Read the world back and say whether the action's effect holds."""
         ...
 
+    # Optional: `lookup(idempotency_key) -> ActionResult | None` — whether the backend already carried out
+    # the call with this key (an annotation on the object, a tag on the model version). The executor uses it
+    # after a crash, before a verification read, because some effects take minutes to show.
+
 
 class TelemetrySource(Protocol):
     def snapshot(self) -> ClusterSnapshot:

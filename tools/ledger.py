@@ -69,17 +69,24 @@ class ExecutionLedger:
         """Record the intent before calling the backend. Returns the earlier record when the key is known
         (the caller then settles it instead of calling blindly), else None."""
         with self._lock:
-            earlier = self.get(key)
-            if earlier is not None:
-                if earlier.status == "started":
-                    self._conn.execute("UPDATE opsmedic_executions SET attempts = attempts + 1 WHERE key = ?",
-                                       (key,))
-                return earlier
-            self._conn.execute(
-                "INSERT INTO opsmedic_executions (key, incident_id, action, status, started_wall)"
-                " VALUES (?, ?, ?, 'started', ?)",
-                (key, incident_id, canonical_json(action.model_dump(mode="json")), time.time()))
-            return None
+            # one transaction: two resumers racing on the same key must not both believe they are first
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                earlier = self.get(key)
+                if earlier is not None:
+                    if earlier.status == "started":
+                        self._conn.execute(
+                            "UPDATE opsmedic_executions SET attempts = attempts + 1 WHERE key = ?", (key,))
+                else:
+                    self._conn.execute(
+                        "INSERT INTO opsmedic_executions (key, incident_id, action, status, started_wall)"
+                        " VALUES (?, ?, ?, 'started', ?)",
+                        (key, incident_id, canonical_json(action.model_dump(mode="json")), time.time()))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            return earlier
 
     def finish(self, key: str, result: ActionResult) -> None:
         with self._lock:

@@ -39,6 +39,9 @@ class SandboxBackend:
         self._done[idempotency_key] = result
         return result
 
+    def lookup(self, idempotency_key: str) -> ActionResult | None:
+        return self._done.get(idempotency_key)
+
     def verify(self, action: Action) -> VerificationResult:
         return self.sim.verify(action)
 
