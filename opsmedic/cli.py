@@ -278,11 +278,23 @@ def cmd_reject(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- runbooks
 
 
+def _index_location() -> str:
+    from knowledge.cli import default_index_location
+    from opsmedic.settings import load_settings
+
+    settings = load_settings()
+    return settings.qdrant_url or default_index_location(settings.data_dir)
+
+
 def cmd_runbooks(args: argparse.Namespace) -> int:
     from knowledge import cli as kcli
 
-    fn: Callable[..., int] = getattr(kcli, f"cmd_{args.runbooks_cmd}")
-    return fn(args)
+    if args.runbooks_cmd == "lint":
+        return kcli.lint_command(args.folder)
+    if args.runbooks_cmd == "index":
+        return kcli.index_command(_index_location(), args.folder)
+    return kcli.search_command(args.query, top_k=args.top, as_json=args.json, location=_index_location(),
+                               root_cause=args.root_cause, resource_kind=args.resource_kind)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -368,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("query")
     rs.add_argument("--json", action="store_true")
     rs.add_argument("--top", type=int, default=3)
+    rs.add_argument("--root-cause", metavar="LABEL", help="only runbooks for this root-cause label")
+    rs.add_argument("--resource-kind", metavar="KIND", help="gpu | node | pod | model | workload")
     rs.set_defaults(func=cmd_runbooks)
     return p
 

@@ -9,6 +9,7 @@ itself reads the store. Thread-safe: the daemon's HTTP handlers and its monitor 
 
 from __future__ import annotations
 
+import atexit
 import sqlite3
 import threading
 import time
@@ -31,13 +32,29 @@ Narrate = Callable[[str, "TimelineEntry"], None]
 _CATALOG: Any = None
 
 
-def bundled_catalog() -> Any:
-    """The runbook catalogue is immutable and costly to load: one per process."""
+def bundled_catalog(settings: Settings | None = None) -> Any:
+    """The runbook catalogue, with the hybrid-retrieval index when retrieval is on. Immutable and costly to
+    build (the index embeds every runbook the first time): one per process."""
     global _CATALOG
     if _CATALOG is None:
         from agents.runbook_source import RunbookCatalog
+        from knowledge.runbooks import load_runbooks
+        from opsmedic.settings import load_settings
 
-        _CATALOG = RunbookCatalog.bundled()
+        settings = settings or load_settings()
+        runbooks = load_runbooks(settings.runbooks_dir).runbooks
+        index = None
+        if settings.retrieval:
+            from knowledge.cli import default_index_location
+            from knowledge.index import RunbookIndex
+
+            # a folder another process holds (the daemon) falls back to an in-memory index
+            index = RunbookIndex.open(settings.qdrant_url or default_index_location(settings.data_dir))
+            index.ensure_indexed(runbooks)
+            # warm the embedder now, so that the first incident's decision does not pay for loading it
+            index.search("warm-up", top_k=1)
+            atexit.register(index.close)  # qdrant's own finaliser fails at interpreter shutdown
+        _CATALOG = RunbookCatalog(runbooks, index)
     return _CATALOG
 
 
@@ -67,7 +84,7 @@ class IncidentDriver:
         self.monitor = Monitor(self.settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}")
         self.deps = Deps(clock=clock, telemetry=telemetry, backend=backend,
                          engine=PolicyEngine(load_policy(self.settings.policy_file)), approvals=self.approvals,
-                         audit=self.audit, runbooks=bundled_catalog(), ledger=self.ledger, narrate=narrate,
+                         audit=self.audit, runbooks=bundled_catalog(self.settings), ledger=self.ledger, narrate=narrate,
                          requester=requester)
         self.thread_prefix = thread_prefix
         self.incidents: dict[str, Incident] = {}

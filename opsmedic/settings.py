@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     runbooks_dir: Path | None = None
     qdrant_url: str | None = None
+    retrieval: bool = Field(default=True, description="cite runbooks found by hybrid retrieval (Qdrant)")
     llm_base_url: str | None = None
     llm_model: str | None = None
     slack_signing_secret: SecretStr | None = None

@@ -1,0 +1,361 @@
+"""Runbook schema, loader and linter.
+
+Layer: engines (``knowledge``). Imports only ``opsmedic.domain`` and ``opsmedic.errors``.
+
+A runbook is a Markdown file whose YAML front-matter (between two ``---`` lines at the top) carries the
+machine-readable part — above all the ordered ``actions`` from which the remediator builds its plan — and
+whose body is the procedure a human reads. Targets in ``actions`` are placeholders that the remediator
+expands against the incident: ``node``, ``gpu``, ``pod``, ``pods_on_gpu``, ``pods_on_node``, ``model``,
+``workload``.
+
+Loading is all-or-nothing per file: a file with any problem is reported (file, line, message) and skipped,
+so the index never holds half a runbook. ``load_runbooks`` collects the problems of every file instead of
+stopping at the first one, which is what ``opsmedic runbooks lint`` prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from opsmedic.domain import ROOT_CAUSES, ActionName, ResourceKind, Risk, RootCause
+from opsmedic.errors import RunbookError
+
+Target = Literal["node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"]
+Severity = Literal["info", "warning", "critical"]
+
+# Which placeholder targets make sense for which action. A runbook that asks to cordon a GPU or roll back a
+# pod is a typo the remediator could only fail on at run time, so the linter refuses it up front.
+_ALLOWED_TARGETS: dict[str, frozenset[str]] = {
+    "restart_pod": frozenset({"pod", "pods_on_gpu", "pods_on_node"}),
+    "reschedule_pod": frozenset({"pod", "pods_on_gpu", "pods_on_node"}),
+    "cordon_node": frozenset({"node"}),
+    "uncordon_node": frozenset({"node"}),
+    "drain_node": frozenset({"node"}),
+    "reset_gpu": frozenset({"gpu"}),
+    "scale_deployment": frozenset({"workload"}),
+    "pause_job": frozenset({"workload", "pod"}),
+    "resume_job": frozenset({"workload", "pod"}),
+    "rollback_model": frozenset({"model"}),
+    "retrain_model": frozenset({"model"}),
+    "promote_model": frozenset({"model"}),
+    "notify": frozenset({"node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"}),
+    "escalate": frozenset({"node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"}),
+}
+
+_ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_FRONT = "---"
+
+
+class RunbookStep(BaseModel):
+    """One ordered step of a runbook: a whitelisted action on a placeholder target."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: ActionName
+    target: Target
+    risk: Risk
+    why: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _target_fits_action(self) -> RunbookStep:
+        allowed = _ALLOWED_TARGETS[self.action]
+        if self.target not in allowed:
+            raise ValueError(
+                f"target {self.target!r} does not fit action {self.action!r}; expected one of "
+                + ", ".join(sorted(allowed))
+            )
+        return self
+
+
+class _FrontMatter(BaseModel):
+    """The YAML front-matter exactly as written; unknown keys are refused (typos would be silent)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    title: str = Field(min_length=1)
+    # primary: the runbook the remediator should use for its root cause(s); neighbours cite the same labels
+    # but describe rarer variants. The retriever ranks primaries first among equals.
+    primary: bool = False
+    root_causes: list[RootCause] = Field(min_length=1)
+    resource_kind: ResourceKind
+    severity: Severity
+    signals: list[str] = Field(min_length=1)
+    actions: list[RunbookStep] = Field(default_factory=list)
+    verification: list[str] = Field(default_factory=list)
+    escalation: str = ""
+    references: list[str] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _ID_RE.match(value):
+            raise ValueError(f"id {value!r} must be lower-case words joined by '-' ([a-z0-9-]+)")
+        return value
+
+    @field_validator("signals", "verification", "references")
+    @classmethod
+    def _strings_not_blank(cls, value: list[str]) -> list[str]:
+        if any(not str(s).strip() for s in value):
+            raise ValueError("entries must be non-empty strings")
+        return value
+
+    @field_validator("actions")
+    @classmethod
+    def _has_actions(cls, value: list[RunbookStep], info: ValidationInfo) -> list[RunbookStep]:
+        # A runbook that prescribes nothing only makes sense for "this is healthy, leave it alone".
+        # (root_causes is declared before actions, so it is validated and in info.data when valid.)
+        if not value and set(info.data.get("root_causes") or ()) != {"healthy"}:
+            raise ValueError("must list at least one step (only a `healthy` runbook may have none)")
+        return value
+
+
+class Runbook(_FrontMatter):
+    """A validated runbook: its front-matter plus the Markdown body and where it came from."""
+
+    body: str
+    path: str
+    content_hash: str  # sha256 of the whole file; the index is rebuilt when any hash changes
+
+
+class RunbookProblem(BaseModel):
+    """One problem found in a runbook file; ``line`` is 1-based (0 when the problem is not in one line)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class RunbookLoad(BaseModel):
+    """The outcome of loading a folder: every valid runbook, and the problems of the files skipped."""
+
+    runbooks: list[Runbook] = Field(default_factory=list)
+    problems: list[RunbookProblem] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def by_id(self) -> dict[str, Runbook]:
+        return {r.id: r for r in self.runbooks}
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------
+
+
+class _Problem(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def _split_front_matter(text: str) -> tuple[str, str, int]:
+    """Return (front-matter YAML, body, line of the closing '---'). Lines are 1-based."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != _FRONT:
+        raise _Problem(1, "a runbook must start with a '---' line opening its YAML front-matter")
+    for i in range(1, len(lines)):
+        if lines[i].strip() == _FRONT:
+            return "".join(lines[1:i]), "".join(lines[i + 1 :]), i + 1
+    raise _Problem(1, "the front-matter opened on line 1 is never closed by a '---' line")
+
+
+def _check_duplicate_keys(node: yaml.Node, offset: int) -> None:
+    """PyYAML keeps the last of two equal keys silently; a runbook with `actions:` twice is a mistake."""
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen:
+                raise _Problem(key.start_mark.line + offset, f"duplicate key {name!r}")
+            seen.add(name)
+            _check_duplicate_keys(value, offset)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_duplicate_keys(item, offset)
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[int | str, ...], offset: int) -> int:
+    """The file line of the YAML node at pydantic's error location ``loc`` (deepest node found)."""
+    node = root
+    line = offset - 1  # a missing key is reported at the '---' line that opens the front-matter
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if str(key.value) == str(part):
+                    line = key.start_mark.line + offset
+                    node = value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + offset
+        else:
+            return line
+    return line
+
+
+def _format_error(err: Any) -> str:
+    loc = ".".join(str(p) for p in err["loc"]) or "front-matter"
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if err["type"] == "literal_error":
+        return f"{loc}: unknown value {err.get('input')!r}; {msg[0].lower()}{msg[1:]}"
+    return f"{loc}: {msg}"
+
+
+def parse_runbook(text: str, source: str) -> Runbook:
+    """Parse and validate one runbook's text; raise ``RunbookError`` (where = 'file:line') on any problem."""
+    try:
+        return _parse(text, source)
+    except _Problem as p:
+        raise RunbookError(p.message, where=f"{source}:{p.line}") from None
+
+
+def _parse(text: str, source: str) -> Runbook:
+    front, body, closing_line = _split_front_matter(text)
+    offset = 2  # the YAML's line 0 is the file's line 2 (line 1 is '---')
+    try:
+        root = yaml.compose(front, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(front)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + offset if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise _Problem(line, f"invalid YAML: {problem}") from None
+    if not isinstance(data, dict) or root is None:
+        raise _Problem(1, "the front-matter must be a YAML mapping (key: value lines)")
+    _check_duplicate_keys(root, offset)
+    try:
+        fm = _FrontMatter.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _Problem(_line_of(root, tuple(first["loc"]), offset), _format_error(first)) from None
+    if not body.strip():
+        raise _Problem(closing_line, "the Markdown body after the front-matter is empty")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return Runbook(**fm.model_dump(), body=body.strip() + "\n", path=source, content_hash=digest)
+
+
+def load_runbook(path: str | Path) -> Runbook:
+    """Load one runbook file; raise ``RunbookError`` naming the file and line when it is invalid."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunbookError(f"cannot read runbook: {exc}", where=str(p)) from None
+    return parse_runbook(text, str(p))
+
+
+def bundled_folder() -> Traversable:
+    """The runbooks shipped inside the package (``runbooks/*.md``), wherever it is installed."""
+    return resources.files("runbooks")
+
+
+def _entries(folder: str | Path | Traversable | None) -> tuple[str, list[tuple[str, str | None, str]]]:
+    """(folder name, [(file name for messages, text or None, read error)]) for every ``*.md``, sorted."""
+    base: Traversable | Path = (
+        bundled_folder() if folder is None else (Path(folder) if isinstance(folder, str) else folder)
+    )
+    if isinstance(base, Path) and not base.is_dir():
+        raise RunbookError("runbook folder not found or not a folder", where=str(base))
+    out: list[tuple[str, str | None, str]] = []
+    for entry in sorted(base.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".md") or not entry.is_file():
+            continue
+        name = str(entry) if isinstance(entry, Path) else f"runbooks/{entry.name}"
+        try:
+            out.append((name, entry.read_text(encoding="utf-8"), ""))
+        except (OSError, UnicodeDecodeError) as exc:
+            out.append((name, None, f"cannot read runbook: {exc}"))
+    return str(base), out
+
+
+def load_runbooks(folder: str | Path | Traversable | None = None) -> RunbookLoad:
+    """Load every ``*.md`` runbook of ``folder`` (None: the bundled runbooks).
+
+    Every invalid file is reported and skipped; a duplicate id is reported on the later file (in name
+    order), which is skipped too, so the result never holds two runbooks with one id.
+    """
+    _, entries = _entries(folder)
+    result = RunbookLoad()
+    first_file: dict[str, str] = {}
+    for name, text, read_error in entries:
+        if text is None:
+            result.problems.append(RunbookProblem(file=name, line=0, message=read_error))
+            continue
+        try:
+            rb = _parse(text, name)
+        except _Problem as p:
+            result.problems.append(RunbookProblem(file=name, line=p.line, message=p.message))
+            continue
+        if rb.id in first_file:
+            line = _id_line(text)
+            msg = f"duplicate runbook id {rb.id!r} (already defined in {first_file[rb.id]})"
+            result.problems.append(RunbookProblem(file=name, line=line, message=msg))
+            continue
+        first_file[rb.id] = name
+        result.runbooks.append(rb)
+    return result
+
+
+def _id_line(text: str) -> int:
+    for i, line in enumerate(text.splitlines(), start=1):
+        if line.startswith("id:"):
+            return i
+    return 1
+
+
+def coverage_problems(runbooks: Iterable[Runbook], folder: str = "runbooks") -> list[RunbookProblem]:
+    """Every root-cause label except ``healthy`` must have a primary runbook (the remediator needs one)."""
+    covered = {rc for rb in runbooks if rb.primary for rc in rb.root_causes}
+    return [
+        RunbookProblem(file=folder, line=0, message=f"no primary runbook for root cause {rc!r}")
+        for rc in ROOT_CAUSES
+        if rc != "healthy" and rc not in covered
+    ]
+
+
+def lint(
+    folder: str | Path | Traversable | None = None, *, require_coverage: bool | None = None
+) -> list[RunbookProblem]:
+    """Every problem in a runbook folder (None: the bundled runbooks), as ``opsmedic runbooks lint`` shows.
+
+    ``require_coverage`` (default: only for the bundled folder) also checks that each root-cause label has a
+    primary runbook.
+    """
+    name, _ = _entries(folder)
+    loaded = load_runbooks(folder)
+    problems = list(loaded.problems)
+    if require_coverage if require_coverage is not None else folder is None:
+        problems.extend(coverage_problems(loaded.runbooks, name))
+    return problems
