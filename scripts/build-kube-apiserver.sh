@@ -9,7 +9,7 @@
 #     compiled with Debian's Go toolchain (golang-1.19-go) extracted into the cache, not installed;
 #   * etcd from Debian's `etcd-server` binary package, extracted into the cache, not installed (no
 #     system service is started).
-# No root is needed except to install `dpkg-dev` (for dpkg-source) when it is missing.
+# No root is needed except to install `dpkg-dev` (dpkg-source) and `rsync` when they are missing.
 #
 # Idempotent: each step is skipped when its result exists. Usage:
 #   scripts/build-kube-apiserver.sh          # build / fetch what is missing, print where things are
@@ -87,7 +87,11 @@ fi
 # ------------------------------------------------------------------------------------ kube-apiserver
 if [[ ! -x "$BIN/kube-apiserver" ]]; then
   start=$(date +%s)
+  # Upstream's build scripts need these two (Debian lists them in Build-Depends); installing them needs
+  # root, everything else stays in the cache.
   command -v dpkg-source >/dev/null || { log "installing dpkg-dev (dpkg-source)"; apt-get install -y -qq dpkg-dev; }
+  command -v rsync >/dev/null || { log "installing rsync (hack/lib/golang.sh places binaries with it)"
+    apt-get install -y -qq rsync; }
 
   # Go toolchain: Debian's, unpacked into the cache so the machine's packages stay as they were.
   GOROOT_DIR="$(ls -d "$CACHE"/go-root/usr/lib/go-* 2>/dev/null | head -n1 || true)"
@@ -114,21 +118,22 @@ if [[ ! -x "$BIN/kube-apiserver" ]]; then
   fi
   [[ -d "$SRC/vendor" ]] || { log "$SRC has no vendor/ tree: this source package cannot build offline"; exit 1; }
 
-  # The version stamps that upstream's hack/lib/version.sh would set; /version reports them.
-  pkg=k8s.io/component-base/version
-  cpkg=k8s.io/client-go/pkg/version
+  # Upstream's build (as debian/rules runs it): `make` first generates the code that the tarball does
+  # not ship (OpenAPI definitions, deep-copy and conversion functions), then compiles. The version
+  # stamps that /version reports come from a version file, since the tree is not a git checkout.
   minor="$(echo "$KUBE_GIT_VERSION" | cut -d. -f2)"
-  ldflags="-s -w"
-  for p in $pkg $cpkg; do
-    ldflags+=" -X $p.gitVersion=$KUBE_GIT_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
-    ldflags+=" -X $p.gitTreeState=archive -X $p.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    ldflags+=" -X $p.gitCommit=debian-$KUBE_SRC_VERSION"
-  done
-  log "compiling kube-apiserver from $SRC (several minutes on 2 cores)"
-  mkdir -p "$GOPATH/src/k8s.io"
-  ln -sfn "${SRC%/}" "$GOPATH/src/k8s.io/kubernetes"
-  (cd "$GOPATH/src/k8s.io/kubernetes" && go build -trimpath -ldflags "$ldflags" -o "$BIN/kube-apiserver.tmp" \
-    ./cmd/kube-apiserver)
+  cat >"$CACHE/version.env" <<EOF2
+KUBE_GIT_VERSION='$KUBE_GIT_VERSION'
+KUBE_GIT_MAJOR='1'
+KUBE_GIT_MINOR='$minor'
+KUBE_GIT_COMMIT='0000000000000000000000000000000000000000'
+KUBE_GIT_TREE_STATE='archive'
+EOF2
+  log "compiling kube-apiserver from $SRC with make (code generation, then the build; ~10 min on 2 cores)"
+  (cd "$SRC" && env HOME="$CACHE" KUBE_GIT_VERSION_FILE="$CACHE/version.env" KUBE_VERBOSE=1 \
+    make WHAT=cmd/kube-apiserver)
+  cp "$SRC/_output/local/bin/linux/amd64/kube-apiserver" "$BIN/kube-apiserver.tmp" 2>/dev/null \
+    || cp "$SRC/_output/bin/kube-apiserver" "$BIN/kube-apiserver.tmp"
   mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
   log "built in $(( $(date +%s) - start ))s: $("$BIN/kube-apiserver" --version)"
 fi
