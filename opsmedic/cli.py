@@ -20,7 +20,7 @@ from opsmedic import __version__
 from opsmedic.errors import InputError, OpsmedicError
 
 # Telemetry of the libraries we use must never phone home.
-for _var, _val in {"DO_NOT_TRACK": "1", "MLFLOW_ENABLE_TELEMETRY": "false", "ANONYMIZED_TELEMETRY": "False",
+for _var, _val in {"DO_NOT_TRACK": "true", "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "ANONYMIZED_TELEMETRY": "False",
                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
     os.environ.setdefault(_var, _val)
 

@@ -156,12 +156,15 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
         if narrate is not None:
             narrate(line)
 
-    driver = IncidentDriver(db_path=db_path, clock=SimClock(sim), telemetry=SimTelemetry(sim), backend=run.backend,
-                            narrate=on_note, thread_prefix=f"{run.scenario.name}:")
+    bridge = _registry_bridge(run, db_path)
+    driver = IncidentDriver(db_path=db_path, clock=SimClock(sim), telemetry=SimTelemetry(sim),
+                            backend=bridge or run.backend, narrate=on_note, thread_prefix=f"{run.scenario.name}:")
     play = _scenario_approver(run.scenario, driver) if approver == "scenario" else None
     try:
         while not sim.done:
             sim.step()
+            if bridge is not None:
+                bridge.sync()
             snap = driver.deps.telemetry.snapshot()
             for inc in driver.monitor.observe(snap, sim.tick):
                 run.reports[inc.id] = IncidentReport(id=inc.id, resource=inc.resource, opened_at_s=inc.opened_at_s)
@@ -184,6 +187,28 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
             rep.decision_ms = driver.decision_ms(inc_id)
     finally:
         driver.close()
+
+
+MODEL_FAULTS = {"model_bad_deploy", "data_drift"}
+
+
+def _registry_bridge(run: _Run, db_path: Path) -> Any:
+    """MLflow as the scenario's model registry, per the `model_registry` setting (auto: when a fault touches
+    a model; importing MLflow costs seconds, so scenarios that never touch a model skip it)."""
+    from opsmedic.settings import load_settings
+
+    mode = load_settings().model_registry
+    sc = run.scenario
+    if not sc.model_names() or mode == "sandbox":
+        return None
+    if mode == "auto" and not any(f.type in MODEL_FAULTS for f in sc.faults):
+        return None
+    from tools.mlflow_backend import MlflowModelBackend
+    from tools.model_registry_bridge import MlflowSandboxBackend
+
+    registry = MlflowModelBackend(f"sqlite:///{db_path.parent / (db_path.stem + '-mlflow.db')}",
+                                  name_prefix=f"{sc.name}.", clock=lambda: float(run.sim.now))
+    return MlflowSandboxBackend(run.sim, run.backend, registry)
 
 
 def _scenario_approver(scenario: Scenario, driver: Any) -> Callable[[Any, float], None]:

@@ -7,7 +7,7 @@ signing secret and bot token — are read from the environment only, never from 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     runbooks_dir: Path | None = None
     qdrant_url: str | None = None
+    model_registry: Literal["auto", "mlflow", "sandbox"] = Field(
+        default="auto", description="scenario runs: MLflow as the model registry (auto: for scenarios with model "
+        "faults)")
     retrieval: bool = Field(default=True, description="cite runbooks found by hybrid retrieval (Qdrant)")
     llm_base_url: str | None = None
     llm_model: str | None = None

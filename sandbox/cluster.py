@@ -684,6 +684,19 @@ class Simulator:
         m.history.append(f"{self.now:.0f}s: serving version {version} ({why})")
         self._event("model", f"{m.name} now serves version {version} ({why})")
 
+    def serve_version(self, model: str, version: int, why: str) -> None:
+        """Serve `version` because the model registry says so (the registry-backed sandbox). Going back to
+        an older version is a rollback: the version left is bad and never a rollback target again."""
+        m = self._model(model)
+        if version not in m.versions:
+            raise PermanentToolError(f"{model} has no version {version}")
+        frm = m.serving
+        self._serve(m, version, why)
+        if version < frm:
+            m.bad_versions.add(frm)
+            older = [v for v in m.versions if v < version and v not in m.bad_versions]
+            m.previous = max(older) if older else None
+
     def _do_rollback_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
         m = self._model(t)
         to = params.get("to_version") or m.previous

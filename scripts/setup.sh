@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q -U pip
 .venv/bin/python -m pip install -q -e '.[dev]'
-export DO_NOT_TRACK=1
+export DO_NOT_TRACK=true
 if [ "${OPSMEDIC_SKIP_DEMO:-0}" != "1" ]; then
   .venv/bin/opsmedic demo
 fi

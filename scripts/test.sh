@@ -3,7 +3,7 @@
 # Integration tests start real servers when they are installed (see .ci/run) and skip with a reason otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export DO_NOT_TRACK=1 MLFLOW_ENABLE_TELEMETRY=false HF_HUB_OFFLINE=1
+export DO_NOT_TRACK=true MLFLOW_ENABLE_TELEMETRY=false HF_HUB_OFFLINE=1
 V=.venv/bin
 status=0
 echo "== ruff"; $V/ruff check . || status=1

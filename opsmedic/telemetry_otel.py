@@ -1,0 +1,209 @@
+"""opsmedic's own telemetry: OpenTelemetry traces and Prometheus metrics about opsmedic itself.
+
+Layer: the application shell, beside `opsmedic.settings` (no imports from agents/tools; agents and tools
+call `span()` and the metric helpers). The OpenTelemetry SDK is imported lazily by `setup_tracing`, so a
+process that never configures tracing pays nothing: until then `span()` is a cheap no-op context.
+
+- **Traces**: `setup_tracing(exporter=...)` builds a `TracerProvider` (service name `opsmedic`) exporting
+  to the console, to an OTLP collector (only if `opentelemetry-exporter-otlp-proto-http` or `-grpc` is
+  installed; otherwise a `ConfigError` that says what to install), to a given `SpanExporter` (tests pass
+  an `InMemorySpanExporter`), or nowhere. The choice defaults to `OPSMEDIC_OTEL_EXPORTER` (`none` |
+  `console` | `otlp`) and `OPSMEDIC_OTEL_ENDPOINT`.
+  `span("diagnose", incident_id=..., action=..., decision=...)` wraps a graph node or a tool call; the
+  keyword attributes are recorded under `opsmedic.<name>`, and an exception marks the span as an error.
+- **Metrics**: `OpsmedicMetrics` registers, in its own `CollectorRegistry` (not the process-global one, so
+  tests and several daemons in one process never collide), incidents opened, decisions by verdict, actions
+  executed by outcome, approvals pending, and the monitor tick duration. `render_metrics()` is the body of
+  the daemon's `GET /metrics`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any, Literal
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from opsmedic.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Span, Tracer
+
+ExporterName = Literal["none", "console", "otlp"]
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ATTR_PREFIX = "opsmedic."
+_OTLP_HINT = (
+    "OTLP export needs an OTLP exporter package: pip install opentelemetry-exporter-otlp-proto-http "
+    "(or -grpc), or set OPSMEDIC_OTEL_EXPORTER=console / none"
+)
+
+_lock = threading.Lock()
+_provider: TracerProvider | None = None
+_tracer: Tracer | None = None
+
+
+# ------------------------------------------------------------------------------------------ tracing
+
+
+def _otlp_exporter(endpoint: str | None) -> SpanExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+            OTLPSpanExporter,
+        )
+    except ImportError:
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,no-redef,unused-ignore]
+                OTLPSpanExporter,
+            )
+        except ImportError:
+            raise ConfigError(_OTLP_HINT, "setting otel_exporter (OPSMEDIC_OTEL_EXPORTER)") from None
+    made: SpanExporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
+    return made
+
+
+def setup_tracing(
+    exporter: ExporterName | SpanExporter | None = None,
+    *,
+    service_name: str = "opsmedic",
+    endpoint: str | None = None,
+    stream: IO[str] | None = None,
+) -> TracerProvider:
+    """Install opsmedic's tracer provider (replacing a previous one of ours) and return it.
+
+    `exporter`: a name, a ready `SpanExporter`, or None for `OPSMEDIC_OTEL_EXPORTER` (default `none`).
+    Console and given exporters export synchronously (SimpleSpanProcessor) so output is immediate and
+    ordered; OTLP batches (BatchSpanProcessor) so a slow collector never blocks a graph step.
+    """
+    global _provider, _tracer
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+    choice: str | SpanExporter = (
+        exporter if exporter is not None else os.environ.get("OPSMEDIC_OTEL_EXPORTER", "none").strip().lower()
+    )
+    endpoint = endpoint or os.environ.get("OPSMEDIC_OTEL_ENDPOINT") or None
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if isinstance(choice, str):
+        if choice == "console":
+            provider.add_span_processor(
+                SimpleSpanProcessor(ConsoleSpanExporter(out=stream) if stream else ConsoleSpanExporter())
+            )
+        elif choice == "otlp":
+            provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(endpoint)))
+        elif choice not in ("none", ""):
+            raise ConfigError(
+                f"unknown exporter {choice!r}; expected none, console or otlp",
+                "setting otel_exporter (OPSMEDIC_OTEL_EXPORTER)",
+            )
+    else:
+        provider.add_span_processor(SimpleSpanProcessor(choice))
+    with _lock:
+        old = _provider
+        _provider, _tracer = provider, provider.get_tracer("opsmedic")
+    if old is not None:
+        old.shutdown()
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush and drop opsmedic's provider; `span()` becomes a no-op again."""
+    global _provider, _tracer
+    with _lock:
+        old, _provider, _tracer = _provider, None, None
+    if old is not None:
+        old.shutdown()
+
+
+def _attr(value: Any) -> str | bool | int | float | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bool | int | float):
+        return value
+    return str(value)  # enums, pydantic models, ids: their text is what a trace reader wants
+
+
+def span_attributes(attrs: Mapping[str, Any]) -> dict[str, str | bool | int | float]:
+    out: dict[str, str | bool | int | float] = {}
+    for k, v in attrs.items():
+        a = _attr(v)
+        if a is not None:
+            out[k if k.startswith(ATTR_PREFIX) else ATTR_PREFIX + k] = a
+    return out
+
+
+@contextmanager
+def span(name: str, **attrs: Any) -> Iterator[Span | None]:
+    """A span around a graph node or a tool call. Yields the span (None while tracing is off) so the body
+    can add attributes learnt on the way (`s.set_attribute("opsmedic.decision", "allow")`)."""
+    tracer = _tracer
+    if tracer is None:
+        yield None
+        return
+    with tracer.start_as_current_span(
+        name, attributes=span_attributes(attrs), record_exception=True, set_status_on_exception=True
+    ) as s:
+        yield s
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+
+class OpsmedicMetrics:
+    """opsmedic's own Prometheus metrics, in a dedicated registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.incidents_opened = Counter(
+            "opsmedic_incidents_opened", "Incidents opened by the monitor.", ["resource_kind"], registry=r
+        )
+        self.decisions = Counter(
+            "opsmedic_decisions", "Governor decisions, by verdict.", ["verdict"], registry=r
+        )
+        self.actions_executed = Counter(
+            "opsmedic_actions_executed",
+            "Actions executed, by action and outcome.",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.approvals_pending = Gauge(
+            "opsmedic_approvals_pending", "Approval requests waiting for a human.", registry=r
+        )
+        self.monitor_tick_seconds = Histogram(
+            "opsmedic_monitor_tick_seconds",
+            "Duration of one monitor tick.",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        )
+        self.signals = Counter("opsmedic_signals", "Signals produced, by source.", ["source"], registry=r)
+        self.skipped_samples = Counter(
+            "opsmedic_telemetry_skipped_samples",
+            "Telemetry samples skipped (NaN, absent or unidentifiable).",
+            registry=r,
+        )
+
+    def incident_opened(self, resource_kind: str) -> None:
+        self.incidents_opened.labels(resource_kind=str(resource_kind)).inc()
+
+    def decision(self, verdict: str) -> None:
+        self.decisions.labels(verdict=str(verdict)).inc()
+
+    def action_executed(self, action: str, ok: bool) -> None:
+        self.actions_executed.labels(action=action, outcome="ok" if ok else "failed").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = OpsmedicMetrics()
+
+
+def render_metrics(metrics: OpsmedicMetrics | None = None) -> bytes:
+    """The Prometheus text exposition of opsmedic's own metrics (the daemon's `GET /metrics`)."""
+    return (metrics or METRICS).render()

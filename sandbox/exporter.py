@@ -1,0 +1,495 @@
+"""Prometheus exposition of a (simulated) cluster: DCGM exporter, kube-state-metrics and service metrics.
+
+Layer: sandbox. Imports `opsmedic.domain` and `prometheus_client` only. A `SnapshotCollector` wraps a
+callable that returns the latest `ClusterSnapshot` and renders it, at every scrape, under the metric names
+and labels that a real GPU cluster exposes, so that a real Prometheus server (and `tools.prometheus_source`)
+reads the sandbox exactly as it would read production:
+
+- **DCGM exporter** (`DCGM_FI_DEV_*`, labels `gpu`, `UUID`, `device`, `modelName`, `Hostname`, and `pod`,
+  `namespace`, `container` when a pod holds the GPU). `DCGM_FI_DEV_XID_ERRORS` holds the *last* XID seen
+  (as DCGM does); `DCGM_EXP_XID_ERRORS_COUNT{xid}` counts XID events, so a reader can tell a new event from
+  an old one. A GPU that fell off the bus exports only its XID series: DCGM can no longer read it.
+- **kube-state-metrics** (`kube_node_*`, `kube_pod_*`), with `kube_node_status_capacity{resource=
+  "nvidia_com_gpu"}` so a reader can tell a lost GPU (capacity says 8, DCGM shows 7) from a missing node.
+- **service metrics**: `model_*` gauges per model and `training_step_total{pod}` per training pod.
+- two sandbox extensions, named `opsmedic_*`: the snapshot's simulated clock and the pod -> GPU
+  allocation (what the kubelet's PodResources API tells a real node agent).
+
+The callable must not be `Simulator.snapshot` itself: taking a snapshot consumes the simulator's pending
+XIDs, so the run loop takes one snapshot per tick and hands the exporter the latest (see
+`LatestSnapshot`, which also records every snapshot's XIDs as it is set, so none is lost between two
+scrapes). Scraping the same snapshot twice never counts its XIDs twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from opsmedic.domain import ClusterSnapshot, GpuSample
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+DEFAULT_MODEL_NAME = "NVIDIA H100 80GB HBM3"
+
+# DCGM field -> (GpuSample attribute, help). The DCGM exporter declares several of these as counters; they
+# are exposed as gauges here because prometheus_client appends `_total` to a counter's name, and the
+# upper-case DCGM names (`..._VOL_TOTAL`) must stay byte-for-byte what dashboards and alert rules query.
+DCGM_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("DCGM_FI_DEV_GPU_UTIL", "util_pct", "GPU utilization (in %)."),
+    ("DCGM_FI_DEV_MEM_COPY_UTIL", "mem_util_pct", "Memory utilization (in %)."),
+    ("DCGM_FI_DEV_FB_USED", "mem_used_mib", "Framebuffer memory used (in MiB)."),
+    ("DCGM_FI_DEV_GPU_TEMP", "temp_c", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_POWER_USAGE", "power_w", "Power draw (in W)."),
+    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "power_limit_w", "Power management limit (in W)."),
+    ("DCGM_FI_DEV_SM_CLOCK", "sm_clock_mhz", "SM clock frequency (in MHz)."),
+    ("DCGM_FI_DEV_MEM_CLOCK", "mem_clock_mhz", "Memory clock frequency (in MHz)."),
+    (
+        "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS",
+        "clock_event_reasons",
+        "Current clock throttle reasons (bitmask).",
+    ),
+    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "ecc_sbe_volatile", "Total number of single-bit volatile ECC errors."),
+    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "ecc_dbe_volatile", "Total number of double-bit volatile ECC errors."),
+    (
+        "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
+        "ecc_dbe_aggregate",
+        "Total number of double-bit persistent ECC errors.",
+    ),
+    (
+        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+        "remapped_rows_correctable",
+        "Number of remapped rows for correctable errors.",
+    ),
+    (
+        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+        "remapped_rows_uncorrectable",
+        "Number of remapped rows for uncorrectable errors.",
+    ),
+    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "remap_pending", "Whether a row remapping is pending (1) or not (0)."),
+    (
+        "DCGM_FI_DEV_ROW_REMAP_FAILURE",
+        "remap_failure",
+        "Whether remapping of rows has failed (1) or not (0).",
+    ),
+    ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "pcie_replay_counter", "Total number of PCIe retries."),
+    (
+        "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
+        "nvlink_crc_errors",
+        "Total number of NVLink flow-control CRC errors.",
+    ),
+    (
+        "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
+        "nvlink_replay_errors",
+        "Total number of NVLink retries.",
+    ),
+)
+DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"
+DCGM_XID = "DCGM_FI_DEV_XID_ERRORS"
+DCGM_XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
+GPU_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "pod", "namespace", "container")
+
+# Pod reasons, by the kube-state-metrics series that carries them in a real cluster.
+WAITING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ContainerCreating",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "CreateContainerConfigError",
+        "InvalidImageName",
+        "PodInitializing",
+    }
+)
+TERMINATED_REASONS = frozenset({"OOMKilled", "Error", "Completed", "ContainerCannotRun", "DeadlineExceeded"})
+POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
+GPU_RESOURCE = "nvidia_com_gpu"
+
+
+def gpu_uuid(gpu_id: str) -> str:
+    """A stable, UUID-shaped GPU identifier for a simulated GPU (real ones come from NVML)."""
+    return "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL, "opsmedic-sandbox/" + gpu_id))
+
+
+def _num(value: float | int | bool | None) -> float | None:
+    if value is None:
+        return None
+    return float(value)
+
+
+class XidLedger:
+    """XID history per GPU: the last XID (and when) and the count per code. XIDs appear in exactly one
+    snapshot, so the ledger must see every snapshot, not only the ones a scrape happens to read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: tuple[int, float] | None = None  # (id, at_s) of the last snapshot recorded
+        self._last: dict[str, tuple[int, float]] = {}  # gpu -> (xid, at_s)
+        self._counts: dict[tuple[str, int], int] = {}
+
+    def record(self, snap: ClusterSnapshot) -> None:
+        with self._lock:
+            key = (id(snap), snap.at_s)
+            if key == self._seen:  # scraped twice: count once
+                return
+            self._seen = key
+            for g in snap.gpus:
+                for xid in g.xids:
+                    self._last[g.gpu] = (xid, snap.at_s)
+                    self._counts[(g.gpu, xid)] = self._counts.get((g.gpu, xid), 0) + 1
+
+    def state(self) -> tuple[dict[str, tuple[int, float]], dict[tuple[str, int], int]]:
+        with self._lock:
+            return dict(self._last), dict(self._counts)
+
+
+@dataclass
+class LatestSnapshot:
+    """The run loop's latest snapshot, thread-safe: `set()` every tick, call it to read. It records each
+    snapshot's XIDs as it is set, so that none is lost between two scrapes."""
+
+    _snap: ClusterSnapshot | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    xids: XidLedger = field(default_factory=XidLedger)
+
+    def set(self, snap: ClusterSnapshot) -> None:
+        self.xids.record(snap)
+        with self._lock:
+            self._snap = snap
+
+    def __call__(self) -> ClusterSnapshot | None:
+        with self._lock:
+            return self._snap
+
+
+class SnapshotCollector:
+    """A prometheus_client custom collector over `get_snapshot()`.
+
+    Given a `LatestSnapshot`, XIDs come from its ledger (every snapshot set); given any other callable, the
+    collector records the XIDs of the snapshots it reads, which loses those of snapshots never scraped.
+    `xid_hold_s`: how long (snapshot seconds) `DCGM_FI_DEV_XID_ERRORS` keeps showing the last XID. `None`
+    keeps it until the GPU's series go away, as DCGM does; a number lets a test or demo see an XID alert
+    resolve.
+    """
+
+    def __init__(
+        self,
+        get_snapshot: Callable[[], ClusterSnapshot | None],
+        *,
+        namespace: str = "default",
+        model_name: str = DEFAULT_MODEL_NAME,
+        xid_hold_s: float | None = None,
+    ) -> None:
+        self._get = get_snapshot
+        self.namespace = namespace
+        self.model_name = model_name
+        self.xid_hold_s = xid_hold_s
+        ledger = getattr(get_snapshot, "xids", None)
+        self._ledger = ledger if isinstance(ledger, XidLedger) else XidLedger()
+        self._own_ledger = not isinstance(ledger, XidLedger)
+
+    def describe(self) -> Iterable[Metric]:
+        # Metric names depend on the snapshot; an empty describe() keeps the registry from calling
+        # collect() at registration time (which would consume nothing, but would call the callable early).
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._get()
+        if snap is None:
+            return
+        if self._own_ledger:
+            self._ledger.record(snap)
+        last_xid, xid_counts = self._ledger.state()
+        yield from self._clock(snap)
+        yield from self._dcgm(snap, last_xid, xid_counts)
+        yield from self._kube_nodes(snap)
+        yield from self._kube_pods(snap)
+        yield from self._models(snap)
+
+    # ---------------------------------------------------------------------------------- families
+
+    @staticmethod
+    def _clock(snap: ClusterSnapshot) -> Iterator[Metric]:
+        g = GaugeMetricFamily("opsmedic_snapshot_time_seconds", "Simulated clock of the exported snapshot.")
+        g.add_metric([], snap.at_s)
+        yield g
+
+    def _gpu_labels(self, g: GpuSample, workloads: dict[str, str]) -> list[str]:
+        # dcgm-exporter's Kubernetes mapping: the pod holding the GPU, its namespace and container
+        pod = g.processes[0] if g.processes else ""
+        return [
+            str(g.index),
+            gpu_uuid(g.gpu),
+            f"nvidia{g.index}",
+            self.model_name,
+            g.node,
+            pod,
+            self.namespace if pod else "",
+            workloads.get(pod, "") if pod else "",
+        ]
+
+    def _dcgm(
+        self,
+        snap: ClusterSnapshot,
+        last_xid: dict[str, tuple[int, float]],
+        xid_counts: dict[tuple[str, int], int],
+    ) -> Iterator[Metric]:
+        workloads = {p.name: p.workload for p in snap.pods}
+        fams = {name: GaugeMetricFamily(name, doc, labels=GPU_LABELS) for name, _, doc in DCGM_FIELDS}
+        free = GaugeMetricFamily(DCGM_FB_FREE, "Framebuffer memory free (in MiB).", labels=GPU_LABELS)
+        xid = GaugeMetricFamily(DCGM_XID, "Value of the last XID error encountered.", labels=GPU_LABELS)
+        xid_count = GaugeMetricFamily(
+            DCGM_XID_COUNT,
+            "Count of XID errors seen (the sandbox counts from start; dcgm-exporter counts within a window).",
+            labels=(*GPU_LABELS, "xid"),
+        )
+        for g in snap.gpus:
+            labels = self._gpu_labels(g, workloads)
+            seen = last_xid.get(g.gpu)
+            if seen is not None:
+                expired = self.xid_hold_s is not None and snap.at_s - seen[1] > self.xid_hold_s
+                xid.add_metric(labels, 0.0 if expired else float(seen[0]))
+            elif g.present:
+                xid.add_metric(labels, 0.0)
+            for (gid, code), count in sorted(xid_counts.items()):
+                if gid == g.gpu:
+                    xid_count.add_metric([*labels, str(code)], float(count))
+            if not g.present:
+                continue  # fell off the bus: DCGM cannot read any field of it
+            for name, attr, _ in DCGM_FIELDS:
+                value = _num(getattr(g, attr))
+                if value is not None:
+                    fams[name].add_metric(labels, value)
+            if g.mem_total_mib is not None and g.mem_used_mib is not None:
+                free.add_metric(labels, g.mem_total_mib - g.mem_used_mib)
+        yield from fams.values()
+        yield free
+        yield xid
+        yield xid_count
+
+    @staticmethod
+    def _kube_nodes(snap: ClusterSnapshot) -> Iterator[Metric]:
+        cond = GaugeMetricFamily(
+            "kube_node_status_condition",
+            "The condition of a cluster node.",
+            labels=("node", "condition", "status"),
+        )
+        unsched = GaugeMetricFamily(
+            "kube_node_spec_unschedulable", "Whether a node can schedule new pods.", labels=("node",)
+        )
+        cap = GaugeMetricFamily(
+            "kube_node_status_capacity",
+            "The capacity for different resources of a node.",
+            labels=("node", "resource", "unit"),
+        )
+        taint = GaugeMetricFamily(
+            "kube_node_spec_taint", "The taint of a cluster node.", labels=("node", "key", "value", "effect")
+        )
+        ann = GaugeMetricFamily(
+            "kube_node_annotations",
+            "Kubernetes annotations converted to Prometheus labels.",
+            labels=("node", "annotation_opsmedic_io_cordoned_by"),
+        )
+        for n in snap.nodes:
+            for status in ("true", "false", "unknown"):
+                cond.add_metric(
+                    [n.name, "Ready", status],
+                    1.0 if (status == "true") == n.ready and status != "unknown" else 0.0,
+                )
+            unsched.add_metric([n.name], 1.0 if n.unschedulable else 0.0)
+            cap.add_metric([n.name, GPU_RESOURCE, "integer"], float(n.gpus))
+            for key in n.taints:
+                effect = "NoExecute" if key.endswith("/unreachable") else "NoSchedule"
+                taint.add_metric([n.name, key, "", effect], 1.0)
+            if n.cordoned_by:
+                ann.add_metric([n.name, n.cordoned_by], 1.0)
+        yield from (cond, unsched, cap, taint, ann)
+
+    def _kube_pods(self, snap: ClusterSnapshot) -> Iterator[Metric]:
+        ns = self.namespace
+        info = GaugeMetricFamily(
+            "kube_pod_info",
+            "Information about pod.",
+            labels=("namespace", "pod", "node", "created_by_kind", "created_by_name"),
+        )
+        plabels = GaugeMetricFamily(
+            "kube_pod_labels",
+            "Kubernetes labels converted to Prometheus labels.",
+            labels=("namespace", "pod", "label_app", "label_opsmedic_io_kind"),
+        )
+        phase = GaugeMetricFamily(
+            "kube_pod_status_phase", "The pods current phase.", labels=("namespace", "pod", "phase")
+        )
+        ready = GaugeMetricFamily(
+            "kube_pod_status_ready",
+            "Describes whether the pod is ready to serve requests.",
+            labels=("namespace", "pod", "condition"),
+        )
+        restarts = Metric(
+            "kube_pod_container_status_restarts", "The number of container restarts per container.", "counter"
+        )
+        waiting = GaugeMetricFamily(
+            "kube_pod_container_status_waiting_reason",
+            "Describes the reason the container is currently in waiting state.",
+            labels=("namespace", "pod", "container", "reason"),
+        )
+        terminated = GaugeMetricFamily(
+            "kube_pod_container_status_last_terminated_reason",
+            "Describes the last reason the container was in terminated state.",
+            labels=("namespace", "pod", "container", "reason"),
+        )
+        reason = GaugeMetricFamily(
+            "kube_pod_status_reason", "The pod status reasons", labels=("namespace", "pod", "reason")
+        )
+        unsched = GaugeMetricFamily(
+            "kube_pod_status_unschedulable",
+            "Describes the unschedulable status for the pod.",
+            labels=("namespace", "pod"),
+        )
+        start = GaugeMetricFamily(
+            "kube_pod_start_time", "Start time in unix timestamp for a pod.", labels=("namespace", "pod")
+        )
+        alloc = GaugeMetricFamily(
+            "opsmedic_pod_gpu_allocated",
+            "GPUs allocated to a pod (kubelet PodResources).",
+            labels=("namespace", "pod", "Hostname", "gpu"),
+        )
+        steps = Metric("training_step", "Training steps completed by a training pod.", "counter")
+        for p in snap.pods:
+            info.add_metric([ns, p.name, p.node or "", "StatefulSet", p.workload], 1.0)
+            plabels.add_metric([ns, p.name, p.workload, p.kind], 1.0)
+            for ph in POD_PHASES:
+                phase.add_metric([ns, p.name, ph], 1.0 if p.phase == ph else 0.0)
+            for c in ("true", "false", "unknown"):
+                ready.add_metric([ns, p.name, c], 1.0 if (c == "true") == p.ready and c != "unknown" else 0.0)
+            restarts.add_sample(
+                "kube_pod_container_status_restarts_total",
+                {"namespace": ns, "pod": p.name, "container": p.workload},
+                float(p.restarts),
+            )
+            if p.reason in WAITING_REASONS:
+                waiting.add_metric([ns, p.name, p.workload, p.reason], 1.0)
+            elif p.reason in TERMINATED_REASONS:
+                terminated.add_metric([ns, p.name, p.workload, p.reason], 1.0)
+            elif p.reason == "Unschedulable":
+                unsched.add_metric([ns, p.name], 1.0)
+            elif p.reason:
+                reason.add_metric([ns, p.name, p.reason], 1.0)
+            start.add_metric([ns, p.name], p.started_at_s)
+            for gid in p.gpus:
+                node, _, idx = gid.partition("/gpu-")
+                alloc.add_metric([ns, p.name, node, idx], 1.0)
+            if p.step is not None:
+                steps.add_sample("training_step_total", {"namespace": ns, "pod": p.name}, float(p.step))
+        yield from (
+            info,
+            plabels,
+            phase,
+            ready,
+            restarts,
+            waiting,
+            terminated,
+            reason,
+            unsched,
+            start,
+            alloc,
+            steps,
+        )
+
+    @staticmethod
+    def _models(snap: ClusterSnapshot) -> Iterator[Metric]:
+        def gauge(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=("model", *extra))
+
+        serving = gauge("model_serving_version", "Registry version the model endpoint serves.")
+        previous = gauge("model_previous_version", "Version served before the current one.")
+        versions = gauge("model_version_info", "Registered versions of the model.", "version")
+        acc = gauge("model_accuracy", "Online accuracy of the served model.")
+        lat = gauge("model_latency_p95_ms", "95th percentile request latency (ms).")
+        slo_acc = gauge("model_slo_accuracy_min", "Accuracy SLO (minimum).")
+        slo_lat = gauge("model_slo_latency_p95_ms", "Latency p95 SLO (ms, maximum).")
+        deploy = gauge("model_last_deploy_timestamp_seconds", "When the served version was deployed.")
+        psi = gauge(
+            "model_feature_psi", "Population stability index of a feature, current vs reference.", "feature"
+        )
+        kl = gauge("model_feature_kl", "KL divergence of a feature, current vs reference.", "feature")
+        for m in snap.models:
+            serving.add_metric([m.name], float(m.serving_version))
+            for v in m.versions:
+                versions.add_metric([m.name, str(v)], 1.0)
+            for fam, value in (
+                (previous, m.previous_version),
+                (acc, m.accuracy),
+                (lat, m.latency_p95_ms),
+                (slo_acc, m.slo_accuracy_min),
+                (slo_lat, m.slo_latency_p95_ms),
+                (deploy, m.last_deploy_at_s),
+            ):
+                if value is not None:
+                    fam.add_metric([m.name], float(value))
+            for feat, value in sorted(m.drift_psi.items()):
+                psi.add_metric([m.name, feat], value)
+            for feat, value in sorted(m.drift_kl.items()):
+                kl.add_metric([m.name, feat], value)
+        yield from (serving, previous, versions, acc, lat, slo_acc, slo_lat, deploy, psi, kl)
+
+
+def build_registry(get_snapshot: Callable[[], ClusterSnapshot | None], **kwargs: Any) -> CollectorRegistry:
+    """A fresh registry holding one `SnapshotCollector` (no process/platform collectors)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(get_snapshot, **kwargs))
+    return registry
+
+
+def render(snapshot: ClusterSnapshot, **kwargs: Any) -> bytes:
+    """One snapshot in the Prometheus text format (a stateless, one-off rendering)."""
+    return generate_latest(build_registry(lambda: snapshot, **kwargs))
+
+
+@dataclass
+class ExporterServer:
+    """A running `/metrics` endpoint; `close()` stops it."""
+
+    host: str
+    port: int
+    registry: CollectorRegistry
+    _server: Any
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ExporterServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve(
+    get_snapshot: Callable[[], ClusterSnapshot | None],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    **kwargs: Any,
+) -> ExporterServer:
+    """Serve the snapshot's metrics on http://host:port/metrics (port 0: any free port) in a thread."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        # The sandbox is a local simulation: keep it off shared networks unless a caller changes this code.
+        raise ValueError(f"the sandbox exporter listens on loopback only, not {host!r}")
+    registry = build_registry(get_snapshot, **kwargs)
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    return ExporterServer(
+        host=host, port=int(server.server_port), registry=registry, _server=server, _thread=thread
+    )

@@ -1,0 +1,725 @@
+"""Read a cluster from Prometheus-format metrics: PromQL against a server, or an exposition text directly.
+
+Layer: tools (read adapter). Imports `opsmedic.domain`, `opsmedic.errors`, `prometheus_client`'s parser and
+`prometheus-api-client`; it does not import the sandbox, so a production deployment reads a real DCGM
+exporter and kube-state-metrics through the same code that reads `sandbox.exporter` in tests.
+
+Both paths turn samples into the same `ClusterSnapshot` the NVML collector and the simulator produce:
+
+- GPUs from `DCGM_FI_DEV_*` (identified by `Hostname` + `gpu`; a GPU that kube-state-metrics says the node
+  has, or that only reports an XID, but that DCGM cannot read, is `present=False`, i.e. lost);
+- nodes and pods from kube-state-metrics (`kube_node_*`, `kube_pod_*`);
+- models from service metrics (`model_*`), training progress from `training_step_total`.
+
+XIDs are events, while metrics are state: `SnapshotBuilder` keeps the previous XID counts per GPU and reports
+only the increase, so one XID is one event however often it is scraped. NaN / infinite values and samples
+without the labels that identify their object are skipped and counted in `skipped_samples`; an absent metric
+leaves its field `None`. A server that times out or answers 5xx raises `TransientToolError` after bounded
+retries; a 4xx or an unreadable answer raises `PermanentToolError`. Nothing here crashes a monitor tick.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from opsmedic.domain import ClusterSnapshot, GpuSample, ModelStatus, NodeStatus, PodStatus
+from opsmedic.errors import PermanentToolError, ToolError, TransientToolError
+
+# DCGM field -> GpuSample attribute. The names are dcgm-exporter's (github.com/NVIDIA/dcgm-exporter,
+# default-counters.csv and dcp-metrics-included.csv); the last two XID names are its XID exporters.
+DCGM_TO_FIELD: dict[str, str] = {
+    "DCGM_FI_DEV_GPU_UTIL": "util_pct",
+    "DCGM_FI_DEV_MEM_COPY_UTIL": "mem_util_pct",
+    "DCGM_FI_DEV_FB_USED": "mem_used_mib",
+    "DCGM_FI_DEV_GPU_TEMP": "temp_c",
+    "DCGM_FI_DEV_POWER_USAGE": "power_w",
+    "DCGM_FI_DEV_POWER_MGMT_LIMIT": "power_limit_w",
+    "DCGM_FI_DEV_SM_CLOCK": "sm_clock_mhz",
+    "DCGM_FI_DEV_MEM_CLOCK": "mem_clock_mhz",
+    "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": "clock_event_reasons",
+    "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": "ecc_sbe_volatile",
+    "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": "ecc_dbe_volatile",
+    "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL": "ecc_dbe_aggregate",
+    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": "remapped_rows_correctable",
+    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": "remapped_rows_uncorrectable",
+    "DCGM_FI_DEV_ROW_REMAP_PENDING": "remap_pending",
+    "DCGM_FI_DEV_ROW_REMAP_FAILURE": "remap_failure",
+    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": "pcie_replay_counter",
+    "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL": "nvlink_crc_errors",
+    "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL": "nvlink_replay_errors",
+}
+DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"
+DCGM_XID = "DCGM_FI_DEV_XID_ERRORS"
+DCGM_XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
+_INT_FIELDS = frozenset(
+    {
+        "clock_event_reasons",
+        "ecc_sbe_volatile",
+        "ecc_dbe_volatile",
+        "ecc_dbe_aggregate",
+        "remapped_rows_correctable",
+        "remapped_rows_uncorrectable",
+        "pcie_replay_counter",
+        "nvlink_crc_errors",
+        "nvlink_replay_errors",
+    }
+)
+_BOOL_FIELDS = frozenset({"remap_pending", "remap_failure"})
+GPU_RESOURCE = "nvidia_com_gpu"
+SNAPSHOT_CLOCK = "opsmedic_snapshot_time_seconds"
+POD_GPU_ALLOCATION = "opsmedic_pod_gpu_allocated"
+
+KUBE_METRICS = (
+    "kube_node_status_condition",
+    "kube_node_spec_unschedulable",
+    "kube_node_status_capacity",
+    "kube_node_spec_taint",
+    "kube_node_annotations",
+    "kube_pod_info",
+    "kube_pod_labels",
+    "kube_pod_status_phase",
+    "kube_pod_status_ready",
+    "kube_pod_container_status_restarts_total",
+    "kube_pod_container_status_waiting_reason",
+    "kube_pod_container_status_last_terminated_reason",
+    "kube_pod_status_reason",
+    "kube_pod_status_unschedulable",
+    "kube_pod_start_time",
+)
+SERVICE_METRICS = (
+    "model_serving_version",
+    "model_previous_version",
+    "model_version_info",
+    "model_accuracy",
+    "model_latency_p95_ms",
+    "model_slo_accuracy_min",
+    "model_slo_latency_p95_ms",
+    "model_last_deploy_timestamp_seconds",
+    "model_feature_psi",
+    "model_feature_kl",
+    "training_step_total",
+)
+ALL_METRICS: tuple[str, ...] = (
+    *DCGM_TO_FIELD,
+    DCGM_FB_FREE,
+    DCGM_XID,
+    DCGM_XID_COUNT,
+    *KUBE_METRICS,
+    *SERVICE_METRICS,
+    SNAPSHOT_CLOCK,
+    POD_GPU_ALLOCATION,
+)
+_HOST_LABELS = ("Hostname", "hostname", "node", "kubernetes_node")
+_MAX_XIDS_PER_TICK = 16  # a counter that jumps by thousands is one burst, not thousands of signals
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSample:
+    """One sample, whichever path it came from."""
+
+    name: str
+    labels: Mapping[str, str]
+    value: float
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    """node-2 before node-10."""
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+@dataclass
+class _Gpu:
+    node: str
+    index: int
+    fields: dict[str, float] = field(default_factory=dict)
+    readable: bool = False  # DCGM read at least one field (XID series alone do not count)
+    pod: str = ""
+    xid_counts: dict[int, float] = field(default_factory=dict)
+    last_xid: float | None = None
+
+
+@dataclass
+class SnapshotBuilder:
+    """Assembles `ClusterSnapshot`s from samples, remembering XID counts between calls.
+
+    `report_existing_xids`: on the first sight of a GPU, report the XIDs its counters already hold (True:
+    a monitor that starts after a fault still learns about it) or treat them as history (False).
+    """
+
+    report_existing_xids: bool = True
+    clock: Callable[[], float] = time.time
+    skipped_samples: int = 0  # cumulative: NaN/inf values, samples missing identifying labels
+    last_skipped: int = 0  # in the latest build
+    _xid_counts: dict[tuple[str, int], float] = field(default_factory=dict)
+    _last_xid: dict[str, float] = field(default_factory=dict)
+
+    # -------------------------------------------------------------------------------------- build
+
+    def build(self, samples: Iterable[MetricSample]) -> ClusterSnapshot:
+        skipped = 0
+        gpus: dict[str, _Gpu] = {}
+        by_name: dict[str, list[MetricSample]] = defaultdict(list)
+        at_s: float | None = None
+        for s in samples:
+            if not math.isfinite(s.value):
+                skipped += 1
+                continue
+            if s.name == SNAPSHOT_CLOCK:
+                at_s = s.value
+                continue
+            if s.name.startswith("DCGM_"):
+                if not self._gpu_sample(s, gpus):
+                    skipped += 1
+                continue
+            by_name[s.name].append(s)
+        nodes, skipped_nodes = self._nodes(by_name)
+        pods, skipped_pods = self._pods(by_name, gpus)
+        models, skipped_models = self._models(by_name)
+        skipped += skipped_nodes + skipped_pods + skipped_models
+        gpu_samples = self._gpu_samples(gpus, nodes)
+        self.last_skipped = skipped
+        self.skipped_samples += skipped
+        return ClusterSnapshot(
+            at_s=self.clock() if at_s is None else at_s,
+            gpus=gpu_samples,
+            nodes=nodes,
+            pods=pods,
+            models=models,
+        )
+
+    # --------------------------------------------------------------------------------------- GPUs
+
+    @staticmethod
+    def _gpu_id(labels: Mapping[str, str]) -> tuple[str, str, int] | None:
+        raw = labels.get("gpu", "")
+        if "/gpu-" in raw:
+            node, _, idx = raw.partition("/gpu-")
+            return (raw, node, int(idx)) if idx.isdigit() else None
+        host = next((labels[k] for k in _HOST_LABELS if labels.get(k)), "")
+        if not host or not raw.isdigit():
+            return None
+        return f"{host}/gpu-{raw}", host, int(raw)
+
+    def _gpu_sample(self, s: MetricSample, gpus: dict[str, _Gpu]) -> bool:
+        ident = self._gpu_id(s.labels)
+        if ident is None:
+            return False
+        gid, node, idx = ident
+        g = gpus.get(gid)
+        if g is None:
+            g = gpus[gid] = _Gpu(node=node, index=idx)
+        if s.labels.get("pod"):
+            g.pod = s.labels["pod"]
+        if s.name == DCGM_XID:
+            g.last_xid = s.value
+        elif s.name == DCGM_XID_COUNT:
+            code = s.labels.get("xid", "")
+            if not code.isdigit():
+                return False
+            g.xid_counts[int(code)] = s.value
+        elif s.name == DCGM_FB_FREE:
+            g.fields["__fb_free"] = s.value
+            g.readable = True
+        elif s.name in DCGM_TO_FIELD:
+            g.fields[DCGM_TO_FIELD[s.name]] = s.value
+            g.readable = True
+        return True
+
+    def _xids(self, gid: str, g: _Gpu) -> list[int]:
+        out: list[int] = []
+        if g.xid_counts:
+            for code, count in sorted(g.xid_counts.items()):
+                prev = self._xid_counts.get((gid, code))
+                if prev is None:
+                    prev = 0.0 if self.report_existing_xids else count
+                # increases only: dcgm-exporter's count is windowed, so it also goes down
+                new = int(min(max(0.0, count - prev), _MAX_XIDS_PER_TICK))
+                out.extend([code] * new)
+                self._xid_counts[(gid, code)] = count
+        elif g.last_xid is not None:
+            # no count series: a change of the last XID is the best evidence of a new event
+            prev_last = self._last_xid.get(gid)
+            if (
+                g.last_xid > 0
+                and g.last_xid != prev_last
+                and (prev_last is not None or self.report_existing_xids)
+            ):
+                out.append(int(g.last_xid))
+        if g.last_xid is not None:
+            self._last_xid[gid] = g.last_xid
+        return out
+
+    def _gpu_samples(self, gpus: dict[str, _Gpu], nodes: list[NodeStatus]) -> list[GpuSample]:
+        # A ready node whose DCGM exporter still reports some GPUs but not all that the node's capacity
+        # declares has lost the others. A node with no DCGM series at all has no exporter (or is down):
+        # inferring eight lost GPUs from silence would be wrong.
+        live_nodes = {g.node for g in gpus.values() if g.readable}
+        for n in nodes:
+            if n.ready and n.name in live_nodes:
+                for i in range(n.gpus):
+                    gpus.setdefault(f"{n.name}/gpu-{i}", _Gpu(node=n.name, index=i))
+        order = {n.name: i for i, n in enumerate(nodes)}
+        out = []
+        for gid, g in sorted(
+            gpus.items(),
+            key=lambda kv: (order.get(kv[1].node, len(order)), _natural(kv[1].node), kv[1].index),
+        ):
+            xids = self._xids(gid, g)
+            if not g.readable:
+                out.append(GpuSample(gpu=gid, node=g.node, index=g.index, present=False, xids=xids))
+                continue
+            values: dict[str, Any] = {}
+            for name, v in g.fields.items():
+                if name == "__fb_free":
+                    continue
+                values[name] = bool(v) if name in _BOOL_FIELDS else round(v) if name in _INT_FIELDS else v
+            if "mem_used_mib" in values and "__fb_free" in g.fields:
+                values["mem_total_mib"] = round(values["mem_used_mib"] + g.fields["__fb_free"], 3)
+            out.append(
+                GpuSample(
+                    gpu=gid,
+                    node=g.node,
+                    index=g.index,
+                    xids=xids,
+                    processes=[g.pod] if g.pod else [],
+                    **values,
+                )
+            )
+        return out
+
+    # -------------------------------------------------------------------------------------- nodes
+
+    @staticmethod
+    def _nodes(by: Mapping[str, list[MetricSample]]) -> tuple[list[NodeStatus], int]:
+        skipped = 0
+        ready: dict[str, bool] = {}
+        unsched: dict[str, bool] = {}
+        capacity: dict[str, int] = {}
+        taints: dict[str, list[str]] = defaultdict(list)
+        cordoned: dict[str, str] = {}
+        for s in by.get("kube_node_status_condition", []):
+            node = s.labels.get("node")
+            if not node:
+                skipped += 1
+                continue
+            if s.labels.get("condition") == "Ready":
+                ready.setdefault(node, False)
+                if s.labels.get("status") == "true" and s.value >= 1:
+                    ready[node] = True
+        for s in by.get("kube_node_spec_unschedulable", []):
+            if s.labels.get("node"):
+                unsched[s.labels["node"]] = s.value >= 1
+        for s in by.get("kube_node_status_capacity", []):
+            if s.labels.get("node") and s.labels.get("resource") == GPU_RESOURCE:
+                capacity[s.labels["node"]] = int(s.value)
+        for s in by.get("kube_node_spec_taint", []):
+            if s.labels.get("node") and s.labels.get("key") and s.value >= 1:
+                taints[s.labels["node"]].append(s.labels["key"])
+        for s in by.get("kube_node_annotations", []):
+            inc = s.labels.get("annotation_opsmedic_io_cordoned_by")
+            if s.labels.get("node") and inc:
+                cordoned[s.labels["node"]] = inc
+        names = sorted(set(ready) | set(unsched) | set(capacity), key=_natural)
+        nodes = [
+            NodeStatus(
+                name=n,
+                ready=ready.get(n, False),
+                unschedulable=unsched.get(n, False),
+                cordoned_by=cordoned.get(n),
+                gpus=capacity.get(n, 0),
+                taints=sorted(taints.get(n, [])),
+            )
+            for n in names
+        ]
+        return nodes, skipped
+
+    # --------------------------------------------------------------------------------------- pods
+
+    @staticmethod
+    def _pods(by: Mapping[str, list[MetricSample]], gpus: Mapping[str, _Gpu]) -> tuple[list[PodStatus], int]:
+        skipped = 0
+        info: dict[str, Mapping[str, str]] = {}
+        for s in by.get("kube_pod_info", []):
+            if not s.labels.get("pod"):
+                skipped += 1
+                continue
+            info[s.labels["pod"]] = s.labels
+
+        def per_pod(name: str) -> dict[str, list[MetricSample]]:
+            out: dict[str, list[MetricSample]] = defaultdict(list)
+            for s in by.get(name, []):
+                if s.labels.get("pod") in info:
+                    out[s.labels["pod"]].append(s)
+            return out
+
+        labels, phases, readies = (
+            per_pod("kube_pod_labels"),
+            per_pod("kube_pod_status_phase"),
+            per_pod("kube_pod_status_ready"),
+        )
+        restarts, waiting = (
+            per_pod("kube_pod_container_status_restarts_total"),
+            per_pod("kube_pod_container_status_waiting_reason"),
+        )
+        terminated, reasons = (
+            per_pod("kube_pod_container_status_last_terminated_reason"),
+            per_pod("kube_pod_status_reason"),
+        )
+        unsched, start = per_pod("kube_pod_status_unschedulable"), per_pod("kube_pod_start_time")
+        alloc, steps = per_pod(POD_GPU_ALLOCATION), per_pod("training_step_total")
+        dcgm_pods: dict[str, list[str]] = defaultdict(list)
+        for gid, g in gpus.items():
+            if g.pod:
+                dcgm_pods[g.pod].append(gid)
+        pods = []
+        for name in info:  # the source's order (the exporter's; PrometheusSource sorts its answer)
+            lab = labels.get(name, [])
+            kind_label = next((s.labels.get("label_opsmedic_io_kind") for s in lab), None)
+            kind = (
+                kind_label
+                if kind_label in ("training", "inference")
+                else ("training" if steps.get(name) else "inference")
+            )
+            workload = (
+                next((s.labels.get("label_app") for s in lab if s.labels.get("label_app")), None)
+                or info[name].get("created_by_name")
+                or name
+            )
+            phase = (
+                next((s.labels.get("phase") for s in phases.get(name, []) if s.value >= 1), None) or "Unknown"
+            )
+            if phase not in ("Pending", "Running", "Succeeded", "Failed", "Unknown"):
+                phase = "Unknown"
+            ready = any(s.labels.get("condition") == "true" and s.value >= 1 for s in readies.get(name, []))
+            reason = (
+                next((s.labels.get("reason") for s in waiting.get(name, []) if s.value >= 1), None)
+                or next((s.labels.get("reason") for s in terminated.get(name, []) if s.value >= 1), None)
+                or next((s.labels.get("reason") for s in reasons.get(name, []) if s.value >= 1), None)
+                or ("Unschedulable" if any(s.value >= 1 for s in unsched.get(name, [])) else None)
+            )
+            held = [
+                f"{s.labels.get('Hostname')}/gpu-{s.labels.get('gpu')}"
+                for s in alloc.get(name, [])
+                if s.labels.get("Hostname") and (s.labels.get("gpu") or "").isdigit() and s.value >= 1
+            ]
+            if not held:  # no PodResources data: fall back to dcgm-exporter's pod mapping
+                held = dcgm_pods.get(name, [])
+            held.sort(key=_natural)
+            step = steps.get(name)
+            st = start.get(name)
+            pods.append(
+                PodStatus(
+                    name=name,
+                    workload=workload,
+                    kind=kind,
+                    node=info[name].get("node") or None,
+                    gpus=held,
+                    phase=phase,
+                    ready=ready,
+                    reason=reason,
+                    restarts=int(sum(s.value for s in restarts.get(name, []))),
+                    step=int(step[0].value) if step else None,
+                    started_at_s=st[0].value if st else 0.0,
+                )
+            )
+        return pods, skipped
+
+    # ------------------------------------------------------------------------------------- models
+
+    @staticmethod
+    def _models(by: Mapping[str, list[MetricSample]]) -> tuple[list[ModelStatus], int]:
+        skipped = 0
+
+        def per_model(name: str) -> dict[str, list[MetricSample]]:
+            nonlocal skipped
+            out: dict[str, list[MetricSample]] = defaultdict(list)
+            for s in by.get(name, []):
+                if s.labels.get("model"):
+                    out[s.labels["model"]].append(s)
+                else:
+                    skipped += 1
+            return out
+
+        serving = per_model("model_serving_version")
+        one = {
+            k: per_model(k)
+            for k in (
+                "model_previous_version",
+                "model_accuracy",
+                "model_latency_p95_ms",
+                "model_slo_accuracy_min",
+                "model_slo_latency_p95_ms",
+                "model_last_deploy_timestamp_seconds",
+            )
+        }
+        versions, psi, kl = (
+            per_model("model_version_info"),
+            per_model("model_feature_psi"),
+            per_model("model_feature_kl"),
+        )
+
+        def first(metric: str, model: str) -> float | None:
+            got = one[metric].get(model)
+            return got[0].value if got else None
+
+        models = []
+        for name in serving:
+            cur = int(serving[name][0].value)
+            vers = sorted(
+                {
+                    int(s.labels["version"])
+                    for s in versions.get(name, [])
+                    if s.labels.get("version", "").isdigit() and s.value >= 1
+                }
+                | {cur}
+            )
+            prev = first("model_previous_version", name)
+            models.append(
+                ModelStatus(
+                    name=name,
+                    serving_version=cur,
+                    versions=vers,
+                    accuracy=first("model_accuracy", name),
+                    latency_p95_ms=first("model_latency_p95_ms", name),
+                    slo_accuracy_min=first("model_slo_accuracy_min", name),
+                    slo_latency_p95_ms=first("model_slo_latency_p95_ms", name),
+                    drift_psi={
+                        s.labels["feature"]: s.value for s in psi.get(name, []) if s.labels.get("feature")
+                    },
+                    drift_kl={
+                        s.labels["feature"]: s.value for s in kl.get(name, []) if s.labels.get("feature")
+                    },
+                    last_deploy_at_s=first("model_last_deploy_timestamp_seconds", name),
+                    previous_version=int(prev) if prev is not None else None,
+                )
+            )
+        return models, skipped
+
+
+# ------------------------------------------------------------------------------------- exposition
+
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)(?:[ \t]+-?\d+)?[ \t]*$")
+_LABEL = re.compile(r'[ \t]*([a-zA-Z_][a-zA-Z0-9_]*)[ \t]*=[ \t]*"((?:[^"\\]|\\.)*)"[ \t]*(,|$)')
+_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\[\\\"n]", lambda m: _ESCAPES[m.group(0)], value) if "\\" in value else value
+
+
+def _fast_samples(text: str) -> list[MetricSample] | None:
+    """The text format's sample lines, parsed with two regular expressions; None when a line needs the full
+    parser. prometheus_client's parser costs ~70 us a sample, too slow to read a simulated cluster every tick
+    of an evaluation run; this path agrees with it on everything the exporter writes (tests check)."""
+    out = []
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            return None
+        name, body, raw = m.groups()
+        labels: dict[str, str] = {}
+        if body:
+            pos = 0
+            while pos < len(body):
+                lm = _LABEL.match(body, pos)
+                if lm is None:
+                    return None
+                labels[lm.group(1)] = _unescape(lm.group(2))
+                pos = lm.end()
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+        out.append(MetricSample(name, labels, value))
+    return out
+
+
+def exposition_samples(text: str | bytes, *, fast: bool = True) -> list[MetricSample]:
+    """The samples of a Prometheus text exposition; a malformed text is a `PermanentToolError`.
+
+    `fast=False` (or any line the fast path does not recognise) uses `prometheus_client.parser`.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if fast:
+        got = _fast_samples(text)
+        if got is not None:
+            return got
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        return [
+            MetricSample(s.name, s.labels, float(s.value))
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        ]
+    except (ValueError, TypeError, IndexError) as exc:
+        raise PermanentToolError(f"malformed Prometheus exposition: {exc}") from None
+
+
+def parse_exposition(text: str | bytes, builder: SnapshotBuilder | None = None) -> ClusterSnapshot:
+    """A `ClusterSnapshot` from the sandbox exporter's (or any DCGM/kube-state-metrics) text.
+
+    Without a `builder` every XID in the counters is reported; pass the same builder on every call to get
+    only new XIDs (what `ExpositionSource` does).
+    """
+    return (builder or SnapshotBuilder()).build(exposition_samples(text))
+
+
+@dataclass
+class ExpositionSource:
+    """A `TelemetrySource` over a callable returning exposition text (an exporter's `render`, a file, an HTTP
+    GET): the monitor reads Prometheus-format metrics without a Prometheus server."""
+
+    fetch: Callable[[], str | bytes]
+    builder: SnapshotBuilder = field(default_factory=SnapshotBuilder)
+
+    @property
+    def skipped_samples(self) -> int:
+        return self.builder.skipped_samples
+
+    def snapshot(self) -> ClusterSnapshot:
+        return self.builder.build(exposition_samples(self.fetch()))
+
+
+# ------------------------------------------------------------------------------------- Prometheus
+
+
+def _status_of(exc: Exception) -> int | None:
+    m = re.search(r"HTTP Status Code (\d{3})", str(exc))
+    return int(m.group(1)) if m else None
+
+
+class PrometheusSource:
+    """A `TelemetrySource` that queries a Prometheus server with PromQL (through `PrometheusConnect`).
+
+    One instant query per tick fetches every series opsmedic reads (`{__name__=~"DCGM_FI_DEV_GPU_UTIL|..."}`
+    plus `selector`, e.g. `job="dcgm"`), so a tick costs one round trip. Each HTTP attempt is bounded by
+    `timeout_s`; transient failures are retried `attempts` times with exponential backoff (tenacity).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        attempts: int = 3,
+        backoff_s: float = 0.2,
+        selector: str = "",
+        builder: SnapshotBuilder | None = None,
+    ) -> None:
+        from prometheus_api_client import PrometheusConnect
+        from urllib3.util.retry import Retry
+
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.attempts = max(1, attempts)
+        self.backoff_s = backoff_s
+        self.selector = selector.strip().strip(",")
+        self.builder = builder or SnapshotBuilder()
+        self.queries = 0
+        self.failures = 0
+        # urllib3's own retries are off: tenacity below owns the (bounded) retry policy, so a timeout costs
+        # at most attempts x timeout_s plus backoff, never urllib3's default multiplied by ours.
+        # total=False also makes urllib3 raise a read timeout as itself rather than wrapped in MaxRetryError,
+        # which requests would report as a ConnectionError.
+        self._prom = PrometheusConnect(
+            url=self.url, disable_ssl=True, retry=Retry(total=False), timeout=timeout_s
+        )
+
+    @property
+    def skipped_samples(self) -> int:
+        return self.builder.skipped_samples
+
+    def promql(self) -> str:
+        names = "|".join(ALL_METRICS)
+        extra = f",{self.selector}" if self.selector else ""
+        return f'{{__name__=~"{names}"{extra}}}'
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """Run one instant query with bounded retries; errors become opsmedic's ToolErrors."""
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=self.backoff_s, max=2.0),
+            retry=retry_if_exception_type(TransientToolError),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._query_once(promql)
+        except ToolError:
+            self.failures += 1
+            raise
+        raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+
+    def _query_once(self, promql: str) -> list[dict[str, Any]]:
+        import requests
+        import urllib3
+        from prometheus_api_client.exceptions import PrometheusApiClientException
+
+        self.queries += 1
+        slow = TransientToolError(
+            f"Prometheus at {self.url} did not answer within {self.timeout_s:g}s ({self.attempts} attempt(s))"
+        )
+        try:
+            result = self._prom.custom_query(promql, timeout=self.timeout_s)
+        except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
+            raise slow from None
+        except (requests.exceptions.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+            # not JSON, or not Prometheus' JSON (requests' JSONDecodeError is also an OSError: caught first)
+            raise PermanentToolError(f"Prometheus at {self.url} gave an unreadable answer: {exc}") from None
+        except (requests.ConnectionError, urllib3.exceptions.HTTPError, OSError) as exc:
+            # with urllib3's retries off, a refused connection may surface as urllib3's own error
+            if "timed out" in str(exc) and not isinstance(exc, urllib3.exceptions.NewConnectionError):
+                raise slow from None
+            raise TransientToolError(
+                f"Prometheus at {self.url} is unreachable: {type(exc).__name__}"
+            ) from None
+        except PrometheusApiClientException as exc:
+            status = _status_of(exc)
+            if status is not None and (status >= 500 or status == 429):
+                raise TransientToolError(f"Prometheus at {self.url} answered HTTP {status}") from None
+            raise PermanentToolError(
+                f"Prometheus at {self.url} refused the query: {str(exc)[:300]}"
+            ) from None
+        if not isinstance(result, list):
+            raise PermanentToolError(f"Prometheus at {self.url} gave an unexpected result type")
+        return result
+
+    def samples(self) -> list[MetricSample]:
+        out = []
+        bad = 0
+        # Prometheus answers in no particular order; sort so that pods, models and GPUs come out stably
+        items = sorted(
+            self.query(self.promql()),
+            key=lambda it: _natural(
+                "|".join(f"{k}={v}" for k, v in sorted((it.get("metric") or {}).items()))
+            ),
+        )
+        for item in items:
+            metric = dict(item.get("metric") or {})
+            name = metric.pop("__name__", "")
+            try:
+                value = float(item["value"][1])
+            except (KeyError, IndexError, TypeError, ValueError):
+                bad += 1
+                continue
+            out.append(MetricSample(name, metric, value))
+        self.builder.skipped_samples += bad
+        return out
+
+    def snapshot(self) -> ClusterSnapshot:
+        """The cluster as Prometheus last scraped it; raises TransientToolError / PermanentToolError."""
+        return self.builder.build(self.samples())
