@@ -20,8 +20,15 @@ from opsmedic import __version__
 from opsmedic.errors import InputError, OpsmedicError
 
 # Telemetry of the libraries we use must never phone home.
-for _var, _val in {"DO_NOT_TRACK": "true", "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "ANONYMIZED_TELEMETRY": "False",
-                   "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+_QUIET = {
+    "DO_NOT_TRACK": "true",  # Evidently checks presence; MLflow honours only "true"
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "ANONYMIZED_TELEMETRY": "False",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+for _var, _val in _QUIET.items():
     os.environ.setdefault(_var, _val)
 
 DEFAULT_DEMO = "xid79-fell-off-bus"
