@@ -33,6 +33,7 @@ from agents.state import Deps, IncidentState, TimelineEntry
 from opsmedic import domain
 from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
 from opsmedic.errors import ApprovalError, PolicyViolation
+from opsmedic.telemetry_otel import METRICS, span
 from policies.engine import HistoryEntry
 
 # How long an action's effect takes to show, and how long we wait for it at most (simulated seconds).
@@ -124,7 +125,11 @@ def govern(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
         deps.telemetry.snapshot(), incident_id=state.incident.id, now_s=now, history=deps.history,
         actions_in_incident=sum(1 for r in state.results if r.ok and not r.dry_run), requested_by=deps.requester,
     )
-    decision = deps.engine.decide(step.action, ctx)
+    with span("governor.decide", incident_id=state.incident.id, action=step.action.key) as sp:
+        decision = deps.engine.decide(step.action, ctx)
+        if sp is not None:
+            sp.set_attribute("opsmedic.decision", decision.verdict.value)
+    METRICS.decision(decision.verdict.value)
     deps.mark_decision(state.incident.id)
     _audit(deps, state, "decision", decision.model_dump(), f"decision:{_step_key(state)}")
     update: dict[str, Any] = {"decision": decision, "decisions": [*state.decisions, decision], "approval": None}
@@ -170,7 +175,10 @@ def act(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     action = state.plan.steps[state.cursor].action
     _require_permission(state, action)
     key = f"{state.incident.id}:{_step_key(state)}:{action.digest()[:16]}"
-    result = _execute_once(deps, state.incident.id, action, key, dry_run=state.decision.dry_run)
+    with span("tool.execute", incident_id=state.incident.id, action=action.key, decision=state.decision.verdict.value):
+        result = _execute_once(deps, state.incident.id, action, key, dry_run=state.decision.dry_run)
+    if not result.dry_run:
+        METRICS.action_executed(action.name, result.ok)
     if result.ok and not result.dry_run and result.changed:
         deps.history.append(HistoryEntry.of(action, result.at_s, state.incident.id))
     _audit(deps, state, "execution", result.model_dump(), f"execution:{_step_key(state)}")
@@ -331,13 +339,25 @@ def _next_step(state: IncidentState) -> str:
     return "govern" if state.cursor < len(state.plan.steps) else "resolved"
 
 
+def _traced(name: str, fn: Any) -> Any:
+    """A span per graph node, carrying the incident id (a no-op until tracing is configured)."""
+
+    def node(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
+        with span(f"node.{name}", incident_id=state.incident.id, resource=state.incident.resource):
+            out: dict[str, Any] = fn(state, runtime)
+            return out
+
+    node.__name__ = name
+    return node
+
+
 def build_graph() -> StateGraph[IncidentState, Deps, IncidentState, IncidentState]:
     g: StateGraph[IncidentState, Deps, IncidentState, IncidentState] = StateGraph(
         IncidentState, context_schema=Deps)
     for name, fn in [("monitor", monitor), ("diagnose", diagnose), ("plan", plan), ("govern", govern),
                      ("await_approval", await_approval), ("act", act), ("verify", verify), ("skip", skip),
                      ("escalate", escalate), ("resolved", resolved)]:
-        g.add_node(name, fn)  # type: ignore[call-overload]
+        g.add_node(name, _traced(name, fn))
     g.add_edge(START, "monitor")
     g.add_edge("monitor", "diagnose")
     g.add_edge("diagnose", "plan")

@@ -115,7 +115,9 @@ class IncidentDriver:
 
     def start(self, incident: Incident) -> None:
         from agents.state import IncidentState
+        from opsmedic.telemetry_otel import METRICS
 
+        METRICS.incident_opened(str(incident.resource_kind))
         with self._lock:
             self.incidents[incident.id] = incident
             self.deps.started_wall[incident.id] = time.perf_counter()

@@ -85,6 +85,30 @@ class SimClock:
         return float(self._sim.now)
 
 
+class ExpositionTelemetry:
+    """The simulated cluster read the way production reads it: rendered by the sandbox exporter in the
+    Prometheus text format (DCGM, kube-state-metrics and service metric names) and parsed back."""
+
+    def __init__(self, sim: Any) -> None:
+        from tools.prometheus_source import ExpositionSource
+
+        self._direct = SimTelemetry(sim)
+        self._source = ExpositionSource(fetch=self._render)
+        self._sim = sim
+        self._cache: tuple[tuple[float, int], ClusterSnapshot] | None = None
+
+    def _render(self) -> bytes:
+        from sandbox.exporter import render
+
+        return render(self._direct.snapshot())
+
+    def snapshot(self) -> ClusterSnapshot:
+        key = (self._sim.now, len(self._sim.events))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._source.snapshot())
+        return self._cache[1]
+
+
 class SimTelemetry:
     """Snapshots of the simulated cluster, cached until the clock moves or an action changes the world."""
 
@@ -157,7 +181,10 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
             narrate(line)
 
     bridge = _registry_bridge(run, db_path)
-    driver = IncidentDriver(db_path=db_path, clock=SimClock(sim), telemetry=SimTelemetry(sim),
+    from opsmedic.settings import load_settings
+
+    telemetry = ExpositionTelemetry(sim) if load_settings().telemetry == "prometheus" else SimTelemetry(sim)
+    driver = IncidentDriver(db_path=db_path, clock=SimClock(sim), telemetry=telemetry,
                             backend=bridge or run.backend, narrate=on_note, thread_prefix=f"{run.scenario.name}:")
     play = _scenario_approver(run.scenario, driver) if approver == "scenario" else None
     try:

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     model_registry: Literal["auto", "mlflow", "sandbox"] = Field(
         default="auto", description="scenario runs: MLflow as the model registry (auto: for scenarios with model "
         "faults)")
+    telemetry: Literal["sandbox", "prometheus"] = Field(
+        default="sandbox", description="scenario runs: read the sandbox directly, or through its Prometheus exporter")
     retrieval: bool = Field(default=True, description="cite runbooks found by hybrid retrieval (Qdrant)")
     llm_base_url: str | None = None
     llm_model: str | None = None

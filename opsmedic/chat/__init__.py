@@ -1,0 +1,40 @@
+"""The chat interface to the ops agent: terminal (`opsmedic chat`), HTTP (`POST /api/chat`) and Slack.
+
+Layer: interfaces (beside `opsmedic.cli` and the daemon). It may import `agents`, `policies`, `knowledge`
+and `tools`; nothing imports it but the interfaces.
+
+- `opsmedic.chat.intents`  the deterministic intent parser ("why is node-2 cordoned?", "drain node-3")
+- `opsmedic.chat.records`  opsmedic's real state, read back: the audit log, approvals, checkpoints
+- `opsmedic.chat.answers`  answers from that state, citing audit entries and policy rules
+- `opsmedic.chat.actions`  requests to act, decided by the real PolicyEngine (the governor), never run directly
+- `opsmedic.chat.roles`    who may ask (viewers) and who may request actions (operators)
+- `opsmedic.chat.store`    the conversation store shared by terminal, HTTP and Slack (table `opsmedic_chat`)
+- `opsmedic.chat.service`  `answer(question, user, ctx)`: the one entry point all three use
+- `opsmedic.chat.repl`     the terminal REPL; `opsmedic.chat.cli`: `add_parser(sub)` and `cmd_chat(args)`
+- `opsmedic.chat.slack`    Slack mentions and DMs: `handle_event(event, ctx, post)` for the daemon
+
+Importing this package is cheap: the names below load their modules on first use, so that building the CLI
+parser does not import LangChain, LangGraph or the policy engine.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_LAZY = {
+    "ChatContext": "opsmedic.chat.service",
+    "ChatReply": "opsmedic.chat.service",
+    "answer": "opsmedic.chat.service",
+    "add_parser": "opsmedic.chat.cli",
+    "cmd_chat": "opsmedic.chat.cli",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'opsmedic.chat' has no attribute {name!r}")
+    return getattr(import_module(module), name)

@@ -1,0 +1,282 @@
+"""opsmedic's real state, read back for the chat: the audit log, the approval store and the checkpoints.
+
+Layer: interfaces. Nothing here is invented or cached across questions: every answer is built from what
+the daemon, `opsmedic demo` or `opsmedic eval` wrote into the SQLite database — audit entries (each with
+its number, which answers cite as `#N`), approval requests, and, for an incident's narrative, the
+LangGraph checkpoint of its graph (read through a compiled graph's `get_state`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from opsmedic.domain import ApprovalRequest, ApprovalStatus, AuditEntry
+from policies.approvals import ApprovalStore
+from policies.audit import AuditLog
+from policies.engine import HistoryEntry
+
+EPOCH_LIKE = 1e9  # sim_s above this is wall-clock epoch seconds (the daemon), below it simulated seconds
+
+# Audit kinds that describe the system's own state; chat traffic is excluded from incident stories.
+CHAT_KINDS = frozenset({"chat_question", "chat_action_request"})
+
+
+def action_key(payload: dict[str, Any]) -> str | None:
+    a = payload.get("action")
+    if isinstance(a, dict) and "name" in a:
+        return f"{a['name']}@{a.get('target')}"
+    return None
+
+
+def action_target(payload: dict[str, Any]) -> str | None:
+    a = payload.get("action")
+    return str(a.get("target")) if isinstance(a, dict) and "target" in a else None
+
+
+def action_name(payload: dict[str, Any]) -> str | None:
+    a = payload.get("action")
+    return str(a.get("name")) if isinstance(a, dict) and "name" in a else None
+
+
+def node_of(resource: str) -> str | None:
+    if "/gpu-" in resource:
+        return resource.split("/", 1)[0]
+    if resource.startswith("node-") and resource[5:].isdigit():
+        return resource
+    return None
+
+
+@dataclass
+class IncidentView:
+    """One incident, as the audit log tells it."""
+
+    id: str
+    entries: list[AuditEntry] = field(default_factory=list)
+
+    @property
+    def first(self) -> AuditEntry:
+        return self.entries[0]
+
+    def _last(self, kind: str) -> AuditEntry | None:
+        return next((e for e in reversed(self.entries) if e.kind == kind), None)
+
+    @property
+    def resource(self) -> str | None:
+        obs = next((e for e in self.entries if e.kind == "observation"), None)
+        if obs is not None:
+            return str(obs.payload.get("resource"))
+        d = self.diagnosis
+        return str(d.payload.get("resource")) if d is not None else None
+
+    @property
+    def diagnosis(self) -> AuditEntry | None:
+        return self._last("diagnosis")
+
+    @property
+    def root_cause(self) -> str | None:
+        d = self.diagnosis
+        return str(d.payload.get("root_cause")) if d is not None else None
+
+    @property
+    def executed(self) -> list[AuditEntry]:
+        return [e for e in self.entries if e.kind == "execution" and e.payload.get("ok")
+                and not e.payload.get("dry_run")]
+
+    @property
+    def outcome(self) -> tuple[str, AuditEntry | None]:
+        for kind, word in (("resolution", "resolved"), ("escalation", "escalated")):
+            e = self._last(kind)
+            if e is not None:
+                return word, e
+        return "open", None
+
+    @property
+    def closed(self) -> bool:
+        return self.outcome[0] != "open"
+
+    def resources(self) -> set[str]:
+        """Every resource this incident is about: its own, its diagnosis', its signals' and its targets."""
+        out: set[str] = set()
+        for e in self.entries:
+            p = e.payload
+            for key in ("resource",):
+                if isinstance(p.get(key), str):
+                    out.add(p[key])
+            for s in p.get("signals") or []:
+                if isinstance(s, dict) and isinstance(s.get("resource"), str):
+                    out.add(s["resource"])
+            if (t := action_target(p)) is not None:
+                out.add(t)
+        return out
+
+
+class Records:
+    """Read access to one opsmedic database (and append access to its audit log, for chat entries)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.audit = AuditLog(self.db_path)
+        self.approvals = ApprovalStore(self.db_path)
+        self._entries: list[AuditEntry] | None = None
+
+    def close(self) -> None:
+        self.audit.close()
+        self.approvals.close()
+
+    def __enter__(self) -> Records:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------------- entries
+
+    def entries(self) -> list[AuditEntry]:
+        if self._entries is None:
+            self._entries = self.audit.entries()
+        return self._entries
+
+    def refresh(self) -> None:
+        self._entries = None
+
+    def entry(self, seq: int) -> AuditEntry | None:
+        return next((e for e in self.entries() if e.seq == seq), None)
+
+    def incidents(self) -> list[IncidentView]:
+        """Incidents of the graph (not chat requests), oldest first."""
+        by_id: dict[str, IncidentView] = {}
+        for e in self.entries():
+            if e.incident_id is None or e.kind in CHAT_KINDS or e.incident_id.startswith("chat-"):
+                continue
+            by_id.setdefault(e.incident_id, IncidentView(e.incident_id)).entries.append(e)
+        return sorted(by_id.values(), key=lambda v: v.first.seq)
+
+    def incident(self, ident: str) -> IncidentView | None:
+        """By id, or by a unique prefix of one ("inc-bcafa2")."""
+        views = self.incidents()
+        exact = next((v for v in views if v.id == ident), None)
+        if exact is not None:
+            return exact
+        matches = [v for v in views if v.id.startswith(ident)]
+        return matches[0] if len(matches) == 1 else None
+
+    def known_names(self) -> set[str]:
+        """Resource names the records mention (pods, models, workloads), for the intent parser."""
+        names: set[str] = set()
+        for v in self.incidents():
+            names |= v.resources()
+        for e in self.entries():
+            if (t := action_target(e.payload)) is not None:
+                names.add(t)
+        return {n for n in names if n and n != "cluster"}
+
+    def executions(self, *, target: str | None = None, action: str | None = None) -> list[AuditEntry]:
+        return [e for e in self.entries() if e.kind == "execution" and e.payload.get("ok")
+                and not e.payload.get("dry_run")
+                and (target is None or action_target(e.payload) == target)
+                and (action is None or action_name(e.payload) == action)]
+
+    def about(self, resource: str) -> list[IncidentView]:
+        """Incidents that concern a resource (a node also owns its GPUs and what was done to it)."""
+        out = []
+        for v in self.incidents():
+            res = v.resources()
+            if resource in res or (node_of(resource) == resource and any(node_of(r) == resource for r in res)):
+                out.append(v)
+        return out
+
+    # ------------------------------------------------------------------------------------- approvals
+
+    def pending_approvals(self) -> list[ApprovalRequest]:
+        return self.approvals.list(status=ApprovalStatus.pending)
+
+    def all_approvals(self) -> list[ApprovalRequest]:
+        return self.approvals.list()
+
+    # ------------------------------------------------------------------------------ governor's inputs
+
+    def now_s(self) -> float:
+        """The clock of this database: simulated seconds for a sandbox run, epoch seconds otherwise."""
+        sims = [e.sim_s for e in self.entries() if e.sim_s is not None]
+        if sims and max(sims) < EPOCH_LIKE:
+            return float(max(sims))
+        return time.time()
+
+    def history(self) -> list[HistoryEntry]:
+        """Executed actions (what cooldowns and rate limits count), on this database's clock."""
+        now = self.now_s()
+        out: list[HistoryEntry] = []
+        for e in self.executions():
+            name, target = action_name(e.payload), action_target(e.payload)
+            if name is None or target is None or e.sim_s is None or (e.sim_s >= EPOCH_LIKE) != (now >= EPOCH_LIKE):
+                continue
+            try:
+                out.append(HistoryEntry(action=name, target=target, at_s=e.sim_s,  # type: ignore[arg-type]
+                                        incident_id=e.incident_id))
+            except ValueError:
+                continue
+        return out
+
+    def nodes_out_of_service(self) -> list[str]:
+        """Nodes opsmedic cordoned or drained and has not uncordoned since."""
+        state: dict[str, bool] = {}
+        for e in self.executions():
+            name, target = action_name(e.payload), action_target(e.payload)
+            if target is None:
+                continue
+            if name in ("cordon_node", "drain_node"):
+                state[target] = True
+            elif name == "uncordon_node":
+                state[target] = False
+        return sorted(n for n, out in state.items() if out)
+
+    # --------------------------------------------------------------------------------- checkpoints
+
+    def checkpoint(self, incident_id: str) -> tuple[list[str], dict[str, Any] | None]:
+        """From the incident graph's LangGraph checkpoint: the agents' own timeline, and what the graph is
+        waiting for (an approval or a verification time) when it is paused. ([], None) when absent."""
+        try:
+            conn = sqlite3.connect(str(self.db_path), check_same_thread=False)
+        except sqlite3.Error:
+            return [], None
+        try:
+            try:
+                rows = conn.execute("SELECT DISTINCT thread_id FROM checkpoints WHERE thread_id = ? "
+                                    "OR thread_id LIKE ?", (incident_id, f"%:{incident_id}")).fetchall()
+            except sqlite3.Error:
+                return [], None
+            if not rows:
+                return [], None
+            from agents.graph import compile_graph
+
+            state = compile_graph(conn).get_state({"configurable": {"thread_id": rows[0][0]}})
+            values = state.values
+            timeline = values.get("timeline", []) if isinstance(values, dict) else getattr(values, "timeline", [])
+            out = []
+            for t in timeline:
+                at, agent, text = ((t.get("at_s"), t.get("agent"), t.get("text")) if isinstance(t, dict)
+                                   else (t.at_s, t.agent, t.text))
+                out.append(f"[{clock(float(at or 0))}] {agent:<13} {text}")
+            waiting: dict[str, Any] | None = None
+            interrupts = list(getattr(state, "interrupts", ()) or [])
+            if not interrupts:
+                for task in getattr(state, "tasks", ()) or ():
+                    interrupts.extend(getattr(task, "interrupts", ()) or ())
+            if interrupts and isinstance(getattr(interrupts[0], "value", None), dict):
+                waiting = dict(interrupts[0].value)
+            return out, waiting
+        except Exception:  # a checkpoint we cannot read only costs the narrative, never the answer
+            return [], None
+        finally:
+            conn.close()
+
+
+def clock(s: float) -> str:
+    if s >= EPOCH_LIKE:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s))
+    n = int(s)
+    return f"{n // 3600:d}:{n % 3600 // 60:02d}:{n % 60:02d}"

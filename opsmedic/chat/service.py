@@ -1,0 +1,253 @@
+"""`answer(question, user, ctx)`: the one chat entry point of the terminal, `POST /api/chat` and Slack.
+
+Layer: interfaces. One question goes through four steps:
+
+1. *who*: the user's role (`opsmedic.chat.roles`): nobody unknown reads, only operators request actions;
+2. *what*: the deterministic intent parser (`opsmedic.chat.intents`);
+3. *answer*: read questions are answered from the records (`opsmedic.chat.answers`); requests to act go to
+   the governor (`opsmedic.chat.actions`) and never to a backend without its allow;
+4. *record*: the turn is stored (`opsmedic_chat`) and audited (`chat_question` / `chat_action_request`).
+
+With an LLM configured (`ctx.llm`), step 3 for read questions is phrased by the model from the facts that
+the records gave — delimited as data, streamed token by token through `on_token` — and questions the
+parser does not recognise are answered from an overview of the records. The LLM never decides or executes
+anything in the chat; if it is down or slow, the deterministic answer is given, with a note.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from opsmedic.chat import answers
+from opsmedic.chat.actions import audit_payload, request_action
+from opsmedic.chat.intents import HELP_TEXT, Intent, parse
+from opsmedic.chat.records import Records
+from opsmedic.chat.roles import OPERATORS_VAR, VIEWERS_VAR, Roles
+from opsmedic.chat.store import ConversationStore
+from opsmedic.domain import ClusterSnapshot
+
+if TYPE_CHECKING:
+    from knowledge.runbooks import Runbook
+    from opsmedic.settings import Settings
+    from policies.engine import PolicyEngine
+
+OnToken = Callable[[str], None]
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass
+class ChatContext:
+    """What the chat may read and use. The daemon passes its live telemetry, clock, backend and ledger;
+    the terminal chat has only the database (and then never executes: allowed actions are queued)."""
+
+    db_path: Path
+    channel: str = "cli"  # cli | http | slack
+    conversation: str | None = None  # default: "<channel>:<user>"
+    llm: Any | None = None  # agents.llm.Llm
+    telemetry: Any | None = None  # tools.backend.TelemetrySource
+    clock: Any | None = None  # agents.state.Clock
+    backend: Any | None = None  # tools.backend.ActionBackend
+    ledger: Any | None = None  # tools.ledger.ExecutionLedger
+    engine: PolicyEngine | None = None
+    roles: Roles = field(default_factory=Roles.from_env)
+    runbooks: Sequence[Runbook] | None = None
+    index: Any | None = None  # knowledge.index.RunbookIndex, for hybrid runbook search
+    history_turns: int = 6
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, *, with_llm: bool = True, **kw: Any) -> ChatContext:
+        """The policy, runbooks and LLM that the daemon would use, from settings and the environment."""
+        from opsmedic.settings import load_settings
+        from policies.engine import PolicyEngine
+        from policies.model import load_policy
+
+        settings = settings or load_settings()
+        llm = None
+        if with_llm and settings.llm_base_url and settings.llm_model:
+            from agents.llm import build_llm
+
+            llm = build_llm(settings)
+        kw.setdefault("db_path", settings.sqlite_path())
+        kw.setdefault("engine", PolicyEngine(load_policy(settings.policy_file)))
+        if settings.runbooks_dir is not None:
+            from knowledge.runbooks import load_runbooks
+
+            kw.setdefault("runbooks", load_runbooks(settings.runbooks_dir).runbooks)
+        return cls(llm=llm, **kw)
+
+    def snapshot(self) -> ClusterSnapshot | None:
+        if self.telemetry is None:
+            return None
+        try:
+            snap: ClusterSnapshot = self.telemetry.snapshot()
+            return snap
+        except Exception:  # live telemetry is a bonus: the records still answer without it
+            return None
+
+    def runbook_list(self) -> Sequence[Runbook]:
+        return self.runbooks if self.runbooks is not None else _bundled_runbooks()
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_runbooks() -> tuple[Runbook, ...]:
+    from knowledge.runbooks import load_runbooks
+
+    return tuple(load_runbooks().runbooks)
+
+
+@dataclass
+class ChatReply:
+    text: str
+    intent: str
+    user: str
+    role: str
+    status: str = "answered"  # answered | refused | invalid | denied | needs_approval | queued | executed | failed
+    answered_by: str = "rules"  # rules | llm
+    cites: list[int] = field(default_factory=list)
+    action: str | None = None
+    approval_id: str | None = None
+    audit_seq: int | None = None
+    streamed: bool = False  # the text went out through on_token already
+    interrupted: bool = False
+    llm_error: str | None = None
+    usage: dict[str, Any] | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # extra audit fields (the requested action)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def answer(question: str, user: str, ctx: ChatContext, *, on_token: OnToken | None = None) -> ChatReply:
+    """Answer one message from `user`. Never executes anything without the governor's allow."""
+    question = question.strip()[:MAX_QUESTION_CHARS]
+    role = ctx.roles.role_of(user)
+    conversation = ctx.conversation or f"{ctx.channel}:{user}"
+    with Records(ctx.db_path) as records:
+        store = ConversationStore(ctx.db_path)
+        try:
+            previous = [(t.role, t.text) for t in store.history(conversation, ctx.history_turns * 2)]
+            reply = _reply(question, user, role, ctx, records, previous, on_token)
+            kind = "chat_action_request" if reply.intent == "act" else "chat_question"
+            payload: dict[str, Any] = {"user": user, "role": role, "channel": ctx.channel,
+                                       "conversation": conversation, "question": question[:500],
+                                       "intent": reply.intent, "status": reply.status,
+                                       "answered_by": reply.answered_by, "cites": reply.cites[:20]}
+            if reply.llm_error:
+                payload["llm_error"] = reply.llm_error
+            if reply.usage:
+                payload["llm_usage"] = reply.usage
+            payload.update(reply.details)
+            entry = records.audit.append(kind, payload)
+            reply.audit_seq = entry.seq
+            store.add(conversation, user, "user", question, intent=reply.intent)
+            store.add(conversation, user, "assistant", reply.text, intent=reply.intent,
+                      meta={"status": reply.status, "audit_seq": entry.seq, "cites": reply.cites[:20]})
+        finally:
+            store.close()
+    return reply
+
+
+def _reply(question: str, user: str, role: str, ctx: ChatContext, records: Records,
+           previous: Sequence[tuple[str, str]], on_token: OnToken | None) -> ChatReply:
+    if role == "none":
+        return ChatReply(f"{user} is not allowed to use the ops chat: ask an admin to add you to {VIEWERS_VAR} "
+                         f"(or {OPERATORS_VAR}).", "refused", user, role, status="refused")
+    intent = parse(question, records.known_names())
+    if intent.kind == "act":
+        if role != "operator":
+            return ChatReply(f"{user} may ask questions but not request actions: operators are listed in "
+                             f"{OPERATORS_VAR}. Nothing was requested.", "act", user, role, status="refused")
+        out = request_action(intent, user, records, ctx)
+        return ChatReply(out.text, "act", user, role, status=out.status, cites=list(out.cites),
+                         action=out.action.key if out.action else None, approval_id=out.approval_id,
+                         details=audit_payload(out))
+    if intent.kind == "approve":
+        return ChatReply("I can't approve or reject anything: an approval is given by one of its approvers, "
+                         "never by the chat (and never by whoever asked for it). Use `opsmedic approve ID --as "
+                         "USER`, `opsmedic reject ID --as USER --reason ...` or the Slack buttons.",
+                         "approve", user, role, status="refused")
+    facts = _facts(intent, records, ctx)
+    reply = ChatReply(facts.text, intent.kind, user, role, cites=facts.cites)
+    if intent.kind == "unknown" and ctx.llm is None:
+        reply.text = "I didn't understand that. " + HELP_TEXT
+    if ctx.llm is not None and intent.kind != "help":
+        _phrase_with_llm(reply, question, intent, facts, records, ctx, previous, on_token)
+    return reply
+
+
+def _facts(intent: Intent, records: Records, ctx: ChatContext) -> answers.Answer:
+    snap = ctx.snapshot()
+    k = intent.kind
+    if k == "help":
+        return answers.help_answer()
+    if k == "approvals":
+        return answers.approvals_answer(records)
+    if k == "incidents":
+        return answers.incidents_answer(records, open_only=intent.open_only)
+    if k == "incident":
+        a = answers.incident_answer(records, intent.subject)
+        views = records.incidents()
+        v = records.incident(intent.subject) if intent.subject else (views[-1] if views else None)
+        if v is not None and not v.closed:
+            _, waiting = records.checkpoint(v.id)
+            if waiting is not None and waiting.get("kind") == "approval":
+                a.text += (f"\nNow: its graph is paused until approval {waiting.get('request_id')} for "
+                           f"{waiting.get('action')} is decided (from the incident's checkpoint).")
+            elif waiting is not None:
+                a.text += (f"\nNow: its graph waits until t={float(waiting.get('until_s') or 0):.0f}s to verify "
+                           f"{waiting.get('action')} (from the incident's checkpoint).")
+        return a
+    if k == "why":
+        return answers.why_answer(records, intent, snap)
+    if k == "status" and intent.subject:
+        return answers.status_answer(records, intent.subject, snap)
+    if k == "runbook":
+        return answers.runbook_answer(ctx.runbook_list(), intent.subject, ctx.index)
+    # unknown: an overview the LLM can answer from
+    overview = [answers.incidents_answer(records, open_only=False).text, answers.approvals_answer(records).text]
+    if intent.subject:
+        overview.append(answers.status_answer(records, intent.subject, snap).text)
+    recent = [answers.line(e) for e in records.entries()[-15:]]
+    if recent:
+        overview.append("Latest audit entries:\n" + "\n".join(recent))
+    return answers.Answer("\n\n".join(overview))
+
+
+def _phrase_with_llm(reply: ChatReply, question: str, intent: Intent, facts: answers.Answer, records: Records,
+                     ctx: ChatContext, previous: Sequence[tuple[str, str]], on_token: OnToken | None) -> None:
+    from agents import prompts
+    from agents.llm import LlmUnavailable, LlmUsage
+
+    llm = ctx.llm
+    assert llm is not None
+    usage = LlmUsage()
+    parts: list[str] = []
+    try:
+        for tok in llm.stream_text(prompts.CHAT_SYSTEM, prompts.chat_user(question, facts.text), previous,
+                                       usage=usage):
+            parts.append(tok)
+            if on_token is not None:
+                on_token(tok)
+                reply.streamed = True
+    except KeyboardInterrupt:
+        reply.interrupted = True
+    except LlmUnavailable as exc:
+        reply.llm_error = str(exc)
+    reply.usage = usage.as_dict()
+    text = "".join(parts).strip()
+    if reply.llm_error is not None or (not text and not reply.interrupted):
+        fallback = reply.text if intent.kind != "unknown" else "I didn't understand that. " + HELP_TEXT
+        note = f"(LLM unavailable: {reply.llm_error or 'empty answer'}; answered from the records)"
+        reply.text = f"{fallback}\n{note}"
+        if reply.streamed and on_token is not None:
+            on_token("\n" + reply.text)  # after a partial stream, the reader still gets the whole answer
+        return
+    if reply.interrupted:
+        reply.text = f"{text} [interrupted]" if text else "(interrupted before the answer came)"
+    else:
+        reply.text = text
+    reply.answered_by = "llm"

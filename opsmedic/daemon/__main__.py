@@ -1,0 +1,29 @@
+"""`python -m opsmedic.daemon [flags]`: the same as `opsmedic daemon [flags]` (used by tests and images)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from opsmedic.daemon import add_parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from opsmedic.errors import InputError, OpsmedicError
+
+    parser = argparse.ArgumentParser(prog="python -m opsmedic.daemon")
+    sub = parser.add_subparsers(dest="command")
+    add_parser(sub)
+    args = parser.parse_args(["daemon", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args))
+    except InputError as exc:
+        print(f"opsmedic: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except OpsmedicError as exc:
+        print(f"opsmedic: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The daemon's HTTP API: a FastAPI app over one `DaemonService`.
+
+Layer: interfaces (`opsmedic.daemon`). Handlers stay thin and never block the event loop on anything
+slow: reads copy the service's in-memory views, writes go to the approval store or the alert queue, and
+anything that touches SQLite or Slack's signature check runs in the thread pool. OpenAPI docs are at
+`/docs` (and `/openapi.json`).
+
+==========================  ===============================================================================
+`GET /healthz`              liveness: the process answers and its loop thread is alive
+`GET /readyz`               readiness: started, ticking, telemetry reachable; says leader or standby (503
+                            when not ready)
+`GET /metrics`              Prometheus text: incidents, decisions by verdict, actions, approvals pending,
+                            tick duration, leadership, alerts, Slack
+`POST /alerts/alertmanager` Alertmanager webhook v4: 202 queued, 400 malformed (names the field), 429 queue
+                            full, 503 on a standby (Alertmanager retries; the leader takes alerts)
+`POST /slack/events`        Slack interactivity and events: signed requests only (401 otherwise or on replay)
+`GET /api/incidents[/{id}]` incidents; one with its diagnosis, plan, decisions, approvals, results, timeline
+`GET /api/approvals`        pending approval requests
+`POST /api/approvals/{id}`  approve / reject (bearer token from OPSMEDIC_API_TOKENS); resumes the graph
+`POST /api/chat`            the ops chat (`opsmedic.chat.answer`), 501 while that module is absent
+==========================  ===============================================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from opsmedic import __version__
+from opsmedic.daemon.metrics import CONTENT_TYPE
+from opsmedic.daemon.service import DaemonService
+from opsmedic.errors import ApprovalError
+
+MAX_ALERT_BODY = 4 * 1024 * 1024
+MAX_SLACK_BODY = 1024 * 1024
+CHAT_CONCURRENCY = 8  # chat answers read the audit log: CPU-bound, so more at once only queue for the GIL
+
+
+class ApprovalDecision(BaseModel):
+    decision: Literal["approve", "reject"]
+    reason: str | None = Field(default=None, max_length=2000)
+    digest: str | None = Field(default=None, description="the action digest the caller saw; refused if it "
+                                                         "no longer matches the request")
+
+
+class ChatRequest(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    conversation: str | None = Field(default=None, max_length=200,
+                                     description="continue this conversation (default: one per user)")
+
+
+_bearer = HTTPBearer(auto_error=False, description="a token from OPSMEDIC_API_TOKENS (token:user,...)")
+
+
+def create_app(service: DaemonService, *, manage_lifecycle: bool = True) -> FastAPI:
+    """The app; with `manage_lifecycle` the service starts and stops with the server (uvicorn's lifespan:
+    SIGTERM -> graceful stop)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await run_in_threadpool(service.stop)
+
+    app = FastAPI(title="opsmedic daemon", version=__version__, lifespan=lifespan,
+                  description="Governed self-healing for GPU clusters: incidents, approvals, alerts, Slack.")
+    app.state.service = service
+    chat_slots = asyncio.Semaphore(CHAT_CONCURRENCY)
+
+    def user(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+        tokens = service.config.api_tokens
+        if not tokens:
+            raise HTTPException(401, "no API tokens are configured (OPSMEDIC_API_TOKENS)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise HTTPException(401, "a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        given = creds.credentials.encode()
+        found = None
+        for token, name in tokens.items():  # compare with every token, in constant time each
+            if hmac.compare_digest(given, token.encode()):
+                found = name
+        if found is None:
+            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return found
+
+    # ------------------------------------------------------------------------------------- health
+
+    # Health answers on the event loop itself (async, no thread-pool slot), so that a burst of slow API
+    # requests occupying the pool never makes the daemon look dead to its liveness probe.
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> JSONResponse:
+        t = service._loop_thread
+        alive = t is None or t.is_alive() or service.stopping
+        return JSONResponse({"ok": alive, "ticks": service.ticks}, status_code=200 if alive else 503)
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        ready, body = service.readiness()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"])
+    def metrics() -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    # ------------------------------------------------------------------------------------- alerts
+
+    @app.post("/alerts/alertmanager", tags=["alerts"], status_code=202)
+    async def alertmanager(request: Request) -> JSONResponse:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > MAX_ALERT_BODY:
+            return JSONResponse({"error": f"body larger than {MAX_ALERT_BODY} bytes", "field": "body"}, 413)
+        body = await request.body()
+        out = await run_in_threadpool(service.submit_alerts, body)
+        headers = {"Retry-After": str(out.retry_after_s)} if out.retry_after_s else None
+        return JSONResponse(out.body, status_code=out.status, headers=headers)
+
+    # -------------------------------------------------------------------------------------- slack
+
+    @app.post("/slack/events", tags=["slack"])
+    async def slack_events(request: Request) -> Response:
+        slack = service.slack
+        if slack is None or slack.app is None:
+            return JSONResponse({"error": "Slack is not configured (OPSMEDIC_SLACK_SIGNING_SECRET)"}, 404)
+        body = await request.body()
+        if len(body) > MAX_SLACK_BODY:
+            return JSONResponse({"error": "body too large"}, 413)
+        headers = dict(request.headers)
+        refused = await run_in_threadpool(slack.verify, body, headers)
+        if refused is not None:
+            return JSONResponse({"error": refused}, 401)
+        status, resp_headers, text = await run_in_threadpool(slack.dispatch, body, request.url.query, headers)
+        return Response(content=text, status_code=status, headers=resp_headers)
+
+    # ---------------------------------------------------------------------------------------- api
+
+    @app.get("/api/incidents", tags=["incidents"])
+    def incidents() -> list[dict[str, Any]]:
+        return service.incident_summaries()
+
+    @app.get("/api/incidents/{incident_id}", tags=["incidents"])
+    def incident(incident_id: str) -> dict[str, Any]:
+        detail = service.incident_detail(incident_id)
+        if detail is None:
+            raise HTTPException(404, f"no incident {incident_id}")
+        return detail
+
+    @app.get("/api/approvals", tags=["approvals"])
+    def approvals() -> list[dict[str, Any]]:
+        return [r.model_dump(mode="json") for r in service.pending_approvals()]
+
+    @app.post("/api/approvals/{request_id}", tags=["approvals"])
+    def decide(request_id: str, body: ApprovalDecision, who: str = Depends(user)) -> JSONResponse:
+        req = service.driver.approvals.get(request_id)
+        if req is None:
+            raise HTTPException(404, f"no approval request {request_id}")
+        reason = body.reason or (f"rejected by {who} through the API" if body.decision == "reject" else None)
+        try:
+            out = service.decide(request_id, body.decision, by=who, digest=body.digest, reason=reason, via="api")
+        except ApprovalError as exc:
+            status = 403 if who not in req.approvers else 409
+            return JSONResponse({"error": str(exc), "request": req.model_dump(mode="json")}, status_code=status)
+        return JSONResponse({"request": out.model_dump(mode="json"), "by": who,
+                             "resume": "the incident's graph resumes on the daemon's next step"})
+
+    @app.post("/api/chat", tags=["chat"])
+    async def chat(body: ChatRequest, who: str = Depends(user)) -> JSONResponse:
+        if not service.chat_available():
+            return JSONResponse({"error": "the chat interface is not installed in this build"}, 501)
+        from opsmedic.chat import answer
+
+        def run() -> Any:
+            ctx = service.chat_context("http")
+            if body.conversation:
+                ctx.conversation = f"http:{who}:{body.conversation}"  # scoped to the user: no reading others'
+            return answer(body.question, who, ctx)
+
+        async with chat_slots:  # waiting requests hold no thread: the pool stays free for the rest of the API
+            reply = await run_in_threadpool(run)
+        data = reply.as_dict() if hasattr(reply, "as_dict") else {"answer": str(reply)}
+        return JSONResponse(data)
+
+    @app.get("/api/status", tags=["health"])
+    def status() -> dict[str, Any]:
+        return service.readiness()[1]
+
+    return app

@@ -1,0 +1,218 @@
+"""The daemon's configuration: command-line flags over `OPSMEDIC_*` environment variables, validated.
+
+Layer: interfaces (`opsmedic.daemon`); pydantic only. Settings shared with the rest of opsmedic (database,
+policy file, monitor thresholds, Slack secrets) stay in `opsmedic.settings`; this module holds what only
+the daemon needs. Every field has one environment variable (`ENV` below) and most have a flag; a bad
+value is a `ConfigError` that names the flag or variable it came from, so that a typo in a Deployment
+manifest fails the pod at start with a line that says what to fix, instead of a traceback.
+
+Secrets (`OPSMEDIC_API_TOKENS`, the Slack signing secret and bot token) come from the environment only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from opsmedic.errors import ConfigError
+
+Source = Literal["auto", "sandbox", "kubernetes"]
+MIN_TOKEN_CHARS = 16
+
+# field -> environment variable
+ENV: dict[str, str] = {
+    "host": "OPSMEDIC_DAEMON_HOST",
+    "port": "OPSMEDIC_DAEMON_PORT",
+    "scenario": "OPSMEDIC_DAEMON_SCENARIO",
+    "speed": "OPSMEDIC_DAEMON_SPEED",
+    "source": "OPSMEDIC_DAEMON_SOURCE",
+    "fresh": "OPSMEDIC_DAEMON_FRESH",
+    "poll_interval_s": "OPSMEDIC_DAEMON_POLL_INTERVAL",
+    "kubeconfig": "OPSMEDIC_KUBECONFIG",
+    "kube_context": "OPSMEDIC_KUBE_CONTEXT",
+    "namespace": "OPSMEDIC_NAMESPACE",
+    "leader_election": "OPSMEDIC_DAEMON_LEADER_ELECTION",
+    "lease_name": "OPSMEDIC_DAEMON_LEASE_NAME",
+    "lease_namespace": "OPSMEDIC_DAEMON_LEASE_NAMESPACE",
+    "lease_duration_s": "OPSMEDIC_DAEMON_LEASE_DURATION",
+    "identity": "OPSMEDIC_DAEMON_IDENTITY",
+    "alerts_queue_max": "OPSMEDIC_DAEMON_ALERTS_QUEUE_MAX",
+    "alerts_on_standby": "OPSMEDIC_DAEMON_ALERTS_ON_STANDBY",
+    "slack_channel": "OPSMEDIC_SLACK_CHANNEL",
+    "slack_api_url": "OPSMEDIC_SLACK_API_URL",
+    "slack_retries": "OPSMEDIC_SLACK_RETRIES",
+    "slack_backoff_s": "OPSMEDIC_SLACK_BACKOFF",
+    "api_tokens": "OPSMEDIC_API_TOKENS",
+    "log_level": "OPSMEDIC_LOG_LEVEL",
+    "shutdown_timeout_s": "OPSMEDIC_DAEMON_SHUTDOWN_TIMEOUT",
+}
+# field -> command-line flag (for error messages)
+FLAGS: dict[str, str] = {"host": "--host", "port": "--port", "scenario": "--scenario", "speed": "--speed",
+                         "source": "--source", "fresh": "--fresh", "kubeconfig": "--kubeconfig",
+                         "poll_interval_s": "--poll-interval", "identity": "--identity",
+                         "leader_election": "--leader-election", "log_level": "--log-level"}
+
+
+def _default_identity() -> str:
+    # The pod name in Kubernetes (the Deployment sets POD_NAME from the downward API), else host:pid, so
+    # that two daemons on one machine never share an identity (they would both think they hold the lease).
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def parse_api_tokens(raw: str) -> dict[str, str]:
+    """`token:user,token2:user2` -> {token: user}. Tokens are bearer secrets: long, and unique."""
+    out: dict[str, str] = {}
+    for i, part in enumerate(p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        token, sep, user = part.rpartition(":")
+        token, user = token.strip(), user.strip()
+        if not sep or not token or not user:
+            raise ValueError(f"entry {i + 1} must be TOKEN:USER")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"entry {i + 1} ({user}): a token needs at least {MIN_TOKEN_CHARS} characters")
+        if token in out:
+            raise ValueError(f"entry {i + 1} ({user}): the same token is listed twice")
+        out[token] = user
+    return out
+
+
+class DaemonConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    scenario: Path | None = None  # sandbox source: the scenario to run (default: the bundled xid79 one)
+    speed: float = Field(1.0, gt=0.0, le=100_000.0)  # sandbox source: simulated seconds per wall second
+    source: Source = "auto"
+    fresh: bool = False  # sandbox source: start a new simulated world instead of resuming the last one
+    poll_interval_s: float | None = Field(None, gt=0.0, le=3600.0)  # kubernetes source: seconds per tick
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    namespace: str = "default"
+    leader_election: bool | None = None  # default: on with the kubernetes source, off in the sandbox
+    lease_name: str = "opsmedic-leader"
+    lease_namespace: str | None = None  # default: `namespace`
+    lease_duration_s: float = Field(15.0, ge=1.0, le=600.0)
+    identity: str = Field(default_factory=_default_identity, min_length=1)
+    alerts_queue_max: int = Field(2000, ge=1, le=1_000_000)  # webhook bodies waiting to be ingested
+    alerts_on_standby: Literal["redirect", "accept"] = "redirect"
+    slack_channel: str | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    slack_retries: int = Field(4, ge=0, le=20)
+    slack_backoff_s: float = Field(0.5, ge=0.0, le=60.0)
+    api_tokens: dict[str, str] = Field(default_factory=dict)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    shutdown_timeout_s: float = Field(30.0, ge=0.0, le=3600.0)
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v: Any) -> Any:
+        return parse_api_tokens(v) if isinstance(v, str) else v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _slack_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as https://slack.com/api/")
+        return v if v.endswith("/") else v + "/"
+
+    @field_validator("scenario", "kubeconfig")
+    @classmethod
+    def _exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @field_validator("slack_channel")
+    @classmethod
+    def _slack_channel(cls, v: str | None) -> str | None:
+        if v is not None and v[:1] not in ("C", "G", "D"):
+            raise ValueError("must be a channel id (C0123...), not a channel name")
+        return v
+
+    def resolved_source(self, env: Mapping[str, str] | None = None) -> Literal["sandbox", "kubernetes"]:
+        """`auto` means kubernetes when a kubeconfig is configured or we run inside a pod, else sandbox.
+        Plain `KUBECONFIG` does not count: a developer's shell must never point a demo at a real cluster."""
+        if self.source != "auto":
+            return self.source
+        env = os.environ if env is None else env
+        if self.kubeconfig is not None or in_cluster(env):
+            return "kubernetes"
+        return "sandbox"
+
+    def leader_election_on(self, env: Mapping[str, str] | None = None) -> bool:
+        if self.leader_election is not None:
+            return self.leader_election
+        return self.resolved_source(env) == "kubernetes"
+
+
+SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def in_cluster(env: Mapping[str, str]) -> bool:
+    return bool(env.get("KUBERNETES_SERVICE_HOST")) and SA_TOKEN.is_file()
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _env_value(field: str, raw: str) -> Any:
+    if field in ("fresh", "leader_election"):
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        return raw  # let pydantic say what is wrong with it
+    return raw
+
+
+def load_daemon_config(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Flags (`cli`, None values ignored) over environment variables over defaults; a bad value raises
+    ConfigError naming where it came from."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for field, var in ENV.items():
+        if var in env and env[var] != "":
+            values[field] = _env_value(field, env[var])
+            origin[field] = var
+    for field, value in (cli or {}).items():
+        if value is not None:
+            values[field] = value
+            origin[field] = FLAGS.get(field, field)
+    try:
+        return DaemonConfig.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        where = origin.get(field) or ENV.get(field) or "daemon configuration"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if field == "api_tokens":  # never echo a secret back into the logs
+            raise ConfigError(msg, f"setting api_tokens ({where})") from None
+        got = values.get(field)
+        shown = f" (got {got!r})" if got is not None and field in values else ""
+        raise ConfigError(msg + shown, f"setting {field} ({where})") from None
+
+
+def slack_secrets(settings: Any) -> tuple[str | None, str | None]:
+    """(signing secret, bot token) from `opsmedic.settings` (environment only), unwrapped."""
+    def get(name: str) -> str | None:
+        v = getattr(settings, name, None)
+        if isinstance(v, SecretStr):
+            return v.get_secret_value() or None
+        return str(v) if v else None
+
+    return get("slack_signing_secret"), get("slack_bot_token")

@@ -1,0 +1,284 @@
+"""The world a daemon watches and acts on: the sandbox's simulated cluster, or a Kubernetes cluster.
+
+Layer: interfaces (`opsmedic.daemon`); may import tools and sandbox. A `World` gives the daemon the four
+things the incident driver needs — a clock, a telemetry source, an action backend and a tick length — plus
+`advance()` (the sandbox steps its simulator; a real cluster moves on its own) and the prefix of the
+graph threads that belong to it in the shared checkpointer.
+
+**The sandbox world survives restarts.** A simulated cluster lives in memory, so a daemon killed while an
+incident waits for approval would come back to a brand-new cluster at t=0 and find the fault again —
+and open a second incident for it. Instead the world is event-sourced: the simulator is deterministic
+(seeded by its scenario), the execution ledger records every action that changed it with the simulated
+time it ran at, and the world's clock is saved every tick. On start the simulator is fast-forwarded to the
+saved time, replaying the recorded actions at their times, which rebuilds the same cluster the dead
+process left; graphs then resume from their checkpoints against it. `--fresh` starts a new world instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
+
+if TYPE_CHECKING:
+    from sandbox.scenario import Scenario
+    from tools.backend import ActionBackend, TelemetrySource
+    from tools.ledger import LedgerRecord
+
+log = logging.getLogger("opsmedic.daemon.world")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS opsmedic_daemon_worlds (
+    world_id   TEXT PRIMARY KEY,
+    scenario   TEXT NOT NULL,
+    digest     TEXT NOT NULL,
+    epoch      INTEGER NOT NULL,
+    sim_now    REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class World(Protocol):
+    kind: str
+    name: str
+    clock: Clock
+    telemetry: TelemetrySource
+    backend: ActionBackend
+    created_wall: float  # when this world began (epoch seconds): the chat's actions since then are its own
+    tick_s: float  # the world's seconds between two monitor ticks
+    interval_s: float  # wall seconds between two monitor ticks
+    thread_prefix: str
+
+    def restore(self, records: list[LedgerRecord]) -> None: ...
+
+    def advance(self) -> None: ...
+
+    def save(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class WallClock:
+    def now(self) -> float:
+        return time.time()
+
+
+# ------------------------------------------------------------------------------------------ sandbox
+
+
+class _SimClock:
+    def __init__(self, sim: Any) -> None:
+        self._sim = sim
+
+    def now(self) -> float:
+        return float(self._sim.now)
+
+
+class SandboxWorld:
+    """A scenario's simulated cluster advanced in real time x `speed` (one tick every tick/speed s)."""
+
+    kind = "sandbox"
+
+    def __init__(self, scenario: Scenario, *, speed: float, db_path: Path, fresh: bool = False) -> None:
+        from opsmedic.evaluation import SimTelemetry
+        from sandbox.cluster import Simulator
+        from tools.sandbox_backend import SandboxBackend
+
+        self.scenario = scenario
+        self.name = scenario.name
+        self.sim = Simulator(scenario)
+        self.clock: Clock = _SimClock(self.sim)
+        self.telemetry: TelemetrySource = SimTelemetry(self.sim)
+        self.backend: ActionBackend = SandboxBackend(self.sim)
+        self.tick_s = float(scenario.tick)
+        self.speed = float(speed)
+        self.interval_s = self.tick_s / self.speed
+        self._db = sqlite3.connect(str(db_path), timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute(_SCHEMA)
+        self.world_id, self._saved_now, self.created_wall = self._open(fresh)
+        self.thread_prefix = f"daemon:{self.world_id}:"
+        self._replay: list[tuple[float, Action]] = []
+        self.replayed = 0
+
+    def _open(self, fresh: bool) -> tuple[str, float, float]:
+        digest = hashlib.sha256(self.scenario.model_dump_json().encode()).hexdigest()[:16]
+        row = self._db.execute("SELECT world_id, digest, epoch, sim_now, created_at FROM opsmedic_daemon_worlds "
+                               "WHERE scenario = ? ORDER BY epoch DESC LIMIT 1", (self.name,)).fetchone()
+        if row is not None and not fresh and row[1] == digest:
+            return str(row[0]), float(row[3]), float(row[4])
+        if row is not None and row[1] != digest and not fresh:
+            log.warning("the scenario changed since its world was saved: starting a new world",
+                        extra={"scenario": self.name, "old_world": row[0]})
+        epoch = (int(row[2]) + 1) if row is not None else 1
+        world_id = f"{self.name}.{epoch}"
+        now = time.time()
+        self._db.execute("INSERT INTO opsmedic_daemon_worlds (world_id, scenario, digest, epoch, sim_now, "
+                         "created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?)",
+                         (world_id, self.name, digest, epoch, now, now))
+        return world_id, 0.0, now
+
+    def restore(self, records: list[LedgerRecord]) -> None:
+        """Fast-forward to the saved time, replaying the actions that changed this world (see the module
+        docstring). `records` are the ledger records of this world's incidents."""
+        done = []
+        for r in records:
+            res = r.result
+            if r.status == "done" and res is not None and res.ok and res.changed and not res.dry_run:
+                done.append((float(res.at_s), r.action))
+        done.sort(key=lambda x: x[0])
+        self._replay = done
+        t0 = time.perf_counter()
+        steps = 0
+        while self.sim.now + 1e-9 < self._saved_now:
+            self.sim.step()
+            self._apply_due()
+            steps += 1
+        if steps or done:
+            log.info("sandbox world restored", extra={
+                "world": self.world_id, "sim_now": self.sim.now, "steps": steps, "actions_replayed": self.replayed,
+                "ms": round((time.perf_counter() - t0) * 1000, 1)})
+
+    def _apply_due(self) -> None:
+        from opsmedic.errors import ToolError
+
+        while self._replay and self._replay[0][0] <= self.sim.now + 1e-9:
+            _, action = self._replay.pop(0)
+            try:
+                self.sim.execute(action)
+                self.replayed += 1
+            except ToolError as exc:  # it worked the first time; the world differs: say so, go on
+                log.warning("replayed action failed", extra={"action": action.key, "error": str(exc)})
+
+    def advance(self) -> None:
+        self.sim.step()
+        self._apply_due()
+
+    def save(self) -> None:
+        self._db.execute("UPDATE opsmedic_daemon_worlds SET sim_now = ?, updated_at = ? WHERE world_id = ?",
+                         (self.sim.now, time.time(), self.world_id))
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "scenario": self.name, "world": self.world_id, "sim_now_s": self.sim.now,
+                "speed": self.speed, "tick_s": self.tick_s, "nodes": len(self.sim.nodes), "gpus": len(self.sim.gpus)}
+
+    def close(self) -> None:
+        try:
+            self.save()
+        finally:
+            self._db.close()
+
+
+# --------------------------------------------------------------------------------------- kubernetes
+
+
+class NotifyBackend:
+    """What handles `notify` and `escalate` on a real cluster (the Kubernetes backend does not): the
+    message goes to the daemon's log and to Slack when Slack is configured. Model actions need a model
+    registry backend, which the daemon does not configure yet: they fail plainly and the graph escalates."""
+
+    def __init__(self, clock: Callable[[], float], send: Callable[[str, str], None] | None = None) -> None:
+        self._clock = clock
+        self._send = send
+        self._done: dict[str, ActionResult] = {}
+
+    def execute(self, action: Action, *, idempotency_key: str, dry_run: bool = False) -> ActionResult:
+        if idempotency_key in self._done:
+            return self._done[idempotency_key].model_copy(update={"changed": False})
+        now = self._clock()
+        if action.name not in ("notify", "escalate"):
+            return ActionResult(action=action, ok=False, changed=False, idempotency_key=idempotency_key, at_s=now,
+                                detail=f"{action.key}: no backend for this action is configured in the daemon")
+        message = str(action.params.get("message") or action.key)
+        if dry_run:
+            return ActionResult(action=action, ok=True, changed=False, dry_run=True, idempotency_key=idempotency_key,
+                                at_s=now, detail=f"dry run: would {action.name} {message[:200]}")
+        log.warning(action.name, extra={"target": action.target, "message": message})
+        if self._send is not None:
+            self._send(action.name, f"{action.target}: {message}")
+        result = ActionResult(action=action, ok=True, changed=True, idempotency_key=idempotency_key, at_s=now,
+                              detail=f"{action.name} sent")
+        self._done[idempotency_key] = result
+        return result
+
+    def verify(self, action: Action) -> VerificationResult:
+        return VerificationResult(action=action, ok=True, detail=f"{action.name} needs no verification",
+                                  at_s=self._clock())
+
+
+class CompositeTelemetry:
+    """Nodes and pods from the Kubernetes API, GPUs and models from Prometheus (DCGM exporter, service
+    metrics): the API knows nothing of XIDs or temperatures."""
+
+    def __init__(self, cluster: TelemetrySource, metrics: TelemetrySource) -> None:
+        self.cluster = cluster
+        self.metrics = metrics
+
+    def snapshot(self) -> ClusterSnapshot:
+        base = self.cluster.snapshot()
+        extra = self.metrics.snapshot()
+        return base.model_copy(update={"gpus": extra.gpus, "models": extra.models})
+
+
+class KubeWorld:
+    """A Kubernetes cluster through the official client: `KubernetesTelemetry` + `KubernetesBackend`."""
+
+    kind = "kubernetes"
+
+    def __init__(self, *, kubeconfig: Path | None, context: str | None, in_cluster: bool, namespace: str,
+                 poll_interval_s: float, prometheus_url: str | None = None,
+                 send: Callable[[str, str], None] | None = None) -> None:
+        from tools.k8s_backend import KubernetesBackend, KubernetesTelemetry
+        from tools.k8s_client import build_api_client
+
+        self.api_client = build_api_client(kubeconfig, context=context, in_cluster=in_cluster)
+        self.name = f"kubernetes:{namespace}"
+        self.namespace = namespace
+        self.clock: Clock = WallClock()
+        cluster = KubernetesTelemetry(self.api_client, namespace=namespace)
+        telemetry: TelemetrySource = cluster
+        if prometheus_url:
+            from tools.prometheus_source import PrometheusSource
+
+            telemetry = CompositeTelemetry(cluster, PrometheusSource(prometheus_url))
+        self.telemetry = telemetry
+        self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=namespace,
+                                                        fallback=NotifyBackend(time.time, send))
+        self.tick_s = float(poll_interval_s)
+        self.interval_s = float(poll_interval_s)
+        # one prefix per namespace: every replica watching it shares (and may resume) the same threads
+        self.thread_prefix = f"daemon:k8s:{namespace}:"
+        self.server = str(getattr(self.api_client.configuration, "host", ""))
+        self.created_wall = 0.0
+
+    def restore(self, records: list[LedgerRecord]) -> None:
+        return None  # a real cluster kept its state while we were away
+
+    def advance(self) -> None:
+        return None
+
+    def save(self) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s}
+
+    def close(self) -> None:
+        try:
+            self.api_client.close()
+        except Exception:  # closing a pool at shutdown must not mask the real exit status
+            log.debug("closing the Kubernetes client failed", exc_info=True)
