@@ -29,6 +29,7 @@ from langgraph.types import interrupt
 
 from agents import diagnostician, remediator
 from agents.governor import decision_context
+from agents.llm import llm_diagnose, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
 from opsmedic import domain
 from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
@@ -94,10 +95,16 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
             if rb.id not in cited:
                 cited.append(rb.id)
     diag = diagnostician.to_diagnosis(finding, cited)
+    llm_note = ""
+    if deps.llm is not None:  # optional: a validated proposal, else the deterministic diagnosis stands
+        out = llm_diagnose(deps.llm, state.incident, snap, finding, deps.runbooks, deterministic=diag)
+        _audit(deps, state, "llm_diagnosis", out.audit_payload(), f"llm_diagnosis:{state.attempts}")
+        diag, llm_note = out.chosen(diag), f"; {out.note}"
     _audit(deps, state, "diagnosis", diag.model_dump(), f"diagnosis:{state.attempts}")
     evidence = "; ".join(e.detail for e in diag.evidence[:3])
     text = (f"root cause {diag.root_cause} at {diag.resource} (confidence {diag.confidence:.2f}): {diag.summary}"
-            + (f"; evidence: {evidence}" if evidence else "") + (f"; runbooks {', '.join(cited)}" if cited else ""))
+            + (f"; evidence: {evidence}" if evidence else "") + (f"; runbooks {', '.join(cited)}" if cited else "")
+            + llm_note)
     return {"diagnosis": diag, "timeline": _note(state, deps, "diagnostician", text)}
 
 
@@ -109,11 +116,17 @@ def plan(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     if state.diagnosis.runbook_ids:
         runbook = deps.runbooks.for_cause(state.diagnosis.root_cause, state.diagnosis.runbook_ids[0])
     p = remediator.plan(state.incident, state.diagnosis, runbook, snap)
+    llm_note = ""
+    if deps.llm is not None:  # the governor still decides every step of whichever plan is chosen
+        out = llm_plan(deps.llm, state.incident, state.diagnosis, runbook, snap, p, deps.runbooks)
+        _audit(deps, state, "llm_plan", out.audit_payload(), f"llm_plan:{state.attempts}")
+        p, llm_note = out.chosen(p), f"; {out.note}"
     _audit(deps, state, "plan", p.model_dump(), f"plan:{state.attempts}")
     if not p.steps:
         deps.mark_decision(state.incident.id)
     steps = ", ".join(s.action.key for s in p.steps) or "nothing"
-    return {"plan": p, "cursor": 0, "timeline": _note(state, deps, "remediator", f"proposes {steps} ({p.rationale})")}
+    text = f"proposes {steps} ({p.rationale}){llm_note}"
+    return {"plan": p, "cursor": 0, "timeline": _note(state, deps, "remediator", text)}
 
 
 def govern(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:

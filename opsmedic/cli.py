@@ -375,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     rj.add_argument("--db", metavar="URL")
     rj.set_defaults(func=cmd_reject)
 
+    from opsmedic.chat.cli import add_parser as add_chat_parser
+
+    add_chat_parser(sub)
+
     rb = sub.add_parser("runbooks", help="lint, index and search the runbook library")
     rbsub = rb.add_subparsers(dest="runbooks_cmd", metavar="SUBCOMMAND", required=True)
     rl = rbsub.add_parser("lint", help="validate every runbook")

@@ -63,6 +63,7 @@ class IncidentDriver:
                  settings: Settings | None = None, narrate: Narrate | None = None, thread_prefix: str = "",
                  requester: str = "opsmedic") -> None:
         from agents.graph import compile_graph
+        from agents.llm import build_llm
         from agents.monitor import Monitor
         from agents.state import Deps
         from opsmedic.settings import load_settings
@@ -85,7 +86,7 @@ class IncidentDriver:
         self.deps = Deps(clock=clock, telemetry=telemetry, backend=backend,
                          engine=PolicyEngine(load_policy(self.settings.policy_file)), approvals=self.approvals,
                          audit=self.audit, runbooks=bundled_catalog(self.settings), ledger=self.ledger, narrate=narrate,
-                         requester=requester)
+                         requester=requester, llm=build_llm(self.settings))
         self.thread_prefix = thread_prefix
         self.incidents: dict[str, Incident] = {}
         self.states: dict[str, IncidentState] = {}

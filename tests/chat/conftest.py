@@ -1,0 +1,97 @@
+"""Fixtures for the chat tests: the guard that refuses real model requests (autouse), a clean chat
+environment, and opsmedic databases produced by really running scenarios — a finished XID 79 run (as
+`opsmedic demo` leaves it) and one paused on a pending approval."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chat_support import XID79, LiveCluster, RecordingBackend
+
+from opsmedic import llm_guard
+
+
+@pytest.fixture(autouse=True)
+def _guard_and_clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in ("OPSMEDIC_LLM_BASE_URL", "OPSMEDIC_LLM_MODEL", "OPENAI_BASE_URL", "OPENAI_API_BASE",
+                "OPSMEDIC_CHAT_OPERATORS", "OPSMEDIC_CHAT_VIEWERS", "OPSMEDIC_CHAT_USER", "OPSMEDIC_DATABASE_URL",
+                "OPSMEDIC_POLICY_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key-not-real")
+    with llm_guard.guarded():
+        yield
+
+
+def _copy_db(src: Path, dst_dir: Path) -> Path:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    dst = dst_dir / src.name
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{src}{suffix}").exists():
+            shutil.copy(f"{src}{suffix}", f"{dst}{suffix}")
+    return dst
+
+
+@pytest.fixture(scope="session")
+def _xid79_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    from opsmedic.evaluation import run_scenario
+    from sandbox.scenario import load_scenario
+
+    db = tmp_path_factory.mktemp("xid79") / "opsmedic.db"
+    result = run_scenario(load_scenario(XID79), db_path=db)
+    assert result.passed, result.failures
+    return db, result
+
+
+@pytest.fixture()
+def xid79_db(_xid79_run: tuple[Path, Any], tmp_path: Path) -> Path:
+    """A private copy of the finished run's database (tests add chat entries to it)."""
+    return _copy_db(_xid79_run[0], tmp_path / "xid79")
+
+
+@pytest.fixture()
+def incident_id(_xid79_run: tuple[Path, Any]) -> str:
+    return str(_xid79_run[1].incidents[0].id)
+
+
+@pytest.fixture(scope="session")
+def _paused_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The XID 79 scenario driven until its drain waits for a human, then left there."""
+    from opsmedic.driver import IncidentDriver
+    from opsmedic.evaluation import SimClock, SimTelemetry
+    from sandbox.cluster import Simulator
+    from sandbox.scenario import load_scenario
+    from tools.sandbox_backend import SandboxBackend
+
+    db = tmp_path_factory.mktemp("paused") / "opsmedic.db"
+    sim = Simulator(load_scenario(XID79))
+    driver = IncidentDriver(db_path=db, clock=SimClock(sim), telemetry=SimTelemetry(sim), backend=SandboxBackend(sim),
+                            thread_prefix="xid79:")
+    try:
+        while not sim.done and not driver.pending_approvals():
+            sim.step()
+            for inc in driver.monitor.observe(driver.deps.telemetry.snapshot(), sim.tick):
+                driver.start(inc)
+            driver.resume_ready(sim.now, None)
+        assert driver.pending_approvals(), "the drain should wait for approval"
+    finally:
+        driver.close()
+    return db
+
+
+@pytest.fixture()
+def paused_db(_paused_run: Path, tmp_path: Path) -> Path:
+    return _copy_db(_paused_run, tmp_path / "paused")
+
+
+@pytest.fixture()
+def live() -> LiveCluster:
+    return LiveCluster()
+
+
+@pytest.fixture()
+def backend() -> RecordingBackend:
+    return RecordingBackend()
