@@ -304,6 +304,16 @@ def cmd_runbooks(args: argparse.Namespace) -> int:
                                root_cause=args.root_cause, resource_kind=args.resource_kind)
 
 
+def cmd_sandbox_serve(args: argparse.Namespace) -> int:
+    from opsmedic.sandbox_serve import serve
+
+    path = Path(args.scenario)
+    if not path.exists() and args.scenario in bundled_scenarios():
+        path = bundled_scenarios()[args.scenario]
+    return serve(path, port=args.port, metrics_port=args.metrics_port,
+                 kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None, speed=args.speed, say=_print)
+
+
 # --------------------------------------------------------------------------------------------- parser
 
 
@@ -374,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     rj.add_argument("--reason", required=True)
     rj.add_argument("--db", metavar="URL")
     rj.set_defaults(func=cmd_reject)
+
+    sb = sub.add_parser("sandbox", help="the simulated GPU cluster")
+    sbsub = sb.add_subparsers(dest="sandbox_cmd", metavar="SUBCOMMAND", required=True)
+    ss = sbsub.add_parser("serve", help="serve a scenario's cluster: Kubernetes API and /metrics on 127.0.0.1")
+    ss.add_argument("scenario", metavar="SCENARIO", help="a scenario file or a bundled scenario's name")
+    ss.add_argument("--port", type=int, default=0, help="Kubernetes API port (default: any free port)")
+    ss.add_argument("--metrics-port", type=int, default=0)
+    ss.add_argument("--kubeconfig", metavar="PATH", help="where to write the kubeconfig")
+    ss.add_argument("--speed", type=float, default=10.0, help="simulated seconds per real second")
+    ss.set_defaults(func=cmd_sandbox_serve)
 
     from opsmedic.chat.cli import add_parser as add_chat_parser
 

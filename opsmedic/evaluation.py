@@ -148,23 +148,45 @@ def run_scenario(scenario: Scenario, *, agent: AgentName = "opsmedic", db_path: 
     approval request until a person decides it from another process (`opsmedic approve ID --as USER`),
     or `approval_timeout_s` wall seconds pass (then the request is left to expire)."""
     from sandbox.cluster import Simulator
-    from tools.sandbox_backend import SandboxBackend
 
     wall0 = time.perf_counter()
     sim = Simulator(scenario)
-    run = _Run(scenario=scenario, sim=sim, backend=SandboxBackend(sim))
-    if agent == "baseline":
-        _drive_baseline(run, narrate)
-    else:
-        if db_path is not None:
-            _drive_opsmedic(run, db_path, narrate, approver, approval_timeout_s)
-        else:
-            with tempfile.TemporaryDirectory(prefix="opsmedic-eval-") as tmp:
-                _drive_opsmedic(run, Path(tmp) / "eval.db", narrate, approver, approval_timeout_s)
+    with tempfile.TemporaryDirectory(prefix="opsmedic-eval-") as tmp:
+        backend, stop = cluster_backend(sim, Path(tmp))
+        run = _Run(scenario=scenario, sim=sim, backend=backend)
+        try:
+            if agent == "baseline":
+                _drive_baseline(run, narrate)
+            else:
+                _drive_opsmedic(run, db_path or Path(tmp) / "eval.db", narrate, approver, approval_timeout_s)
+        finally:
+            stop()
     result = score(run)
     result.wall_seconds = round(time.perf_counter() - wall0, 3)
     result.sim_seconds = sim.now
     return result
+
+
+def cluster_backend(sim: Any, workdir: Path) -> tuple[Any, Callable[[], None]]:
+    """The backend that acts on a scenario's cluster. By default (`cluster_backend = kubernetes`) it is the
+    official Kubernetes client talking HTTP to the sandbox's Kubernetes-compatible API, so the code that
+    heals the sandbox is the code that heals a cluster; model and notification actions, which Kubernetes
+    does not know, fall through to the sandbox backend."""
+    from opsmedic.settings import load_settings
+    from tools.sandbox_backend import SandboxBackend
+
+    sandbox = SandboxBackend(sim)
+    if load_settings().cluster_backend == "sandbox":
+        return sandbox, lambda: None
+    from sandbox.k8s_api import serve_in_thread, write_kubeconfig
+    from tools.k8s_backend import KubernetesBackend
+
+    url, stop = serve_in_thread(sim)
+    kubeconfig = write_kubeconfig(url, workdir / "kubeconfig")
+    # simulated time does not pass while the backend waits, so it never sleeps and bounds its waits
+    backend = KubernetesBackend(kubeconfig=kubeconfig, fallback=sandbox, action_clock=lambda: sim.now,
+                                sleep=lambda s: None, reset_ack_timeout_s=0.5, max_drain_wait_s=5)
+    return backend, stop
 
 
 def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver: Approver,

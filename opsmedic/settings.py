@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     model_registry: Literal["auto", "mlflow", "sandbox"] = Field(
         default="auto", description="scenario runs: MLflow as the model registry (auto: for scenarios with model "
         "faults)")
+    cluster_backend: Literal["kubernetes", "sandbox"] = Field(
+        default="kubernetes", description="scenario runs: act through the sandbox's Kubernetes API (official "
+        "client) or on the simulator directly")
     telemetry: Literal["sandbox", "prometheus"] = Field(
         default="sandbox", description="scenario runs: read the sandbox directly, or through its Prometheus exporter")
     retrieval: bool = Field(default=True, description="cite runbooks found by hybrid retrieval (Qdrant)")

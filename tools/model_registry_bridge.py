@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from opsmedic.domain import Action, ActionResult, VerificationResult
 from sandbox.cluster import SimModel, Simulator, SimVersion
+from tools.backend import ActionBackend
 from tools.mlflow_backend import MODEL_ACTIONS, T_ACCURACY, MlflowModelBackend
-from tools.sandbox_backend import SandboxBackend
 
 
 class MlflowSandboxBackend:
-    def __init__(self, sim: Simulator, sandbox: SandboxBackend, registry: MlflowModelBackend) -> None:
+    def __init__(self, sim: Simulator, sandbox: ActionBackend, registry: MlflowModelBackend) -> None:
         self.sim = sim
         self.sandbox = sandbox
         self.registry = registry
@@ -110,7 +110,9 @@ class MlflowSandboxBackend:
                                   else reg.detail, at_s=self.sim.now)
 
     def lookup(self, idempotency_key: str) -> ActionResult | None:
-        return self.sandbox.lookup(idempotency_key)
+        lookup = getattr(self.sandbox, "lookup", None)
+        found = lookup(idempotency_key) if callable(lookup) else None
+        return found if isinstance(found, ActionResult) else None
 
 
 def _features() -> tuple[str, ...]:

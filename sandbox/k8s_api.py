@@ -1,0 +1,1618 @@
+"""A Kubernetes-compatible REST API over the simulated cluster, for the official `kubernetes` client.
+
+Layer: sandbox (imports `opsmedic.domain`, `opsmedic.errors`, its own modules, and FastAPI/uvicorn to
+serve). The code that heals a real cluster (`tools.k8s_backend`) is pointed at this API in the demo,
+the eval and the tests, so it must answer what kube-apiserver answers: JSON objects with the fields the
+client's strict models require, `Status` errors with the right code and reason, resourceVersions, dry
+runs, and the PodDisruptionBudget check on evictions (429). `tests/contract` runs the same cases against
+this API and a real kube-apiserver.
+
+How the simulator maps onto Kubernetes objects (namespace `default` by default):
+
+* simulator nodes   -> `Node`: Ready True / Unknown (kubelet silent past the grace period), capacity
+  `nvidia.com/gpu`, allocatable = healthy GPUs (what the device plugin reports), the controllers' taints
+  (`node.kubernetes.io/unschedulable`, `.../unreachable`) plus the taints, labels and annotations
+  clients set. `spec.unschedulable` *is* the simulator's `SimNode.unschedulable`.
+* simulator pods    -> `Pod`, owned by a `StatefulSet` named after the workload; status.phase, Ready,
+  containerStatuses (restartCount, waiting reason such as CrashLoopBackOff), GPU limits, and the
+  annotations `opsmedic.io/gpus` (GPU ids held) and `opsmedic.io/step` (training progress).
+* workloads         -> `StatefulSet` with the `/scale` subresource. Models are not Kubernetes objects.
+* leases, events, configmaps, jobs, deployments, PodDisruptionBudgets, namespaces: stored by the API
+  (no simulator counterpart); PDB status is computed from the pods, as the disruption controller would.
+
+Writes change the simulator, through `Simulator.execute` wherever an action has the same meaning, so the
+simulator's own rules apply (a cordoned node takes no pods, a GPU resets only when free):
+
+* patch `spec.unschedulable`            -> cordon_node / uncordon_node
+* `pods/eviction` (PDB permitting)      -> reschedule_pod (the controller re-creates it elsewhere)
+* delete pod                            -> restart_pod (re-created in place); with gracePeriodSeconds=0 on a
+  NotReady node -> reschedule_pod force=True. A graceful delete or eviction of a pod on a NotReady node
+  leaves it Terminating (deletionTimestamp set), as a real cluster does when no kubelet confirms it.
+* StatefulSet `/scale`                  -> pause_job (0) / resume_job, and for other counts the API marks
+  surplus pods deleted or adds pods for the simulator's scheduler (the Simulator has no scale action).
+* node annotation `opsmedic.io/reset-gpu-<index>: <request-id>` -> reset_gpu on `<node>/gpu-<index>`; the
+  outcome is published in `opsmedic.io/reset-gpu-<index>-status: <request-id>:<state>[:<message>]`
+  with state accepted | in-progress | done | failed (the node-agent protocol, see tools/k8s_backend.py).
+
+Not served: protobuf, server-side apply, pod creation (pods belong to workloads). A watch is minimal: the
+current objects as ADDED events, then a quiet stream until its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime as dt
+import hashlib
+import json
+import re
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from opsmedic.domain import Action
+from opsmedic.errors import ToolError
+from sandbox.cluster import SimPod, Simulator
+from sandbox.k8s_patch import (
+    JSON,
+    ApiError,
+    already_exists,
+    apply_patch,
+    bad_request,
+    conflict,
+    invalid,
+    match_fields,
+    match_labels,
+    micro_time,
+    not_found,
+    rfc3339,
+    route_not_found,
+    selector_from_match_labels,
+)
+
+EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)  # simulated second 0, as a wall-clock time
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "30",
+    "gitVersion": "v1.30.0-opsmedic-sandbox",
+    "gitCommit": "sandbox",
+    "gitTreeState": "clean",
+    "buildDate": "2025-01-01T00:00:00Z",
+    "goVersion": "go1.22.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+LABEL_WORKLOAD = "app.kubernetes.io/name"
+LABEL_KIND = "opsmedic.io/workload-kind"
+ANN_GPUS = "opsmedic.io/gpus"
+ANN_STEP = "opsmedic.io/step"
+RESET_REQUEST = re.compile(r"^opsmedic\.io/reset-gpu-(\d+)$")
+TAINT_UNSCHEDULABLE = "node.kubernetes.io/unschedulable"
+TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
+SYSTEM_TAINTS = {TAINT_UNSCHEDULABLE, TAINT_UNREACHABLE, "node.kubernetes.io/not-ready"}
+GPU_PRODUCTS = {"H100-80GB": "NVIDIA-H100-80GB-HBM3", "A100-80GB": "NVIDIA-A100-SXM4-80GB", "L4": "NVIDIA-L4"}
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_MICRO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(Z|[+-]\d{2}:\d{2})$")
+_UID_NS = uuid.UUID("6f1c1a9e-7d55-4d7e-9b5e-0c0ffee00001")
+
+
+def _uid(*parts: object) -> str:
+    return str(uuid.uuid5(_UID_NS, "/".join(str(p) for p in parts)))
+
+
+@dataclass(frozen=True)
+class Res:
+    """One resource of the API: what discovery lists and what a path names."""
+
+    plural: str
+    kind: str
+    group: str
+    version: str
+    namespaced: bool
+    verbs: tuple[str, ...]
+    subresources: tuple[str, ...] = ()
+    short: tuple[str, ...] = ()
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+
+RO = ("get", "list")
+RW = ("create", "delete", "get", "list", "patch", "update")
+RESOURCES: list[Res] = [
+    Res("namespaces", "Namespace", "", "v1", False, ("create", "get", "list"), short=("ns",)),
+    Res("nodes", "Node", "", "v1", False, ("get", "list", "patch"), ("status",), short=("no",)),
+    Res(
+        "pods",
+        "Pod",
+        "",
+        "v1",
+        True,
+        ("delete", "get", "list", "patch"),
+        ("eviction", "log", "status"),
+        short=("po",),
+    ),
+    Res("events", "Event", "", "v1", True, RW, short=("ev",)),
+    Res("configmaps", "ConfigMap", "", "v1", True, RW, short=("cm",)),
+    Res(
+        "statefulsets",
+        "StatefulSet",
+        "apps",
+        "v1",
+        True,
+        ("get", "list", "patch"),
+        ("scale", "status"),
+        short=("sts",),
+    ),
+    Res("deployments", "Deployment", "apps", "v1", True, RW, ("scale", "status"), short=("deploy",)),
+    Res("jobs", "Job", "batch", "v1", True, RW, ("status",)),
+    Res("poddisruptionbudgets", "PodDisruptionBudget", "policy", "v1", True, RW, ("status",), short=("pdb",)),
+    Res(
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        "policy",
+        "v1beta1",
+        True,
+        RW,
+        ("status",),
+        short=("pdb",),
+    ),
+    Res("leases", "Lease", "coordination.k8s.io", "v1", True, RW),
+]
+BY_PATH: dict[tuple[str, str, str], Res] = {(r.group, r.version, r.plural): r for r in RESOURCES}
+STORED = {"namespaces", "events", "configmaps", "deployments", "jobs", "poddisruptionbudgets", "leases"}
+
+
+@dataclass
+class _NodeExtra:
+    """What clients set on a node that the simulator does not model."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    taints: list[JSON] = field(default_factory=list)
+    # reset-gpu requests handled: gpu index -> (request id, state, message)
+    resets: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class _Terminating:
+    since: float
+    grace: int
+
+
+class SandboxKubeAPI:
+    """The API's state and logic. `app` is the FastAPI application; `lock` serialises access to the
+    simulator (hold it while stepping the simulator from another thread)."""
+
+    def __init__(
+        self, sim: Simulator, *, namespace: str = "default", lock: threading.RLock | None = None
+    ) -> None:
+        self.sim = sim
+        self.namespace = namespace
+        self.lock = lock or threading.RLock()
+        self._rv = 1
+        self._seen: dict[str, tuple[str, int]] = {}  # object key -> (content digest, resourceVersion)
+        self._store: dict[tuple[str, str, str], JSON] = {}  # (storage key, namespace, name) -> object
+        self._node_extra: dict[str, _NodeExtra] = {n: _NodeExtra() for n in sim.nodes}
+        self._incarnation: dict[str, int] = {}
+        self._terminating: dict[str, _Terminating] = {}
+        self._pod_annotations: dict[str, dict[str, str]] = {}  # what clients set on pods (by pod name)
+        self._sts_meta: dict[str, dict[str, dict[str, str]]] = {}
+        self._desired: dict[str, int] = {w.name: w.replicas for w in sim.scenario.workloads}
+        self._sts_generation: dict[str, int] = {w.name: 1 for w in sim.scenario.workloads}
+        self._workloads = {w.name: w for w in sim.scenario.workloads}
+        for ns in (namespace, "default", "kube-system", "kube-public", "kube-node-lease"):
+            if ("namespaces", "", ns) not in self._store:
+                self._put_stored(
+                    "namespaces", "", self._new_meta_obj(RESOURCES[0], "", {"metadata": {"name": ns}})
+                )
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------------------------ helpers
+
+    def _next_rv(self) -> int:
+        self._rv += 1
+        return self._rv
+
+    def _stamp(self, key: str, obj: JSON) -> JSON:
+        """Give a computed object a resourceVersion that changes exactly when its content changes."""
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != digest:
+            seen = (digest, self._next_rv())
+            self._seen[key] = seen
+        obj["metadata"]["resourceVersion"] = str(seen[1])
+        return obj
+
+    def _time(self, sim_s: float) -> str:
+        return rfc3339(EPOCH + dt.timedelta(seconds=sim_s))
+
+    def _now(self) -> str:
+        return self._time(self.sim.now)
+
+    # -------------------------------------------------------------------------------------- nodes
+
+    def _node_ready(self, name: str) -> bool:
+        return self.sim.nodes[name].ready(self.sim.now)
+
+    def render_node(self, name: str) -> JSON:
+        n = self.sim.nodes[name]
+        extra = self._node_extra[name]
+        cluster = self.sim.scenario.cluster
+        ready = n.ready(self.sim.now)
+        healthy = sum(1 for g in self.sim.gpus.values() if g.node == name and g.healthy)
+        taints = [t for t in extra.taints if t.get("key") not in SYSTEM_TAINTS]
+        if n.unschedulable:
+            taints.append({"key": TAINT_UNSCHEDULABLE, "effect": "NoSchedule", "timeAdded": self._now()})
+        if not ready:
+            since = self._time((n.down_since or 0.0) + 40.0)
+            taints += [
+                {"key": TAINT_UNREACHABLE, "effect": "NoSchedule", "timeAdded": since},
+                {"key": TAINT_UNREACHABLE, "effect": "NoExecute", "timeAdded": since},
+            ]
+        labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "nvidia.com/gpu.product": GPU_PRODUCTS.get(cluster.gpu_model, cluster.gpu_model),
+            "nvidia.com/gpu.count": str(cluster.gpus_per_node),
+            **extra.labels,
+        }
+        annotations = dict(extra.annotations)
+        for idx, (req, state, msg) in extra.resets.items():
+            annotations[f"opsmedic.io/reset-gpu-{idx}-status"] = self._reset_status(
+                name, idx, req, state, msg
+            )
+        heartbeat = self._now() if n.kubelet_up else self._time(n.down_since or 0.0)
+        if ready:
+            cond = {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "kubelet is posting ready status",
+                "lastHeartbeatTime": heartbeat,
+                "lastTransitionTime": self._time(0.0),
+            }
+        else:
+            cond = {
+                "type": "Ready",
+                "status": "Unknown",
+                "reason": "NodeStatusUnknown",
+                "message": "Kubelet stopped posting node status.",
+                "lastHeartbeatTime": heartbeat,
+                "lastTransitionTime": self._time((n.down_since or 0.0) + 40.0),
+            }
+        pressure = [
+            {
+                "type": t,
+                "status": "False" if ready else "Unknown",
+                "reason": f"KubeletHas{r}",
+                "message": f"kubelet has {m}",
+                "lastHeartbeatTime": heartbeat,
+                "lastTransitionTime": self._time(0.0),
+            }
+            for t, r, m in (
+                ("MemoryPressure", "SufficientMemory", "sufficient memory available"),
+                ("DiskPressure", "NoDiskPressure", "no disk pressure"),
+                ("PIDPressure", "SufficientPID", "sufficient PID available"),
+            )
+        ]
+        cap = {
+            "cpu": "192",
+            "memory": "2113398124Ki",
+            "pods": "110",
+            "ephemeral-storage": "3748905444Ki",
+            "nvidia.com/gpu": str(cluster.gpus_per_node),
+        }
+        alloc = {**cap, "cpu": "191", "memory": "2111198124Ki", "nvidia.com/gpu": str(healthy)}
+        spec: JSON = {}
+        if n.unschedulable:
+            spec["unschedulable"] = True
+        if taints:
+            spec["taints"] = taints
+        obj: JSON = {
+            "kind": "Node",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": name,
+                "uid": _uid("node", name),
+                "creationTimestamp": self._time(0.0),
+                "labels": labels,
+                **({"annotations": annotations} if annotations else {}),
+            },
+            "spec": spec,
+            "status": {
+                "capacity": cap,
+                "allocatable": alloc,
+                "conditions": [*pressure, cond],
+                "addresses": [{"type": "Hostname", "address": name}],
+                "nodeInfo": {
+                    "machineID": _uid("machine", name).replace("-", ""),
+                    "systemUUID": _uid("system", name),
+                    "bootID": _uid("boot", name),
+                    "kernelVersion": "6.1.0-opsmedic",
+                    "osImage": "Debian GNU/Linux 12 (bookworm)",
+                    "containerRuntimeVersion": "containerd://1.7.0",
+                    "kubeletVersion": "v1.30.0",
+                    "kubeProxyVersion": "v1.30.0",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
+            },
+        }
+        return self._stamp(f"node/{name}", obj)
+
+    def _reset_status(self, node: str, idx: int, req: str, state: str, msg: str) -> str:
+        g = self.sim.gpus.get(f"{node}/gpu-{idx}")
+        if state == "accepted" and g is not None:
+            if g.reset_until is not None:
+                state = "in-progress"
+            elif g.healthy:
+                state = "done"
+            else:
+                state, msg = "failed", "the GPU is still unhealthy after the reset; it needs replacement"
+        return f"{req}:{state}" + (f":{msg}" if msg else "")
+
+    def _patch_node(self, name: str, ctype: str, patch: Any, dry_run: bool) -> JSON:
+        if name not in self.sim.nodes:
+            raise not_found("nodes", name)
+        before = self.render_node(name)
+        after = apply_patch(ctype, before, patch)
+        self._check_precondition(before, after, "nodes", name)
+        spec = after.get("spec") or {}
+        meta = after.get("metadata") or {}
+        unsched = spec.get("unschedulable", False)
+        if not isinstance(unsched, bool):
+            raise bad_request(
+                "json: cannot unmarshal into Go struct field NodeSpec.spec.unschedulable of type bool"
+            )
+        taints = spec.get("taints") or []
+        causes = []
+        for i, t in enumerate(taints):
+            if not isinstance(t, dict) or not t.get("key"):
+                causes.append((f"spec.taints[{i}].key", "Required value"))
+            elif t.get("effect") not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+                causes.append(
+                    (
+                        f"spec.taints[{i}].effect",
+                        f'Unsupported value: "{t.get("effect")}": supported '
+                        'values: "NoSchedule", "PreferNoSchedule", "NoExecute"',
+                    )
+                )
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        for where, d in (("metadata.labels", labels), ("metadata.annotations", annotations)):
+            for v in d.values():
+                if not isinstance(v, str):
+                    raise bad_request(
+                        f"json: cannot unmarshal {type(v).__name__} into Go struct field "
+                        f"ObjectMeta.{where} of type string"
+                    )
+        if causes:
+            raise invalid("Node", "", name, causes)
+        if dry_run:
+            return after
+        extra = self._node_extra[name]
+        sim_node = self.sim.nodes[name]
+        if unsched != sim_node.unschedulable:
+            incident = next(
+                (str(t.get("value") or "") for t in taints if t.get("key") == "opsmedic.io/cordoned"),
+                labels.get("opsmedic.io/cordoned-by", ""),
+            )
+            params = {"incident_id": incident} if incident and unsched else {}
+            self.sim.execute(
+                Action(name="cordon_node" if unsched else "uncordon_node", target=name, params=params)
+            )
+        extra.taints = [copy.deepcopy(t) for t in taints if t.get("key") not in SYSTEM_TAINTS]
+        base = {
+            "kubernetes.io/hostname",
+            "kubernetes.io/os",
+            "kubernetes.io/arch",
+            "nvidia.com/gpu.product",
+            "nvidia.com/gpu.count",
+        }
+        extra.labels = {
+            k: v for k, v in labels.items() if k not in base or v != before["metadata"]["labels"].get(k)
+        }
+        status_keys = {
+            k for k in annotations if k.endswith("-status") and k.startswith("opsmedic.io/reset-gpu-")
+        }
+        extra.annotations = {k: v for k, v in annotations.items() if k not in status_keys}
+        for key, value in list(extra.annotations.items()):
+            m = RESET_REQUEST.match(key)
+            if m:
+                self._handle_reset(name, int(m.group(1)), value)
+        return self.render_node(name)
+
+    def _handle_reset(self, node: str, idx: int, request_id: str) -> None:
+        """The sandbox's node agent: honour a reset request once per request id."""
+        extra = self._node_extra[node]
+        done = extra.resets.get(idx)
+        if done is not None and done[0] == request_id:
+            return
+        try:
+            changed, detail = self.sim.execute(Action(name="reset_gpu", target=f"{node}/gpu-{idx}"))
+            extra.resets[idx] = (request_id, "accepted", "")
+        except ToolError as exc:
+            extra.resets[idx] = (request_id, "failed", str(exc))
+
+    # --------------------------------------------------------------------------------------- pods
+
+    def _live_pods(self) -> list[SimPod]:
+        return [p for p in self.sim.pods.values() if p.state != "Deleted" and not p.paused]
+
+    def _pod(self, ns: str, name: str) -> SimPod:
+        pod = self.sim.pods.get(name)
+        if ns != self.namespace or pod is None or pod.state == "Deleted" or pod.paused:
+            raise not_found("pods", name)
+        return pod
+
+    def _settle_terminating(self) -> None:
+        """A Terminating pod whose node came back is finished by its kubelet, then re-created."""
+        for name in list(self._terminating):
+            pod = self.sim.pods.get(name)
+            if pod is None or pod.node is None or self._node_ready(pod.node):
+                del self._terminating[name]
+                if pod is not None and pod.state != "Deleted":
+                    self._incarnation[name] = self._incarnation.get(name, 0) + 1
+                    self.sim.execute(Action(name="restart_pod", target=name))
+
+    def pod_labels(self, pod: SimPod) -> dict[str, str]:
+        return {
+            LABEL_WORKLOAD: pod.workload,
+            "app": pod.workload,
+            LABEL_KIND: pod.kind,
+            "statefulset.kubernetes.io/pod-name": pod.name,
+            "apps.kubernetes.io/pod-index": pod.name.rsplit("-", 1)[-1],
+        }
+
+    def render_pod(self, pod: SimPod) -> JSON:
+        snap_phase = {"Starting": "Pending", "CrashLoop": "Running"}.get(pod.state, pod.state)
+        ready = pod.state == "Running" and not pod.app_error
+        reason = pod.reason if pod.state != "Running" else ("Error" if pod.app_error else None)
+        inc = self._incarnation.get(pod.name, 0)
+        started = self._time(pod.started_at)
+        gpus = str(pod.gpus_needed)
+        image = f"registry.opsmedic.local/{pod.workload}:latest"
+        meta: JSON = {
+            "name": pod.name,
+            "namespace": self.namespace,
+            "uid": _uid("pod", pod.name, inc, pod.started_at),
+            "creationTimestamp": started,
+            "labels": self.pod_labels(pod),
+            "annotations": {**self._pod_annotations.get(pod.name, {}), ANN_GPUS: ",".join(pod.gpus)},
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "StatefulSet",
+                    "name": pod.workload,
+                    "uid": _uid("statefulset", pod.workload),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        }
+        if pod.kind == "training":
+            meta["annotations"][ANN_STEP] = str(int(pod.step))
+        term = self._terminating.get(pod.name)
+        if term is not None:
+            meta["deletionTimestamp"] = self._time(term.since + term.grace)
+            meta["deletionGracePeriodSeconds"] = term.grace
+        spec: JSON = {
+            "containers": [
+                {
+                    "name": pod.kind,
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "resources": {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}},
+                    "terminationMessagePath": "/dev/termination-log",
+                    "terminationMessagePolicy": "File",
+                }
+            ],
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "schedulerName": "default-scheduler",
+            "hostname": pod.name,
+            "subdomain": pod.workload,
+            "securityContext": {},
+            "enableServiceLinks": True,
+            "priority": 0,
+            "preemptionPolicy": "PreemptLowerPriority",
+            "tolerations": [
+                {
+                    "key": "node.kubernetes.io/not-ready",
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 300,
+                },
+                {
+                    "key": TAINT_UNREACHABLE,
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 300,
+                },
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            ],
+        }
+        if pod.node:
+            spec["nodeName"] = pod.node
+        status: JSON = {"phase": snap_phase, "qosClass": "BestEffort"}
+        t0 = self._time(pod.started_at)
+        scheduled = pod.node is not None
+        conds = [
+            {
+                "type": "PodScheduled",
+                "status": "True" if scheduled else "False",
+                "lastProbeTime": None,
+                "lastTransitionTime": t0,
+                **(
+                    {}
+                    if scheduled
+                    else {
+                        "reason": "Unschedulable",
+                        "message": f"0/{len(self.sim.nodes)} nodes are available: "
+                        f"insufficient nvidia.com/gpu.",
+                    }
+                ),
+            }
+        ]
+        if scheduled:
+            rs = "True" if ready else "False"
+            extra = (
+                {}
+                if ready
+                else {
+                    "reason": "ContainersNotReady",
+                    "message": f"containers with unready status: [{pod.kind}]",
+                }
+            )
+            conds += [
+                {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": t0},
+                {
+                    "type": "ContainersReady",
+                    "status": rs,
+                    "lastProbeTime": None,
+                    "lastTransitionTime": t0,
+                    **extra,
+                },
+                {"type": "Ready", "status": rs, "lastProbeTime": None, "lastTransitionTime": t0, **extra},
+            ]
+            status["startTime"] = t0
+            cs: JSON = {
+                "name": pod.kind,
+                "image": image,
+                "imageID": f"{image}@sha256:{'0' * 64}",
+                "ready": ready,
+                "restartCount": pod.restarts,
+                "started": pod.state == "Running",
+            }
+            if pod.state == "Running":
+                cs["state"] = {"running": {"startedAt": t0}}
+                cs["containerID"] = f"containerd://{hashlib.sha256(meta['uid'].encode()).hexdigest()}"
+                if pod.app_error:
+                    cs["lastState"] = {
+                        "terminated": {"exitCode": 1, "reason": "Error", "startedAt": t0, "finishedAt": t0}
+                    }
+            else:
+                waiting = reason or "ContainerCreating"
+                cs["state"] = {
+                    "waiting": {"reason": waiting if waiting != "NodeLost" else "ContainerCreating"}
+                }
+                if pod.state == "CrashLoop":
+                    cs["state"]["waiting"]["message"] = (
+                        f"back-off restarting failed container {pod.kind} in pod {pod.name}"
+                    )
+                    cs["lastState"] = {
+                        "terminated": {"exitCode": 1, "reason": "Error", "startedAt": t0, "finishedAt": t0}
+                    }
+                if reason == "OOMKilled":
+                    cs["lastState"] = {
+                        "terminated": {
+                            "exitCode": 137,
+                            "reason": "OOMKilled",
+                            "startedAt": t0,
+                            "finishedAt": t0,
+                        }
+                    }
+            status["containerStatuses"] = [cs]
+        status["conditions"] = conds
+        if pod.state == "Unknown":
+            # The node lifecycle controller's verdict on pods of an unreachable node.
+            status["reason"] = "NodeLost"
+            status["message"] = f"Node {pod.node} which was running pod {pod.name} is unresponsive"
+        obj = {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": spec, "status": status}
+        return self._stamp(f"pod/{pod.name}", obj)
+
+    def _pod_ready(self, pod: SimPod) -> bool:
+        return (
+            pod.state == "Running"
+            and not pod.app_error
+            and pod.node is not None
+            and self._node_ready(pod.node)
+        )
+
+    def _remove_pod(self, pod: SimPod, *, grace: int, evict: bool) -> JSON:
+        """Delete (or evict) a pod: the StatefulSet controller re-creates it with the same name."""
+        rendered = self.render_pod(pod)
+        on_lost_node = pod.node is not None and not self._node_ready(pod.node)
+        if on_lost_node and grace > 0:
+            # No kubelet confirms the deletion: the pod stays Terminating (kubectl shows it so).
+            self._terminating.setdefault(pod.name, _Terminating(self.sim.now, grace))
+            return self.render_pod(pod)
+        self._terminating.pop(pod.name, None)
+        self._incarnation[pod.name] = self._incarnation.get(pod.name, 0) + 1
+        if on_lost_node:
+            self.sim.execute(Action(name="reschedule_pod", target=pod.name, params={"force": True}))
+        elif evict:
+            self.sim.execute(Action(name="reschedule_pod", target=pod.name))
+        else:
+            self.sim.execute(Action(name="restart_pod", target=pod.name))
+        return rendered
+
+    def _evict(self, ns: str, name: str, body: Any, dry_run: bool) -> JSON:
+        pod = self._pod(ns, name)
+        if not isinstance(body, dict) or body.get("kind", "Eviction") != "Eviction":
+            raise bad_request("the request body must be a policy/v1 Eviction")
+        if body.get("apiVersion") not in (None, "policy/v1", "policy/v1beta1"):
+            raise bad_request(f'no kind "Eviction" is registered for version "{body.get("apiVersion")}"')
+        if (body.get("metadata") or {}).get("name") not in (None, name):
+            raise bad_request("name in URL does not match name in Eviction object")
+        opts = body.get("deleteOptions") or {}
+        grace = opts.get("gracePeriodSeconds")
+        rendered = self.render_pod(pod)
+        phase = rendered["status"]["phase"]
+        # As the eviction REST handler: pods that are not running (or already going) ignore the budget.
+        if phase not in ("Pending", "Succeeded", "Failed") and name not in self._terminating:
+            pdbs = [
+                p
+                for p in self._pdbs(ns)
+                if match_labels(self._pdb_selector(p), rendered["metadata"]["labels"])
+            ]
+            if len(pdbs) > 1:
+                raise ApiError(
+                    500,
+                    "InternalError",
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource "
+                    "does not support.",
+                )
+            if pdbs:
+                st = self._pdb_status(pdbs[0])
+                if st["disruptionsAllowed"] <= 0:
+                    raise ApiError(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                        {
+                            "causes": [
+                                {
+                                    "reason": "DisruptionBudget",
+                                    "message": (
+                                        f"The disruption budget {pdbs[0]['metadata']['name']} needs "
+                                        f"{st['desiredHealthy']} healthy pods and has {st['currentHealthy']} "
+                                        "currently"
+                                    ),
+                                }
+                            ]
+                        },
+                    )
+        if not dry_run:
+            self._remove_pod(pod, grace=30 if grace is None else int(grace), evict=True)
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+
+    # --------------------------------------------------------------------------------- workloads
+
+    def _sts_pods(self, w: str) -> list[SimPod]:
+        return [p for p in self._live_pods() if p.workload == w]
+
+    def render_sts(self, w: str) -> JSON:
+        spec_w = self._workloads[w]
+        pods = self._sts_pods(w)
+        ready = sum(1 for p in pods if self._pod_ready(p))
+        extra = self._sts_meta.get(w, {})
+        gen = self._sts_generation[w]
+        gpus = str(spec_w.gpus_per_replica)
+        labels = {LABEL_WORKLOAD: w, "app": w, LABEL_KIND: spec_w.kind}
+        obj: JSON = {
+            "kind": "StatefulSet",
+            "apiVersion": "apps/v1",
+            "metadata": {
+                "name": w,
+                "namespace": self.namespace,
+                "uid": _uid("statefulset", w),
+                "generation": gen,
+                "creationTimestamp": self._time(0.0),
+                "labels": {**labels, **extra.get("labels", {})},
+                **({"annotations": dict(extra["annotations"])} if extra.get("annotations") else {}),
+            },
+            "spec": {
+                "replicas": self._desired[w],
+                "serviceName": w,
+                "podManagementPolicy": "Parallel",
+                "selector": {"matchLabels": {LABEL_WORKLOAD: w}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": spec_w.kind,
+                                "image": f"registry.opsmedic.local/{w}:latest",
+                                "resources": {
+                                    "limits": {"nvidia.com/gpu": gpus},
+                                    "requests": {"nvidia.com/gpu": gpus},
+                                },
+                            }
+                        ]
+                    },
+                },
+                "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}},
+                "revisionHistoryLimit": 10,
+            },
+            "status": {
+                "observedGeneration": gen,
+                "replicas": len(pods),
+                "readyReplicas": ready,
+                "currentReplicas": len(pods),
+                "updatedReplicas": len(pods),
+                "availableReplicas": ready,
+                "collisionCount": 0,
+            },
+        }
+        return self._stamp(f"statefulset/{w}", obj)
+
+    def _sts(self, ns: str, name: str) -> str:
+        if ns != self.namespace or name not in self._workloads:
+            raise not_found("statefulsets", name, "apps")
+        return name
+
+    def _scale_obj(self, obj: JSON, resource: str) -> JSON:
+        meta = obj["metadata"]
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta["resourceVersion"],
+                "creationTimestamp": meta["creationTimestamp"],
+            },
+            "spec": {"replicas": obj["spec"].get("replicas", 1)},
+            "status": {
+                "replicas": obj.get("status", {}).get("replicas", 0),
+                "selector": selector_from_match_labels(obj["spec"]["selector"].get("matchLabels", {})),
+            },
+        }
+
+    def _scale_sts(self, w: str, replicas: int) -> None:
+        """What the StatefulSet controller does for a new replica count, on the simulator's pods."""
+        current = self._desired[w]
+        if replicas == current:
+            return
+        spec_w = self._workloads[w]
+        self._desired[w] = replicas
+        self._sts_generation[w] += 1
+        pods = sorted(
+            (p for p in self.sim.pods.values() if p.workload == w),
+            key=lambda p: int(p.name.rsplit("-", 1)[-1]),
+        )
+        if spec_w.kind == "training" and replicas == 0:
+            self.sim.execute(Action(name="pause_job", target=w))
+            return
+        if any(p.paused and p.state != "Deleted" for p in pods):
+            self.sim.execute(Action(name="resume_job", target=w))
+        for i, p in enumerate(pods):
+            if i >= replicas and p.state != "Deleted":
+                # Scale-down removes the highest ordinals, as the StatefulSet controller does.
+                for gid in p.gpus:
+                    if self.sim.gpus[gid].pod == p.name:
+                        self.sim.gpus[gid].pod = None
+                p.node, p.gpus, p.state, p.paused = None, [], "Deleted", True
+                self._incarnation[p.name] = self._incarnation.get(p.name, 0) + 1
+            elif i < replicas and p.state == "Deleted":
+                p.state, p.paused, p.reason = "Pending", False, None
+        template = pods[0] if pods else None
+        for i in range(len(pods), replicas):
+            name = f"{w}-{i}"
+            self.sim.pods[name] = SimPod(
+                name=name,
+                workload=w,
+                kind=spec_w.kind,
+                gpus_needed=spec_w.gpus_per_replica,
+                checkpoint_every=template.checkpoint_every if template else 600.0,
+                base_mem_mib=template.base_mem_mib if template else 0.0,
+            )  # Pending: the simulator's scheduler binds it on its next tick
+
+    def _scale_body(self, body: Any, name: str) -> int:
+        if not isinstance(body, dict):
+            raise bad_request("the request body must be an autoscaling/v1 Scale")
+        replicas = (body.get("spec") or {}).get("replicas", 0)
+        if not isinstance(replicas, int) or isinstance(replicas, bool):
+            raise bad_request(
+                "json: cannot unmarshal into Go struct field ScaleSpec.spec.replicas of type int32"
+            )
+        if replicas < 0:
+            raise invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                [("spec.replicas", f"Invalid value: {replicas}: must be greater than or equal to 0")],
+            )
+        return replicas
+
+    # ------------------------------------------------------------------------------ stored objects
+
+    def _put_stored(self, plural: str, ns: str, obj: JSON) -> JSON:
+        obj["metadata"]["resourceVersion"] = str(self._next_rv())
+        self._store[(plural, ns, obj["metadata"]["name"])] = obj
+        return copy.deepcopy(obj)
+
+    def _new_meta_obj(self, res: Res, ns: str, body: JSON) -> JSON:
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        name = meta.get("name")
+        if not name:
+            raise invalid(
+                res.kind,
+                res.group,
+                "",
+                [("metadata.name", "Required value: name or generateName is required")],
+            )
+        if not isinstance(name, str) or len(name) > 253 or not _DNS1123.match(name):
+            raise invalid(
+                res.kind,
+                res.group,
+                str(name),
+                [
+                    (
+                        "metadata.name",
+                        f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower '
+                        "case alphanumeric characters, '-' or '.', and must start and end with an "
+                        "alphanumeric character",
+                    )
+                ],
+            )
+        meta.pop("resourceVersion", None)
+        if res.namespaced:
+            if meta.get("namespace", ns) != ns:
+                raise bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
+            meta["namespace"] = ns
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = rfc3339(dt.datetime.now(dt.UTC))
+        if res.plural in ("deployments", "jobs", "poddisruptionbudgets"):
+            meta["generation"] = 1
+        obj["kind"], obj["apiVersion"] = res.kind, res.api_version
+        return obj
+
+    def _validate_stored(self, res: Res, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        spec = obj.get("spec") or {}
+        causes: list[tuple[str, str]] = []
+        if res.plural == "leases":
+            d = spec.get("leaseDurationSeconds")
+            if d is not None and (not isinstance(d, int) or d <= 0):
+                causes.append(("spec.leaseDurationSeconds", f"Invalid value: {d}: must be greater than 0"))
+            for key in ("acquireTime", "renewTime"):
+                value = spec.get(key)
+                if value is not None and not (isinstance(value, str) and _MICRO_TIME.match(value)):
+                    # kube-apiserver decodes MicroTime with the layout 2006-01-02T15:04:05.000000Z07:00
+                    raise bad_request(
+                        'Lease in version "v1" cannot be handled as a Lease: v1.Lease.Spec: '
+                        f"v1.LeaseSpec.{key[0].upper()}{key[1:]}: unmarshalerDecoder: parsing time "
+                        f'"{value}" as "2006-01-02T15:04:05.000000Z07:00"'
+                    )
+            t = spec.get("leaseTransitions")
+            if t is not None and (not isinstance(t, int) or t < 0):
+                causes.append(
+                    ("spec.leaseTransitions", f"Invalid value: {t}: must be greater than or equal to 0")
+                )
+        elif res.plural == "poddisruptionbudgets":
+            if spec.get("minAvailable") is not None and spec.get("maxUnavailable") is not None:
+                causes.append(("spec", "Invalid value: minAvailable and maxUnavailable cannot be both set"))
+        elif res.plural == "deployments":
+            r = spec.get("replicas", 1)
+            if not isinstance(r, int) or r < 0:
+                causes.append(("spec.replicas", f"Invalid value: {r}: must be greater than or equal to 0"))
+            if not (spec.get("selector") or {}).get("matchLabels"):
+                causes.append(("spec.selector", "Required value"))
+        elif res.plural == "configmaps":
+            for k, v in (obj.get("data") or {}).items():
+                if not isinstance(v, str):
+                    raise bad_request(
+                        f"json: cannot unmarshal into Go struct field ConfigMap.data of type string ({k})"
+                    )
+        if causes:
+            raise invalid(res.kind, res.group, name, causes)
+
+    def _storage(self, res: Res) -> str:
+        return res.plural  # policy v1 and v1beta1 PDBs share one storage, as in etcd
+
+    def _get_stored(self, res: Res, ns: str, name: str) -> JSON:
+        obj = self._store.get((self._storage(res), ns, name))
+        if obj is None:
+            raise not_found(res.plural, name, res.group)
+        out = copy.deepcopy(obj)
+        out["kind"], out["apiVersion"] = res.kind, res.api_version
+        if res.plural == "poddisruptionbudgets":
+            out["status"] = self._pdb_status(out)
+        if res.plural == "deployments":
+            r = out["spec"].get("replicas", 1)
+            out["spec"]["replicas"] = r
+            out["status"] = {
+                "observedGeneration": out["metadata"].get("generation", 1),
+                "replicas": r,
+                "readyReplicas": r,
+                "availableReplicas": r,
+                "updatedReplicas": r,
+            }
+        return out
+
+    def _pdbs(self, ns: str) -> list[JSON]:
+        return [o for (k, n, _), o in self._store.items() if k == "poddisruptionbudgets" and n == ns]
+
+    @staticmethod
+    def _pdb_selector(pdb: JSON) -> str:
+        sel = (pdb.get("spec") or {}).get("selector") or {}
+        return selector_from_match_labels(sel.get("matchLabels") or {}) or "__matches_nothing__"
+
+    def _pdb_status(self, pdb: JSON) -> JSON:
+        """The disruption controller's arithmetic (minAvailable / maxUnavailable, ints or percents)."""
+        sel = self._pdb_selector(pdb)
+        ns = pdb["metadata"].get("namespace", self.namespace)
+        pods = [
+            p for p in self._live_pods() if ns == self.namespace and match_labels(sel, self.pod_labels(p))
+        ]
+        expected = len(pods)
+        healthy = sum(1 for p in pods if self._pod_ready(p) and p.name not in self._terminating)
+        spec = pdb.get("spec") or {}
+
+        def amount(v: Any, round_up: bool) -> int:
+            if isinstance(v, str) and v.endswith("%"):
+                frac = int(v[:-1]) * expected / 100.0
+                return int(-(-frac // 1)) if round_up else int(frac)
+            return int(v)
+
+        if spec.get("maxUnavailable") is not None:
+            desired = max(0, expected - amount(spec["maxUnavailable"], round_up=True))
+        else:
+            desired = amount(spec.get("minAvailable", 1), round_up=True)
+        return {
+            "observedGeneration": pdb["metadata"].get("generation", 1),
+            "currentHealthy": healthy,
+            "desiredHealthy": desired,
+            "expectedPods": expected,
+            "disruptionsAllowed": max(0, healthy - desired),
+            "conditions": [
+                {
+                    "type": "DisruptionAllowed",
+                    "status": "True" if healthy > desired else "False",
+                    "reason": "SufficientPods" if healthy > desired else "InsufficientPods",
+                    "message": "",
+                    "observedGeneration": pdb["metadata"].get("generation", 1),
+                    "lastTransitionTime": self._now(),
+                }
+            ],
+        }
+
+    def _check_precondition(
+        self, before: JSON, after: JSON, resource: str, name: str, group: str = ""
+    ) -> None:
+        rv = (after.get("metadata") or {}).get("resourceVersion")
+        if rv not in (None, "", before["metadata"].get("resourceVersion")):
+            raise conflict(resource, name, group)
+
+    def _write_stored(
+        self, res: Res, ns: str, name: str, new: JSON, dry_run: bool, *, check_rv: bool
+    ) -> JSON:
+        old = self._store.get((self._storage(res), ns, name))
+        if old is None:
+            raise not_found(res.plural, name, res.group)
+        meta = new.setdefault("metadata", {})
+        if meta.get("name", name) != name:
+            raise bad_request("the name of the object does not match the name on the URL")
+        rv = meta.get("resourceVersion")
+        if check_rv and rv not in (None, "") and rv != old["metadata"]["resourceVersion"]:
+            raise conflict(res.plural, name, res.group)
+        for k in ("uid", "creationTimestamp", "namespace", "generation", "name"):
+            if k in old["metadata"]:
+                meta[k] = old["metadata"][k]
+        new["kind"], new["apiVersion"] = res.kind, res.api_version
+        new.pop("status", None) if res.plural in ("poddisruptionbudgets", "deployments") else None
+        self._validate_stored(res, new)
+        if "generation" in meta and new.get("spec") != old.get("spec"):
+            meta["generation"] = int(meta["generation"]) + 1
+        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if dry_run:
+            return new
+        if new == {**old, "kind": res.kind, "apiVersion": res.api_version}:
+            # kube-apiserver skips the write of an update that changes nothing: the resourceVersion stays
+            return self._get_stored(res, ns, name)
+        self._put_stored(self._storage(res), ns, new)
+        return self._get_stored(res, ns, name)
+
+    # ------------------------------------------------------------------------------------- lists
+
+    def _list(self, res: Res, ns: str | None, q: dict[str, str]) -> JSON:
+        items: list[JSON] = []
+        if res.plural == "nodes":
+            items = [self.render_node(n) for n in self.sim.nodes]
+        elif res.plural == "pods":
+            self._settle_terminating()
+            if ns in (None, self.namespace):
+                items = [self.render_pod(p) for p in self._live_pods()]
+        elif res.plural == "statefulsets":
+            if ns in (None, self.namespace):
+                items = [self.render_sts(w) for w in self._workloads]
+        else:
+            items = [
+                self._get_stored(res, n, name)
+                for (k, n, name) in sorted(self._store)
+                if k == self._storage(res) and (ns is None or n == ns)
+            ]
+        label_sel, field_sel = q.get("labelSelector"), q.get("fieldSelector")
+        out = []
+        for obj in items:
+            meta = obj["metadata"]
+            if not match_labels(label_sel, meta.get("labels") or {}):
+                continue
+            fields = {"metadata.name": meta["name"], "metadata.namespace": meta.get("namespace", "")}
+            if res.plural == "pods":
+                fields["spec.nodeName"] = obj["spec"].get("nodeName", "")
+                fields["status.phase"] = obj["status"].get("phase", "")
+            if res.plural == "nodes":
+                fields["spec.unschedulable"] = str(obj["spec"].get("unschedulable", False)).lower()
+            if res.plural == "events":
+                for k in ("kind", "name", "namespace", "uid"):
+                    fields[f"involvedObject.{k}"] = (obj.get("involvedObject") or {}).get(k, "")
+                fields["reason"], fields["type"] = obj.get("reason", ""), obj.get("type", "")
+            if not match_fields(field_sel, fields, res.kind):
+                continue
+            obj.pop("kind", None)  # list items carry no kind/apiVersion, as kube-apiserver sends them
+            obj.pop("apiVersion", None)
+            out.append(obj)
+        limit = int(q["limit"]) if q.get("limit", "").isdigit() and int(q["limit"]) > 0 else None
+        return {
+            "kind": f"{res.kind}List",
+            "apiVersion": res.api_version,
+            "metadata": {"resourceVersion": str(self._rv)},
+            "items": out[:limit] if limit else out,
+        }
+
+    # ----------------------------------------------------------------------------------- dispatch
+
+    def handle(self, method: str, path: str, q: dict[str, str], ctype: str, body: Any) -> Response:
+        """Route one request. Raises ApiError for every failure (the app turns it into a Status)."""
+        parts = [p for p in path.split("/") if p]
+        if parts in (["healthz"], ["livez"], ["readyz"]):
+            return PlainTextResponse("ok")
+        if parts == ["version"]:
+            return JSONResponse(SERVER_VERSION)
+        if parts and parts[0] == "api":
+            if parts == ["api"]:
+                return JSONResponse(
+                    {
+                        "kind": "APIVersions",
+                        "versions": ["v1"],
+                        "serverAddressByClientCIDRs": [
+                            {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}
+                        ],
+                    }
+                )
+            if len(parts) < 2 or parts[1] != "v1":
+                raise route_not_found()
+            return self._resource(method, "", "v1", parts[2:], q, ctype, body)
+        if parts and parts[0] == "apis":
+            if parts == ["apis"]:
+                return JSONResponse(
+                    {
+                        "kind": "APIGroupList",
+                        "apiVersion": "v1",
+                        "groups": [self._group(g) for g in self._groups()],
+                    }
+                )
+            if parts[1] not in self._groups():
+                # kube-apiserver's mux answers an unknown group in plain text, not with a Status
+                return PlainTextResponse("404 page not found\n", status_code=404)
+            if len(parts) == 2:
+                return JSONResponse({"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1])})
+            return self._resource(method, parts[1], parts[2], parts[3:], q, ctype, body)
+        paths = [
+            "/api",
+            "/api/v1",
+            "/apis",
+            *(f"/apis/{g}" for g in self._groups()),
+            "/healthz",
+            "/livez",
+            "/readyz",
+            "/version",
+        ]
+        return JSONResponse({"paths": sorted(paths)}, status_code=404)
+
+    @staticmethod
+    def _groups() -> list[str]:
+        return sorted({r.group for r in RESOURCES if r.group})
+
+    @staticmethod
+    def _group(g: str) -> JSON:
+        versions = sorted({r.version for r in RESOURCES if r.group == g}, key=lambda v: (v != "v1", v))
+        gv = [{"groupVersion": f"{g}/{v}", "version": v} for v in versions]
+        return {"name": g, "versions": gv, "preferredVersion": gv[0]}
+
+    def _discovery(self, group: str, version: str) -> JSON:
+        resources = []
+        for r in RESOURCES:
+            if r.group == group and r.version == version:
+                resources.append(
+                    {
+                        "name": r.plural,
+                        "singularName": r.singular,
+                        "namespaced": r.namespaced,
+                        "kind": r.kind,
+                        "verbs": list(r.verbs),
+                        **({"shortNames": list(r.short)} if r.short else {}),
+                    }
+                )
+                for sub in r.subresources:
+                    kind = {"scale": "Scale", "eviction": "Eviction", "log": "Pod"}.get(sub, r.kind)
+                    verbs = {"scale": ["get", "patch", "update"], "eviction": ["create"], "log": ["get"]}.get(
+                        sub, ["get"]
+                    )
+                    sgroup = {"scale": "autoscaling", "eviction": "policy"}.get(sub)
+                    entry: JSON = {
+                        "name": f"{r.plural}/{sub}",
+                        "singularName": "",
+                        "namespaced": r.namespaced,
+                        "kind": kind,
+                        "verbs": verbs,
+                    }
+                    if sgroup:
+                        entry["group"], entry["version"] = sgroup, "v1"
+                    resources.append(entry)
+        if not resources:
+            raise route_not_found()
+        gv = f"{group}/{version}" if group else version
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+
+    def _resource(
+        self, method: str, group: str, version: str, rest: list[str], q: dict[str, str], ctype: str, body: Any
+    ) -> Response:
+        if not rest:
+            if method != "GET":
+                raise ApiError(
+                    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
+            return JSONResponse(self._discovery(group, version))
+        ns: str | None = None
+        if rest[0] == "namespaces" and len(rest) >= 3:
+            ns, rest = rest[1], rest[2:]
+        res = BY_PATH.get((group, version, rest[0]))
+        if res is None:
+            raise route_not_found()
+        name = rest[1] if len(rest) > 1 else None
+        sub = rest[2] if len(rest) > 2 else None
+        if len(rest) > 3 or (sub is not None and sub not in res.subresources):
+            raise route_not_found()
+        if res.namespaced and ns is None and (name is not None or method != "GET"):
+            raise route_not_found()
+        if not res.namespaced and ns is not None:
+            raise route_not_found()
+        if ns is not None and res.plural != "namespaces" and ("namespaces", "", ns) not in self._store:
+            if method in ("POST", "PUT"):
+                raise not_found("namespaces", ns)
+        dry_run = q.get("dryRun") == "All"
+        if q.get("dryRun") not in (None, "", "All"):
+            raise bad_request(f'unsupported dry run directive "{q["dryRun"]}": only "All" is supported')
+        code = 200
+        with self.lock:
+            if name is None:
+                if method == "GET" and q.get("watch") in ("true", "1"):
+                    return self._watch(res, ns, q)
+                if method == "GET":
+                    return JSONResponse(self._list(res, ns, q))
+                if method == "POST":
+                    return JSONResponse(self._create(res, ns or "", body, dry_run), status_code=201)
+                raise ApiError(
+                    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
+            if res.plural == "nodes":
+                result = self._node_request(method, name, sub, ctype, body, dry_run)
+            elif res.plural == "pods":
+                assert ns is not None
+                if sub == "log" and method == "GET":
+                    pod = self._pod(ns, name)
+                    tail = int(q["tailLines"]) if q.get("tailLines", "").isdigit() else None
+                    lines = pod.log[-tail:] if tail else pod.log
+                    return PlainTextResponse("".join(line + "\n" for line in lines))
+                if sub == "eviction":
+                    if method != "POST":
+                        raise ApiError(
+                            405,
+                            "MethodNotAllowed",
+                            "the server does not allow this method on the requested resource",
+                        )
+                    return JSONResponse(self._evict(ns, name, body, dry_run), status_code=201)
+                result = self._pod_request(method, ns, name, sub, ctype, body, q, dry_run)
+            elif res.plural == "statefulsets":
+                assert ns is not None
+                result = self._sts_request(method, ns, name, sub, ctype, body, dry_run)
+            else:
+                result, code = self._stored_request(res, method, ns or "", name, sub, ctype, body, q, dry_run)
+        return JSONResponse(result, status_code=code)
+
+    def _watch(self, res: Res, ns: str | None, q: dict[str, str]) -> Response:
+        """A minimal watch: an ADDED event per current object, then the stream stays open, quiet, until
+        timeoutSeconds (default 60, at most 300) and ends, as a real watch ends at its timeout. Clients that
+        re-list after a watch ends (informers, kubectl get -w) see changes on their next round."""
+        listing = self._list(res, ns, q)
+        lines = []
+        for item in listing["items"]:
+            item = {"kind": res.kind, "apiVersion": res.api_version, **item}
+            lines.append(json.dumps({"type": "ADDED", "object": item}) + "\n")
+        raw = q.get("timeoutSeconds", "")
+        hold = min(300.0, float(raw)) if raw.isdigit() else 60.0
+
+        async def stream() -> Any:
+            for line in lines:
+                yield line.encode()
+            await asyncio.sleep(hold)
+
+        return StreamingResponse(stream(), media_type="application/json")
+
+    def _create(self, res: Res, ns: str, body: Any, dry_run: bool) -> JSON:
+        if res.plural not in STORED:
+            raise ApiError(
+                405,
+                "MethodNotAllowed",
+                f"create is not supported for {res.plural} by the opsmedic "
+                "sandbox: they belong to the simulated cluster",
+            )
+        if not isinstance(body, dict):
+            raise bad_request(f"the request body must be a {res.kind} object")
+        if body.get("kind") not in (None, res.kind):
+            raise bad_request(f"the body kind {body.get('kind')!r} does not match {res.kind}")
+        if res.plural != "namespaces" and ("namespaces", "", ns) not in self._store:
+            raise not_found("namespaces", ns)
+        obj = self._new_meta_obj(res, ns, body)
+        if (self._storage(res), ns, obj["metadata"]["name"]) in self._store:
+            raise already_exists(res.plural, obj["metadata"]["name"], res.group)
+        if res.plural == "namespaces":
+            obj["spec"], obj["status"] = {"finalizers": ["kubernetes"]}, {"phase": "Active"}
+        if res.plural == "deployments":
+            obj.setdefault("spec", {}).setdefault("replicas", 1)
+        obj.pop("status", None) if res.plural in ("poddisruptionbudgets", "deployments") else None
+        self._validate_stored(res, obj)
+        if dry_run:
+            obj["metadata"]["resourceVersion"] = ""
+            return obj
+        self._put_stored(self._storage(res), ns, obj)
+        return self._get_stored(res, ns, obj["metadata"]["name"])
+
+    def _node_request(
+        self, method: str, name: str, sub: str | None, ctype: str, body: Any, dry_run: bool
+    ) -> JSON:
+        if name not in self.sim.nodes:
+            raise not_found("nodes", name)
+        if method == "GET":
+            return self.render_node(name)
+        if method == "PATCH" and sub is None:
+            return self._patch_node(name, ctype, body, dry_run)
+        raise ApiError(
+            405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+        )
+
+    def _pod_request(
+        self,
+        method: str,
+        ns: str,
+        name: str,
+        sub: str | None,
+        ctype: str,
+        body: Any,
+        q: dict[str, str],
+        dry_run: bool,
+    ) -> JSON:
+        self._settle_terminating()
+        pod = self._pod(ns, name)
+        if method == "GET":
+            return self.render_pod(pod)
+        if method == "DELETE" and sub is None:
+            opts = body if isinstance(body, dict) else {}
+            grace_raw = q.get("gracePeriodSeconds", opts.get("gracePeriodSeconds"))
+            grace = 30 if grace_raw in (None, "") else int(grace_raw)
+            pre = opts.get("preconditions") or {}
+            current = self.render_pod(pod)
+            if pre.get("uid") not in (None, current["metadata"]["uid"]):
+                raise conflict(
+                    "pods",
+                    name,
+                    why=f"Precondition failed: UID in precondition: {pre['uid']}, UID in "
+                    f"object meta: {current['metadata']['uid']}",
+                )
+            if pre.get("resourceVersion") not in (None, current["metadata"]["resourceVersion"]):
+                raise conflict(
+                    "pods",
+                    name,
+                    why="Precondition failed: ResourceVersion in precondition: "
+                    f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                    f"{current['metadata']['resourceVersion']}",
+                )
+            if dry_run:
+                return current
+            return self._remove_pod(pod, grace=grace, evict=False)
+        if method == "PATCH" and sub is None:
+            before = self.render_pod(pod)
+            after = apply_patch(ctype, before, body)
+            self._check_precondition(before, after, "pods", name)
+            # Only metadata is client-owned on a simulated pod; the rest belongs to the simulator.
+            extra_labels = {
+                k: v
+                for k, v in (after["metadata"].get("labels") or {}).items()
+                if before["metadata"]["labels"].get(k) != v
+            }
+            if extra_labels or after["spec"] != before["spec"]:
+                raise invalid(
+                    "Pod",
+                    "",
+                    name,
+                    [
+                        (
+                            "spec",
+                            "Forbidden: pod updates may not change fields other than "
+                            "metadata annotations in the opsmedic sandbox",
+                        )
+                    ],
+                )
+            if dry_run:
+                return after
+            own = {ANN_GPUS, ANN_STEP}
+            self._pod_annotations[name] = {
+                k: v for k, v in (after["metadata"].get("annotations") or {}).items() if k not in own
+            }
+            return self.render_pod(pod)
+        raise ApiError(
+            405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+        )
+
+    def _sts_request(
+        self, method: str, ns: str, name: str, sub: str | None, ctype: str, body: Any, dry_run: bool
+    ) -> JSON:
+        w = self._sts(ns, name)
+        obj = self.render_sts(w)
+        if sub == "scale":
+            scale = self._scale_obj(obj, "statefulsets")
+            if method == "GET":
+                return scale
+            if method in ("PUT", "PATCH"):
+                new = body if method == "PUT" else apply_patch(ctype, scale, body)
+                rv = (new.get("metadata") or {}).get("resourceVersion") if isinstance(new, dict) else None
+                if rv not in (None, "", scale["metadata"]["resourceVersion"]):
+                    raise conflict("statefulsets", name, "apps")
+                replicas = self._scale_body(new, name)
+                if not dry_run:
+                    self._scale_sts(w, replicas)
+                    return self._scale_obj(self.render_sts(w), "statefulsets")
+                scale["spec"]["replicas"] = replicas
+                return scale
+        elif sub == "status":
+            if method == "GET":
+                return obj
+        elif method == "GET":
+            return obj
+        elif method == "PATCH":
+            after = apply_patch(ctype, obj, body)
+            self._check_precondition(obj, after, "statefulsets", name, "apps")
+            replicas = (after.get("spec") or {}).get("replicas", obj["spec"]["replicas"])
+            self._scale_body({"spec": {"replicas": replicas}}, name)
+            meta = after.get("metadata") or {}
+            if dry_run:
+                return after
+            base_labels = {LABEL_WORKLOAD: w, "app": w, LABEL_KIND: self._workloads[w].kind}
+            self._sts_meta[w] = {
+                "labels": {k: v for k, v in (meta.get("labels") or {}).items() if base_labels.get(k) != v},
+                "annotations": dict(meta.get("annotations") or {}),
+            }
+            self._scale_sts(w, replicas)
+            return self.render_sts(w)
+        raise ApiError(
+            405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+        )
+
+    def _stored_request(
+        self,
+        res: Res,
+        method: str,
+        ns: str,
+        name: str,
+        sub: str | None,
+        ctype: str,
+        body: Any,
+        q: dict[str, str],
+        dry_run: bool,
+    ) -> tuple[JSON, int]:
+        current = self._get_stored(res, ns, name)
+        if sub == "scale" and res.plural == "deployments":
+            scale = self._scale_obj(current, "deployments")
+            if method == "GET":
+                return scale, 200
+            if method in ("PUT", "PATCH"):
+                new = body if method == "PUT" else apply_patch(ctype, scale, body)
+                replicas = self._scale_body(new, name)
+                patched = copy.deepcopy(self._store[(res.plural, ns, name)])
+                patched["spec"]["replicas"] = replicas
+                out = self._write_stored(res, ns, name, patched, dry_run, check_rv=False)
+                return self._scale_obj(out, "deployments"), 200
+        if sub == "status":
+            if method == "GET":
+                return current, 200
+            raise ApiError(405, "MethodNotAllowed", "status is computed by the opsmedic sandbox")
+        if sub is not None:
+            raise route_not_found()
+        if method == "GET":
+            return current, 200
+        if method == "PUT":
+            if not isinstance(body, dict):
+                raise bad_request(f"the request body must be a {res.kind} object")
+            return self._write_stored(res, ns, name, copy.deepcopy(body), dry_run, check_rv=True), 200
+        if method == "PATCH":
+            stored = copy.deepcopy(self._store[(self._storage(res), ns, name)])
+            stored["kind"], stored["apiVersion"] = res.kind, res.api_version
+            after = apply_patch(ctype, stored, body)
+            self._check_precondition(stored, after, res.plural, name, res.group)
+            after.setdefault("metadata", {})["resourceVersion"] = stored["metadata"]["resourceVersion"]
+            return self._write_stored(res, ns, name, after, dry_run, check_rv=True), 200
+        if method == "DELETE":
+            opts = body if isinstance(body, dict) else {}
+            pre = opts.get("preconditions") or {}
+            if pre.get("resourceVersion") not in (None, current["metadata"]["resourceVersion"]):
+                raise conflict(res.plural, name, res.group)
+            if not dry_run:
+                del self._store[(self._storage(res), ns, name)]
+            if res.plural in ("namespaces",):
+                return current, 200
+            return {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": name,
+                    "group": res.group,
+                    "kind": res.plural,
+                    "uid": current["metadata"]["uid"],
+                },
+            }, 200
+        raise ApiError(
+            405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+        )
+
+    # ---------------------------------------------------------------------------------------- app
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(
+            title="opsmedic sandbox Kubernetes API", docs_url=None, redoc_url=None, openapi_url=None
+        )
+        methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+        @app.api_route("/{path:path}", methods=methods)
+        async def dispatch(path: str, request: Request) -> Response:
+            raw = await request.body()
+            ctype = request.headers.get("content-type", "application/json")
+            try:
+                if "protobuf" in ctype or "cbor" in ctype:
+                    raise ApiError(
+                        415,
+                        "UnsupportedMediaType",
+                        "the body of the request was in an unknown format "
+                        "- accepted media types include: application/json",
+                    )
+                try:
+                    body = json.loads(raw) if raw else None
+                except json.JSONDecodeError as exc:
+                    raise bad_request(f"the request body is not valid JSON: {exc}") from None
+                q = dict(request.query_params)
+                return self.handle(request.method, "/" + path, q, ctype, body)
+            except ApiError as exc:
+                return JSONResponse(exc.status(), status_code=exc.code)
+            except ToolError as exc:
+                # The simulator refused an action that the API accepted: report it as the server would a
+                # failed admission (the object is unchanged).
+                return JSONResponse(ApiError(422, "Invalid", str(exc)).status(), status_code=422)
+
+        return app
+
+
+# ------------------------------------------------------------------------------------- serving
+
+
+def serve_in_thread(
+    sim: Simulator | SandboxKubeAPI, port: int = 0, *, host: str = "127.0.0.1"
+) -> tuple[str, Callable[[], None]]:
+    """Serve the API for `sim` on 127.0.0.1 in a daemon thread. Returns (base URL, stop function)."""
+    api = sim if isinstance(sim, SandboxKubeAPI) else SandboxKubeAPI(sim)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound = sock.getsockname()[1]
+    # Open watches would hold a graceful shutdown: give them a second.
+    config = uvicorn.Config(
+        api.app,
+        host=host,
+        port=bound,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"k8s-api:{bound}", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the sandbox Kubernetes API did not start")
+        time.sleep(0.01)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=5.0)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    return f"http://{host}:{bound}", stop
+
+
+def write_kubeconfig(
+    url: str,
+    path: str | Path,
+    *,
+    token: str | None = None,
+    context: str = "opsmedic-sandbox",
+    namespace: str = "default",
+    insecure_skip_tls_verify: bool = False,
+) -> Path:
+    """Write a kubeconfig that points kubectl and the official client at `url`."""
+    user: JSON = {"token": token} if token else {}
+    cluster: JSON = {"server": url}
+    if insecure_skip_tls_verify:
+        cluster["insecure-skip-tls-verify"] = True
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "preferences": {},
+        "current-context": context,
+        "clusters": [{"name": context, "cluster": cluster}],
+        "users": [{"name": context, "user": user}],
+        "contexts": [
+            {"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}
+        ],
+    }
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return p
+
+
+__all__ = ["EPOCH", "SandboxKubeAPI", "micro_time", "serve_in_thread", "write_kubeconfig"]

@@ -1,0 +1,105 @@
+"""The contract tests' view of an API server (`Target`) and the simulated cluster both targets start from.
+
+A helper module (not a conftest) so that the test module can import it by name.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+
+from sandbox.cluster import Simulator
+from tools.k8s_backend import KubernetesBackend
+
+SCENARIO: dict[str, Any] = {
+    "name": "contract",
+    "description": "three nodes, a training job and an inference service",
+    "seed": 11,
+    "cluster": {"nodes": 3, "gpus_per_node": 4},
+    "workloads": [
+        {"name": "trainer", "kind": "training", "replicas": 2, "gpus_per_replica": 2},
+        {
+            "name": "fraud-model",
+            "kind": "inference",
+            "replicas": 2,
+            "gpus_per_replica": 1,
+            "model": "fraud-model",
+            "current_version": 2,
+        },
+    ],
+    "faults": [],
+    "duration": "30m",
+    "expect": {"incident": False},
+}
+NS = "default"
+
+
+class Target:
+    """One API server to run a contract case against, reached through the official client."""
+
+    def __init__(self, name: str, url: str, kubeconfig: Path, token: str | None, sim: Simulator) -> None:
+        self.name = name
+        self.real = name == "kube-apiserver"
+        self.url = url
+        self.kubeconfig = kubeconfig
+        self.token = token
+        self.sim = sim  # the simulated cluster the objects came from (the sandbox target serves it live)
+        self.client = config.new_client_from_config(str(kubeconfig))
+        self.core = client.CoreV1Api(self.client)
+        self.apps = client.AppsV1Api(self.client)
+        self.coord = client.CoordinationV1Api(self.client)
+
+    def backend(self, **kw: Any) -> KubernetesBackend:
+        kw.setdefault("sleep", lambda s: None)
+        kw.setdefault("reset_ack_timeout_s", 0.3)
+        return KubernetesBackend(self.client, **kw)
+
+    def raw(
+        self, method: str, path: str, body: Any = None, ctype: str = "application/json"
+    ) -> tuple[int, Any]:
+        """A request without the client's models: the status and the JSON (or text) answered."""
+        headers = {"Content-Type": ctype, "Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        resp = self.client.call_api(method, self.url + path, headers, body)
+        data = resp.read()
+        try:
+            return resp.status, json.loads(data)
+        except json.JSONDecodeError:
+            return resp.status, data.decode()
+
+    def create_pdb(self, name: str, selector: dict[str, str], min_available: int) -> None:
+        """A PodDisruptionBudget in whichever policy version the server has (v1, or v1beta1 before 1.21)."""
+        body = {
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": name},
+            "spec": {"minAvailable": min_available, "selector": {"matchLabels": selector}},
+        }
+        for version in ("v1", "v1beta1"):
+            status, _ = self.raw(
+                "POST",
+                f"/apis/policy/{version}/namespaces/{NS}/poddisruptionbudgets",
+                {**body, "apiVersion": f"policy/{version}"},
+            )
+            if status == 201:
+                return
+        raise AssertionError(f"{self.name}: could not create a PodDisruptionBudget")
+
+    def evict(self, pod: str, grace: int | None = None) -> tuple[int, Any]:
+        """POST an Eviction in whichever policy version the server accepts."""
+        status, body = 0, None
+        for version in ("v1", "v1beta1"):
+            ev: dict[str, Any] = {
+                "apiVersion": f"policy/{version}",
+                "kind": "Eviction",
+                "metadata": {"name": pod, "namespace": NS},
+            }
+            if grace is not None:
+                ev["deleteOptions"] = {"gracePeriodSeconds": grace}
+            status, body = self.raw("POST", f"/api/v1/namespaces/{NS}/pods/{pod}/eviction", ev)
+            if status != 400:
+                break
+        return status, body

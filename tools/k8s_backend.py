@@ -1,0 +1,964 @@
+"""The Kubernetes action backend: opsmedic's whitelisted actions through the official `kubernetes` client.
+
+Layer: tools (imports `opsmedic.domain`, `opsmedic.errors`, `tools.registry`, `tools.k8s_client`; never the
+sandbox: in the demo, eval and tests it is pointed at `sandbox.k8s_api`, which speaks the same protocol as
+kube-apiserver). Implements `tools.backend.ActionBackend`; `KubernetesTelemetry` builds what it can of
+a `ClusterSnapshot` from the API, and `LeaseElector` (in `tools.k8s_lease`) elects the daemon's leader.
+
+What each action does (namespace: the backend's, `default` unless configured):
+
+=================  ====================================================================================
+cordon_node        patch spec.unschedulable=true + taint `opsmedic.io/cordoned=<incident>:NoSchedule` +
+                   label `opsmedic.io/cordoned-by=<incident>`; a cordoned node is a no-op (changed=False)
+uncordon_node      the reverse, removing opsmedic's taint and label
+drain_node         cordon, then the Eviction API for every pod on the node except DaemonSet and mirror
+                   pods. A 429 (a PodDisruptionBudget) is retried until `deadline_s`, then the drain
+                   fails with `DisruptionBudgetBlocked` so that the remediator escalates: opsmedic never
+                   deletes around a PDB
+reschedule_pod     evict the pod (its controller re-creates it elsewhere); on a NotReady node only with
+                   params force=True, as a delete with gracePeriodSeconds=0 (no kubelet will confirm it)
+restart_pod        delete the pod (graceful); its controller re-creates it. Pods without a controller
+                   are refused: deleting them would not bring them back
+scale_deployment   the `/scale` subresource of the StatefulSet, else the Deployment, named by the target
+pause_job          StatefulSet/Deployment: one patch that records the replica count in the annotation
+                   `opsmedic.io/paused-replicas` and sets replicas to 0 (pods stop, checkpoints stay);
+                   a batch/v1 Job of that name instead gets spec.suspend=true
+resume_job         the reverse: replicas back from the annotation (which is removed), or suspend=false
+reset_gpu          a node-agent request (the API server cannot reset a GPU): the annotation
+                   `opsmedic.io/reset-gpu-<index>: <request-id>` on the GPU's Node. The node agent
+                   (a DaemonSet; the sandbox API plays it) resets the GPU when no process holds it and
+                   answers in `opsmedic.io/reset-gpu-<index>-status: <request-id>:<state>[:<message>]`,
+                   state accepted | in-progress | done | failed. Refused up front when a pod's
+                   `opsmedic.io/gpus` annotation says it holds the GPU
+=================  ====================================================================================
+
+Every action validates its parameters against `tools.registry`, is idempotent per idempotency key, and
+has a dry run: the API's `dryRun=All` where the API has one (patches, evictions, scale), otherwise a
+report computed from a read. Model and notification actions are not Kubernetes actions: they go to the
+`fallback` backend when one is given, else they fail with a PermanentToolError.
+
+The incident id, used in labels and taints, is the idempotency key's prefix before the first `:` (the
+graph's keys are `<incident>:<step>:<digest>`), sanitised to a label value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from opsmedic.domain import Action, ActionResult, ClusterSnapshot, NodeStatus, PodStatus, VerificationResult
+from opsmedic.errors import PermanentToolError, ToolError, TransientToolError
+from tools.backend import ActionBackend
+from tools.k8s_client import KubeCaller, KubePermanentError, KubeTransientError, RetryPolicy, build_api_client
+from tools.k8s_lease import LeaseElector
+from tools.registry import validate_action
+
+LABEL_CORDONED_BY = "opsmedic.io/cordoned-by"
+TAINT_CORDONED = "opsmedic.io/cordoned"
+ANN_CORDONED_AT = "opsmedic.io/cordoned-at"
+ANN_PAUSED = "opsmedic.io/paused-replicas"
+ANN_GPUS = "opsmedic.io/gpus"
+ANN_STEP = "opsmedic.io/step"
+LABEL_KIND = "opsmedic.io/workload-kind"
+TAINT_UNSCHEDULABLE = "node.kubernetes.io/unschedulable"
+K8S_ACTIONS = {
+    "cordon_node",
+    "uncordon_node",
+    "drain_node",
+    "reschedule_pod",
+    "restart_pod",
+    "scale_deployment",
+    "pause_job",
+    "resume_job",
+    "reset_gpu",
+}
+_LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]")
+log = logging.getLogger(__name__)
+
+
+class DisruptionBudgetBlocked(PermanentToolError):
+    """Evictions were refused (429) by a PodDisruptionBudget until the deadline: a human must decide."""
+
+    def __init__(self, message: str, pods: list[str]) -> None:
+        super().__init__(message)
+        self.pods = pods
+
+
+def reset_request_key(index: int) -> str:
+    return f"opsmedic.io/reset-gpu-{index}"
+
+
+def reset_status_key(index: int) -> str:
+    return f"opsmedic.io/reset-gpu-{index}-status"
+
+
+def label_value(text: str) -> str:
+    """A valid label value (<= 63 chars of [A-Za-z0-9._-], alphanumeric at both ends)."""
+    v = _LABEL_VALUE.sub("-", text)[:63].strip("-._")
+    return v or "opsmedic"
+
+
+def incident_of(idempotency_key: str) -> str:
+    return label_value(idempotency_key.split(":", 1)[0] if idempotency_key else "opsmedic")
+
+
+def node_ready(node: Any) -> bool:
+    for c in (node.status.conditions or []) if node.status else []:
+        if c.type == "Ready":
+            return bool(c.status == "True")
+    return False
+
+
+def pod_ready(pod: Any) -> bool:
+    for c in (pod.status.conditions or []) if pod.status else []:
+        if c.type == "Ready":
+            return bool(c.status == "True")
+    return False
+
+
+def _controller(pod: Any) -> Any | None:
+    return next((o for o in (pod.metadata.owner_references or []) if o.controller), None)
+
+
+def _is_daemon_or_mirror(pod: Any) -> bool:
+    owner = _controller(pod)
+    if owner is not None and owner.kind == "DaemonSet":
+        return True
+    return "kubernetes.io/config.mirror" in (pod.metadata.annotations or {})
+
+
+def _split_gpu(target: str) -> tuple[str, int]:
+    node, sep, gpu = target.partition("/")
+    if not sep or not gpu.startswith("gpu-") or not gpu[4:].isdigit():
+        raise PermanentToolError(f"{target!r} is not a GPU id (expected node-N/gpu-M)")
+    return node, int(gpu[4:])
+
+
+class KubernetesBackend:
+    """`ActionBackend` over the Kubernetes API (see the module docstring for what each action does)."""
+
+    def __init__(
+        self,
+        api_client: Any | None = None,
+        *,
+        kubeconfig: str | Path | None = None,
+        context: str | None = None,
+        in_cluster: bool = False,
+        namespace: str = "default",
+        retry: RetryPolicy | None = None,
+        fallback: ActionBackend | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        eviction_poll_s: float = 2.0,
+        eviction_deadline_s: float = 120.0,
+        max_drain_wait_s: float | None = None,
+        reset_ack_timeout_s: float = 5.0,
+        action_clock: Callable[[], float] | None = None,
+        record_events: bool = True,
+    ) -> None:
+        self.api_client = api_client or build_api_client(kubeconfig, context=context, in_cluster=in_cluster)
+        self.core = client.CoreV1Api(self.api_client)
+        self.apps = client.AppsV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
+        self.namespace = namespace
+        self.caller = KubeCaller(retry, sleep=sleep)
+        self.fallback = fallback
+        self._clock = clock
+        self._sleep = sleep
+        self._eviction_poll_s = eviction_poll_s
+        self._eviction_deadline_s = eviction_deadline_s
+        self._max_drain_wait_s = max_drain_wait_s
+        self._reset_ack_timeout_s = reset_ack_timeout_s
+        # The time stamped on results: the simulator's clock in the sandbox, wall time otherwise.
+        self._action_clock = action_clock or time.time
+        self._done: dict[str, ActionResult] = {}
+        self._eviction_version = "policy/v1"
+        self._record_events = record_events
+
+    # ------------------------------------------------------------------------------ the protocol
+
+    def execute(self, action: Action, *, idempotency_key: str, dry_run: bool = False) -> ActionResult:
+        """Run the action once per idempotency key. Failures come back as ok=False with the reason (the
+        remediator's verify step escalates them); transient failures are not remembered, so the same key
+        may be tried again later."""
+        if idempotency_key in self._done:
+            first = self._done[idempotency_key]
+            return first.model_copy(update={"changed": False, "detail": f"already done: {first.detail}"})
+        if action.name not in K8S_ACTIONS and self.fallback is not None:
+            return self.fallback.execute(action, idempotency_key=idempotency_key, dry_run=dry_run)
+        try:
+            changed, detail = self.apply(action, idempotency_key=idempotency_key, dry_run=dry_run)
+            result = ActionResult(
+                action=action,
+                ok=True,
+                changed=changed and not dry_run,
+                detail=detail,
+                idempotency_key=idempotency_key,
+                at_s=self._action_clock(),
+                dry_run=dry_run,
+            )
+            if result.changed:
+                self._event(action, detail, incident_of(idempotency_key))
+        except TransientToolError as exc:
+            return ActionResult(
+                action=action,
+                ok=False,
+                changed=False,
+                detail=str(exc),
+                dry_run=dry_run,
+                idempotency_key=idempotency_key,
+                at_s=self._action_clock(),
+            )
+        except ToolError as exc:
+            result = ActionResult(
+                action=action,
+                ok=False,
+                changed=False,
+                detail=str(exc),
+                dry_run=dry_run,
+                idempotency_key=idempotency_key,
+                at_s=self._action_clock(),
+            )
+        if not dry_run:
+            self._done[idempotency_key] = result
+        return result
+
+    def apply(self, action: Action, *, idempotency_key: str = "", dry_run: bool = False) -> tuple[bool, str]:
+        """Carry the action out (or dry-run it). Returns (changed, detail); raises opsmedic ToolErrors."""
+        validate_action(action)
+        if action.name not in K8S_ACTIONS:
+            raise PermanentToolError(
+                f"{action.key}: not a Kubernetes action (model and notification actions "
+                "belong to other backends)"
+            )
+        handler: Callable[[Action, str, bool], tuple[bool, str]] = getattr(self, f"_do_{action.name}")
+        return handler(action, incident_of(idempotency_key), dry_run)
+
+    def verify(self, action: Action) -> VerificationResult:
+        if action.name not in K8S_ACTIONS and self.fallback is not None:
+            return self.fallback.verify(action)
+        try:
+            ok, detail = self._check(action)
+        except ToolError as exc:
+            ok, detail = False, f"cannot verify: {exc}"
+        return VerificationResult(action=action, ok=ok, detail=detail, at_s=self._action_clock())
+
+    def executed_keys(self) -> set[str]:
+        return set(self._done)
+
+    def _event(self, action: Action, detail: str, incident: str) -> None:
+        """Record a core/v1 Event on the object acted on, so `kubectl describe` tells who did what and why.
+        Best effort: an action that happened is not failed by a missing event."""
+        if not self._record_events:
+            return
+        kind = {"node": "Node", "pod": "Pod", "workload": "StatefulSet"}.get(
+            {
+                "cordon_node": "node",
+                "uncordon_node": "node",
+                "drain_node": "node",
+                "reset_gpu": "node",
+                "restart_pod": "pod",
+                "reschedule_pod": "pod",
+            }.get(action.name, "workload"),
+            "StatefulSet",
+        )
+        name = action.target.split("/")[0] if action.name == "reset_gpu" else action.target
+        involved: dict[str, str] = {
+            "kind": kind,
+            "name": name,
+            "apiVersion": "apps/v1" if kind == "StatefulSet" else "v1",
+        }
+        if kind != "Node":
+            involved["namespace"] = self.namespace
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{name}.opsmedic-", "namespace": self.namespace},
+            "involvedObject": involved,
+            "reason": "Opsmedic" + "".join(w.title() for w in action.name.split("_")),
+            "message": f"{incident}: {detail}"[:1024],
+            "type": "Normal",
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": "opsmedic"},
+            "reportingComponent": "opsmedic",
+            "reportingInstance": label_value(socket.gethostname()),
+        }
+        try:
+            self.caller.call(
+                f"record event for {action.key}", self.core.create_namespaced_event, self.namespace, body
+            )
+        except ToolError as exc:
+            log.warning("could not record an event for %s: %s", action.key, exc)
+
+    # ----------------------------------------------------------------------------------- reads
+
+    def _dry(self, dry_run: bool) -> dict[str, Any]:
+        return {"dry_run": "All"} if dry_run else {}
+
+    def _node(self, name: str) -> Any:
+        try:
+            return self.caller.call(f"get node {name}", self.core.read_node, name)
+        except KubePermanentError as exc:
+            if exc.status == 404:
+                raise PermanentToolError(f"node {name!r} not found") from exc
+            raise
+
+    def _pod(self, name: str) -> Any:
+        try:
+            return self.caller.call(
+                f"get pod {self.namespace}/{name}", self.core.read_namespaced_pod, name, self.namespace
+            )
+        except KubePermanentError as exc:
+            if exc.status == 404:
+                raise PermanentToolError(f"pod {name!r} not found in namespace {self.namespace}") from exc
+            raise
+
+    def _pods_on(self, node: str) -> list[Any]:
+        pods = self.caller.call(
+            f"list pods on {node}",
+            self.core.list_pod_for_all_namespaces,
+            field_selector=f"spec.nodeName={node}",
+        )
+        return list(pods.items or [])
+
+    def _workload(self, name: str) -> tuple[str, Any] | None:
+        """("statefulset" | "deployment" | "job", object) for a workload name, or None."""
+        for kind, fn in (
+            ("statefulset", self.apps.read_namespaced_stateful_set),
+            ("deployment", self.apps.read_namespaced_deployment),
+            ("job", self.batch.read_namespaced_job),
+        ):
+            try:
+                return kind, self.caller.call(f"get {kind} {self.namespace}/{name}", fn, name, self.namespace)
+            except KubePermanentError as exc:
+                if exc.status != 404:
+                    raise
+        return None
+
+    def _workload_pods(self, obj: Any) -> list[Any]:
+        match = (obj.spec.selector.match_labels or {}) if obj.spec and obj.spec.selector else {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+        if not selector:
+            return []
+        pods = self.caller.call(
+            f"list pods of {obj.metadata.name}",
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=selector,
+        )
+        return list(pods.items or [])
+
+    def _taints(self, node: Any) -> list[dict[str, Any]]:
+        raw = self.api_client.sanitize_for_serialization(node.spec.taints or []) if node.spec else []
+        return [dict(t) for t in raw]
+
+    # --------------------------------------------------------------------------------- nodes
+
+    def _patch_node(self, name: str, body: dict[str, Any], dry_run: bool) -> Any:
+        return self.caller.call(f"patch node {name}", self.core.patch_node, name, body, **self._dry(dry_run))
+
+    def _do_cordon_node(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        name = action.target
+        for _ in range(3):  # optimistic concurrency: re-read on a 409 and try again
+            node = self._node(name)
+            labels = node.metadata.labels or {}
+            if node.spec and node.spec.unschedulable:
+                who = labels.get(LABEL_CORDONED_BY)
+                by = f"by opsmedic ({who})" if who else "by someone else; left as it is"
+                return False, f"{name} was already cordoned {by}"
+            taints = [t for t in self._taints(node) if t.get("key") != TAINT_CORDONED]
+            taints.append({"key": TAINT_CORDONED, "value": incident, "effect": "NoSchedule"})
+            body = {
+                "metadata": {
+                    "resourceVersion": node.metadata.resource_version,
+                    "labels": {LABEL_CORDONED_BY: incident},
+                    "annotations": {ANN_CORDONED_AT: dt.datetime.now(dt.UTC).isoformat()},
+                },
+                "spec": {"unschedulable": True, "taints": taints},
+            }
+            try:
+                self._patch_node(name, body, dry_run)
+            except KubePermanentError as exc:
+                if exc.status == 409:
+                    continue
+                raise
+            what = (
+                f"{name} cordoned (spec.unschedulable, taint {TAINT_CORDONED}={incident}:NoSchedule, label "
+                f"{LABEL_CORDONED_BY}={incident})"
+            )
+            return True, ("dry run: would have " + what) if dry_run else what
+        raise KubeTransientError(
+            f"cordon {name}: the node kept changing under us (409 three times)", 409, "Conflict"
+        )
+
+    def _do_uncordon_node(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        name = action.target
+        for _ in range(3):
+            node = self._node(name)
+            labels = node.metadata.labels or {}
+            mine = [t for t in self._taints(node) if t.get("key") == TAINT_CORDONED]
+            if not (node.spec and node.spec.unschedulable) and not mine and LABEL_CORDONED_BY not in labels:
+                return False, f"{name} was already schedulable"
+            taints = [
+                t for t in self._taints(node) if t.get("key") not in (TAINT_CORDONED, TAINT_UNSCHEDULABLE)
+            ]
+            body = {
+                "metadata": {
+                    "resourceVersion": node.metadata.resource_version,
+                    "labels": {LABEL_CORDONED_BY: None},
+                    "annotations": {ANN_CORDONED_AT: None},
+                },
+                "spec": {"unschedulable": None, "taints": taints or None},
+            }
+            try:
+                self._patch_node(name, body, dry_run)
+            except KubePermanentError as exc:
+                if exc.status == 409:
+                    continue
+                raise
+            return True, ("dry run: would have " if dry_run else "") + f"{name} uncordoned"
+        raise KubeTransientError(
+            f"uncordon {name}: the node kept changing (409 three times)", 409, "Conflict"
+        )
+
+    # ----------------------------------------------------------------------------- evictions
+
+    def _evict_once(self, pod: Any, grace: int | None, dry_run: bool) -> str:
+        """One eviction: 'evicted' | 'gone' | 'blocked' (429). Other failures raise."""
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        for _ in range(2):
+            body: dict[str, Any] = {
+                "apiVersion": self._eviction_version,
+                "kind": "Eviction",
+                "metadata": {"name": name, "namespace": ns},
+            }
+            if grace is not None:
+                body["deleteOptions"] = {"gracePeriodSeconds": grace}
+            if dry_run:
+                body.setdefault("deleteOptions", {})["dryRun"] = ["All"]
+            try:
+                self.caller.call(
+                    f"evict pod {ns}/{name}",
+                    self.core.create_namespaced_pod_eviction,
+                    name,
+                    ns,
+                    body,
+                    retry_429=False,
+                    **self._dry(dry_run),
+                )
+                return "evicted"
+            except KubeTransientError as exc:
+                if exc.status == 429:
+                    return "blocked"
+                raise
+            except KubePermanentError as exc:
+                if exc.status == 404 and exc.reason == "NotFound" and "Eviction" not in str(exc):
+                    return "gone"
+                # API servers before 1.22 know Eviction only as policy/v1beta1: fall back once.
+                if (
+                    exc.status in (400, 404)
+                    and self._eviction_version == "policy/v1"
+                    and "Eviction" in str(exc)
+                ):
+                    self._eviction_version = "policy/v1beta1"
+                    continue
+                raise
+        raise PermanentToolError(f"evict pod {ns}/{name}: the API server accepts no Eviction version we know")
+
+    def _evict_until(
+        self, pods: list[Any], grace: int | None, deadline_s: float, dry_run: bool
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Evict pods, retrying those a PDB protects until the deadline. Returns (evicted, gone, blocked)."""
+        evicted: list[str] = []
+        gone: list[str] = []
+        pending = list(pods)
+        end = self._clock() + deadline_s
+        while True:
+            blocked = []
+            for pod in pending:
+                outcome = self._evict_once(pod, grace, dry_run)
+                if outcome == "blocked":
+                    blocked.append(pod)
+                else:
+                    (evicted if outcome == "evicted" else gone).append(pod.metadata.name)
+            pending = blocked
+            if not pending or dry_run or self._clock() + self._eviction_poll_s > end:
+                break
+            self._sleep(self._eviction_poll_s)
+        return evicted, gone, [p.metadata.name for p in pending]
+
+    def _do_drain_node(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        name = action.target
+        grace = int(action.params.get("grace_period_s", 30))
+        deadline = float(action.params.get("deadline_s", 600))
+        if self._max_drain_wait_s is not None:
+            deadline = min(deadline, self._max_drain_wait_s)
+        cordoned, cordon_detail = self._do_cordon_node(action, incident, dry_run)
+        pods = self._pods_on(name)
+        skipped = [p.metadata.name for p in pods if _is_daemon_or_mirror(p)]
+        going = [
+            p.metadata.name for p in pods if p.metadata.deletion_timestamp and not _is_daemon_or_mirror(p)
+        ]
+        todo = [p for p in pods if not _is_daemon_or_mirror(p) and not p.metadata.deletion_timestamp]
+        evicted, gone, blocked = self._evict_until(todo, grace, deadline, dry_run)
+        notes = []
+        if skipped:
+            notes.append(f"skipped DaemonSet/mirror pods {', '.join(skipped)}")
+        if going:
+            notes.append(f"already terminating: {', '.join(going)}")
+        if dry_run:
+            text = f"dry run: {cordon_detail}; would evict {len(evicted)} pod(s)"
+            text += f": {', '.join(evicted)}" if evicted else ""
+            if blocked:
+                text += f"; a PodDisruptionBudget blocks {', '.join(blocked)} now"
+            return bool(evicted) or cordoned, "; ".join([text, *notes])
+        if blocked:
+            raise DisruptionBudgetBlocked(
+                f"drain of {name} blocked: a PodDisruptionBudget refused eviction of {', '.join(blocked)} "
+                f"for {deadline:.0f}s (evicted {len(evicted)}: {', '.join(evicted) or 'none'}); escalate: "
+                "opsmedic does not delete around a PDB",
+                blocked,
+            )
+        if not evicted and not gone:
+            return cordoned, "; ".join([f"{name} had no pods to evict ({cordon_detail})", *notes])
+        text = f"evicted {len(evicted)} pod(s) from {name} through the Eviction API: {', '.join(evicted)}"
+        return True, "; ".join([text, *notes])
+
+    # ----------------------------------------------------------------------------------- pods
+
+    def _do_reschedule_pod(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        pod = self._pod(action.target)
+        node_name = pod.spec.node_name if pod.spec else None
+        if node_name and not node_ready(self._node(node_name)):
+            if not action.params.get("force"):
+                raise PermanentToolError(
+                    f"{action.target} is on NotReady node {node_name}: an eviction cannot "
+                    "complete there; reschedule with force"
+                )
+            self.caller.call(
+                f"force delete pod {action.target}",
+                self.core.delete_namespaced_pod,
+                action.target,
+                self.namespace,
+                grace_period_seconds=0,
+                body={"gracePeriodSeconds": 0},
+                **self._dry(dry_run),
+            )
+            what = (
+                f"{action.target} force-deleted (grace 0) from NotReady node {node_name}; its controller "
+                "re-creates it on a schedulable node"
+            )
+            return True, ("dry run: would have " + what) if dry_run else what
+        evicted, gone, blocked = self._evict_until([pod], None, self._eviction_deadline_s, dry_run)
+        if blocked:
+            if dry_run:
+                return False, f"dry run: a PodDisruptionBudget blocks the eviction of {action.target} now"
+            raise DisruptionBudgetBlocked(
+                f"a PodDisruptionBudget refused the eviction of {action.target} for "
+                f"{self._eviction_deadline_s:.0f}s; escalate",
+                blocked,
+            )
+        if gone:
+            return False, f"{action.target} was already gone"
+        what = (
+            f"{action.target} evicted from {node_name or 'no node'}; its controller re-creates it elsewhere"
+        )
+        return True, ("dry run: would have " + what) if dry_run else what
+
+    def _do_restart_pod(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        pod = self._pod(action.target)
+        owner = _controller(pod)
+        if owner is None:
+            raise PermanentToolError(
+                f"{action.target} has no controller: deleting it would not bring it back"
+            )
+        self.caller.call(
+            f"delete pod {action.target}",
+            self.core.delete_namespaced_pod,
+            action.target,
+            self.namespace,
+            **self._dry(dry_run),
+        )
+        what = f"{action.target} deleted; its {owner.kind} {owner.name} re-creates it"
+        return True, ("dry run: would have " + what) if dry_run else what
+
+    # ------------------------------------------------------------------------------ workloads
+
+    def _scale_api(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        if kind == "statefulset":
+            return self.apps.read_namespaced_stateful_set_scale, self.apps.patch_namespaced_stateful_set_scale
+        return self.apps.read_namespaced_deployment_scale, self.apps.patch_namespaced_deployment_scale
+
+    def _do_scale_deployment(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        want = int(action.params["replicas"])
+        found = self._workload(action.target)
+        if found is None or found[0] == "job":
+            raise PermanentToolError(
+                f"no StatefulSet or Deployment named {action.target!r} in {self.namespace}"
+            )
+        kind, _ = found
+        read, patch = self._scale_api(kind)
+        scale = self.caller.call(f"get {kind} scale {action.target}", read, action.target, self.namespace)
+        have = scale.spec.replicas if scale.spec else 0
+        if have == want:
+            return False, f"{kind} {action.target} already has {want} replica(s)"
+        self.caller.call(
+            f"scale {kind} {action.target}",
+            patch,
+            action.target,
+            self.namespace,
+            {"spec": {"replicas": want}},
+            **self._dry(dry_run),
+        )
+        what = f"{kind} {action.target} scaled from {have} to {want} replica(s)"
+        return True, ("dry run: would have " + what) if dry_run else what
+
+    def _patch_workload(self, kind: str, name: str, body: dict[str, Any], dry_run: bool) -> Any:
+        fn = {
+            "statefulset": self.apps.patch_namespaced_stateful_set,
+            "deployment": self.apps.patch_namespaced_deployment,
+            "job": self.batch.patch_namespaced_job,
+        }[kind]
+        return self.caller.call(f"patch {kind} {name}", fn, name, self.namespace, body, **self._dry(dry_run))
+
+    def _do_pause_job(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        found = self._workload(action.target)
+        if found is None:
+            raise PermanentToolError(
+                f"no StatefulSet, Deployment or Job named {action.target!r} in {self.namespace}"
+            )
+        kind, obj = found
+        anns = obj.metadata.annotations or {}
+        if kind == "job":
+            if obj.spec.suspend:
+                return False, f"job {action.target} was already suspended"
+            self._patch_workload(
+                kind,
+                action.target,
+                {
+                    "spec": {"suspend": True},
+                    "metadata": {"annotations": {ANN_PAUSED: f"suspended by {incident}"}},
+                },
+                dry_run,
+            )
+            what = f"job {action.target} suspended (spec.suspend=true)"
+        else:
+            replicas = obj.spec.replicas if obj.spec.replicas is not None else 1
+            if replicas == 0 and ANN_PAUSED in anns:
+                return (
+                    False,
+                    f"{kind} {action.target} was already paused (replicas 0, was {anns[ANN_PAUSED]})",
+                )
+            if replicas == 0:
+                return False, f"{kind} {action.target} already has 0 replicas (not paused by opsmedic)"
+            # One patch, so the count to resume to is recorded atomically with the scale-down.
+            self._patch_workload(
+                kind,
+                action.target,
+                {"metadata": {"annotations": {ANN_PAUSED: str(replicas)}}, "spec": {"replicas": 0}},
+                dry_run,
+            )
+            what = (
+                f"{kind} {action.target} paused: scaled from {replicas} to 0 "
+                f"(annotation {ANN_PAUSED}={replicas})"
+            )
+        return True, ("dry run: would have " + what) if dry_run else what
+
+    def _do_resume_job(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        found = self._workload(action.target)
+        if found is None:
+            raise PermanentToolError(
+                f"no StatefulSet, Deployment or Job named {action.target!r} in {self.namespace}"
+            )
+        kind, obj = found
+        anns = obj.metadata.annotations or {}
+        if kind == "job":
+            if not obj.spec.suspend:
+                return False, f"job {action.target} was not suspended"
+            self._patch_workload(
+                kind,
+                action.target,
+                {"spec": {"suspend": False}, "metadata": {"annotations": {ANN_PAUSED: None}}},
+                dry_run,
+            )
+            what = f"job {action.target} resumed (spec.suspend=false)"
+        else:
+            if ANN_PAUSED not in anns:
+                if (obj.spec.replicas or 0) > 0:
+                    return False, f"{kind} {action.target} was not paused ({obj.spec.replicas} replica(s))"
+                raise PermanentToolError(
+                    f"{kind} {action.target} has 0 replicas and no {ANN_PAUSED} annotation: "
+                    "nothing says how many replicas to resume"
+                )
+            try:
+                replicas = int(anns[ANN_PAUSED])
+            except ValueError:
+                raise PermanentToolError(
+                    f"{kind} {action.target}: {ANN_PAUSED}={anns[ANN_PAUSED]!r} is not a replica count"
+                ) from None
+            self._patch_workload(
+                kind,
+                action.target,
+                {"metadata": {"annotations": {ANN_PAUSED: None}}, "spec": {"replicas": replicas}},
+                dry_run,
+            )
+            what = f"{kind} {action.target} resumed with {replicas} replica(s)"
+        return True, ("dry run: would have " + what) if dry_run else what
+
+    # ---------------------------------------------------------------------------------- GPUs
+
+    def _gpu_users(self, node: str, gpu_id: str) -> list[str]:
+        return [
+            p.metadata.name
+            for p in self._pods_on(node)
+            if gpu_id in ((p.metadata.annotations or {}).get(ANN_GPUS) or "").split(",")
+        ]
+
+    def _do_reset_gpu(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        node_name, idx = _split_gpu(action.target)
+        node = self._node(node_name)
+        if not node_ready(node):
+            raise PermanentToolError(f"cannot reset {action.target}: node {node_name} is NotReady")
+        users = self._gpu_users(node_name, action.target)
+        if users:
+            raise PermanentToolError(
+                f"cannot reset {action.target}: in use by pod {', '.join(users)}; move the pod first"
+            )
+        anns = node.metadata.annotations or {}
+        status = anns.get(reset_status_key(idx), "")
+        if status.split(":")[1:2] in (["accepted"], ["in-progress"]):
+            return False, f"{action.target} reset already in progress ({status})"
+        request = f"{incident}-{int(self._action_clock() * 1000) % 10**10}"
+        self._patch_node(node_name, {"metadata": {"annotations": {reset_request_key(idx): request}}}, dry_run)
+        if dry_run:
+            return True, (
+                f"dry run: would have asked the node agent on {node_name} to reset GPU {idx} "
+                f"(annotation {reset_request_key(idx)}={request})"
+            )
+        end = self._clock() + self._reset_ack_timeout_s
+        answer = ""
+        while True:
+            anns = self._node(node_name).metadata.annotations or {}
+            answer = anns.get(reset_status_key(idx), "")
+            if answer.startswith(request + ":") or self._clock() >= end:
+                break
+            self._sleep(0.2)
+        if not answer.startswith(request + ":"):
+            return True, f"{action.target} reset requested from the node agent on {node_name} (no answer yet)"
+        state, _, message = answer[len(request) + 1 :].partition(":")
+        if state == "failed":
+            raise PermanentToolError(
+                f"the node agent on {node_name} could not reset {action.target}: {message}"
+            )
+        return True, f"{action.target} reset requested; node agent on {node_name}: {state}"
+
+    # ---------------------------------------------------------------------------- verification
+
+    def _check(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        if a.name == "cordon_node":
+            node = self._node(t)
+            unsched = bool(node.spec and node.spec.unschedulable)
+            by = (node.metadata.labels or {}).get(LABEL_CORDONED_BY)
+            return unsched, f"{t} unschedulable={unsched}" + (f", cordoned by {by}" if by else "")
+        if a.name == "uncordon_node":
+            node = self._node(t)
+            unsched = bool(node.spec and node.spec.unschedulable)
+            return not unsched, f"{t} unschedulable={unsched}"
+        if a.name == "drain_node":
+            left = [p.metadata.name for p in self._pods_on(t) if not _is_daemon_or_mirror(p)]
+            if left:
+                return False, f"pods still on {t}: {', '.join(left)}"
+            listing = self.caller.call("list pods", self.core.list_namespaced_pod, self.namespace)
+            pods: list[Any] = listing.items
+            waiting = [str(p.metadata.name) for p in pods or [] if not pod_ready(p)]
+            if waiting:
+                return False, f"{t} drained; waiting for {', '.join(waiting)} to be ready elsewhere"
+            return True, f"{t} drained; pods running elsewhere"
+        if a.name in ("restart_pod", "reschedule_pod"):
+            try:
+                pod = self._pod(t)
+            except PermanentToolError:
+                return False, f"{t} does not exist (yet)"
+            node = pod.spec.node_name if pod.spec else None
+            ready = (
+                pod_ready(pod) and pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
+            )
+            if ready and node:
+                ready = node_ready(self._node(node))
+            return ready, f"{t} {pod.status.phase} on {node}" + ("" if ready else " (not ready)")
+        if a.name == "reset_gpu":
+            node_name, idx = _split_gpu(t)
+            answer = (self._node(node_name).metadata.annotations or {}).get(reset_status_key(idx), "")
+            if not answer:
+                return False, f"no reset of {t} on record"
+            state = answer.split(":")[1] if ":" in answer else answer
+            return state == "done", f"{t} reset: {state}" + (f" ({answer})" if state == "failed" else "")
+        if a.name in ("scale_deployment", "pause_job", "resume_job"):
+            found = self._workload(t)
+            if found is None:
+                return False, f"{t} not found"
+            kind, obj = found
+            if kind == "job":
+                suspended = bool(obj.spec.suspend)
+                active = (obj.status.active or 0) if obj.status else 0
+                if a.name == "pause_job":
+                    return suspended and active == 0, f"job {t} suspend={suspended}, active pods {active}"
+                return not suspended, f"job {t} suspend={suspended}, active pods {active}"
+            want = {"scale_deployment": a.params.get("replicas"), "pause_job": 0}.get(
+                a.name, obj.spec.replicas
+            )
+            ready = (obj.status.ready_replicas or 0) if obj.status else 0
+            have = obj.spec.replicas
+            pods = self._workload_pods(obj)
+            if a.name == "pause_job":
+                ok = have == 0 and not pods
+                return ok, f"{kind} {t} paused={ok} ({len(pods)} pod(s) left)"
+            ok = have == want and ready == want
+            return ok, f"{kind} {t}: {ready}/{have} ready (want {want})"
+        return False, f"{a.key}: not a Kubernetes action"
+
+
+# ---------------------------------------------------------------------------------------- telemetry
+
+
+class KubernetesTelemetry:
+    """`TelemetrySource` for what the Kubernetes API knows: nodes and pods. GPUs and models come from NVML,
+    Prometheus and MLflow, so their lists stay empty here.
+
+    `epoch` turns API timestamps into opsmedic's seconds (the sandbox's `sandbox.k8s_api.EPOCH` makes them
+    simulated seconds); `clock` gives the snapshot's `at_s`. With `logs=True` each pod's last `tail_lines`
+    log lines are read too (one request per pod)."""
+
+    def __init__(
+        self,
+        api_client: Any | None = None,
+        *,
+        kubeconfig: str | Path | None = None,
+        namespace: str | None = None,
+        epoch: dt.datetime | None = None,
+        clock: Callable[[], float] | None = None,
+        logs: bool = True,
+        tail_lines: int = 10,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.api_client = api_client or build_api_client(kubeconfig)
+        self.core = client.CoreV1Api(self.api_client)
+        self.namespace = namespace
+        self.epoch = epoch or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        self._clock = clock or (lambda: (dt.datetime.now(dt.UTC) - self.epoch).total_seconds())
+        self.logs = logs
+        self.tail_lines = tail_lines
+        self.caller = KubeCaller(retry)
+
+    def _seconds(self, t: dt.datetime | None) -> float:
+        if t is None:
+            return 0.0
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.UTC)
+        return (t - self.epoch).total_seconds()
+
+    def snapshot(self) -> ClusterSnapshot:
+        nodes_raw = self.caller.call("list nodes", self.core.list_node).items or []
+        if self.namespace:
+            pods_raw = (
+                self.caller.call("list pods", self.core.list_namespaced_pod, self.namespace).items or []
+            )
+        else:
+            pods_raw = self.caller.call("list pods", self.core.list_pod_for_all_namespaces).items or []
+        nodes = [self._node(n) for n in nodes_raw]
+        ready = {n.name: n.ready for n in nodes}
+        pods = [self._pod(p, ready) for p in pods_raw]
+        return ClusterSnapshot(at_s=self._clock(), gpus=[], nodes=nodes, pods=pods, models=[])
+
+    def _node(self, n: Any) -> NodeStatus:
+        taints = [t.key for t in (n.spec.taints or [])] if n.spec else []
+        gpus = (n.status.capacity or {}).get("nvidia.com/gpu", "0") if n.status else "0"
+        by = (n.metadata.labels or {}).get(LABEL_CORDONED_BY)
+        return NodeStatus(
+            name=n.metadata.name,
+            ready=node_ready(n),
+            unschedulable=bool(n.spec and n.spec.unschedulable),
+            cordoned_by=by,
+            gpus=int(gpus) if str(gpus).isdigit() else 0,
+            taints=taints,
+        )
+
+    def _pod(self, p: Any, node_ready_by_name: dict[str, bool]) -> PodStatus:
+        meta, spec, status = p.metadata, p.spec, p.status
+        anns = meta.annotations or {}
+        labels = meta.labels or {}
+        owner = _controller(p)
+        workload = owner.name if owner is not None else labels.get("app.kubernetes.io/name", meta.name)
+        kind = labels.get(LABEL_KIND) or (
+            "training" if owner is not None and owner.kind == "Job" else "inference"
+        )
+        phase = status.phase or "Unknown"
+        ready = pod_ready(p)
+        reason = status.reason
+        statuses = status.container_statuses or []
+        restarts = sum(c.restart_count for c in statuses)
+        for c in statuses:
+            if reason:
+                break
+            if c.state and c.state.waiting and c.state.waiting.reason:
+                reason = c.state.waiting.reason
+            elif not ready and c.last_state and c.last_state.terminated:
+                reason = c.last_state.terminated.reason
+        if not reason and phase == "Pending":
+            reason = next(
+                (c.reason for c in (status.conditions or []) if c.type == "PodScheduled" and c.reason), None
+            )
+        node = spec.node_name if spec else None
+        if node and node_ready_by_name.get(node) is False and phase in ("Running", "Unknown"):
+            phase, reason, ready = "Unknown", "NodeLost", False
+        if phase not in ("Pending", "Running", "Succeeded", "Failed", "Unknown"):
+            phase = "Unknown"
+        log_tail: list[str] = []
+        if self.logs and node:
+            try:
+                text = self.caller.call(
+                    f"logs of {meta.name}",
+                    self.core.read_namespaced_pod_log,
+                    meta.name,
+                    meta.namespace,
+                    tail_lines=self.tail_lines,
+                )
+                log_tail = [line for line in str(text or "").splitlines() if line][-self.tail_lines :]
+            except ToolError:
+                log_tail = []  # logs are evidence, not a reason to lose the snapshot
+        step = anns.get(ANN_STEP)
+        return PodStatus(
+            name=meta.name,
+            workload=workload,
+            kind=kind,
+            node=node,
+            gpus=[g for g in (anns.get(ANN_GPUS) or "").split(",") if g],
+            phase=phase,
+            ready=ready,
+            reason=reason,
+            restarts=restarts,
+            step=int(step) if step and step.isdigit() else None,
+            started_at_s=self._seconds(status.start_time),
+            log_tail=log_tail,
+        )
+
+
+__all__ = [
+    "LeaseElector",
+    "DisruptionBudgetBlocked",
+    "KubernetesBackend",
+    "KubernetesTelemetry",
+    "label_value",
+    "reset_request_key",
+    "reset_status_key",
+]
