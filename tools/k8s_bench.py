@@ -27,6 +27,10 @@ def _pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
+def _clock_of(sim: Any) -> Any:
+    return lambda: float(sim.now)
+
+
 def bench_actions(rounds: int = 5) -> dict[str, Any]:
     from opsmedic.domain import Action
     from sandbox.cluster import Simulator
@@ -42,7 +46,7 @@ def bench_actions(rounds: int = 5) -> dict[str, Any]:
             url, stop = serve_in_thread(sim)
             try:
                 backend = KubernetesBackend(kubeconfig=write_kubeconfig(url, Path(tmp) / f"kc{r}"),
-                                            fallback=SandboxBackend(sim), action_clock=lambda s=sim: s.now,
+                                            fallback=SandboxBackend(sim), action_clock=_clock_of(sim),
                                             sleep=lambda s: None, reset_ack_timeout_s=0.5, max_drain_wait_s=5)
                 plan = [
                     Action(name="cordon_node", target="node-7"),
