@@ -43,7 +43,10 @@ class _Track:
 
 
 @dataclass
-class _Key:
+class KeyState:
+    """Which incident holds a grouping key, and whether it has closed (then the key stays quiet until its
+    condition clears)."""
+
     incident_id: str | None = None
     closed: bool = False
     quiet_since: float | None = None
@@ -56,7 +59,7 @@ class Monitor:
     incidents: dict[str, Incident] = field(default_factory=dict)
     skipped_samples: int = 0
     _tracks: dict[tuple[str, str], _Track] = field(default_factory=dict)
-    _keys: dict[str, _Key] = field(default_factory=dict)
+    _keys: dict[str, KeyState] = field(default_factory=dict)
     _mem: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
     _steps: dict[str, deque[tuple[float, int]]] = field(default_factory=lambda: defaultdict(deque))
     _nvlink: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
@@ -282,6 +285,19 @@ class Monitor:
             groups[key].append(x)
         return groups
 
+    def key_state(self, key: str) -> KeyState | None:
+        """The incident holding a grouping key (a GPU, node, pod, model or partition), if any."""
+        return self._keys.get(key)
+
+    def claim(self, key: str, incident: Incident, *, closed: bool) -> KeyState:
+        """Make `incident` the holder of `key`: after a restart or a leader takeover the monitor then absorbs
+        its signals (open) or keeps the resource quiet until its condition clears (closed), instead of
+        opening a duplicate."""
+        state = self._keys.setdefault(key, KeyState())
+        state.incident_id, state.closed, state.quiet_since = incident.id, closed, None
+        self.incidents[incident.id] = incident
+        return state
+
     def _open(self, key: str) -> bool:
         state = self._keys.get(key)
         return state is not None and state.incident_id is not None and not state.closed
@@ -293,7 +309,7 @@ class Monitor:
         opened: list[Incident] = []
         t = snap.at_s
         for key, sigs in sorted(groups.items()):
-            state = self._keys.setdefault(key, _Key())
+            state = self._keys.setdefault(key, KeyState())
             state.quiet_since = None
             if state.incident_id is not None and not state.closed:
                 inc = self.incidents[state.incident_id]

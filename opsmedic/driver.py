@@ -98,7 +98,9 @@ class IncidentDriver:
     def _config(self, inc_id: str) -> Any:
         return {"configurable": {"thread_id": f"{self.thread_prefix}{inc_id}"}}
 
-    def _invoke(self, inc_id: str, payload: Any) -> None:
+    def invoke(self, inc_id: str, payload: Any) -> None:
+        """Run one incident's graph with `payload` (a new state, a `Command(resume=...)`, or None to continue
+        from its last checkpoint) and record where it stopped."""
         from agents.state import IncidentState
 
         cfg = self._config(inc_id)
@@ -122,7 +124,7 @@ class IncidentDriver:
         with self._lock:
             self.incidents[incident.id] = incident
             self.deps.started_wall[incident.id] = time.perf_counter()
-            self._invoke(incident.id, IncidentState(incident=incident))
+            self.invoke(incident.id, IncidentState(incident=incident))
 
     def observe(self, snap: ClusterSnapshot, tick: float) -> list[Incident]:
         """Feed one snapshot to the monitor and start a graph for each incident it opens."""
@@ -167,7 +169,7 @@ class IncidentDriver:
                 for inc_id in ready:
                     from langgraph.types import Command
 
-                    self._invoke(inc_id, Command(resume={"at_s": now}))
+                    self.invoke(inc_id, Command(resume={"at_s": now}))
                     n += 1
         return n
 

@@ -11,10 +11,9 @@ from opsmedic.daemon import add_parser
 def main(argv: list[str] | None = None) -> int:
     from opsmedic.errors import InputError, OpsmedicError
 
-    parser = argparse.ArgumentParser(prog="python -m opsmedic.daemon")
-    sub = parser.add_subparsers(dest="command")
-    add_parser(sub)
-    args = parser.parse_args(["daemon", *(sys.argv[1:] if argv is None else argv)])
+    parser = add_parser(argparse.ArgumentParser().add_subparsers(dest="command"))
+    parser.prog = "python -m opsmedic.daemon"
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except InputError as exc:

@@ -6,7 +6,7 @@ anything that touches SQLite or Slack's signature check runs in the thread pool.
 `/docs` (and `/openapi.json`).
 
 ==========================  ===============================================================================
-`GET /healthz`              liveness: the process answers and its loop thread is alive
+`GET /healthz`              liveness: the process answers and its loop is alive and not stuck
 `GET /readyz`               readiness: started, ticking, telemetry reachable; says leader or standby (503
                             when not ready)
 `GET /metrics`              Prometheus text: incidents, decisions by verdict, actions, approvals pending,
@@ -102,9 +102,8 @@ def create_app(service: DaemonService, *, manage_lifecycle: bool = True) -> Fast
     # requests occupying the pool never makes the daemon look dead to its liveness probe.
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
-        t = service._loop_thread
-        alive = t is None or t.is_alive() or service.stopping
-        return JSONResponse({"ok": alive, "ticks": service.ticks}, status_code=200 if alive else 503)
+        alive, body = service.liveness()
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:

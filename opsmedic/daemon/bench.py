@@ -229,7 +229,6 @@ def bench_daemon_load(seconds: float = 30.0, rate: int = 1000, *, batch: int = 5
             "daemon_ticks_during_load": float(int(st["loop"]["ticks"]) - ticks0),
             "daemon_tick_ms_last": float(st["loop"]["last_tick_ms"] or 0.0),
             "daemon_ready_after_load": 1.0 if st["ready"] else 0.0,
-            **{f"daemon_error {k}": float(v) for k, v in errors.items()},
         }
     finally:
         daemon.stop()

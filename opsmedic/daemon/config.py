@@ -33,6 +33,8 @@ ENV: dict[str, str] = {
     "source": "OPSMEDIC_DAEMON_SOURCE",
     "fresh": "OPSMEDIC_DAEMON_FRESH",
     "poll_interval_s": "OPSMEDIC_DAEMON_POLL_INTERVAL",
+    "read_timeout_s": "OPSMEDIC_DAEMON_READ_TIMEOUT",
+    "prometheus_url": "OPSMEDIC_PROMETHEUS_URL",
     "kubeconfig": "OPSMEDIC_KUBECONFIG",
     "kube_context": "OPSMEDIC_KUBE_CONTEXT",
     "namespace": "OPSMEDIC_NAMESPACE",
@@ -92,6 +94,8 @@ class DaemonConfig(BaseModel):
     source: Source = "auto"
     fresh: bool = False  # sandbox source: start a new simulated world instead of resuming the last one
     poll_interval_s: float | None = Field(None, gt=0.0, le=3600.0)  # kubernetes source: seconds per tick
+    read_timeout_s: float = Field(10.0, gt=0.0, le=600.0)  # kubernetes source: one telemetry read, at most
+    prometheus_url: str | None = None  # kubernetes source: GPUs and models from Prometheus (DCGM exporter)
     kubeconfig: Path | None = None
     kube_context: str | None = None
     namespace: str = "default"

@@ -145,11 +145,15 @@ class DaemonService:
         self._chat_tried: dict[str, float] = {}
         self.slack: SlackApprovals | None = None
         self.world: World = world or self._build_world()
-        self.leadership: Leadership = leadership or self._build_leadership()
-        self.driver: IncidentDriver = IncidentDriver(
-            db_path=self.db_path, clock=self.world.clock, telemetry=self.world.telemetry, backend=self.world.backend,
-            settings=self.settings, narrate=self._narrate, thread_prefix=self.world.thread_prefix,
-            requester="opsmedic")
+        try:
+            self.leadership: Leadership = leadership or self._build_leadership()
+            self.driver: IncidentDriver = IncidentDriver(
+                db_path=self.db_path, clock=self.world.clock, telemetry=self.world.telemetry,
+                backend=self.world.backend, settings=self.settings, narrate=self._narrate,
+                thread_prefix=self.world.thread_prefix, requester="opsmedic")
+        except BaseException:
+            self.world.close()  # a bad policy or election setting: release the database before failing
+            raise
         self.ingestor: AlertIngestor = AlertIngestor(clock=self.world.clock.now)
         self.alert_queue: queue.Queue[WebhookPayload] = queue.Queue(maxsize=config.alerts_queue_max)
         self.slack = self._build_slack()
@@ -165,7 +169,8 @@ class DaemonService:
         if c.resolved_source() == "kubernetes":
             return KubeWorld(kubeconfig=c.kubeconfig, context=c.kube_context,
                              in_cluster=c.kubeconfig is None and in_cluster(_environ()), namespace=c.namespace,
-                             poll_interval_s=c.poll_interval_s or 10.0, send=self._notice)
+                             poll_interval_s=c.poll_interval_s or 10.0, read_timeout_s=c.read_timeout_s,
+                             prometheus_url=c.prometheus_url, send=self._notice)
         from sandbox.scenario import load_scenario
 
         path = c.scenario or default_scenario()
@@ -197,7 +202,7 @@ class DaemonService:
                               api_url=self.config.slack_api_url, db_path=self.db_path, decide=self._slack_decide,
                               approval_view=self.approval_view, escalation_view=self.escalation_view,
                               retries=self.config.slack_retries, backoff_s=self.config.slack_backoff_s,
-                              on_decision=self._wake.set)
+                              on_decision=self._wake.set, chat=self._slack_chat)
 
     def _notice(self, kind: str, text: str) -> None:
         if self.slack is not None:
@@ -426,11 +431,10 @@ class DaemonService:
             self._claim(st.incident, closed=not is_open)
             adopted += 1
         # incidents this replica's monitor opened while it was a standby
-        keys = getattr(d.monitor, "_keys", {})
         for inc_id, inc in list(d.monitor.incidents.items()):
             if inc_id in d.incidents:
                 continue
-            state = keys.get(monitor_key(inc))
+            state = d.monitor.key_state(monitor_key(inc))
             if state is not None and state.incident_id == inc_id and not state.closed:
                 log.info("starting an incident nobody handled", extra={"incident_id": inc_id,
                                                                       "resource": inc.resource})
@@ -449,22 +453,15 @@ class DaemonService:
     def _claim(self, incident: Incident, *, closed: bool) -> None:
         """Point the monitor's grouping key for this incident at it, so that the monitor absorbs its
         signals instead of opening a duplicate (open), or keeps the resource quiet until its condition
-        clears (closed). `agents.monitor.Monitor` has no public way to adopt an incident yet, hence the
-        private `_keys`; the shape is pinned by tests/daemon."""
-        from agents.monitor import _Key
-
+        clears (closed)."""
         m = self.driver.monitor
-        keys: dict[str, Any] = m._keys
         key = monitor_key(incident)
-        state = keys.get(key)
-        if state is None:
-            state = keys[key] = _Key()
-        elif (closed and state.incident_id not in (None, incident.id) and not state.closed
-              and state.incident_id in self.driver.incidents):
+        state = m.key_state(key)
+        if (state is not None and closed and state.incident_id not in (None, incident.id) and not state.closed
+                and state.incident_id in self.driver.incidents):
             m.incidents.setdefault(incident.id, incident)
             return  # an open incident already holds the key: it wins over a finished one
-        state.incident_id, state.closed, state.quiet_since = incident.id, closed, None
-        m.incidents[incident.id] = incident
+        m.claim(key, incident, closed=closed)
 
     # ------------------------------------------------------------------------------- driving graphs
 
@@ -497,7 +494,7 @@ class DaemonService:
                 if time.monotonic() < not_before or not self._ready(w, now):
                     continue
                 try:
-                    d._invoke(inc_id, Command(resume={"at_s": now}))  # the driver's own resume step
+                    d.invoke(inc_id, Command(resume={"at_s": now}))  # the driver's own resume step
                     self._resume_fail.pop(inc_id, None)
                     progressed = True
                 except Exception:
@@ -524,12 +521,12 @@ class DaemonService:
                 if not snap.values:
                     inc = d.incidents.get(inc_id)
                     if inc is not None:
-                        d._invoke(inc_id, IncidentState(incident=inc))
+                        d.invoke(inc_id, IncidentState(incident=inc))
                 elif snap.interrupts:
                     d.states[inc_id] = IncidentState.model_validate(snap.values)
                     d.waiting[inc_id] = dict(snap.interrupts[0].value)
                 elif snap.next:
-                    d._invoke(inc_id, None)
+                    d.invoke(inc_id, None)
                 else:
                     d.states[inc_id] = IncidentState.model_validate(snap.values)
                     d.monitor.close(inc_id)
@@ -640,7 +637,6 @@ class DaemonService:
         if not groups:
             return
         d = self.driver
-        keys: dict[str, Any] = getattr(d.monitor, "_keys", {})
         known = ({g.gpu for g in snap.gpus} | {n.name for n in snap.nodes} | {p.name for p in snap.pods}
                  | {m.name for m in snap.models})
         now = self.world.clock.now()
@@ -649,7 +645,7 @@ class DaemonService:
             if not fresh:
                 continue
             self._alert_fps.update(s.labels.get("fingerprint", "") for s in fresh)
-            state = keys.get(resource)
+            state = d.monitor.key_state(resource)
             if state is not None and state.incident_id is not None:
                 continue  # an incident already covers the resource (open, or closed until it clears)
             if resource not in known:
@@ -667,8 +663,9 @@ class DaemonService:
     # ------------------------------------------------------------------------------------ approvals
 
     def _approval_now(self, req: ApprovalRequest) -> float:
-        if req.incident_id in self.driver.incidents or self.world.kind != "sandbox":
-            return self.world.clock.now()
+        if (req.incident_id in self.driver.incidents or req.incident_id.startswith("chat-")
+                or self.world.kind != "sandbox"):
+            return self.world.clock.now()  # this world's incidents and the daemon's chat requests
         # a request of another run in the same database: the CLI's rule (its own clock)
         return time.time() if req.requested_at_s > 1e9 else req.requested_at_s
 
@@ -697,9 +694,12 @@ class DaemonService:
         return self.decide(request_id, decision, by=user, digest=digest, reason=reason, via="slack")
 
     def pending_approvals(self) -> list[ApprovalRequest]:
-        known = set(self.driver.incidents)
-        return [r for r in self.driver.approvals.list(status="pending") if r.incident_id in known
-                or not known]
+        """Pending requests of this world's incidents (a standby knows them from the checkpointer) and of
+        chat requests; not those of other runs that share the database file."""
+        prefix = self.world.thread_prefix
+        known = set(self.driver.incidents) | {t[len(prefix):] for t in self._thread_ids()}
+        return [r for r in self.driver.approvals.list(status="pending")
+                if r.incident_id in known or r.incident_id.startswith("chat-")]
 
     # ----------------------------------------------------------------------------------------- chat
 
@@ -722,6 +722,14 @@ class DaemonService:
         acting = self.acting
         return replace(self._chat_base, channel=channel, backend=_LoopBackend(self) if acting else None,
                        ledger=self.driver.ledger if acting else None)
+
+    def _slack_chat(self, user: str, text: str) -> str | None:
+        if not self.chat_available():
+            return None
+        from opsmedic.chat import answer
+
+        reply = answer(text, user, self.chat_context("slack"))
+        return str(reply.text)
 
     def _chat_approved(self) -> None:
         """Chat requests that a different person approved are carried out here, once (the chat module
@@ -842,8 +850,18 @@ class DaemonService:
 
     # ---------------------------------------------------------------------------------- health, info
 
-    def health(self) -> dict[str, Any]:
-        return {"ok": True, "ticks": self.ticks}
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """Alive unless the loop thread died or is stuck (no tick for 30 intervals and at least 5 minutes, e.g.
+        an action call that never returns): then the orchestrator should restart us, and the restart resumes
+        every graph from its checkpoint."""
+        t = self._loop_thread
+        if t is None or self.stopping:
+            return True, {"ok": True, "ticks": self.ticks}
+        stuck_after = max(300.0, 30.0 * self.world.interval_s)
+        age = None if self.last_tick_wall is None else time.time() - self.last_tick_wall
+        alive = t.is_alive() and (age is None or age < stuck_after)
+        return alive, {"ok": alive, "ticks": self.ticks, "last_tick_age_s": None if age is None else round(age, 3),
+                       "loop_thread_alive": t.is_alive()}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: started, ticking (a tick within 3 intervals, at least 5 s), and the source answered."""

@@ -11,7 +11,8 @@ as `opsmedic approve` does. This module does three things around that:
    seen before is a replay and is refused with 401 too; seen pairs are kept in the shared SQLite file, so
    a replay sent to the other replica, or after a restart, is caught as well. Verified requests go to a
    Bolt `App`, whose action listeners call the service. A click from someone the store refuses gets an
-   ephemeral message with the store's reason.
+   ephemeral message with the store's reason. Mentions and direct messages go to the ops chat
+   (`opsmedic.chat`, when installed), answered in the thread.
 2. **Outbound** (a notifier thread): when the driver files an approval request, post a Block Kit message
    (incident, diagnosis and evidence, exact action and target, risk, policy rule, expiry, Approve /
    Reject buttons carrying the request id and digest); when its status or the incident moves on, update
@@ -380,7 +381,8 @@ class SlackApprovals:
     def __init__(self, *, signing_secret: str | None, bot_token: str | None, channel: str | None, api_url: str,
                  db_path: Path, decide: Decide, approval_view: Callable[[str], ApprovalView | None],
                  escalation_view: Callable[[str], EscalationView | None], retries: int = 4,
-                 backoff_s: float = 0.5, on_decision: Callable[[], None] | None = None) -> None:
+                 backoff_s: float = 0.5, on_decision: Callable[[], None] | None = None,
+                 chat: Callable[[str, str], str | None] | None = None) -> None:
         self.signing_secret = signing_secret
         self.channel = channel
         self.counters = SlackCounters()
@@ -388,6 +390,7 @@ class SlackApprovals:
         self._approval_view = approval_view
         self._escalation_view = escalation_view
         self._on_decision = on_decision
+        self._chat = chat
         self.store = SlackStore(db_path)
         self.client = make_web_client(bot_token, api_url, retries=retries, backoff_s=backoff_s)
         self._retry_base_s = max(0.2, backoff_s)
@@ -435,9 +438,39 @@ class SlackApprovals:
 
         @app.event("app_mention")
         def on_mention(ack: Ack, event: dict[str, Any]) -> None:
-            ack()  # chat in Slack belongs to the chat interface; the daemon only acknowledges
+            ack()
+            self._converse(event)
+
+        @app.event("message")
+        def on_message(ack: Ack, event: dict[str, Any]) -> None:
+            ack()
+            if event.get("channel_type") == "im":  # direct messages; channel chatter needs a mention
+                self._converse(event)
 
         return app
+
+    def _converse(self, event: dict[str, Any]) -> None:
+        """A mention or a DM goes to the ops chat (when installed) and the answer to the thread."""
+        if self._chat is None or event.get("bot_id") or event.get("subtype"):
+            return  # never answer a bot (ourselves included: that would loop) or an edit/join notice
+        user, channel = str(event.get("user") or ""), str(event.get("channel") or "")
+        text = re.sub(r"<@[A-Z0-9]+>", "", str(event.get("text") or "")).strip()
+        if not user or not channel or not text:
+            return
+        try:
+            reply = self._chat(user, text)
+        except Exception as exc:  # the chat failed; say so rather than stay silent
+            log.exception("chat in Slack failed")
+            reply = f"Sorry, I could not answer that: {type(exc).__name__}"
+        if reply is None:
+            return
+        try:
+            self.client.chat_postMessage(channel=channel, thread_ts=event.get("thread_ts") or event.get("ts"),
+                                         text=_trunc(escape(reply), 3900))
+            self.counters.posted += 1
+        except Exception as exc:
+            self.counters.api_errors += 1
+            log.warning("could not post the chat answer", extra={"error": str(exc)[:300]})
 
     def verify(self, body: bytes, headers: dict[str, str]) -> str | None:
         """None when the request is authentic and new; else why it is refused."""

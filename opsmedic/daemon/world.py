@@ -109,6 +109,8 @@ class SandboxWorld:
         self.interval_s = self.tick_s / self.speed
         self._db = sqlite3.connect(str(db_path), timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
+        # the world's clock is saved every tick: losing the last one to a power cut only replays a tick
+        self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.execute(_SCHEMA)
         self.world_id, self._saved_now, self.created_wall = self._open(fresh)
         self.thread_prefix = f"daemon:{self.world_id}:"
@@ -234,13 +236,44 @@ class CompositeTelemetry:
         return base.model_copy(update={"gpus": extra.gpus, "models": extra.models})
 
 
+class TimeoutTelemetry:
+    """A telemetry read bounded in time. The Kubernetes client sets no request timeout of its own, so an API
+    server that hangs would hang the monitor loop with it; here a read that takes longer than `timeout_s`
+    raises a `TransientToolError` (the tick is skipped, or the graph step is retried from its checkpoint).
+    Reads run on one worker thread: a hung read blocks later ones behind it (each of which times out in
+    turn) instead of piling up threads."""
+
+    def __init__(self, inner: TelemetrySource, timeout_s: float) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner = inner
+        self.timeout_s = timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="opsmedic-telemetry")
+
+    def snapshot(self) -> ClusterSnapshot:
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        from opsmedic.errors import TransientToolError
+
+        fut = self._pool.submit(self.inner.snapshot)
+        try:
+            snap: ClusterSnapshot = fut.result(timeout=self.timeout_s)
+            return snap
+        except FutureTimeout:
+            fut.cancel()
+            raise TransientToolError(f"telemetry read took longer than {self.timeout_s:g}s") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 class KubeWorld:
     """A Kubernetes cluster through the official client: `KubernetesTelemetry` + `KubernetesBackend`."""
 
     kind = "kubernetes"
 
     def __init__(self, *, kubeconfig: Path | None, context: str | None, in_cluster: bool, namespace: str,
-                 poll_interval_s: float, prometheus_url: str | None = None,
+                 poll_interval_s: float, read_timeout_s: float = 10.0, prometheus_url: str | None = None,
                  send: Callable[[str, str], None] | None = None) -> None:
         from tools.k8s_backend import KubernetesBackend, KubernetesTelemetry
         from tools.k8s_client import build_api_client
@@ -255,7 +288,8 @@ class KubeWorld:
             from tools.prometheus_source import PrometheusSource
 
             telemetry = CompositeTelemetry(cluster, PrometheusSource(prometheus_url))
-        self.telemetry = telemetry
+        self._bounded = TimeoutTelemetry(telemetry, read_timeout_s)
+        self.telemetry: TelemetrySource = self._bounded
         self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=namespace,
                                                         fallback=NotifyBackend(time.time, send))
         self.tick_s = float(poll_interval_s)
@@ -278,6 +312,7 @@ class KubeWorld:
         return {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s}
 
     def close(self) -> None:
+        self._bounded.close()
         try:
             self.api_client.close()
         except Exception:  # closing a pool at shutdown must not mask the real exit status

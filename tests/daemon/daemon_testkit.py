@@ -1,0 +1,254 @@
+"""Helpers for the daemon tests: a real uvicorn on 127.0.0.1, the fake Slack Web API, signed Slack requests.
+
+Nothing here mocks the code under test: the daemon runs its real service, loop, driver, stores and Bolt
+app; Slack is `opsmedic.fake_slack` behind slack-sdk's real `WebClient`; requests are signed here with the
+v0 scheme (HMAC-SHA256 of `v0:{timestamp}:{body}`) exactly as Slack signs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from opsmedic.fake_slack import FakeSlack
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+BOT_TOKEN = "xoxb-opsmedic-test"
+CHANNEL = "C0OPSMEDIC"
+APPROVER = "U0OPSMEDIC"  # on call in the default policy
+API_TOKEN = "tok-approver-0123456789abcdef"
+API_TOKEN_OTHER = "tok-stranger-0123456789abcdef"
+API_TOKENS = f"{API_TOKEN}:{APPROVER},{API_TOKEN_OTHER}:UNOBODY"
+TWO_PERSON_POLICY = HERE / "two_person_policy.yaml"
+
+
+# ---------------------------------------------------------------------------------------- signing
+
+
+def sign(body: bytes, secret: str = SECRET, ts: int | None = None) -> dict[str, str]:
+    """Slack's v0 request signature headers for `body`."""
+    ts = int(time.time()) if ts is None else ts
+    base = f"v0:{ts}:".encode() + body
+    sig = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": sig,
+            "Content-Type": "application/x-www-form-urlencoded"}
+
+
+def click_body(request_id: str, digest: str, user: str, *, action: str = "opsmedic_approve",
+               channel: str = CHANNEL, message_ts: str = "1.000001") -> bytes:
+    """An interactive `block_actions` payload as Slack posts it when someone clicks a button."""
+    value = json.dumps({"r": request_id, "d": digest}, separators=(",", ":"))
+    payload = {
+        "type": "block_actions", "api_app_id": "A0OPSMEDIC", "token": "legacy-verification-token",
+        "trigger_id": "1.2.3", "response_url": "https://hooks.slack.invalid/actions/T0/1/x",
+        "team": {"id": "T0OPSMEDIC", "domain": "opsmedic-test"},
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": "T0OPSMEDIC"},
+        "container": {"type": "message", "message_ts": message_ts, "channel_id": channel, "is_ephemeral": False},
+        "channel": {"id": channel, "name": "ops"},
+        "message": {"type": "message", "ts": message_ts, "text": "approval", "user": "U0OPSBOT"},
+        "state": {"values": {}},
+        "actions": [{"type": "button", "action_id": action, "block_id": f"opsmedic:{request_id}", "value": value,
+                     "text": {"type": "plain_text", "text": "Approve"}, "action_ts": f"{time.time():.6f}"}],
+    }
+    return urlencode({"payload": json.dumps(payload)}).encode()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 15.0, every: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = pred()
+        if out:
+            return out
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def approval_messages(fake: FakeSlack) -> list[dict[str, Any]]:
+    """Messages posted to the channel that carry approval buttons (or did), oldest first."""
+    out = []
+    for (ch, ts), m in sorted(fake.messages.items(), key=lambda kv: float(kv[0][1])):
+        if ch == CHANNEL and not m.get("thread_ts") and "request `apr-" in message_text(m):
+            out.append({**m, "channel": ch, "ts": ts})
+    return out
+
+
+def button_value(message: dict[str, Any]) -> dict[str, str]:
+    for b in message.get("blocks") or []:
+        if b.get("type") == "actions":
+            return dict(json.loads(b["elements"][0]["value"]))
+    raise AssertionError("the message has no buttons")
+
+
+def message_text(message: dict[str, Any]) -> str:
+    parts = [message.get("text") or ""]
+    for b in message.get("blocks") or []:
+        t = b.get("text")
+        if isinstance(t, dict):
+            parts.append(str(t.get("text", "")))
+        for f in b.get("fields") or []:
+            parts.append(str(f.get("text", "")))
+        for el in b.get("elements") or []:
+            if isinstance(el, dict) and "text" in el and isinstance(el["text"], str):
+                parts.append(el["text"])
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------ in-process
+
+
+class InProcessDaemon:
+    """`opsmedic daemon` in this process: the real app under a real uvicorn on a free 127.0.0.1 port."""
+
+    def __init__(self, tmp: Path, slack: FakeSlack | None, *, speed: float = 150.0, policy: Path | None = None,
+                 scenario: Path | None = None, **config: Any) -> None:
+        from opsmedic.daemon.config import DaemonConfig
+        from opsmedic.daemon.service import DaemonService
+        from opsmedic.settings import load_settings
+
+        self.tmp = tmp
+        self.db = tmp / "opsmedic.db"
+        # retrieval off: embedding the runbooks into a local Qdrant costs seconds per process, and the
+        # daemon's behaviour under test does not depend on which neighbours the diagnosis cites
+        overrides: dict[str, Any] = {"database_url": f"sqlite:///{self.db}", "retrieval": False,
+                                     "data_dir": tmp / "data"}
+        if policy is not None:
+            overrides["policy_file"] = policy
+        if slack is not None:
+            overrides.update(slack_signing_secret=SECRET, slack_bot_token=BOT_TOKEN)
+        self.settings = load_settings(**overrides)
+        cfg: dict[str, Any] = {"port": 0, "speed": speed, "api_tokens": API_TOKENS, "slack_backoff_s": 0.05,
+                               "slack_retries": 4, "shutdown_timeout_s": 10.0}
+        if slack is not None:
+            cfg.update(slack_channel=CHANNEL, slack_api_url=slack.url)
+        if scenario is not None:
+            cfg["scenario"] = scenario
+        cfg.update(config)
+        self.config = DaemonConfig.model_validate(cfg)
+        self.service = DaemonService(self.config, self.settings)
+        self._server: Any = None
+        self.url = ""
+
+    def start(self) -> InProcessDaemon:
+        from opsmedic.daemon.app import create_app
+        from opsmedic.daemon.server import ThreadedServer
+
+        self._server = ThreadedServer(create_app(self.service)).start()
+        self.url = self._server.url
+        return self
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 10.0), **kw)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    def pending(self) -> list[Any]:
+        return list(self.service.driver.approvals.list(status="pending"))
+
+
+# ------------------------------------------------------------------------------------ subprocess
+
+
+class DaemonProcess:
+    """`python -m opsmedic.daemon` as a child process; its JSON log goes to a file we can read."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], args: list[str], name: str = "daemon") -> None:
+        self.workdir = workdir
+        self.name = name
+        self.env = env
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.log_path = workdir / f"{name}-0.log"
+        self.runs = 0
+
+    def start(self, timeout: float = 30.0) -> DaemonProcess:
+        return self.launch().wait_up(timeout)
+
+    def launch(self) -> DaemonProcess:
+        self.runs += 1
+        self.log_path = self.workdir / f"{self.name}-{self.runs}.log"
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "opsmedic.daemon", *self.args], cwd=self.workdir,
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    def wait_up(self, timeout: float = 30.0) -> DaemonProcess:
+        port = wait_until(lambda: self._port(), timeout, 0.05, what=f"the daemon to listen ({self.log_path})")
+        self.url = f"http://127.0.0.1:{port}"
+        wait_until(self._up, timeout, 0.05, what="the daemon's /healthz")
+        return self
+
+    def _port(self) -> int | None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the daemon exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        for line in self.lines():
+            if line.get("msg") == "listening":
+                return int(line["port"])
+        return None
+
+    def _up(self) -> bool:
+        try:
+            return httpx.get(self.url + "/healthz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.log().splitlines():
+            try:
+                out.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def kill(self, sig: int = signal.SIGKILL, wait: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=wait)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+def daemon_env(tmp: Path, slack_url: str | None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMEDIC_")}
+    env.update({"OPSMEDIC_DATABASE_URL": f"sqlite:///{tmp / 'opsmedic.db'}", "OPSMEDIC_API_TOKENS": API_TOKENS,
+                "OPSMEDIC_RETRIEVAL": "false",
+                "OPSMEDIC_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
+    if slack_url is not None:
+        env.update({"OPSMEDIC_SLACK_SIGNING_SECRET": SECRET, "OPSMEDIC_SLACK_BOT_TOKEN": BOT_TOKEN,
+                    "OPSMEDIC_SLACK_CHANNEL": CHANNEL, "OPSMEDIC_SLACK_API_URL": slack_url,
+                    "OPSMEDIC_SLACK_BACKOFF": "0.05"})
+    env.update(extra)
+    return env
+
+
+def copy_policy(src: Path, dst_dir: Path) -> Path:
+    dst = dst_dir / src.name
+    shutil.copy(src, dst)
+    return dst

@@ -1,0 +1,102 @@
+"""deploy/: the manifests agree with the code — the ServiceAccount and Lease of deploy/rbac.yaml, the
+environment variables the daemon reads, the probes' paths, a valid policy — and the image runs as non-root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from opsmedic.daemon.config import ENV, DaemonConfig
+from opsmedic.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _all() -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for f in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for d in _docs(f):
+            out.setdefault(d["kind"], []).append(d)
+    return out
+
+
+def _deployment() -> dict[str, Any]:
+    return _all()["Deployment"][0]
+
+
+def test_two_replicas_under_the_rbac_service_account() -> None:
+    dep = _deployment()
+    assert dep["spec"]["replicas"] == 2
+    spec = dep["spec"]["template"]["spec"]
+    rbac = {d["kind"]: d for d in _docs(DEPLOY / "rbac.yaml") if d["kind"] in ("ServiceAccount",)}
+    sa = rbac["ServiceAccount"]["metadata"]
+    assert spec["serviceAccountName"] == sa["name"] and dep["metadata"]["namespace"] == sa["namespace"]
+    lease_roles = [d for d in _docs(DEPLOY / "rbac.yaml") if d["kind"] == "Role"
+                   and any("leases" in r["resources"] for r in d["rules"])]
+    assert lease_roles and lease_roles[0]["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    names = {n for r in lease_roles[0]["rules"] for n in r.get("resourceNames", [])}
+    assert DaemonConfig().lease_name in names
+    sec = spec["securityContext"]
+    assert sec["runAsNonRoot"] is True and sec["runAsUser"] != 0
+    c = spec["containers"][0]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_every_environment_variable_is_one_the_daemon_reads() -> None:
+    c = _deployment()["spec"]["template"]["spec"]["containers"][0]
+    known = set(ENV.values()) | {f"OPSMEDIC_{f.upper()}" for f in Settings.model_fields} | {
+        "POD_NAME", "HOME", "OPENAI_API_KEY"}
+    names = [e["name"] for e in c["env"]]
+    assert not set(names) - known, set(names) - known
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert set(secrets) >= {"OPSMEDIC_SLACK_SIGNING_SECRET", "OPSMEDIC_SLACK_BOT_TOKEN", "OPSMEDIC_API_TOKENS",
+                            "OPENAI_API_KEY"}
+    values = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    for name in values:
+        assert "secret" not in name.lower() and "token" not in name.lower(), name  # secrets by reference only
+    field = {v: k for k, v in ENV.items()}
+    cfg = DaemonConfig.model_validate({field[k]: v for k, v in values.items() if k in field})
+    assert cfg.resolved_source({}) == "kubernetes" and cfg.leader_election_on({})
+
+
+def test_probes_and_service_point_at_the_app() -> None:
+    from opsmedic.daemon.app import create_app
+
+    class _Stub:
+        config = DaemonConfig()
+
+    paths = {r.path for r in create_app(_Stub(), manage_lifecycle=False).routes}  # type: ignore[arg-type]
+    c = _deployment()["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["path"] in paths
+    port = c["ports"][0]
+    svc = _all()["Service"][0]
+    assert svc["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert svc["spec"]["selector"].items() <= _deployment()["spec"]["template"]["metadata"]["labels"].items()
+    assert c["args"][-1] == str(port["containerPort"])
+
+
+def test_the_policy_config_map_is_a_valid_policy(tmp_path: Path) -> None:
+    from policies.model import load_policy
+
+    cm = _all()["ConfigMap"][0]
+    path = tmp_path / "policy.yaml"
+    path.write_text(cm["data"]["policy.yaml"])
+    mounted = _deployment()["spec"]["template"]["spec"]["containers"][0]
+    assert any(e.get("value") == "/etc/opsmedic/policy.yaml" for e in mounted["env"])
+    assert load_policy(path).model_dump() == load_policy(None).model_dump()
+
+
+@pytest.mark.parametrize("needle", ["FROM python:3.11-slim", "USER 10001", 'ENTRYPOINT ["opsmedic"]',
+                                    'CMD ["daemon"', "pip install ."])
+def test_the_image_definition(needle: str) -> None:
+    assert needle in (DEPLOY / "Dockerfile").read_text()
