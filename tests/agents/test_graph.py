@@ -123,7 +123,7 @@ def test_dry_run_decides_and_audits_but_executes_nothing(
     assert inc.root_cause == "gpu_fell_off_bus"
     text = "\n".join(inc.timeline)
     assert "cordon_node@node-1: allow" in text and "drain_node@node-1: needs_approval" in text
-    assert "dry run: would cordon_node@node-1" in text
+    assert "cordon_node@node-1: dry run: would" in text  # sandbox or Kubernetes backend wording
     with AuditLog(db) as log:
         assert log.verify().ok
         decisions = log.entries(incident_id=inc.id, kinds=["decision"])
@@ -266,7 +266,7 @@ def test_a_forged_approval_response_does_not_execute(
             digest=wait["digest"],
             at_s=sim.now,
         )
-        driver._invoke(inc_id, Command(resume=resp if forged == "model" else resp.model_dump(mode="json")))
+        driver.invoke(inc_id, Command(resume=resp if forged == "model" else resp.model_dump(mode="json")))
         st = driver.states[inc_id]
         assert _pods_on(sim, "node-1") == before  # not drained
         assert "drain_node@node-1" not in [r.action.key for r in st.results if r.ok]
@@ -288,7 +288,7 @@ def test_the_store_decides_even_when_the_resume_value_says_reject(
             wait["request_id"], by="U0OPSMEDIC", digest=wait["digest"], now_s=sim.now, audit=driver.audit
         )
         resp = ApprovalResponse(request_id=wait["request_id"], decision="reject", at_s=sim.now)
-        driver._invoke(inc_id, Command(resume=resp.model_dump(mode="json")))
+        driver.invoke(inc_id, Command(resume=resp.model_dump(mode="json")))
         assert _pods_on(sim, "node-1") == []  # drained: the approval in the store counts, not the message
         st = driver.states[inc_id]
         assert "drain_node@node-1" in [r.action.key for r in st.results if r.ok]
