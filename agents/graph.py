@@ -13,13 +13,18 @@ Nodes are functions from state to a partial update; their dependencies arrive as
 LangGraph re-runs a node from its top after `interrupt()`, so nodes that interrupt keep everything before
 the interrupt pure, and every side effect after it is idempotent (audit appends carry dedupe keys,
 actions carry idempotency keys, approvals are consumed once).
+
+Checkpoints go where the stores go: `checkpointer_for` gives a `SqliteSaver` for a SQLite path (the
+default) or a `PostgresSaver` for a `postgresql://` URL, both with the msgpack allow-list below.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 from typing import Any, Literal
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import END, START, StateGraph
@@ -33,8 +38,9 @@ from agents.llm import llm_diagnose, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
 from opsmedic import domain
 from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
-from opsmedic.errors import ApprovalError, PolicyViolation
+from opsmedic.errors import ApprovalError, OpsmedicError, PolicyViolation
 from opsmedic.telemetry_otel import METRICS, span
+from policies._db import is_postgres_url, lock_key, postgres_url, redact_url, sqlite_path
 from policies.engine import HistoryEntry
 
 # How long an action's effect takes to show, and how long we wait for it at most (simulated seconds).
@@ -394,9 +400,52 @@ _ALLOWED = [
 ] + [("agents.state", "IncidentState"), ("agents.state", "TimelineEntry")]
 
 
-def compile_graph(conn: sqlite3.Connection) -> CompiledStateGraph[IncidentState, Deps, IncidentState, IncidentState]:
-    saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=_ALLOWED))
+def _serde() -> JsonPlusSerializer:
+    return JsonPlusSerializer(allowed_msgpack_modules=_ALLOWED)
+
+
+def checkpointer_for(url_or_path: str | Path) -> BaseCheckpointSaver[str]:
+    """A checkpointer on the database opsmedic's stores use: `SqliteSaver` for a path or `sqlite:///` URL,
+    `PostgresSaver` (tables created by `.setup()` on first use) for a `postgresql://` URL. Both use the
+    serializer with our msgpack allow-list. The caller owns the connection: close it with
+    `saver.conn.close()`."""
+    if not is_postgres_url(url_or_path):
+        path = sqlite_path(url_or_path, OpsmedicError)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return SqliteSaver(sqlite3.connect(path, check_same_thread=False), serde=_serde())
+    import psycopg
+    from langgraph.checkpoint.postgres import PostgresSaver
+    from psycopg.rows import dict_row
+
+    url = postgres_url(url_or_path)
+    try:
+        # what PostgresSaver requires of a connection: autocommit, dict rows, no prepared statements
+        conn: psycopg.Connection[dict[str, Any]] = psycopg.connect(
+            url, autocommit=True, prepare_threshold=0, row_factory=dict_row, connect_timeout=30)
+    except psycopg.Error as exc:
+        raise OpsmedicError(f"cannot open the checkpoint database {redact_url(url)}: {exc}") from exc
+    saver = PostgresSaver(conn, serde=_serde())
+    try:
+        # .setup() runs migrations; two processes starting at once must not run them together
+        conn.execute("SELECT pg_advisory_lock(%s)", (lock_key("checkpoints"),))
+        try:
+            saver.setup()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key("checkpoints"),))
+    except psycopg.Error as exc:
+        conn.close()
+        raise OpsmedicError(f"cannot create the checkpoint tables in {redact_url(url)}: {exc}") from exc
+    return saver
+
+
+def compile_graph(
+    conn: sqlite3.Connection | BaseCheckpointSaver[str],
+) -> CompiledStateGraph[IncidentState, Deps, IncidentState, IncidentState]:
+    """The incident graph with a checkpointer: a SQLite connection (wrapped in `SqliteSaver`, as before),
+    or a saver from `checkpointer_for` (SQLite or Postgres)."""
+    saver = conn if isinstance(conn, BaseCheckpointSaver) else SqliteSaver(conn, serde=_serde())
     return build_graph().compile(checkpointer=saver)
 
 
-__all__ = ["PolicyDecision", "build_graph", "compile_graph"]
+__all__ = ["PolicyDecision", "build_graph", "checkpointer_for", "compile_graph"]

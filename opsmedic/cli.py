@@ -88,7 +88,10 @@ def _db_path_if_configured() -> Path | None:
     from opsmedic.settings import load_settings
 
     settings = load_settings()
-    return settings.sqlite_path() if settings.database_url else None
+    # a postgresql:// URL: the run's stores go to Postgres (the driver reads the settings), scratch to a tmp dir
+    if not settings.database_url or settings.database().is_postgres:
+        return None
+    return settings.sqlite_path()
 
 
 def _db_path(arg: str | None) -> Path:
@@ -96,6 +99,15 @@ def _db_path(arg: str | None) -> Path:
 
     settings = load_settings(database_url=arg) if arg else load_settings()
     return settings.sqlite_path()
+
+
+def _db(arg: str | None) -> str | Path:
+    """The database `--db` (or the settings) names, as the stores take it: the SQLite file's Path, or a
+    `postgresql://` URL."""
+    from opsmedic.settings import load_settings
+
+    settings = load_settings(database_url=arg) if arg else load_settings()
+    return settings.database().location
 
 
 # ---------------------------------------------------------------------------------------------- demo
@@ -160,22 +172,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from policies.audit import AuditLog
 
-    db = _db_path(args.db)
-    if not db.exists():
+    db = _db(args.db)
+    if isinstance(db, Path) and not db.exists():
         raise InputError("no audit database here", str(db))
     with AuditLog(db) as log:
         v = log.verify()
+        where = log.path  # a Postgres URL without its password
     if v.ok:
-        _print(f"audit chain intact: {v.count} entries ({db})")
+        _print(f"audit chain intact: {v.count} entries ({where})")
         return 0
-    _print(f"audit chain BROKEN at entry {v.first_bad_seq}: {v.reason} ({db})")
+    _print(f"audit chain BROKEN at entry {v.first_bad_seq}: {v.reason} ({where})")
     return 1
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
     from policies.audit import AuditLog
 
-    db = _db_path(args.db)
+    db = _db(args.db)
     with AuditLog(db) as log:
         entries = log.entries(incident_id=args.incident)
         if args.incident is None:
@@ -236,7 +249,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 def cmd_approvals_list(args: argparse.Namespace) -> int:
     from policies.approvals import ApprovalStore
 
-    db = _db_path(args.db)
+    db = _db(args.db)
     with ApprovalStore(db) as store:
         reqs = store.list(status=None if args.all else "pending")
     if not reqs:
@@ -263,7 +276,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
     from policies.approvals import ApprovalStore
     from policies.audit import AuditLog
 
-    db = _db_path(args.db)
+    db = _db(args.db)
     with ApprovalStore(db) as store, AuditLog(db) as audit:
         req = store.approve(args.id, by=args.as_user, now_s=_approval_now(store, args.id), audit=audit)
     _print(f"{req.id}: {req.status.value} by {', '.join(req.approved_by)} ({req.action.key})")
@@ -274,7 +287,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
     from policies.approvals import ApprovalStore
     from policies.audit import AuditLog
 
-    db = _db_path(args.db)
+    db = _db(args.db)
     with ApprovalStore(db) as store, AuditLog(db) as audit:
         req = store.reject(args.id, by=args.as_user, reason=args.reason, now_s=_approval_now(store, args.id),
                            audit=audit)

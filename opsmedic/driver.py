@@ -5,12 +5,13 @@ snapshots to the monitor, starts a graph for each incident it opens, and resumes
 `wait` interrupt when its time comes, an `approval` interrupt when the approval store says the request is
 no longer pending (approved, rejected or expired). The resume value is only a wake-up call: the graph
 itself reads the store. Thread-safe: the daemon's HTTP handlers and its monitor loop share one driver.
+State lives in the SQLite file `db_path`, or in Postgres when the settings' `database_url` is a
+`postgresql://` URL (checkpoints, approvals, audit log and execution ledger alike).
 """
 
 from __future__ import annotations
 
 import atexit
-import sqlite3
 import threading
 import time
 import uuid
@@ -62,7 +63,7 @@ class IncidentDriver:
     def __init__(self, *, db_path: Path, clock: Any, telemetry: TelemetrySource, backend: ActionBackend,
                  settings: Settings | None = None, narrate: Narrate | None = None, thread_prefix: str = "",
                  requester: str = "opsmedic") -> None:
-        from agents.graph import compile_graph
+        from agents.graph import checkpointer_for, compile_graph
         from agents.llm import build_llm
         from agents.monitor import Monitor
         from agents.state import Deps
@@ -75,12 +76,15 @@ class IncidentDriver:
 
         self.settings = settings or load_settings()
         self.db_path = db_path
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(db_path), check_same_thread=False)
-        self.approvals = ApprovalStore(db_path)
-        self.audit = AuditLog(db_path)
-        self.ledger = ExecutionLedger(db_path)
-        self.graph = compile_graph(self._conn)
+        # SQLite at db_path by default; Postgres when the settings' database_url says so (db_path is then
+        # only the caller's scratch location, e.g. for the model registry)
+        target = self.settings.database()
+        self.database: str | Path = target.location if target.is_postgres else db_path
+        self._saver = checkpointer_for(self.database)
+        self.approvals = ApprovalStore(self.database)
+        self.audit = AuditLog(self.database)
+        self.ledger = ExecutionLedger(self.database)
+        self.graph = compile_graph(self._saver)
         # Incident ids are unique per run, so that runs sharing one database never mix their entries.
         self.monitor = Monitor(self.settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}")
         self.deps = Deps(clock=clock, telemetry=telemetry, backend=backend,
@@ -185,4 +189,6 @@ class IncidentDriver:
             self.approvals.close()
             self.audit.close()
             self.ledger.close()
-            self._conn.close()
+            conn = getattr(self._saver, "conn", None)  # SqliteSaver and PostgresSaver both keep theirs here
+            if conn is not None:
+                conn.close()

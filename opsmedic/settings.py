@@ -37,6 +37,29 @@ class MonitorSettings(BaseModel):
     reopen_quiet_s: float = 60.0
 
 
+class DatabaseTarget(BaseModel):
+    """Where opsmedic keeps its state (checkpoints, approvals, audit log, execution ledger).
+
+    `kind` is "sqlite" (the default: a file) or "postgres"; `location` is what the stores and
+    `agents.graph.checkpointer_for` accept: the SQLite file's path, or the `postgresql://` URL."""
+
+    kind: Literal["sqlite", "postgres"]
+    path: Path | None = None
+    url: str | None = None
+
+    @property
+    def location(self) -> str | Path:
+        if self.kind == "postgres":
+            assert self.url is not None
+            return self.url
+        assert self.path is not None
+        return self.path
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.kind == "postgres"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPSMEDIC_", env_nested_delimiter="__", toml_file="opsmedic.toml",
                                       extra="forbid")
@@ -68,6 +91,17 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    def database(self) -> DatabaseTarget:
+        """The database `database_url` names: Postgres for `postgresql://` (or `postgres://`) URLs, else
+        the SQLite file of `sqlite_path()`."""
+        url = self.database_url
+        if url and url.startswith(("postgresql://", "postgres://")):
+            return DatabaseTarget(kind="postgres",
+                                  url="postgresql://" + url.removeprefix("postgresql://").removeprefix("postgres://"))
+        if url and url.startswith(("postgresql:", "postgres:")):
+            raise ConfigError("expected postgresql://user:pass@host:port/db", "setting database_url")
+        return DatabaseTarget(kind="sqlite", path=self.sqlite_path())
 
     def sqlite_path(self) -> Path:
         url = self.database_url

@@ -2,10 +2,11 @@
 
 Where this sits: the engines layer (`policies`). The governor files a request when the policy says
 needs_approval; Slack buttons, `opsmedic approve`, the HTTP API or the scenario approver answer it; the
-remediator consumes it right before executing the action. Storage is SQLite (table `opsmedic_approvals`,
-shareable with the audit log and LangGraph's checkpointer) and every state change happens inside a
-`BEGIN IMMEDIATE` transaction, so two processes answering or consuming the same request at once cannot
-both succeed.
+remediator consumes it right before executing the action. Storage is SQLite by default or Postgres for a
+`postgresql://` URL (table `opsmedic_approvals`, shareable with the audit log and LangGraph's
+checkpointer; see `policies._db`), and every state change happens inside a serialised write transaction
+(SQLite's `BEGIN IMMEDIATE`, a per-table advisory lock on Postgres), so two processes answering or
+consuming the same request at once cannot both succeed.
 
 An approval is bound to the action's digest (name + target + params): an approval given for
 `drain_node@node-2` cannot be used for `drain_node@node-3` or for other parameters. It expires, it is used
@@ -18,14 +19,13 @@ from __future__ import annotations
 
 import builtins
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from opsmedic.domain import Action, ApprovalRequest, ApprovalStatus, Risk, canonical_json
 from opsmedic.errors import ApprovalError
-from policies._sqlite import Db
+from policies._db import Conn, Db
 from policies.audit import AuditLog
 
 _SCHEMA = """
@@ -51,6 +51,7 @@ CREATE INDEX IF NOT EXISTS opsmedic_approvals_status ON opsmedic_approvals (stat
 CREATE INDEX IF NOT EXISTS opsmedic_approvals_incident ON opsmedic_approvals (incident_id);
 """
 
+_TABLE = "opsmedic_approvals"  # the advisory lock that serialises writers on Postgres
 _COLUMNS = ("id, incident_id, action, digest, risk, rule, approvers, approvals_required, requested_at_s, "
             "expires_at_s, status, approved_by, decided_at_s, reason, requested_by")
 
@@ -85,17 +86,12 @@ def _not_open_reason(req: ApprovalRequest, verb: str) -> str:
 
 
 class ApprovalStore:
-    """Approval requests on one SQLite file; safe across threads and processes."""
+    """Approval requests on one SQLite file or Postgres database (a `postgresql://` URL); safe across
+    threads and processes."""
 
     def __init__(self, db: str | Path) -> None:
         self._db = Db(db, ApprovalError)
-        try:
-            with self._db.transaction() as conn:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-        except sqlite3.Error as exc:
-            raise ApprovalError(f"cannot create the approvals table in {self._db.path}: {exc}") from exc
+        self._db.create_schema(_SCHEMA, what="approvals table")
 
     @property
     def path(self) -> str:
@@ -115,20 +111,20 @@ class ApprovalStore:
     # ------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _load(conn: sqlite3.Connection, request_id: str) -> _Row | None:
+    def _load(conn: Conn, request_id: str) -> _Row | None:
         row = conn.execute(f"SELECT {_COLUMNS} FROM opsmedic_approvals WHERE id = ?",
                            (request_id,)).fetchone()
         return _from_row(row) if row is not None else None
 
     @staticmethod
-    def _save(conn: sqlite3.Connection, req: ApprovalRequest, *, consumed_at_s: float | None = None) -> None:
+    def _save(conn: Conn, req: ApprovalRequest, *, consumed_at_s: float | None = None) -> None:
         conn.execute("UPDATE opsmedic_approvals SET status = ?, approved_by = ?, decided_at_s = ?, "
                      "reason = ?, consumed_at_s = COALESCE(?, consumed_at_s) WHERE id = ?",
                      (req.status.value, json.dumps(req.approved_by), req.decided_at_s, req.reason,
                       consumed_at_s, req.id))
 
     @staticmethod
-    def _expire(conn: sqlite3.Connection, req: ApprovalRequest, now_s: float) -> ApprovalRequest:
+    def _expire(conn: Conn, req: ApprovalRequest, now_s: float) -> ApprovalRequest:
         expired = req.model_copy(update={"status": ApprovalStatus.expired, "decided_at_s": now_s,
                                          "reason": "expired before it was used"})
         ApprovalStore._save(conn, expired)
@@ -139,7 +135,7 @@ class ApprovalStore:
         """Run `step(conn, row) -> (request, refusal | None, audit kind)` in one IMMEDIATE transaction,
         then audit the outcome and raise on refusal. Auditing happens after the commit: the audit log
         may share this file, and a second writer inside our transaction would wait on our own lock."""
-        with self._db.transaction() as conn:
+        with self._db.transaction(lock=_TABLE) as conn:
             row = self._load(conn, request_id)
             if row is None:
                 result: tuple[ApprovalRequest | None, str | None, str] = (
@@ -180,7 +176,7 @@ class ApprovalStore:
         stored: ApprovalRequest | None = None
         created = False
         if problem is None:
-            with self._db.transaction() as conn:
+            with self._db.transaction(lock=_TABLE) as conn:
                 existing = self._load(conn, req.id)
                 if existing is None:
                     stored = req.model_copy(update={"status": ApprovalStatus.pending, "approved_by": [],
@@ -233,7 +229,7 @@ class ApprovalStore:
                 audit: AuditLog | None = None) -> ApprovalRequest:
         """Record one approval. With approvals_required 2 the first leaves the request pending."""
 
-        def step(conn: sqlite3.Connection, row: _Row) -> tuple[ApprovalRequest | None, str | None, str]:
+        def step(conn: Conn, row: _Row) -> tuple[ApprovalRequest | None, str | None, str]:
             req = row.req
             if req.status != ApprovalStatus.pending:
                 return req, _not_open_reason(req, "approving"), ""
@@ -266,7 +262,7 @@ class ApprovalStore:
         """Reject a pending request; final. Only one of its approvers may reject (anyone else could
         otherwise block a repair)."""
 
-        def step(conn: sqlite3.Connection, row: _Row) -> tuple[ApprovalRequest | None, str | None, str]:
+        def step(conn: Conn, row: _Row) -> tuple[ApprovalRequest | None, str | None, str]:
             req = row.req
             if req.status != ApprovalStatus.pending:
                 return req, _not_open_reason(req, "rejecting"), ""
@@ -285,7 +281,7 @@ class ApprovalStore:
 
     def expire_due(self, now_s: float, *, audit: AuditLog | None = None) -> builtins.list[ApprovalRequest]:
         """Mark every pending or approved-but-unused request whose time is up as expired."""
-        with self._db.transaction() as conn:
+        with self._db.transaction(lock=_TABLE) as conn:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM opsmedic_approvals WHERE status IN (?, ?) "
                                 "AND expires_at_s <= ? ORDER BY expires_at_s, id",
                                 (ApprovalStatus.pending.value, ApprovalStatus.approved.value, now_s),
@@ -302,7 +298,7 @@ class ApprovalStore:
                 audit: AuditLog | None = None) -> ApprovalRequest:
         """Use an approved request for the action with this digest; exactly once."""
 
-        def step(conn: sqlite3.Connection, row: _Row) -> tuple[ApprovalRequest | None, str | None, str]:
+        def step(conn: Conn, row: _Row) -> tuple[ApprovalRequest | None, str | None, str]:
             req = row.req
             if req.status != ApprovalStatus.approved:
                 if req.status == ApprovalStatus.pending:

@@ -2,8 +2,10 @@
 
 Where this sits: the engines layer (`policies`). The graph appends every observation that led to an
 action, every decision, approval, execution and verification; `opsmedic audit verify` and
-`opsmedic audit show --incident ID` read it back. Storage is SQLite (tables prefixed `opsmedic_`, so the
-file can be shared with the approval store and LangGraph's checkpointer).
+`opsmedic audit show --incident ID` read it back. Storage is SQLite by default or Postgres for a
+`postgresql://` URL (tables prefixed `opsmedic_`, so the database can be shared with the approval store and
+LangGraph's checkpointer; see `policies._db`). Appends are serialised across processes: SQLite's
+`BEGIN IMMEDIATE`, or on Postgres an advisory lock on the log held until the append commits.
 
 Each entry's hash is ``sha256(prev_hash + canonical_json(content))`` with content = seq, at, sim_s,
 incident_id, kind, payload; the first entry's prev_hash is 64 zeros. A one-row head table records the
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ from pydantic import BaseModel
 
 from opsmedic.domain import AuditEntry, canonical_json
 from opsmedic.errors import AuditError
-from policies._sqlite import Db
+from policies._db import Db
 
 GENESIS_HASH = "0" * 64
 
@@ -85,6 +86,7 @@ def entry_hash(prev_hash: str, *, seq: int, at: str, sim_s: float | None, incide
     return hashlib.sha256((prev_hash + canonical_json(content)).encode("utf-8")).hexdigest()
 
 
+_TABLE = "opsmedic_audit"  # the advisory lock that serialises appends on Postgres
 _COLUMNS = "seq, at, sim_s, incident_id, kind, payload, prev_hash, hash"
 
 
@@ -99,18 +101,13 @@ def _utc_now() -> datetime:
 
 
 class AuditLog:
-    """Append-only hash-chained log on one SQLite file; safe across threads and processes."""
+    """Append-only hash-chained log on one SQLite file or Postgres database; safe across threads and
+    processes."""
 
     def __init__(self, db: str | Path, *, clock: Callable[[], datetime] = _utc_now) -> None:
         self._db = Db(db, AuditError)
         self._clock = clock  # the wall clock for `at`; injectable so tests can pin it
-        try:
-            with self._db.transaction() as conn:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-        except sqlite3.Error as exc:
-            raise AuditError(f"cannot create the audit tables in {self._db.path}: {exc}") from exc
+        self._db.create_schema(_SCHEMA, what="audit tables")
 
     @property
     def path(self) -> str:
@@ -136,7 +133,7 @@ class AuditLog:
         data = normalise_payload(payload)
         sim = float(sim_s) if sim_s is not None else None  # REAL column: hash what reads back
         try:
-            with self._db.transaction() as conn:  # IMMEDIATE: read head + insert is one step for all
+            with self._db.transaction(lock=_TABLE) as conn:  # serialised: read head + insert is one step for all
                 if dedupe_key is not None:
                     row = conn.execute(f"SELECT {_COLUMNS} FROM opsmedic_audit WHERE dedupe_key = ?",
                                        (dedupe_key,)).fetchone()
@@ -156,8 +153,8 @@ class AuditLog:
                 conn.execute("INSERT INTO opsmedic_audit_head (id, seq, hash) VALUES (1, ?, ?) "
                              "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
                              (seq, h))
-        except sqlite3.Error as exc:
-            raise AuditError(f"could not append to the audit log {self._db.path}: {exc}") from exc
+        except AuditError as exc:  # the seam translated the driver's error; say what we were doing
+            raise AuditError(f"could not append to the audit log: {exc}") from exc
         return AuditEntry(seq=seq, at=at, sim_s=sim, incident_id=incident_id, kind=kind, payload=data,
                           prev_hash=prev, hash=h)
 
@@ -180,8 +177,10 @@ class AuditLog:
             with self._db.reading() as conn:
                 rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
             return [_row_to_entry(r) for r in rows]
-        except (sqlite3.Error, json.JSONDecodeError) as exc:
+        except json.JSONDecodeError as exc:
             raise AuditError(f"could not read the audit log {self._db.path}: {exc}") from exc
+        except AuditError as exc:
+            raise AuditError(f"could not read the audit log: {exc}") from exc
 
     def count(self) -> int:
         with self._db.reading() as conn:
@@ -194,8 +193,8 @@ class AuditLog:
             with self._db.reading() as conn:
                 rows = conn.execute(f"SELECT {_COLUMNS} FROM opsmedic_audit ORDER BY seq").fetchall()
                 head = conn.execute("SELECT seq, hash FROM opsmedic_audit_head WHERE id = 1").fetchone()
-        except sqlite3.Error as exc:
-            raise AuditError(f"could not read the audit log {self._db.path}: {exc}") from exc
+        except AuditError as exc:
+            raise AuditError(f"could not read the audit log: {exc}") from exc
 
         def bad(seq: int, reason: str, count: int, last_hash: str | None) -> AuditVerification:
             return AuditVerification(ok=False, count=count, first_bad_seq=seq, reason=reason,

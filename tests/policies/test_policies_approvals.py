@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import act
+from policy_helpers import act
 
 from opsmedic.domain import Action, ApprovalRequest, ApprovalStatus, Risk
 from opsmedic.errors import ApprovalError

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import act
+from policy_helpers import act
 
 from opsmedic.domain import Verdict, canonical_json
 from opsmedic.errors import AuditError
@@ -188,9 +188,10 @@ def test_corrupt_payload_is_reported_not_raised(db: Path) -> None:
     assert (v.ok, v.first_bad_seq) == (False, 5)
 
 
-def test_non_sqlite_urls_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(AuditError, match="SQLite only"):
-        AuditLog("postgresql://db/opsmedic")
+def test_unsupported_urls_are_refused(tmp_path: Path) -> None:
+    # postgresql:// is a supported backend now (tests/policies/test_postgres_stores.py); other schemes are not
+    with pytest.raises(AuditError, match="unsupported database URL"):
+        AuditLog("mysql://db/opsmedic")
     log = AuditLog(f"sqlite:///{tmp_path / 'url.db'}")
     log.append("note", {"x": 1})
     assert (tmp_path / "url.db").exists() and log.verify().ok

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from conftest import act, make_ctx, policy_from
+from policy_helpers import act, make_ctx, policy_from
 
 from opsmedic.domain import Action, Risk, Verdict
 from policies import DecisionContext, HistoryEntry, PolicyEngine

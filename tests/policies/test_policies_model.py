@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import policy_from
+from policy_helpers import policy_from
 
 from opsmedic.domain import ACTION_NAMES, Risk
 from opsmedic.errors import PolicyError
