@@ -123,6 +123,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             sc = load_scenario(path)
             _print(f"{name:<26} {sc.description}")
         return 0
+    if args.console:
+        from opsmedic.console.demo import run_demo_console
+
+        run_demo_console(args.scenario, args.host, args.port, args.speed)
+        return 0
     path = Path(args.scenario) if args.scenario else scenarios[DEFAULT_DEMO]
     sc = load_scenario(path)
     db = _db_path(None)
@@ -344,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--approver", choices=["scenario", "external"], default="scenario",
                    help="external: pause at each approval until someone runs `opsmedic approve|reject`")
     d.add_argument("--approval-timeout", type=float, default=600.0, metavar="SECONDS")
+    d.add_argument("--console", action="store_true",
+                   help="serve the web console on the scenario running in real time (prints its URL; Ctrl-C stops)")
+    d.add_argument("--host", default="127.0.0.1", help="with --console: the address to listen on")
+    d.add_argument("--port", type=int, default=8080, help="with --console: the port (0 picks a free one)")
+    d.add_argument("--speed", type=float, default=10.0, help="with --console: simulated seconds per wall second")
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("eval", help="run scenario files or folders and print a scorecard")

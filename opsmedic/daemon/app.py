@@ -61,9 +61,9 @@ class ChatRequest(BaseModel):
 _bearer = HTTPBearer(auto_error=False, description="a token from OPSMEDIC_API_TOKENS (token:user,...)")
 
 
-def create_app(service: DaemonService, *, manage_lifecycle: bool = True) -> FastAPI:
+def create_app(service: DaemonService, *, manage_lifecycle: bool = True, console: bool = True) -> FastAPI:
     """The app; with `manage_lifecycle` the service starts and stops with the server (uvicorn's lifespan:
-    SIGTERM -> graceful stop)."""
+    SIGTERM -> graceful stop); with `console` the web console is served under /console."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -195,4 +195,8 @@ def create_app(service: DaemonService, *, manage_lifecycle: bool = True) -> Fast
     def status() -> dict[str, Any]:
         return service.readiness()[1]
 
+    if console:
+        from opsmedic.console import mount_console
+
+        mount_console(app, service)
     return app

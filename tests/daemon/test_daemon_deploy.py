@@ -74,7 +74,7 @@ def test_probes_and_service_point_at_the_app() -> None:
     class _Stub:
         config = DaemonConfig()
 
-    paths = {r.path for r in create_app(_Stub(), manage_lifecycle=False).routes}  # type: ignore[arg-type]
+    paths = {r.path for r in create_app(_Stub(), manage_lifecycle=False, console=False).routes}  # type: ignore[arg-type]
     c = _deployment()["spec"]["template"]["spec"]["containers"][0]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["path"] in paths
