@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from opsmedic.errors import OpsmedicError
@@ -234,3 +234,22 @@ class Db:
     def close(self) -> None:
         with self._lock:
             self._raw.close()
+
+
+class Store:
+    """What every store on a `Db` shares: where it lives, closing, and use as a context manager."""
+
+    _db: Db
+
+    @property
+    def path(self) -> str:
+        return self._db.path
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

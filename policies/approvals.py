@@ -21,11 +21,11 @@ import builtins
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from opsmedic.domain import Action, ApprovalRequest, ApprovalStatus, Risk, canonical_json
 from opsmedic.errors import ApprovalError
-from policies._db import Conn, Db
+from policies._db import Conn, Db, Store
 from policies.audit import AuditLog
 
 _SCHEMA = """
@@ -85,26 +85,13 @@ def _not_open_reason(req: ApprovalRequest, verb: str) -> str:
     return f"approval request {req.id} has expired; ask for a new one"
 
 
-class ApprovalStore:
+class ApprovalStore(Store):
     """Approval requests on one SQLite file or Postgres database (a `postgresql://` URL); safe across
     threads and processes."""
 
     def __init__(self, db: str | Path) -> None:
         self._db = Db(db, ApprovalError)
         self._db.create_schema(_SCHEMA, what="approvals table")
-
-    @property
-    def path(self) -> str:
-        return self._db.path
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------------------------------------
     # internals

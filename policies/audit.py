@@ -21,13 +21,13 @@ import json
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from pydantic import BaseModel
 
 from opsmedic.domain import AuditEntry, canonical_json
 from opsmedic.errors import AuditError
-from policies._db import Db
+from policies._db import Db, Store
 
 GENESIS_HASH = "0" * 64
 
@@ -100,7 +100,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class AuditLog:
+class AuditLog(Store):
     """Append-only hash-chained log on one SQLite file or Postgres database; safe across threads and
     processes."""
 
@@ -108,19 +108,6 @@ class AuditLog:
         self._db = Db(db, AuditError)
         self._clock = clock  # the wall clock for `at`; injectable so tests can pin it
         self._db.create_schema(_SCHEMA, what="audit tables")
-
-    @property
-    def path(self) -> str:
-        return self._db.path
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # ------------------------------------------------------------------------------------------------
 

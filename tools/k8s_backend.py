@@ -330,6 +330,12 @@ class KubernetesBackend:
         )
         return list(pods.items or [])
 
+    def _require_workload(self, name: str) -> tuple[str, Any]:
+        found = self._workload(name)
+        if found is None:
+            raise PermanentToolError(f"no StatefulSet, Deployment or Job named {name!r} in {self.namespace}")
+        return found
+
     def _workload(self, name: str) -> tuple[str, Any] | None:
         """("statefulset" | "deployment" | "job", object) for a workload name, or None."""
         for kind, fn in (
@@ -631,12 +637,7 @@ class KubernetesBackend:
         return self.caller.call(f"patch {kind} {name}", fn, name, self.namespace, body, **self._dry(dry_run))
 
     def _do_pause_job(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
-        found = self._workload(action.target)
-        if found is None:
-            raise PermanentToolError(
-                f"no StatefulSet, Deployment or Job named {action.target!r} in {self.namespace}"
-            )
-        kind, obj = found
+        kind, obj = self._require_workload(action.target)
         anns = obj.metadata.annotations or {}
         if kind == "job":
             if obj.spec.suspend:
@@ -674,12 +675,7 @@ class KubernetesBackend:
         return True, ("dry run: would have " + what) if dry_run else what
 
     def _do_resume_job(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
-        found = self._workload(action.target)
-        if found is None:
-            raise PermanentToolError(
-                f"no StatefulSet, Deployment or Job named {action.target!r} in {self.namespace}"
-            )
-        kind, obj = found
+        kind, obj = self._require_workload(action.target)
         anns = obj.metadata.annotations or {}
         if kind == "job":
             if not obj.spec.suspend:
