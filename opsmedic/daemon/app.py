@@ -18,6 +18,7 @@ anything that touches SQLite or Slack's signature check runs in the thread pool.
 `GET /api/approvals`        pending approval requests
 `POST /api/approvals/{id}`  approve / reject (bearer token from OPSMEDIC_API_TOKENS); resumes the graph
 `POST /api/chat`            the ops chat (`opsmedic.chat.answer`), 501 while that module is absent
+`POST /api/chat/stream`     the same, streamed as server-sent events (token ..., done)
 ==========================  ===============================================================================
 """
 
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -190,6 +192,49 @@ def create_app(service: DaemonService, *, manage_lifecycle: bool = True, console
             reply = await run_in_threadpool(run)
         data = reply.as_dict() if hasattr(reply, "as_dict") else {"answer": str(reply)}
         return JSONResponse(data)
+
+    @app.post("/api/chat/stream", tags=["chat"])
+    async def chat_stream(body: ChatRequest, who: str = Depends(user)) -> Response:
+        """The same answer as `/api/chat`, streamed as server-sent events: `token` events while the model
+        writes (one event with the whole text when no LLM is configured), then `done` with the reply."""
+        if not service.chat_available():
+            return JSONResponse({"error": "the chat interface is not installed in this build"}, 501)
+        from opsmedic.chat import answer
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1024)
+        streamed = False
+
+        def on_token(text: str) -> None:
+            nonlocal streamed
+            streamed = True
+            loop.call_soon_threadsafe(queue.put_nowait, ("token", text))
+
+        def run() -> None:
+            ctx = service.chat_context("http")
+            if body.conversation:
+                ctx.conversation = f"http:{who}:{body.conversation}"
+            try:
+                reply = answer(body.question, who, ctx, on_token=on_token)
+                data = reply.as_dict() if hasattr(reply, "as_dict") else {"answer": str(reply)}
+                if not streamed:
+                    loop.call_soon_threadsafe(queue.put_nowait, ("token", data.get("text") or data.get("answer", "")))
+                loop.call_soon_threadsafe(queue.put_nowait, ("done", data))
+            except Exception as exc:  # the client gets an error event instead of a cut stream
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", {"error": type(exc).__name__}))
+
+        async def events() -> AsyncIterator[bytes]:
+            async with chat_slots:
+                task = loop.run_in_executor(None, run)
+                while True:
+                    kind, data = await queue.get()
+                    yield f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+                    if kind in ("done", "error"):
+                        break
+                await task
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/api/status", tags=["health"])
     def status() -> dict[str, Any]:

@@ -193,3 +193,17 @@ def test_alert_storm_and_50_concurrent_requests_while_an_incident_runs() -> None
     assert fig["daemon_api_errors"] == 0 and fig["daemon_api_requests"] >= 50
     assert fig["daemon_healthz_probes"] >= 20 and fig["daemon_healthz_p99_ms"] < 1000, fig
     assert fig["daemon_ticks_during_load"] >= 5 and fig["daemon_ready_after_load"] == 1.0
+
+
+def test_chat_answers_and_streams_the_same_reply(make_daemon: Any) -> None:
+    d = make_daemon()
+    _incident_waiting(d)
+    with d.client() as c:
+        plain = c.post("/api/chat", json={"question": "pending approvals"}, headers=AUTH)
+        assert plain.status_code == 200, plain.text
+        text = json.dumps(plain.json())
+        assert "drain_node" in text
+        with c.stream("POST", "/api/chat/stream", json={"question": "pending approvals"}, headers=AUTH) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = [line.removeprefix("event: ") for line in r.iter_lines() if line.startswith("event: ")]
+        assert events[0] == "token" and events[-1] == "done"
