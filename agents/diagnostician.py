@@ -37,6 +37,7 @@ _GPU_PRECEDENCE: list[RootCause] = [
     "gpu_fell_off_bus", "gpu_uncorrectable_ecc", "nvlink_errors", "gpu_thermal_throttle", "gpu_app_error",
 ]
 RECENT_DEPLOY_S = 3600.0
+_CONFIG_FAILURES = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"})
 
 
 @dataclass(frozen=True)
@@ -134,9 +135,12 @@ def diagnose_pod(inc: Incident, snap: ClusterSnapshot) -> Finding:
                        f"{inc.resource}: Running but its step counter stopped and its GPUs idle",
                        evidence, query="training job stalled step counter not advancing GPU utilisation 0")
     reason = pod.reason if pod else None
+    # An image that cannot be pulled or a broken pod spec fails the same way in a fresh pod: restarting is
+    # pointless, the owners must fix it.
+    hint = "image-pull-backoff" if reason in _CONFIG_FAILURES else None
     return Finding("pod_crashloop", inc.resource, 0.8,
                    f"{inc.resource}: not ready ({reason or 'failing'}) with no GPU fault under it",
-                   evidence, query=f"pod CrashLoopBackOff {reason or ''} restarts")
+                   evidence, runbook_hint=hint, query=f"pod CrashLoopBackOff {reason or ''} restarts")
 
 
 def diagnose_node(inc: Incident, snap: ClusterSnapshot) -> Finding:
