@@ -9,31 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from k8s_world import three_node_scenario
 from kubernetes import client, config
 
 from sandbox.cluster import Simulator
 from tools.k8s_backend import KubernetesBackend
 
-SCENARIO: dict[str, Any] = {
-    "name": "contract",
-    "description": "three nodes, a training job and an inference service",
-    "seed": 11,
-    "cluster": {"nodes": 3, "gpus_per_node": 4},
-    "workloads": [
-        {"name": "trainer", "kind": "training", "replicas": 2, "gpus_per_replica": 2},
-        {
-            "name": "fraud-model",
-            "kind": "inference",
-            "replicas": 2,
-            "gpus_per_replica": 1,
-            "model": "fraud-model",
-            "current_version": 2,
-        },
-    ],
-    "faults": [],
-    "duration": "30m",
-    "expect": {"incident": False},
-}
+SCENARIO: dict[str, Any] = three_node_scenario("contract", 11)
 NS = "default"
 
 

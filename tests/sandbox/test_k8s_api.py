@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from k8s_world import three_node_scenario
 from kubernetes import client, config
 
 from sandbox.cluster import Simulator
@@ -20,26 +21,7 @@ from sandbox.scenario import parse_scenario
 
 pytestmark = pytest.mark.integration
 
-SCENARIO: dict[str, Any] = {
-    "name": "k8s-api",
-    "description": "three nodes, a training job and an inference service",
-    "seed": 3,
-    "cluster": {"nodes": 3, "gpus_per_node": 4},
-    "workloads": [
-        {"name": "trainer", "kind": "training", "replicas": 2, "gpus_per_replica": 2},
-        {
-            "name": "fraud-model",
-            "kind": "inference",
-            "replicas": 2,
-            "gpus_per_replica": 1,
-            "model": "fraud-model",
-            "current_version": 2,
-        },
-    ],
-    "faults": [],
-    "duration": "30m",
-    "expect": {"incident": False},
-}
+SCENARIO: dict[str, Any] = three_node_scenario("k8s-api", 3)
 
 
 class Env:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from k8s_world import three_node_scenario
 
 from opsmedic.domain import Action
 from opsmedic.errors import PermanentToolError
@@ -29,26 +30,7 @@ from tools.sandbox_backend import SandboxBackend
 
 pytestmark = pytest.mark.integration
 
-SCENARIO: dict[str, Any] = {
-    "name": "k8s-backend",
-    "description": "three nodes, a training job and an inference service",
-    "seed": 5,
-    "cluster": {"nodes": 3, "gpus_per_node": 4},
-    "workloads": [
-        {"name": "trainer", "kind": "training", "replicas": 2, "gpus_per_replica": 2},
-        {
-            "name": "fraud-model",
-            "kind": "inference",
-            "replicas": 2,
-            "gpus_per_replica": 1,
-            "model": "fraud-model",
-            "current_version": 2,
-        },
-    ],
-    "faults": [],
-    "duration": "30m",
-    "expect": {"incident": False},
-}
+SCENARIO: dict[str, Any] = three_node_scenario("k8s-backend", 5)
 
 
 class FakeClock:
