@@ -242,8 +242,8 @@ MODEL_FAULTS = {"model_bad_deploy", "data_drift"}
 
 
 def _registry_bridge(run: _Run, db_path: Path) -> Any:
-    """MLflow as the scenario's model registry, per the `model_registry` setting (auto: when a fault touches
-    a model; importing MLflow costs seconds, so scenarios that never touch a model skip it)."""
+    """MLflow as the scenario's model registry, per the `model_registry` setting (mlflow, the default: for
+    every scenario with models; auto: only when a fault touches a model; sandbox: never)."""
     from opsmedic.settings import load_settings
 
     mode = load_settings().model_registry

@@ -69,9 +69,9 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     runbooks_dir: Path | None = None
     qdrant_url: str | None = None
-    model_registry: Literal["auto", "mlflow", "sandbox"] = Field(
-        default="auto", description="scenario runs: MLflow as the model registry (auto: for scenarios with model "
-        "faults)")
+    model_registry: Literal["mlflow", "auto", "sandbox"] = Field(
+        default="mlflow", description="scenario runs: a real MLflow registry holds the scenario's models (auto: only "
+        "for scenarios with model faults; sandbox: the simulator's own registry)")
     cluster_backend: Literal["kubernetes", "sandbox"] = Field(
         default="kubernetes", description="scenario runs: act through the sandbox's Kubernetes API (official "
         "client) or on the simulator directly")
