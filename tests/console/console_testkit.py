@@ -8,12 +8,12 @@ real uvicorn on 127.0.0.1; the fake source only stands in for the daemon where a
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
+from waiting import wait_until  # noqa: F401  (re-exported for the tests in this folder)
 
 from opsmedic.console.source import Decision, FaultMark
 from opsmedic.domain import (
@@ -38,15 +38,6 @@ API_TOKEN_OTHER = "tok-stranger-0123456789abcdef"
 TOKENS = {API_TOKEN: APPROVER, API_TOKEN_OTHER: "UNOBODY"}
 
 
-def wait_until(pred: Callable[[], Any], timeout: float = 20.0, every: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = pred()
-        if out:
-            return out
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 # ------------------------------------------------------------------------------------ snapshots

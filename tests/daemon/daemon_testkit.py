@@ -16,12 +16,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from waiting import wait_until  # noqa: F401  (re-exported for the tests in this folder)
 
 from opsmedic.fake_slack import FakeSlack
 
@@ -68,15 +68,6 @@ def click_body(request_id: str, digest: str, user: str, *, action: str = "opsmed
     return urlencode({"payload": json.dumps(payload)}).encode()
 
 
-def wait_until(pred: Callable[[], Any], timeout: float = 15.0, every: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = pred()
-        if out:
-            return out
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def approval_messages(fake: FakeSlack) -> list[dict[str, Any]]:

@@ -12,12 +12,12 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_until
 
 from opsmedic.domain import ResourceKind
 from sandbox.cluster import Simulator
@@ -55,13 +55,7 @@ def free_port() -> int:
 
 
 def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    return wait_until(cond, timeout, every=0.2, what=what)
 
 
 SCENARIO = {
