@@ -108,7 +108,28 @@ def _runbook_title(driver: IncidentDriver, runbook_id: str) -> str | None:
     return str(title) if title else None
 
 
-class DaemonSource:
+class _DriverViews:
+    """The parts of a `ConsoleSource` that read an `IncidentDriver` the same way whoever holds it."""
+
+    @property
+    def driver(self) -> IncidentDriver:
+        raise NotImplementedError
+
+    @property
+    def approvals(self) -> ApprovalStore:
+        return self.driver.approvals
+
+    def incidents(self) -> Mapping[str, Incident]:
+        return dict(self.driver.incidents)
+
+    def states(self) -> Mapping[str, IncidentState]:
+        return dict(self.driver.states)
+
+    def waiting(self) -> Mapping[str, Mapping[str, Any]]:
+        return dict(self.driver.waiting)
+
+
+class DaemonSource(_DriverViews):
     """`ConsoleSource` over the daemon's `DaemonService` (duck-typed, so that this module does not import
     the daemon: the daemon imports the console)."""
 
@@ -121,10 +142,6 @@ class DaemonSource:
         return driver
 
     @property
-    def approvals(self) -> ApprovalStore:
-        return self.driver.approvals
-
-    @property
     def audit(self) -> AuditLog:
         return self.driver.audit
 
@@ -134,15 +151,6 @@ class DaemonSource:
 
     def now(self) -> float:
         return float(self.service.world.clock.now())
-
-    def incidents(self) -> Mapping[str, Incident]:
-        return dict(self.driver.incidents)
-
-    def states(self) -> Mapping[str, IncidentState]:
-        return dict(self.driver.states)
-
-    def waiting(self) -> Mapping[str, Mapping[str, Any]]:
-        return dict(self.driver.waiting)
 
     def pending_approvals(self) -> list[ApprovalRequest]:
         out: list[ApprovalRequest] = self.service.pending_approvals()
@@ -176,7 +184,7 @@ class DaemonSource:
         return bool(getattr(self.service, "stopping", False))
 
 
-class DriverSource:
+class DriverSource(_DriverViews):
     """`ConsoleSource` over a bare `IncidentDriver`: for a process that drives the graphs itself.
 
     `snapshot` returns the latest snapshot the caller fed the driver; `on_decided` is called after every
@@ -187,7 +195,7 @@ class DriverSource:
     def __init__(self, driver: IncidentDriver, *, snapshot: Callable[[], ClusterSnapshot | None],
                  tokens: Mapping[str, str] | None = None, on_decided: Callable[[ApprovalRequest], None] | None = None,
                  info: Mapping[str, Any] | None = None, faults: list[FaultMark] | None = None) -> None:
-        self.driver = driver
+        self._driver = driver
         self._snapshot = snapshot
         self._tokens = dict(tokens or {})
         self._on_decided = on_decided
@@ -196,12 +204,12 @@ class DriverSource:
         self._stopping = False
 
     @property
-    def approvals(self) -> ApprovalStore:
-        return self.driver.approvals
-
-    @property
     def audit(self) -> AuditLog:
         return self.driver.audit
+
+    @property
+    def driver(self) -> IncidentDriver:
+        return self._driver
 
     def snapshot(self) -> ClusterSnapshot | None:
         return self._snapshot()
@@ -209,15 +217,6 @@ class DriverSource:
     def now(self) -> float:
         clock = self.driver.deps.clock
         return float(clock.now()) if clock is not None else time.time()
-
-    def incidents(self) -> Mapping[str, Incident]:
-        return dict(self.driver.incidents)
-
-    def states(self) -> Mapping[str, IncidentState]:
-        return dict(self.driver.states)
-
-    def waiting(self) -> Mapping[str, Mapping[str, Any]]:
-        return dict(self.driver.waiting)
 
     def pending_approvals(self) -> list[ApprovalRequest]:
         known = set(self.driver.incidents)
