@@ -116,8 +116,13 @@ def test_bad_signatures_are_refused_and_change_nothing(make_daemon: Any, fake_sl
         assert first.status_code == 200
         again = _click(c, body, good)
         assert again.status_code == 401 and "replay" in again.json()["error"]
-    req = d.service.driver.approvals.get(value["r"])
-    assert req is not None and req.status != ApprovalStatus.pending or req.approved_by == [APPROVER]
+    # Bolt acknowledges a click at once and handles it on its own thread: wait for the store to show it
+    def decided() -> Any:
+        r = d.service.driver.approvals.get(value["r"])
+        return r if r is not None and (r.status != ApprovalStatus.pending or r.approved_by) else None
+
+    req = wait_until(decided, 10.0, what="the one good click to be recorded")
+    assert req.status != ApprovalStatus.pending or req.approved_by == [APPROVER]
     # only the one good click counted: the refused ones changed nothing in the store or the audit log
     with AuditLog(d.db) as log:
         decided = [e for e in log.entries(kinds=["approval", "approval_refused", "rejection"])
