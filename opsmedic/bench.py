@@ -60,6 +60,7 @@ GROUPS: dict[str, tuple[str, str] | None] = {
     "retrieval": ("knowledge.bench", "run_retrieval_bench"),
     "monitor": ("agents.fleet_monitor", "bench_tick"),
     "alerts": ("tools.alertmanager", "bench_alert_storm"),
+    "drift": ("tools.drift", "bench_drift"),
     "actions": ("tools.k8s_bench", "bench_actions"),
     "daemon": ("opsmedic.daemon.bench", "bench_daemon_load"),
 }

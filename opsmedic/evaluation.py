@@ -123,6 +123,20 @@ class SimTelemetry:
         return self._cache[1]
 
 
+def _telemetry(sim: Any) -> Any:
+    """What the monitor reads in a scenario run: the simulator directly or through its Prometheus exporter
+    (setting `telemetry`), with the models' drift measured by Evidently over their feature windows rather
+    than read off the simulator. The drift report is waited for: simulated time must not run ahead of it."""
+    from opsmedic.settings import load_settings
+
+    base = ExpositionTelemetry(sim) if load_settings().telemetry == "prometheus" else SimTelemetry(sim)
+    if not sim.models:
+        return base
+    from tools.drift_feed import SandboxWindowSource, drift_telemetry_from_settings
+
+    return drift_telemetry_from_settings(base, SandboxWindowSource(sim), wait=True)
+
+
 @dataclass
 class _Run:
     """One scenario's live objects."""
@@ -203,9 +217,7 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
             narrate(line)
 
     bridge = _registry_bridge(run, db_path)
-    from opsmedic.settings import load_settings
-
-    telemetry = ExpositionTelemetry(sim) if load_settings().telemetry == "prometheus" else SimTelemetry(sim)
+    telemetry = _telemetry(sim)
     driver = IncidentDriver(db_path=db_path, clock=SimClock(sim), telemetry=telemetry,
                             backend=bridge or run.backend, narrate=on_note, thread_prefix=f"{run.scenario.name}:")
     play = _scenario_approver(run.scenario, driver) if approver == "scenario" else None
@@ -236,6 +248,9 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
             rep.decision_ms = driver.decision_ms(inc_id)
     finally:
         driver.close()
+        close = getattr(telemetry, "close", None)
+        if callable(close):
+            close()
 
 
 MODEL_FAULTS = {"model_bad_deploy", "data_drift"}

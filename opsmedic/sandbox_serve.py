@@ -28,9 +28,15 @@ def serve(scenario_path: Path, *, port: int = 0, metrics_port: int = 0, kubeconf
     sim = Simulator(sc)
     api = SandboxKubeAPI(sim)
     url, stop_api = serve_in_thread(api, port)
+    from opsmedic.evaluation import SimTelemetry
+    from tools.drift_feed import SandboxWindowSource, drift_telemetry_from_settings
+
+    # the exporter's model_feature_psi/kl are measured (Evidently over the models' feature windows, in the
+    # background), as a drift job would publish them, rather than the simulator's own numbers
+    measured = drift_telemetry_from_settings(SimTelemetry(sim), SandboxWindowSource(sim))
     latest = LatestSnapshot()
     with api.lock:
-        latest.set(sim.snapshot())
+        latest.set(measured.snapshot())
     metrics = serve_metrics(latest, port=metrics_port)
     kc = write_kubeconfig(url, kubeconfig or Path(".opsmedic") / f"kubeconfig-{sc.name}")
     out(f"sandbox {sc.name}: {sc.description}")
@@ -44,7 +50,7 @@ def serve(scenario_path: Path, *, port: int = 0, metrics_port: int = 0, kubeconf
             done.wait(sc.tick / speed)
             with api.lock:
                 sim.step()
-                latest.set(sim.snapshot())
+                latest.set(measured.snapshot())
             for ev in sim.events:
                 if ev.at_s == sim.now and ev.kind == "fault":
                     out(f"  [{format_duration(sim.now)}] fault: {ev.detail}")
@@ -55,7 +61,9 @@ def serve(scenario_path: Path, *, port: int = 0, metrics_port: int = 0, kubeconf
     except KeyboardInterrupt:
         pass
     finally:
+        measured.close()
         metrics.close()
         stop_api()
         time.sleep(0.05)
     return 0
+

@@ -27,6 +27,10 @@ class MonitorSettings(BaseModel):
     drift_hold_s: float = 300.0
     drift_psi: float = 0.2
     drift_kl: float = 0.15
+    # reference-quantile bins (the textbook PSI) or Evidently's equal-width ones: see tools/drift.py
+    drift_binning: Literal["quantile", "equal_width"] = "quantile"
+    drift_bins: int = Field(default=10, ge=2, le=100)
+    drift_engine: Literal["evidently", "numpy"] = "evidently"
     leak_window_s: float = 120.0
     leak_gib_per_min: float = 0.5
     stall_window_s: float = 120.0

@@ -459,6 +459,17 @@ class Simulator:
         g.remap_pending = False
         self._event("node", f"{g.id} reset and healthy")
 
+    def feature_drift(self, model: str) -> tuple[dict[str, float], bool]:
+        """({feature: the PSI its live distribution has reached against the original training data}, whether
+        the serving version was trained on the drifted data). Noise-free: `sandbox.model_data.current` draws
+        feature windows with these levels, and a drift detector measures them. A drift ramps up over ten
+        minutes from the fault's start."""
+        m = self.models[model]
+        if m.drift_start is None:
+            return {}, m.versions[m.serving].drift_robust
+        ramp = min(1.0, max(0.0, self.now - m.drift_start) / 600.0)
+        return {f: target * ramp for f, target in m.drift_target.items()}, m.versions[m.serving].drift_robust
+
     def _update_models(self, dt: float) -> None:
         for m in self.models.values():
             if m.retrain_done_at is not None and self.now >= m.retrain_done_at:
@@ -471,11 +482,9 @@ class Simulator:
                 m.history.append(f"{self.now:.0f}s: version {v} trained on recent data (accuracy {acc:.3f})")
                 self._event("model", f"{m.name} version {v} registered by retraining")
             robust = m.versions[m.serving].drift_robust
-            for feat, target in m.drift_target.items():
-                if m.drift_start is None:
-                    continue
-                ramp = min(1.0, (self.now - m.drift_start) / 600.0)
-                val = 0.02 if robust else max(0.02, target * ramp)
+            levels, _ = self.feature_drift(m.name)
+            for feat, level in levels.items():
+                val = 0.02 if robust else max(0.02, level)
                 m.drift_psi[feat] = round(val * self.rng.uniform(0.92, 1.08), 4)
             ready = [
                 p for p in self.pods.values()

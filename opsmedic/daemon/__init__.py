@@ -39,13 +39,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--identity", help="this replica's name in the leader Lease (default: $POD_NAME or host:pid)")
     d.add_argument("--leader-election", dest="leader_election", action=argparse.BooleanOptionalAction,
                    default=None, help="elect one acting replica through a Lease (default: on for kubernetes)")
+    d.add_argument("--drift-windows", dest="drift_windows", metavar="DIR",
+                   help="score data drift from DIR/<model>/{reference,current}.{parquet,csv} (kubernetes source; "
+                        "the sandbox draws its own windows)")
     d.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     d.set_defaults(func=cmd_daemon)
     return d
 
 
 _CLI_FIELDS = ("host", "port", "scenario", "speed", "fresh", "source", "kubeconfig", "poll_interval_s", "identity",
-               "leader_election", "log_level")
+               "leader_election", "log_level", "drift_windows")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

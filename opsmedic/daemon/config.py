@@ -35,6 +35,7 @@ ENV: dict[str, str] = {
     "poll_interval_s": "OPSMEDIC_DAEMON_POLL_INTERVAL",
     "read_timeout_s": "OPSMEDIC_DAEMON_READ_TIMEOUT",
     "prometheus_url": "OPSMEDIC_PROMETHEUS_URL",
+    "drift_windows": "OPSMEDIC_DRIFT_WINDOWS",
     "kubeconfig": "OPSMEDIC_KUBECONFIG",
     "kube_context": "OPSMEDIC_KUBE_CONTEXT",
     "namespace": "OPSMEDIC_NAMESPACE",
@@ -57,7 +58,8 @@ ENV: dict[str, str] = {
 FLAGS: dict[str, str] = {"host": "--host", "port": "--port", "scenario": "--scenario", "speed": "--speed",
                          "source": "--source", "fresh": "--fresh", "kubeconfig": "--kubeconfig",
                          "poll_interval_s": "--poll-interval", "identity": "--identity",
-                         "leader_election": "--leader-election", "log_level": "--log-level"}
+                         "leader_election": "--leader-election", "log_level": "--log-level",
+                         "drift_windows": "--drift-windows"}
 
 
 def _default_identity() -> str:
@@ -96,6 +98,7 @@ class DaemonConfig(BaseModel):
     poll_interval_s: float | None = Field(None, gt=0.0, le=3600.0)  # kubernetes source: seconds per tick
     read_timeout_s: float = Field(10.0, gt=0.0, le=600.0)  # kubernetes source: one telemetry read, at most
     prometheus_url: str | None = None  # kubernetes source: GPUs and models from Prometheus (DCGM exporter)
+    drift_windows: Path | None = None  # kubernetes source: <dir>/<model>/{reference,current}.{parquet,csv}
     kubeconfig: Path | None = None
     kube_context: str | None = None
     namespace: str = "default"
@@ -136,6 +139,13 @@ class DaemonConfig(BaseModel):
     def _exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():
             raise ValueError(f"no such file: {v}")
+        return v
+
+    @field_validator("drift_windows")
+    @classmethod
+    def _is_dir(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"no such directory: {v}")
         return v
 
     @field_validator("slack_channel")

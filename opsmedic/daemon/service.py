@@ -170,7 +170,7 @@ class DaemonService:
             return KubeWorld(kubeconfig=c.kubeconfig, context=c.kube_context,
                              in_cluster=c.kubeconfig is None and in_cluster(_environ()), namespace=c.namespace,
                              poll_interval_s=c.poll_interval_s or 10.0, read_timeout_s=c.read_timeout_s,
-                             prometheus_url=c.prometheus_url, send=self._notice)
+                             prometheus_url=c.prometheus_url, drift_windows=c.drift_windows, send=self._notice)
         from sandbox.scenario import load_scenario
 
         path = c.scenario or default_scenario()
@@ -892,6 +892,10 @@ class DaemonService:
         if self.slack is not None:
             c = self.slack.counters
             out.append(counters_family("opsmedic_slack", "Slack traffic and refusals.", "kind", dict(vars(c))))
+        feed = getattr(self.world, "drift", None)
+        if feed is not None:
+            out.append(counters_family("opsmedic_drift_windows", "Feature windows scored for drift, or skipped.",
+                                       "outcome", {"scored": feed.scored, "failed": feed.failures}))
         return out
 
 

@@ -29,6 +29,7 @@ from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationR
 if TYPE_CHECKING:
     from sandbox.scenario import Scenario
     from tools.backend import ActionBackend, TelemetrySource
+    from tools.drift_feed import DriftTelemetry
     from tools.ledger import LedgerRecord
 
 log = logging.getLogger("opsmedic.daemon.world")
@@ -102,7 +103,12 @@ class SandboxWorld:
         self.name = scenario.name
         self.sim = Simulator(scenario)
         self.clock: Clock = _SimClock(self.sim)
-        self.telemetry: TelemetrySource = SimTelemetry(self.sim)
+        from tools.drift_feed import SandboxWindowSource, drift_telemetry_from_settings
+
+        # drift is measured, not read off the simulator: Evidently over the sandbox's feature windows, in the
+        # background (a tick never waits for a report)
+        self.drift = drift_telemetry_from_settings(SimTelemetry(self.sim), SandboxWindowSource(self.sim))
+        self.telemetry: TelemetrySource = self.drift
         self.backend: ActionBackend = SandboxBackend(self.sim)
         self.tick_s = float(scenario.tick)
         self.speed = float(speed)
@@ -182,6 +188,7 @@ class SandboxWorld:
         try:
             self.save()
         finally:
+            self.drift.close()
             self._db.close()
 
 
@@ -274,7 +281,7 @@ class KubeWorld:
 
     def __init__(self, *, kubeconfig: Path | None, context: str | None, in_cluster: bool, namespace: str,
                  poll_interval_s: float, read_timeout_s: float = 10.0, prometheus_url: str | None = None,
-                 send: Callable[[str, str], None] | None = None) -> None:
+                 drift_windows: Path | None = None, send: Callable[[str, str], None] | None = None) -> None:
         from tools.k8s_backend import KubernetesBackend, KubernetesTelemetry
         from tools.k8s_client import build_api_client
 
@@ -290,6 +297,12 @@ class KubeWorld:
             telemetry = CompositeTelemetry(cluster, PrometheusSource(prometheus_url))
         self._bounded = TimeoutTelemetry(telemetry, read_timeout_s)
         self.telemetry: TelemetrySource = self._bounded
+        self.drift: DriftTelemetry | None = None
+        if drift_windows is not None:
+            from tools.drift_feed import DirectoryWindowSource, drift_telemetry_from_settings
+
+            self.drift = drift_telemetry_from_settings(self._bounded, DirectoryWindowSource(drift_windows))
+            self.telemetry = self.drift
         self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=namespace,
                                                         fallback=NotifyBackend(time.time, send))
         self.tick_s = float(poll_interval_s)
@@ -312,7 +325,10 @@ class KubeWorld:
         return {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s}
 
     def close(self) -> None:
-        self._bounded.close()
+        if self.drift is not None:
+            self.drift.close()  # closes the bounded reader under it too
+        else:
+            self._bounded.close()
         try:
             self.api_client.close()
         except Exception:  # closing a pool at shutdown must not mask the real exit status

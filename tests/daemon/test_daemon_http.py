@@ -40,8 +40,13 @@ def test_health_readiness_metrics_and_docs(make_daemon: Any) -> None:
                      'opsmedic_decisions_total{verdict="needs_approval"}',
                      'opsmedic_actions_executed_total{action="cordon_node",outcome="ok"}',
                      "opsmedic_approvals_pending 1.0", "opsmedic_monitor_tick_seconds_bucket",
-                     "opsmedic_daemon_leader 1.0", "opsmedic_alerts_queue_depth", "opsmedic_incidents_open 1.0"):
+                     "opsmedic_daemon_leader 1.0", "opsmedic_alerts_queue_depth", "opsmedic_incidents_open 1.0",
+                     'opsmedic_drift_windows_total{outcome="failed"} 0.0'):
             assert name in text, name
+        # the sandbox world measures its models' drift in the background: the fraud model's windows get scored
+        assert d.service.world.drift.report("fraud-model") is not None or wait_until(
+            lambda: d.service.world.drift.report("fraud-model"), 20.0, what="a drift report")
+        assert 'opsmedic_drift_windows_total{outcome="scored"} 0.0' not in c.get("/metrics").text
         spec = c.get("/openapi.json").json()
         for path in ("/healthz", "/readyz", "/metrics", "/alerts/alertmanager", "/slack/events", "/api/incidents",
                      "/api/incidents/{incident_id}", "/api/approvals", "/api/approvals/{request_id}", "/api/chat"):

@@ -50,6 +50,14 @@ def test_flags_override_environment_and_errors_name_their_source(tmp_path: Path)
     assert "OPSMEDIC_DAEMON_LEADER_ELECTION" in str(e.value)
 
 
+def test_drift_windows_must_be_a_directory(tmp_path: Path) -> None:
+    assert load_daemon_config({"drift_windows": tmp_path}, {}).drift_windows == tmp_path
+    assert load_daemon_config({}, {"OPSMEDIC_DRIFT_WINDOWS": str(tmp_path)}).drift_windows == tmp_path
+    with pytest.raises(ConfigError) as e:
+        load_daemon_config({"drift_windows": tmp_path / "absent"}, {})
+    assert "--drift-windows" in str(e.value) and "no such directory" in str(e.value)
+
+
 def test_api_tokens_parse_and_refuse_weak_or_duplicate_tokens() -> None:
     assert parse_api_tokens("aaaaaaaaaaaaaaaa:alice, bbbbbbbbbbbbbbbb:bob") == {"aaaaaaaaaaaaaaaa": "alice",
                                                                                "bbbbbbbbbbbbbbbb": "bob"}
@@ -221,3 +229,45 @@ def test_the_monitor_lets_the_service_adopt_an_incident() -> None:
         Signal(kind="node_not_ready", resource=n, resource_kind=ResourceKind.node, at_s=0.0)
         for n in ("node-2", "node-1")])
     assert monitor_key(part) == "partition:node-1,node-2"
+
+
+def test_a_kubernetes_world_scores_drift_from_window_files(tmp_path: Path) -> None:
+    """`--drift-windows DIR`: the cluster's telemetry (here the sandbox's Kubernetes API, with a model added
+    as Prometheus would report it) gets its drift scores from DIR/<model>/{reference,current}.csv."""
+    import numpy as np
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+
+    from opsmedic.daemon.world import KubeWorld
+    from opsmedic.domain import ClusterSnapshot, ModelStatus
+    from sandbox.cluster import Simulator
+    from sandbox.k8s_api import SandboxKubeAPI, serve_in_thread, write_kubeconfig
+    from sandbox.scenario import load_scenario
+
+    repo = Path(__file__).resolve().parents[2]
+    rng = np.random.default_rng(4)
+    (tmp_path / "windows" / "fraud-model").mkdir(parents=True)
+    pd.DataFrame({"amount": rng.lognormal(3.6, 1.1, 3000)}).to_csv(
+        tmp_path / "windows" / "fraud-model" / "reference.csv", index=False)
+    pd.DataFrame({"amount": rng.lognormal(4.3, 1.1, 3000)}).to_csv(
+        tmp_path / "windows" / "fraud-model" / "current.csv", index=False)
+    sim = Simulator(load_scenario(repo / "sandbox" / "scenarios" / "node-not-ready.yaml"))
+    url, stop_api = serve_in_thread(SandboxKubeAPI(sim))
+    world = KubeWorld(kubeconfig=write_kubeconfig(url, tmp_path / "kubeconfig"), context=None, in_cluster=False,
+                      namespace="default", poll_interval_s=1.0, drift_windows=tmp_path / "windows")
+    try:
+        assert world.drift is not None and world.telemetry is world.drift
+        cluster = world.drift.inner
+
+        class WithModel:
+            def snapshot(self) -> ClusterSnapshot:
+                snap = cluster.snapshot()
+                model = ModelStatus(name="fraud-model", serving_version=3, versions=[3])
+                return snap.model_copy(update={"models": [model]})
+
+        world.drift.inner = WithModel()
+        world.drift.wait = True
+        snap = world.telemetry.snapshot()
+        assert snap.nodes and snap.models[0].drift_psi["amount"] > 0.2
+    finally:
+        world.close()
+        stop_api()

@@ -40,6 +40,16 @@ def test_sandbox_serve_answers_the_kubernetes_client_and_a_scraper(tmp_path: Pat
         assert api.read_node("node-2").spec.unschedulable is True
         body = httpx.get(metrics_url.group(0), timeout=10).text
         assert "DCGM_FI_DEV_GPU_TEMP" in body and "kube_node_spec_unschedulable" in body
+        # drift gauges are measured over the model's feature windows (every feature, drifted or not), once the
+        # background worker has scored the first window
+        deadline = time.monotonic() + 30
+        while 'feature="velocity_1h"' not in body and time.monotonic() < deadline:
+            time.sleep(0.2)
+            body = httpx.get(metrics_url.group(0), timeout=10).text
+        psi = re.findall(r'model_feature_psi\{[^}]*feature="(\w+)"[^}]*\} ([0-9.e-]+)', body)
+        assert {f for f, _ in psi} == {"amount", "hour", "merchant_risk", "distance_km", "account_age_days",
+                                       "velocity_1h"}, body
+        assert all(float(v) < 0.05 for _, v in psi)  # no drift in this scenario
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)

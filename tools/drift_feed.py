@@ -1,0 +1,305 @@
+"""Drift in the monitor's loop: feature windows in, Evidently scores out, laid over the telemetry snapshot.
+
+Layer: tools (read adapter). Imports `opsmedic.domain`, `opsmedic.settings`, `tools.drift` and, lazily,
+`sandbox.model_data` (for the sandbox's windows) and pandas (for window files).
+
+The monitor already turns a model's `drift_psi` / `drift_kl` into signals with thresholds and hysteresis;
+what it lacked was somebody measuring them. `DriftTelemetry` wraps any `TelemetrySource`: on each
+`snapshot()` it asks a `FeatureWindowSource` for every model's reference and current feature windows, has
+`tools.drift` score them (Evidently, in `DriftWorker`'s thread pool), and replaces the models' drift
+scores with the latest report's. Windows carry a `key` that changes when their contents do, so a window is
+scored once however many ticks see it, and a report already made for a key is reused.
+
+Two modes:
+- **off the hot path** (`wait=False`, the daemon): a changed window is submitted and the snapshot goes out
+  with the previous report's scores (or the inner source's, before the first report). A tick never waits
+  for Evidently.
+- **in step** (`wait=True`, `opsmedic eval`): the snapshot waits for the report. Simulated time does not
+  wait for anything, so an asynchronous report would land at a different simulated moment on every run;
+  waiting keeps evaluation deterministic.
+
+Window sources:
+- `SandboxWindowSource(sim)`: draws the sandbox's synthetic traffic (`sandbox.model_data`) at the drift
+  level the simulator has reached (`Simulator.feature_drift`), levels quantised so that a ten-minute ramp
+  is a handful of windows rather than one per tick.
+- `DirectoryWindowSource(root)`: production. `root/<model>/reference.{parquet,csv}` (what the serving
+  version was trained on) and `root/<model>/current.{parquet,csv}` (recent inference inputs, rewritten by
+  whatever logs them). A file that cannot be read is reported in `errors` and that model is skipped; the
+  others go on.
+
+A failed or unreadable window never fails the snapshot: the inner source's scores stand, and the failure
+is counted (`failures`, `last_error`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from opsmedic.domain import ClusterSnapshot, ModelStatus
+from tools.drift import DriftReport, DriftThresholds, DriftWorker, Engine, Frame
+
+if TYPE_CHECKING:
+    from tools.backend import TelemetrySource
+
+log = logging.getLogger("opsmedic.drift")
+
+WINDOW_SUFFIXES = (".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class FeatureWindow:
+    """A model's two windows, loaded only when `key` is new (reading them may cost disk or a draw)."""
+
+    model: str
+    key: str
+    load: Callable[[], tuple[Frame, Frame]]  # (reference, current)
+
+
+class FeatureWindowSource(Protocol):
+    def windows(self, models: Sequence[str]) -> list[FeatureWindow]:
+        """The windows of those of `models` this source knows."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------ sources
+
+
+class SandboxWindowSource:
+    """The simulator's models' traffic, drawn from `sandbox.model_data` at the drift the simulator reached.
+
+    The reference window is what the serving version was trained on: the original population, or, once a
+    retrained version serves, the drifted one (so a retrained model shows no drift against its own
+    training data). Levels are floored to `step` so the measured PSI never runs ahead of the simulator's.
+    """
+
+    def __init__(self, sim: Any, *, rows: int = 5000, step: float = 0.05) -> None:
+        self.sim = sim
+        self.rows = rows
+        self.step = step
+
+    def _seed(self, model: str) -> int:
+        return zlib.crc32(f"{self.sim.scenario.seed}:{model}".encode())
+
+    def windows(self, models: Sequence[str]) -> list[FeatureWindow]:
+        out = []
+        for name in models:
+            if name not in self.sim.models:
+                continue
+            levels, retrained = self.sim.feature_drift(name)
+            steps = {f: int(v / self.step + 1e-9) for f, v in sorted(levels.items())}
+            drift = {f: n * self.step for f, n in steps.items() if n > 0}
+            key = f"sandbox:{self._seed(name)}:{'retrained' if retrained else 'original'}:{sorted(steps.items())}"
+            out.append(FeatureWindow(name, key, self._loader(name, drift, retrained)))
+        return out
+
+    def _loader(self, name: str, drift: dict[str, float], retrained: bool) -> Callable[[], tuple[Frame, Frame]]:
+        def load() -> tuple[Frame, Frame]:
+            from sandbox import model_data
+
+            seed = self._seed(name)
+            if retrained:
+                ref = model_data.current(seed, self.rows, drift, window=2)
+            else:
+                ref = model_data.reference(seed, self.rows)
+            cur = model_data.current(seed, self.rows, drift, window=1)
+            return (
+                {f: ref.column(f) for f in model_data.FEATURES},
+                {f: cur.column(f) for f in model_data.FEATURES},
+            )
+
+        return load
+
+
+class DirectoryWindowSource:
+    """`root/<model>/{reference,current}.{parquet,csv}`, re-read when a file's size or mtime changes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.errors: dict[str, str] = {}  # model -> why its windows were skipped at the last look
+
+    def _file(self, model: str, stem: str) -> Path | None:
+        for suffix in WINDOW_SUFFIXES:
+            p = self.root / model / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+        return None
+
+    def windows(self, models: Sequence[str]) -> list[FeatureWindow]:
+        out = []
+        for name in models:
+            if not (self.root / name).is_dir():
+                continue
+            ref, cur = self._file(name, "reference"), self._file(name, "current")
+            if ref is None or cur is None:
+                missing = "reference" if ref is None else "current"
+                self.errors[name] = f"{self.root / name}: no {missing}.parquet or {missing}.csv"
+                continue
+            try:
+                stamp = [(p.stat().st_mtime_ns, p.stat().st_size) for p in (ref, cur)]
+            except OSError as exc:  # removed between the look and the stat: next tick
+                self.errors[name] = f"{self.root / name}: {exc}"
+                continue
+            self.errors.pop(name, None)
+            out.append(FeatureWindow(name, f"dir:{ref}:{cur}:{stamp}", self._loader(ref, cur)))
+        return out
+
+    @staticmethod
+    def _loader(ref: Path, cur: Path) -> Callable[[], tuple[Frame, Frame]]:
+        def load() -> tuple[Frame, Frame]:
+            return read_window(ref), read_window(cur)
+
+        return load
+
+
+class WindowFileError(ValueError):
+    """A window file that cannot be used; the message names the file and what is wrong."""
+
+
+def read_window(path: Path) -> Any:
+    """A window file as a pandas frame: Parquet or CSV with a header row, one column per feature."""
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+
+    try:
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as exc:  # noqa: BLE001 - pandas and pyarrow raise many kinds; all mean "unreadable"
+        raise WindowFileError(f"{path}: cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if frame.empty or len(frame.columns) == 0:
+        raise WindowFileError(f"{path}: no rows")
+    return frame
+
+
+# ---------------------------------------------------------------------------------------- telemetry
+
+
+class DriftTelemetry:
+    """A `TelemetrySource` whose models' drift scores come from `tools.drift` over `source`'s windows."""
+
+    def __init__(
+        self,
+        inner: TelemetrySource,
+        source: FeatureWindowSource,
+        *,
+        thresholds: DriftThresholds | None = None,
+        engine: Engine = "evidently",
+        wait: bool = False,
+        cache_size: int = 64,
+    ) -> None:
+        self.inner = inner
+        self.source = source
+        self.wait = wait
+        self.worker = DriftWorker(thresholds, engine=engine)
+        self._cache: OrderedDict[str, DriftReport] = OrderedDict()  # window key -> report
+        self._cache_size = cache_size
+        self._current: dict[str, str] = {}  # model -> key of the windows last seen
+        self._reports: dict[str, DriftReport] = {}  # model -> latest report
+        self._lock = threading.Lock()
+        self.scored = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    def warm(self) -> None:
+        """Import Evidently in the background (seconds), before the first window needs it."""
+        self.worker.warm()
+
+    def snapshot(self) -> ClusterSnapshot:
+        snap = self.inner.snapshot()
+        names = [m.name for m in snap.models]
+        if not names:
+            return snap
+        try:
+            windows = self.source.windows(names)
+        except Exception as exc:  # noqa: BLE001 - a broken source costs drift scores, never the tick
+            self._fail(f"window source: {type(exc).__name__}: {exc}")
+            windows = []
+        for w in windows:
+            self._update(w)
+        with self._lock:
+            reports = dict(self._reports)
+        if not reports:
+            return snap
+        models = [self._overlay(m, reports.get(m.name)) for m in snap.models]
+        return snap.model_copy(update={"models": models})
+
+    def report(self, model: str) -> DriftReport | None:
+        with self._lock:
+            return self._reports.get(model)
+
+    def _update(self, w: FeatureWindow) -> None:
+        with self._lock:
+            if self._current.get(w.model) == w.key:
+                return
+            self._current[w.model] = w.key
+            cached = self._cache.get(w.key)
+            if cached is not None:
+                self._cache.move_to_end(w.key)
+                self._reports[w.model] = cached
+                return
+        try:
+            reference, current = w.load()
+        except Exception as exc:  # noqa: BLE001 - an unreadable window: that model keeps its last scores
+            self._fail(f"{w.model}: {exc}")  # the same key is the same file: not retried until it changes
+            return
+        fut = self.worker.submit(w.model, reference, current)
+        if not self.wait:
+            model, key = w.model, w.key
+            fut.add_done_callback(lambda f: self._done(model, key, f))
+            return
+        try:
+            fut.result()
+        except Exception:  # noqa: BLE001, S110 - _done counts it
+            pass
+        self._done(w.model, w.key, fut)
+
+    def _done(self, model: str, key: str, fut: Future[DriftReport]) -> None:
+        if fut.cancelled():  # superseded by a newer window of the same model
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(f"{model}: {type(exc).__name__}: {exc}")
+            return
+        report = fut.result()
+        with self._lock:
+            self.scored += 1
+            self._reports[model] = report
+            self._cache[key] = report
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def _fail(self, why: str) -> None:
+        with self._lock:
+            self.failures += 1
+            self.last_error = why
+        log.warning("drift scoring skipped", extra={"error": why[:500]})
+
+    @staticmethod
+    def _overlay(m: ModelStatus, report: DriftReport | None) -> ModelStatus:
+        if report is None:
+            return m
+        psi, kl = {**m.drift_psi, **report.psi}, {**m.drift_kl, **report.kl}
+        return m.model_copy(update={"drift_psi": psi, "drift_kl": kl})
+
+    def close(self) -> None:
+        self.worker.close(wait=False)
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+
+def drift_telemetry_from_settings(
+    inner: TelemetrySource, source: FeatureWindowSource, *, wait: bool = False
+) -> DriftTelemetry:
+    """`DriftTelemetry` with the thresholds, binning and engine of `opsmedic.settings` (`monitor.drift_*`)."""
+    from opsmedic.settings import load_settings
+
+    monitor = load_settings().monitor
+    return DriftTelemetry(
+        inner, source, thresholds=DriftThresholds.from_settings(monitor), engine=monitor.drift_engine, wait=wait
+    )
