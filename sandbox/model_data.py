@@ -22,6 +22,7 @@ the same for every feature and is computed exactly from the normal distribution 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -86,6 +87,12 @@ def _index(name: str) -> int:
         return FEATURES.index(name)
     except ValueError:
         raise ValueError(f"unknown feature {name!r}; expected one of {', '.join(FEATURES)}") from None
+
+
+def data_seed(seed: int, model: str) -> int:
+    """Per-model data seed: the scenario seed, told apart per model so two models never share rows. The
+    MLflow backend trains on, and the drift monitor reads, the rows this seed draws."""
+    return ((seed & 0xFFFF_FFFF) << 32) | zlib.crc32(model.encode())
 
 
 def _rng(seed: int, stream: int, window: int) -> np.random.Generator:

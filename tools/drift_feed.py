@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -85,10 +84,9 @@ class SandboxWindowSource:
         self.rows = rows
         self.step = step
 
-    def _seed(self, model: str) -> int:
-        return zlib.crc32(f"{self.sim.scenario.seed}:{model}".encode())
-
     def windows(self, models: Sequence[str]) -> list[FeatureWindow]:
+        from sandbox.model_data import data_seed
+
         out = []
         for name in models:
             if name not in self.sim.models:
@@ -96,15 +94,15 @@ class SandboxWindowSource:
             levels, retrained = self.sim.feature_drift(name)
             steps = {f: int(v / self.step + 1e-9) for f, v in sorted(levels.items())}
             drift = {f: n * self.step for f, n in steps.items() if n > 0}
-            key = f"sandbox:{self._seed(name)}:{'retrained' if retrained else 'original'}:{sorted(steps.items())}"
-            out.append(FeatureWindow(name, key, self._loader(name, drift, retrained)))
+            seed = data_seed(self.sim.scenario.seed, name)  # the rows the MLflow backend trains on
+            key = f"sandbox:{seed}:{'retrained' if retrained else 'original'}:{sorted(steps.items())}"
+            out.append(FeatureWindow(name, key, self._loader(seed, drift, retrained)))
         return out
 
-    def _loader(self, name: str, drift: dict[str, float], retrained: bool) -> Callable[[], tuple[Frame, Frame]]:
+    def _loader(self, seed: int, drift: dict[str, float], retrained: bool) -> Callable[[], tuple[Frame, Frame]]:
         def load() -> tuple[Frame, Frame]:
             from sandbox import model_data
 
-            seed = self._seed(name)
             if retrained:
                 ref = model_data.current(seed, self.rows, drift, window=2)
             else:

@@ -42,7 +42,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +95,6 @@ class ModelSpec:
 def specs_from_scenario(scenario: Scenario) -> list[ModelSpec]:
     """The registered models a scenario names (SCENARIOS.md: versions 1..current exist, current serves)."""
     return [ModelSpec(name, w.current_version or 1) for w in scenario.workloads if (name := w.model_name)]
-
-
-def data_seed(seed: int, target: str) -> int:
-    """Per-model data seed: the scenario seed, told apart per model so two models never share rows."""
-    return ((seed & 0xFFFF_FFFF) << 32) | zlib.crc32(target.encode())
 
 
 class MlflowModelBackend:
@@ -332,7 +326,7 @@ class MlflowModelBackend:
                 if current < 1:
                     raise PermanentToolError(f"{target}: current_version must be at least 1")
                 name = self.registered_name(target)
-                dseed = data_seed(seed, target)
+                dseed = model_data.data_seed(seed, target)
                 try:
                     reg = self._c(self.client.get_registered_model, name)
                     if T_SEED not in (reg.tags or {}):  # adopted: give it data to retrain on
