@@ -138,16 +138,22 @@ class DirectoryWindowSource:
             ref, cur = self._file(name, "reference"), self._file(name, "current")
             if ref is None or cur is None:
                 missing = "reference" if ref is None else "current"
-                self.errors[name] = f"{self.root / name}: no {missing}.parquet or {missing}.csv"
+                self._error(name, f"{self.root / name}: no {missing}.parquet or {missing}.csv")
                 continue
             try:
                 stamp = [(p.stat().st_mtime_ns, p.stat().st_size) for p in (ref, cur)]
             except OSError as exc:  # removed between the look and the stat: next tick
-                self.errors[name] = f"{self.root / name}: {exc}"
+                self._error(name, f"{self.root / name}: {exc}")
                 continue
-            self.errors.pop(name, None)
+            if self.errors.pop(name, None) is not None:
+                log.info("drift windows usable again", extra={"model": name})
             out.append(FeatureWindow(name, f"dir:{ref}:{cur}:{stamp}", self._loader(ref, cur)))
         return out
+
+    def _error(self, model: str, why: str) -> None:
+        if self.errors.get(model) != why:  # said once, not every tick
+            log.warning("drift windows skipped", extra={"model": model, "error": why})
+        self.errors[model] = why
 
     @staticmethod
     def _loader(ref: Path, cur: Path) -> Callable[[], tuple[Frame, Frame]]:
@@ -229,6 +235,16 @@ class DriftTelemetry:
     def report(self, model: str) -> DriftReport | None:
         with self._lock:
             return self._reports.get(model)
+
+    def describe(self) -> dict[str, Any]:
+        """For a status page: counts, the last failure, and the models with a report."""
+        with self._lock:
+            out: dict[str, Any] = {"scored": self.scored, "failed": self.failures, "last_error": self.last_error,
+                                   "models": sorted(self._reports)}
+        errors = getattr(self.source, "errors", None)
+        if errors:
+            out["window_errors"] = dict(errors)
+        return out
 
     def _update(self, w: FeatureWindow) -> None:
         with self._lock:

@@ -182,7 +182,8 @@ class SandboxWorld:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "scenario": self.name, "world": self.world_id, "sim_now_s": self.sim.now,
-                "speed": self.speed, "tick_s": self.tick_s, "nodes": len(self.sim.nodes), "gpus": len(self.sim.gpus)}
+                "speed": self.speed, "tick_s": self.tick_s, "nodes": len(self.sim.nodes), "gpus": len(self.sim.gpus),
+                "drift": self.drift.describe()}
 
     def close(self) -> None:
         try:
@@ -303,6 +304,10 @@ class KubeWorld:
 
             self.drift = drift_telemetry_from_settings(self._bounded, DirectoryWindowSource(drift_windows))
             self.telemetry = self.drift
+            if not prometheus_url:
+                log.warning("drift windows are configured but nothing reports models: the Kubernetes API knows "
+                            "none; set OPSMEDIC_PROMETHEUS_URL so that service metrics name them",
+                            extra={"drift_windows": str(drift_windows)})
         self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=namespace,
                                                         fallback=NotifyBackend(time.time, send))
         self.tick_s = float(poll_interval_s)
@@ -322,7 +327,10 @@ class KubeWorld:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s}
+        out = {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s}
+        if self.drift is not None:
+            out["drift"] = self.drift.describe()
+        return out
 
     def close(self) -> None:
         if self.drift is not None:

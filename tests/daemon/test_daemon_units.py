@@ -268,6 +268,7 @@ def test_a_kubernetes_world_scores_drift_from_window_files(tmp_path: Path) -> No
         world.drift.wait = True
         snap = world.telemetry.snapshot()
         assert snap.nodes and snap.models[0].drift_psi["amount"] > 0.2
+        assert world.describe()["drift"] == {"scored": 1, "failed": 0, "last_error": None, "models": ["fraud-model"]}
     finally:
         world.close()
         stop_api()

@@ -214,12 +214,20 @@ def test_directory_windows_are_read_when_they_change(tmp_path: Path, suffix: str
         feed.close()
 
 
-def test_directory_problems_name_the_file_and_skip_only_that_model(tmp_path: Path) -> None:
+def test_directory_problems_name_the_file_and_skip_only_that_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     rng = np.random.default_rng(3)
     _write(tmp_path / "fraud-model" / "reference.csv", pd.DataFrame({"amount": rng.normal(size=500)}))
     source = DirectoryWindowSource(tmp_path)
-    assert source.windows(["fraud-model", "absent-model"]) == []
+    with caplog.at_level("WARNING", logger="opsmedic.drift"):
+        for _ in range(3):
+            assert source.windows(["fraud-model", "absent-model"]) == []
     assert "no current.parquet or current.csv" in source.errors["fraud-model"]
+    assert [r.getMessage() for r in caplog.records] == ["drift windows skipped"]  # once, not every tick
+    feed = DriftTelemetry(_Static(), source, wait=True, engine="numpy")
+    assert feed.describe()["window_errors"] == source.errors
+    feed.close()
     (tmp_path / "fraud-model" / "current.csv").write_bytes(b"")
     [window] = source.windows(["fraud-model"])
     assert source.errors == {}
