@@ -124,7 +124,7 @@ def _incident_line(v: IncidentView, records: Records) -> str:
 def incidents_answer(records: Records, *, open_only: bool) -> Answer:
     views = records.incidents()
     if not views:
-        return Answer(f"There are no incidents in the audit log ({records.db_path}).")
+        return Answer(f"There are no incidents in the audit log ({records.path}).")
     opened = [v for v in views if not v.closed]
     shown = opened if open_only else views
     head = (f"{len(opened)} open incident(s)" if open_only else

@@ -4,8 +4,12 @@ Layer: interfaces. `opsmedic.cli` calls `add_parser(sub)` while it builds its pa
 only argparse-level things at import time, so `opsmedic --help` stays fast, and the chat's own imports
 (policies, and LangChain only when an LLM is configured) happen inside `cmd_chat`.
 
+The database is the configured one (`--db`, else `OPSMEDIC_DATABASE_URL` / opsmedic.toml, else
+`.opsmedic/opsmedic.db`): a SQLite file, or Postgres for a `postgresql://` URL.
+
 Exit codes: 0 answered (a refusal by the policy is an answer too), 1 the chat refused the user or the
-request was invalid, 2 bad input (no database there).
+request was invalid (or, through `opsmedic.cli`, the database could not be used), 2 bad input (no SQLite
+database there).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import getpass
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 USER_VAR = "OPSMEDIC_CHAT_USER"
@@ -27,8 +32,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Ask about incidents, actions, health, approvals and runbooks, from opsmedic's own records; "
                     "operators may ask it to act, which goes through the governor like the daemon's actions.")
     c.add_argument("--ask", metavar="TEXT", help="answer this one question and exit (for scripts)")
-    c.add_argument("--db", metavar="URL", help="the opsmedic database (default: the configured one, "
-                                               ".opsmedic/opsmedic.db)")
+    c.add_argument("--db", metavar="URL", help="the opsmedic database: a SQLite path or sqlite:///path, or "
+                                               "postgresql://user:pass@host:port/db (default: the configured "
+                                               "one, .opsmedic/opsmedic.db)")
     c.add_argument("--as", dest="as_user", metavar="USER",
                    help=f"who is asking (default: ${USER_VAR} or your login name)")
     c.add_argument("--no-llm", action="store_true", help="answer deterministically even if an LLM is configured")
@@ -43,12 +49,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from opsmedic.settings import load_settings
 
     settings = load_settings(database_url=args.db) if args.db else load_settings()
-    db = settings.sqlite_path()
-    if not db.exists():
+    db = settings.database().location  # the SQLite file's Path, or a postgresql:// URL
+    if isinstance(db, Path) and not db.exists():
         raise InputError("no opsmedic database here: run `opsmedic demo` first, or point --db at the daemon's "
                          "database", str(db))
     user = args.as_user or os.environ.get(USER_VAR) or _login()
-    ctx = ChatContext.from_settings(settings, with_llm=not args.no_llm, channel="cli")
+    ctx = ChatContext.from_settings(settings, db_path=db, with_llm=not args.no_llm, channel="cli")
     if args.ask is None:
         from opsmedic.chat.repl import run_repl
 

@@ -1,20 +1,25 @@
 """opsmedic's real state, read back for the chat: the audit log, the approval store and the checkpoints.
 
 Layer: interfaces. Nothing here is invented or cached across questions: every answer is built from what
-the daemon, `opsmedic demo` or `opsmedic eval` wrote into the SQLite database — audit entries (each with
-its number, which answers cite as `#N`), approval requests, and, for an incident's narrative, the
-LangGraph checkpoint of its graph (read through a compiled graph's `get_state`).
+the daemon, `opsmedic demo` or `opsmedic eval` wrote into opsmedic's database — a SQLite file, or Postgres
+for a `postgresql://` URL — as audit entries (each with its number, which answers cite as `#N`), approval
+requests, and, for an incident's narrative, the LangGraph checkpoint of its graph (read through
+`agents.graph.checkpointer_for`, the checkpointer the driver writes with, and a compiled graph's
+`get_state`). The stores translate database failures into opsmedic's errors: an unreachable or unusable
+database is an `AuditError` (or `ApprovalError`) naming it, without its password.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from opsmedic.domain import ApprovalRequest, ApprovalStatus, AuditEntry
+from opsmedic.errors import AuditError, OpsmedicError
+from policies._db import Db
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 from policies.engine import HistoryEntry
@@ -115,13 +120,25 @@ class IncidentView:
 
 
 class Records:
-    """Read access to one opsmedic database (and append access to its audit log, for chat entries)."""
+    """Read access to one opsmedic database (and append access to its audit log, for chat entries).
 
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = Path(db_path)
-        self.audit = AuditLog(self.db_path)
-        self.approvals = ApprovalStore(self.db_path)
+    `db_path` is the database as the stores take it: a SQLite path (or `sqlite:///` URL) or a
+    `postgresql://` URL; `path` names it in messages (a URL without its password)."""
+
+    def __init__(self, db_path: str | Path) -> None:
+        self.db_path: str | Path = db_path
+        self.audit = AuditLog(db_path)
+        try:
+            self.approvals = ApprovalStore(db_path)
+        except BaseException:
+            self.audit.close()
+            raise
         self._entries: list[AuditEntry] | None = None
+
+    @property
+    def path(self) -> str:
+        """The database, for messages: the SQLite path, or the Postgres URL without its password."""
+        return self.audit.path
 
     def close(self) -> None:
         self.audit.close()
@@ -239,21 +256,17 @@ class Records:
     def checkpoint(self, incident_id: str) -> tuple[list[str], dict[str, Any] | None]:
         """From the incident graph's LangGraph checkpoint: the agents' own timeline, and what the graph is
         waiting for (an approval or a verification time) when it is paused. ([], None) when absent."""
+        thread_id = self._checkpoint_thread(incident_id)
+        if thread_id is None:
+            return [], None
+        from agents.graph import checkpointer_for, compile_graph
+
         try:
-            conn = sqlite3.connect(str(self.db_path), check_same_thread=False)
-        except sqlite3.Error:
+            saver = checkpointer_for(self.db_path)
+        except Exception:  # a checkpoint we cannot read only costs the narrative, never the answer
             return [], None
         try:
-            try:
-                rows = conn.execute("SELECT DISTINCT thread_id FROM checkpoints WHERE thread_id = ? "
-                                    "OR thread_id LIKE ?", (incident_id, f"%:{incident_id}")).fetchall()
-            except sqlite3.Error:
-                return [], None
-            if not rows:
-                return [], None
-            from agents.graph import compile_graph
-
-            state = compile_graph(conn).get_state({"configurable": {"thread_id": rows[0][0]}})
+            state = compile_graph(saver).get_state({"configurable": {"thread_id": thread_id}})
             values = state.values
             timeline = values.get("timeline", []) if isinstance(values, dict) else getattr(values, "timeline", [])
             out = []
@@ -272,7 +285,30 @@ class Records:
         except Exception:  # a checkpoint we cannot read only costs the narrative, never the answer
             return [], None
         finally:
-            conn.close()
+            conn = getattr(saver, "conn", None)  # the caller owns the saver's connection
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _checkpoint_thread(self, incident_id: str) -> str | None:
+        """The graph thread of an incident (its id, or `<prefix>:<id>`), looked up in a read-only
+        transaction before any checkpointer is opened: a database without checkpoints (or without the
+        incident's) gets nothing created in it. None when there is none or it cannot be read."""
+        try:
+            db = Db(self.db_path, AuditError)
+        except OpsmedicError:
+            return None
+        try:
+            with db.reading() as conn:
+                row = conn.execute(
+                    "SELECT thread_id FROM checkpoints WHERE checkpoint_ns = '' AND (thread_id = ? OR thread_id "
+                    "LIKE ?) ORDER BY thread_id = ? DESC, thread_id LIMIT 1",
+                    (incident_id, f"%:{incident_id}", incident_id)).fetchone()
+        except OpsmedicError:  # no checkpoints table: the graph never ran on this database
+            return None
+        finally:
+            db.close()
+        return str(row[0]) if row is not None else None
 
 
 def clock(s: float) -> str:

@@ -98,9 +98,10 @@ def banner(ctx: ChatContext, user: str) -> str:
         open_n = sum(1 for v in incidents if not v.closed)
         pending = len(records.pending_approvals())
         entries = len(records.entries())
+        where = records.path  # a Postgres URL without its password
     role = ctx.roles.role_of(user)
     llm = f"LLM {ctx.llm.model}" if ctx.llm is not None else "no LLM (deterministic answers)"
-    return (f"opsmedic chat - {ctx.db_path}: {entries} audit entries, {len(incidents)} incident(s), {open_n} open, "
+    return (f"opsmedic chat - {where}: {entries} audit entries, {len(incidents)} incident(s), {open_n} open, "
             f"{pending} approval(s) pending.\nYou are {user} ({role}); {llm}. Type 'help' for examples, "
             f"Ctrl-D or 'exit' to leave.")
 

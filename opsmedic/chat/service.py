@@ -42,9 +42,12 @@ MAX_QUESTION_CHARS = 4000
 @dataclass
 class ChatContext:
     """What the chat may read and use. The daemon passes its live telemetry, clock, backend and ledger;
-    the terminal chat has only the database (and then never executes: allowed actions are queued)."""
+    the terminal chat has only the database (and then never executes: allowed actions are queued).
 
-    db_path: Path
+    `db_path` is opsmedic's database as the stores take it: a SQLite file's path (or `sqlite:///` URL), or
+    a `postgresql://` URL (the name is kept for the callers that pass it)."""
+
+    db_path: str | Path
     channel: str = "cli"  # cli | http | slack
     conversation: str | None = None  # default: "<channel>:<user>"
     llm: Any | None = None  # agents.llm.Llm
@@ -60,7 +63,9 @@ class ChatContext:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, with_llm: bool = True, **kw: Any) -> ChatContext:
-        """The policy, runbooks and LLM that the daemon would use, from settings and the environment."""
+        """The database, policy, runbooks and LLM that the daemon would use, from settings and the
+        environment: the database is the configured one (`settings.database()`: Postgres for a
+        `postgresql://` database_url, else the SQLite file) unless `db_path` is given."""
         from opsmedic.settings import load_settings
         from policies.engine import PolicyEngine
         from policies.model import load_policy
@@ -71,7 +76,8 @@ class ChatContext:
             from agents.llm import build_llm
 
             llm = build_llm(settings)
-        kw.setdefault("db_path", settings.sqlite_path())
+        if "db_path" not in kw:
+            kw["db_path"] = settings.database().location
         kw.setdefault("engine", PolicyEngine(load_policy(settings.policy_file)))
         if settings.runbooks_dir is not None:
             from knowledge.runbooks import load_runbooks
