@@ -294,10 +294,12 @@ def _wait_for_people(driver: Any, timeout_s: float, narrate: Narrate | None) -> 
     if not pending:
         return
     say = narrate or print
-    db = driver.db_path
+    # on Postgres the command reads OPSMEDIC_DATABASE_URL as this run did: a URL with its password has no
+    # business on a terminal
+    db = "" if isinstance(driver.database, str) and "://" in driver.database else f" --db {driver.database}"
     for r in pending:
-        say(f"  waiting for a person: opsmedic approve {r.id} --as USER --db {db}   "
-            f"(or: opsmedic reject {r.id} --as USER --reason TEXT --db {db})")
+        say(f"  waiting for a person: opsmedic approve {r.id} --as USER{db}   "
+            f"(or: opsmedic reject {r.id} --as USER --reason TEXT{db})")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not driver.pending_approvals():

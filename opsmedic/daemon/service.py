@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsmedic.daemon.config import DaemonConfig, in_cluster, slack_secrets
@@ -56,7 +56,8 @@ from opsmedic.domain import (
     ResourceKind,
     VerificationResult,
 )
-from opsmedic.errors import ApprovalError, ConfigError, PayloadError
+from opsmedic.errors import ApprovalError, ConfigError, PayloadError, ToolError
+from policies._db import Db, is_postgres_url, redact_url
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -111,11 +112,14 @@ class DaemonService:
 
         self.config = config
         self.settings = settings or load_settings()
-        if self.settings.database_url and self.settings.database_url.startswith(("postgres:", "postgresql:")):
-            raise ConfigError("the daemon's stores are SQLite for now; Postgres is not wired yet",
-                              "setting database_url (OPSMEDIC_DATABASE_URL)")
+        # Everything shared between replicas (checkpoints, approvals, audit, ledger, Slack, chat) lives in the
+        # database: a SQLite file on a shared volume, or Postgres. The local file `db_path` also keeps the
+        # sandbox world's clock, which belongs to this machine's simulated cluster.
+        target = self.settings.database()
         self.db_path = self.settings.sqlite_path()
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.database: str | Path = target.location if target.is_postgres else self.db_path
+        self._checkpoints: Db | None = None
         self.metrics = DaemonMetrics()
         self.acting = False
         self.started = False
@@ -199,7 +203,7 @@ class DaemonService:
         from opsmedic.daemon.slack import SlackApprovals
 
         return SlackApprovals(signing_secret=secret, bot_token=token, channel=self.config.slack_channel,
-                              api_url=self.config.slack_api_url, db_path=self.db_path, decide=self._slack_decide,
+                              api_url=self.config.slack_api_url, db_path=self.database, decide=self._slack_decide,
                               approval_view=self.approval_view, escalation_view=self.escalation_view,
                               retries=self.config.slack_retries, backoff_s=self.config.slack_backoff_s,
                               on_decision=self._wake.set, chat=self._slack_chat)
@@ -227,7 +231,7 @@ class DaemonService:
         self._loop_thread.start()
         self.started = True
         log.info("daemon started", extra={"world": self.world.describe(), "identity": self.leadership.identity,
-                                          "db": str(self.db_path), "slack": self.slack is not None})
+                                          "db": redact_url(str(self.database)), "slack": self.slack is not None})
 
     def stop(self) -> None:
         """Graceful shutdown (see the module docstring); safe to call twice."""
@@ -254,6 +258,8 @@ class DaemonService:
             self.world.close()
         finally:
             self.driver.close()
+            if self._checkpoints is not None:
+                self._checkpoints.close()
         log.info("daemon stopped", extra={"ticks": self.ticks})
 
     # ------------------------------------------------------------------------------------- the loop
@@ -379,19 +385,20 @@ class DaemonService:
     def _thread_ids(self) -> list[str]:
         """This world's graph threads in the checkpointer, oldest first (by their latest checkpoint)."""
         prefix = self.world.thread_prefix
+        # SQLite's rowid is insertion order; Postgres has none, but LangGraph's checkpoint ids are
+        # time-ordered (uuid6), so the greatest one is the latest there
+        last = "MAX(rowid)" if not is_postgres_url(self.database) else "MAX(checkpoint_id)"
         try:
-            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=30.0)
-        except sqlite3.Error:
+            if self._checkpoints is None:
+                self._checkpoints = Db(self.database, ToolError)
+            with self._checkpoints.reading() as conn:
+                rows = conn.execute(
+                    f"SELECT thread_id, {last} AS last FROM checkpoints WHERE checkpoint_ns = '' "
+                    "AND substr(thread_id, 1, ?) = ? GROUP BY thread_id ORDER BY last DESC LIMIT ?",
+                    (len(prefix), prefix, RESYNC_LIMIT)).fetchall()
+        except ToolError as exc:  # no checkpoint table yet (a brand-new database), or the database is down
+            log.debug("no checkpoints read", extra={"error": str(exc)[:300]})
             return []
-        try:
-            rows = conn.execute(
-                "SELECT thread_id, MAX(rowid) AS last FROM checkpoints WHERE checkpoint_ns = '' "
-                "AND substr(thread_id, 1, ?) = ? GROUP BY thread_id ORDER BY last DESC LIMIT ?",
-                (len(prefix), prefix, RESYNC_LIMIT)).fetchall()
-        except sqlite3.Error:  # no checkpoint table yet: a brand-new database
-            return []
-        finally:
-            conn.close()
         return [str(r[0]) for r in reversed(rows)]
 
     def _world_records(self) -> list[LedgerRecord]:
@@ -717,7 +724,7 @@ class DaemonService:
                 from opsmedic.chat import ChatContext
 
                 self._chat_base = ChatContext.from_settings(
-                    self.settings, db_path=self.db_path, channel=channel, telemetry=_LatestSnapshot(self),
+                    self.settings, db_path=self.database, channel=channel, telemetry=_LatestSnapshot(self),
                     clock=self.world.clock, engine=self.driver.deps.engine)
         acting = self.acting
         return replace(self._chat_base, channel=channel, backend=_LoopBackend(self) if acting else None,
@@ -749,7 +756,7 @@ class DaemonService:
                 continue
             self._chat_tried[req.id] = now
             try:
-                with Records(self.db_path) as records:
+                with Records(self.database) as records:
                     result = execute_approved(req.id, records, ctx)
                 log.info("approved chat request carried out", extra={"request_id": req.id, "ok": result.ok,
                                                                      "action": req.action.key})

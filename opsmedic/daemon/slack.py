@@ -37,7 +37,6 @@ import json
 import logging
 import random
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsmedic.domain import ActionResult, ApprovalRequest, ApprovalStatus, Diagnosis, Incident, VerificationResult
+from opsmedic.errors import ToolError
+from policies._db import Db, Store
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -270,60 +271,55 @@ class PostedMessage:
     story_ts: str | None
 
 
-class SlackStore:
-    """Posted messages and seen request signatures, in the daemon's SQLite file (shared by replicas)."""
+class SlackStore(Store):
+    """Posted messages and seen request signatures, in the daemon's database (SQLite file or Postgres),
+    shared by replicas: a click replayed to the other replica is refused there too."""
 
-    def __init__(self, db_path: Path) -> None:
-        self._conn = sqlite3.connect(str(db_path), timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._lock = threading.Lock()
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        for stmt in _SCHEMA.split(";"):
-            if stmt.strip():
-                self._conn.execute(stmt)
+    def __init__(self, db: str | Path) -> None:
+        self._db = Db(db, ToolError)
+        self._db.create_schema(_SCHEMA, what="Slack tables")
         self._last_prune = 0.0
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
 
     def first_seen(self, key: str, now: float | None = None) -> bool:
         """Record a request signature; False when it was recorded before (a replay). Atomic across
-        processes: INSERT OR IGNORE on a primary key."""
+        processes: an insert that does nothing on the primary key's conflict, and says whether it inserted."""
         now = time.time() if now is None else now
-        with self._lock:
+        with self._db.transaction(lock="opsmedic_slack_seen") as conn:
             if now - self._last_prune > 60:
-                self._conn.execute("DELETE FROM opsmedic_slack_seen WHERE seen_at < ?", (now - REPLAY_WINDOW_S,))
+                conn.execute("DELETE FROM opsmedic_slack_seen WHERE seen_at < ?", (now - REPLAY_WINDOW_S,))
                 self._last_prune = now
-            cur = self._conn.execute("INSERT OR IGNORE INTO opsmedic_slack_seen (key, seen_at) VALUES (?, ?)",
-                                     (key, now))
-            return cur.rowcount == 1
+            row = conn.execute("INSERT INTO opsmedic_slack_seen (key, seen_at) VALUES (?, ?) "
+                               "ON CONFLICT (key) DO NOTHING RETURNING key", (key, now)).fetchone()
+            return row is not None
 
     def get(self, key: str) -> PostedMessage | None:
-        with self._lock:
-            row = self._conn.execute("SELECT key, incident_id, channel, ts, view, story_ts FROM "
-                                     "opsmedic_slack_messages WHERE key = ?", (key,)).fetchone()
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT key, incident_id, channel, ts, view, story_ts FROM "
+                               "opsmedic_slack_messages WHERE key = ?", (key,)).fetchone()
         return PostedMessage(*row) if row is not None else None
 
     def posted(self, key: str, incident_id: str, channel: str, ts: str, view: str) -> None:
-        with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO opsmedic_slack_messages (key, incident_id, channel, ts, view, "
-                               "story_ts, updated_at) VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                               (key, incident_id, channel, ts, view, time.time()))
+        with self._db.transaction(lock="opsmedic_slack_messages") as conn:
+            conn.execute("INSERT INTO opsmedic_slack_messages (key, incident_id, channel, ts, view, story_ts, "
+                         "updated_at) VALUES (?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (key) DO UPDATE SET "
+                         "incident_id = excluded.incident_id, channel = excluded.channel, ts = excluded.ts, "
+                         "view = excluded.view, story_ts = NULL, updated_at = excluded.updated_at",
+                         (key, incident_id, channel, ts, view, time.time()))
 
     def updated(self, key: str, view: str) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE opsmedic_slack_messages SET view = ?, updated_at = ? WHERE key = ?",
-                               (view, time.time(), key))
+        with self._db.transaction(lock="opsmedic_slack_messages") as conn:
+            conn.execute("UPDATE opsmedic_slack_messages SET view = ?, updated_at = ? WHERE key = ?",
+                         (view, time.time(), key))
 
     def story_posted(self, key: str, ts: str) -> None:
-        with self._lock:
-            self._conn.execute("UPDATE opsmedic_slack_messages SET story_ts = ?, updated_at = ? WHERE key = ?",
-                               (ts, time.time(), key))
+        with self._db.transaction(lock="opsmedic_slack_messages") as conn:
+            conn.execute("UPDATE opsmedic_slack_messages SET story_ts = ?, updated_at = ? WHERE key = ?",
+                         (ts, time.time(), key))
 
     def messages(self) -> list[PostedMessage]:
-        with self._lock:
-            rows = self._conn.execute("SELECT key, incident_id, channel, ts, view, story_ts FROM "
-                                      "opsmedic_slack_messages ORDER BY updated_at").fetchall()
+        with self._db.reading() as conn:
+            rows = conn.execute("SELECT key, incident_id, channel, ts, view, story_ts FROM "
+                                "opsmedic_slack_messages ORDER BY updated_at").fetchall()
         return [PostedMessage(*r) for r in rows]
 
 
@@ -379,7 +375,7 @@ class SlackApprovals:
     `escalation_view` render the current state of a request or an escalated incident (None: unknown)."""
 
     def __init__(self, *, signing_secret: str | None, bot_token: str | None, channel: str | None, api_url: str,
-                 db_path: Path, decide: Decide, approval_view: Callable[[str], ApprovalView | None],
+                 db_path: str | Path, decide: Decide, approval_view: Callable[[str], ApprovalView | None],
                  escalation_view: Callable[[str], EscalationView | None], retries: int = 4,
                  backoff_s: float = 0.5, on_decision: Callable[[], None] | None = None,
                  chat: Callable[[str, str], str | None] | None = None) -> None:
