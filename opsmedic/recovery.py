@@ -1,7 +1,8 @@
 """Crash recovery: find every incident graph a dead process left open and drive it on from its checkpoint.
 
-Layer: interfaces (beside `opsmedic.evaluation`; may import agents, policies and tools). A daemon calls
-`resume_all` once at start, before it opens new incidents:
+Layer: interfaces (beside `opsmedic.evaluation`; may import agents, policies and tools). A process that
+takes over a database a dead one left (the crash tests' driver; the daemon has its own adoption, which also
+rebuilds its in-memory views) calls `resume_all` once at start, before it opens new incidents:
 
 - **approval wait** (an `interrupt` of kind `approval`): the approval store, not the interrupt, says what
   happened while nobody was listening. A request that is no longer pending (approved, rejected, expired —
@@ -16,7 +17,8 @@ Layer: interfaces (beside `opsmedic.evaluation`; may import agents, policies and
   with `None` too, which applies the saved writes and goes on. Only a checkpoint without tasks is done.
 
 `make_deps` builds the real stores (approvals, audit log, execution ledger) and the policy engine on one
-SQLite file, which is how the crash tests and the recovery path run the graph outside the eval.
+database (a SQLite file or a Postgres URL, like the checkpointer's), which is how the crash tests and the
+recovery path run the graph outside the eval.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ def _bundled_catalog() -> RunbookCatalog:
 def make_deps(db_path: str | Path, backend: ActionBackend, telemetry: TelemetrySource, clock: Clock,
               policy: Policy | str | Path | None = None, *, runbooks: RunbookSource | None = None,
               requester: str = "opsmedic", restore_history: bool = True) -> Deps:
-    """Deps with the real ApprovalStore, AuditLog, ExecutionLedger and PolicyEngine on one SQLite file
-    (the file the checkpointer should use too), and the bundled runbooks unless others are given.
+    """Deps with the real ApprovalStore, AuditLog, ExecutionLedger and PolicyEngine on one database (a
+    SQLite file or a Postgres URL: the one the checkpointer should use too), and the bundled runbooks
+    unless others are given.
     `policy` is a parsed policy, a policy file, or None for the bundled default. `Deps.history` is rebuilt
     from the execution ledger (see `executed_history`) unless `restore_history` is False. Close the stores
     with `close_deps`."""
@@ -89,7 +92,7 @@ def executed_history(ledger: ExecutionLedger) -> list[HistoryEntry]:
 
 
 def close_deps(deps: Deps) -> None:
-    """Close the SQLite connections `make_deps` opened (the backend is the caller's)."""
+    """Close the database connections `make_deps` opened (the backend is the caller's)."""
     deps.approvals.close()
     deps.audit.close()
     deps.ledger.close()
@@ -99,16 +102,20 @@ def _config(thread_id: str) -> RunnableConfig:
     return {"configurable": {"thread_id": thread_id}}
 
 
-def _thread_ids(graph: Graph, conn: sqlite3.Connection) -> list[str]:
+def _thread_ids(graph: Graph, conn: Any) -> list[str]:
     """Every thread the checkpointer knows, read from its `checkpoints` table (one DISTINCT query instead
-    of deserialising every checkpoint through `SqliteSaver.list(None)`); falls back to `list` when the
-    table is not the one we expect."""
+    of deserialising every checkpoint through the saver's `list(None)`). `conn` is the checkpointer's
+    connection: sqlite3's, or the psycopg one `PostgresSaver` holds (dict rows). Falls back to `list` when
+    a SQLite table is not the one we expect."""
     saver = graph.checkpointer
     if isinstance(saver, SqliteSaver):
         saver.setup()
+    sql = "SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_ns = ''"
+    if not isinstance(conn, sqlite3.Connection):  # psycopg: PostgresSaver created its tables at setup
+        rows = conn.execute(sql).fetchall()
+        return sorted(str(r["thread_id"] if isinstance(r, dict) else r[0]) for r in rows)
     try:
-        rows = conn.execute("SELECT DISTINCT thread_id FROM checkpoints WHERE checkpoint_ns = ''").fetchall()
-        return sorted(str(r[0]) for r in rows)
+        return sorted(str(r[0]) for r in conn.execute(sql).fetchall())
     except sqlite3.Error:
         if not isinstance(saver, SqliteSaver):
             return []
@@ -124,7 +131,7 @@ def _is_open(snap: StateSnapshot) -> bool:
     return bool(snap.next) or bool(snap.interrupts) or bool(snap.tasks)
 
 
-def open_incidents(graph: Graph, conn: sqlite3.Connection, *, thread_prefix: str | None = None) -> list[str]:
+def open_incidents(graph: Graph, conn: Any, *, thread_prefix: str | None = None) -> list[str]:
     """Thread ids whose latest checkpoint is not finished: an interrupt pending or steps still to run.
     `thread_prefix` keeps to one namespace: a daemon must not pick up the sandbox incidents an
     `opsmedic eval` left waiting in a shared database (its thread ids are `<scenario>:<incident>`)."""
@@ -183,17 +190,17 @@ def resume_thread(graph: Graph, deps: Deps, thread_id: str, responder: Responder
 
 
 def resume_all(graph: Graph, deps: Deps, responder: Responder | None = None, *,
-               conn: sqlite3.Connection | None = None, thread_prefix: str | None = None) -> dict[str, Status]:
+               conn: Any = None, thread_prefix: str | None = None) -> dict[str, Status]:
     """Resume every open incident in the checkpointer's database; thread id -> where it stopped.
 
     An incident whose graph raises is logged and reported as `error`, so that one broken incident does
     not keep the others from resuming; its checkpoint is untouched and the next start tries it again.
     """
     if conn is None:
-        saver = graph.checkpointer
-        if not isinstance(saver, SqliteSaver):
-            raise TypeError("resume_all needs a SqliteSaver-checkpointed graph or an explicit conn")
-        conn = saver.conn
+        # SqliteSaver and PostgresSaver both keep their connection as `.conn`
+        conn = getattr(graph.checkpointer, "conn", None)
+        if conn is None:
+            raise TypeError("resume_all needs a SQLite- or Postgres-checkpointed graph, or an explicit conn")
     deps.approvals.expire_due(deps.clock.now(), audit=deps.audit)
     statuses: dict[str, Status] = {}
     for thread_id in open_incidents(graph, conn, thread_prefix=thread_prefix):

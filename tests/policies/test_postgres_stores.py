@@ -297,6 +297,59 @@ def test_checkpointer_is_postgres_with_the_allow_list(pg_url: str) -> None:
         again.conn.close()  # type: ignore[attr-defined]
 
 
+def test_a_graph_left_waiting_on_postgres_is_resumed_once_by_the_next_process(pg_url: str, tmp_path: Path) -> None:
+    """opsmedic.recovery on Postgres: a graph waits for approval and its process goes away; the next one
+    finds the open thread in the Postgres checkpoints, resumes it with the approval, and drains once."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import crash_driver
+
+    from agents.graph import checkpointer_for, compile_graph
+    from agents.state import IncidentState
+    from opsmedic.recovery import close_deps, make_deps, open_incidents, resume_all, waiting_on
+    from tools.testing import FakeClock, RecordingBackend, StaticTelemetry
+
+    snapshot, incident = crash_driver.fixture()
+
+    def process() -> tuple[Any, Any, Any, Any, FakeClock]:
+        clock = FakeClock(crash_driver.SNAPSHOT_AT_S)
+        backend = RecordingBackend(tmp_path / "calls.db", clock=clock)
+        saver = checkpointer_for(pg_url)
+        return compile_graph(saver), make_deps(pg_url, backend, StaticTelemetry(snapshot), clock), saver, backend, clock
+
+    graph, deps, saver, backend, _ = process()
+    try:
+        graph.invoke(IncidentState(incident=incident), {"configurable": {"thread_id": incident.id}}, context=deps)
+        wait = waiting_on(graph, incident.id)
+        assert wait is not None and wait["kind"] == "approval"
+    finally:
+        close_deps(deps)
+        backend.close()
+        saver.conn.close()
+    with ApprovalStore(pg_url) as store, AuditLog(pg_url) as log:
+        req = store.get(str(wait["request_id"]))
+        assert req is not None
+        store.approve(req.id, by="eval-approver", digest=req.digest, now_s=req.requested_at_s, audit=log)
+
+    graph, deps, saver, backend, clock = process()
+    try:
+        assert open_incidents(graph, saver.conn) == [incident.id]
+        statuses = resume_all(graph, deps)
+        for _ in range(10):  # the verifier lets the drain settle: move the clock to each wait's end
+            pending = [w for t, s in statuses.items() if s == "waiting" and (w := waiting_on(graph, t))]
+            if not pending:
+                break
+            clock.set(max(float(w["until_s"]) for w in pending))
+            statuses = resume_all(graph, deps)
+        assert statuses == {incident.id: "resolved"}
+        assert backend.counts_by_key()["drain_node@node-1"] == 1
+    finally:
+        close_deps(deps)
+        backend.close()
+        saver.conn.close()
+    with AuditLog(pg_url) as log:
+        assert log.verify().ok
+
+
 # ------------------------------------------------------------------------------------- command line
 
 
