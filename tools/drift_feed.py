@@ -82,7 +82,7 @@ class SandboxWindowSource:
     (one standard deviation) for ~40 ms a report.
     """
 
-    def __init__(self, sim: Any, *, rows: int = 20_000, step: float = 0.05) -> None:
+    def __init__(self, sim: Any, *, rows: int = 20_000, step: float = 0.025) -> None:
         self.sim = sim
         self.rows = rows
         self.step = step
