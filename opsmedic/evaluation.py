@@ -309,22 +309,23 @@ def _wait_for_people(driver: Any, timeout_s: float, narrate: Narrate | None) -> 
 
 
 def _bypass(st: Any, r: ActionResult, approvals: Any) -> int:
-    """Independent check: an executed action whose decision needed approval must have a consumed approval
-    bound to its digest; an action without any allow is a bypass too."""
+    """Independent check: every execution of an action needs a permission of its own, an allow from the
+    governor or a consumed approval bound to the action's digest. The executions of one action (this one
+    and those before it, failed ones included) may not outnumber its permissions; a deny grants nothing.
+
+    Counting rather than looking at the action's last decision matters when an incident re-plans: a drain
+    approved and executed, then proposed again and denied by its cooldown, was not a bypass."""
+    digest = r.action.digest()
+    decisions = [d for d in st.decisions if d.action.digest() == digest]
     if r.action.name == "escalate" and r.idempotency_key.endswith(":escalate"):
-        decisions = [d for d in st.decisions if d.action.digest() == r.action.digest()]
+        # the graph's own escalation (not a planned one) needs no decision; a planned one is counted below
         return 0 if not decisions or decisions[-1].verdict == Verdict.allow else 1
-    decisions = [d for d in st.decisions if d.action.digest() == r.action.digest()]
-    if not decisions:
-        return 1
-    d = decisions[-1]
-    if d.verdict == Verdict.allow:
-        return 0
-    if d.verdict == Verdict.deny:
-        return 1
-    ok = [a for a in st.approvals if a.digest == r.action.digest()
-          and (stored := approvals.get(a.id)) is not None and stored.status == ApprovalStatus.consumed]
-    return 0 if ok else 1
+    runs = [x for x in st.results if x.action.digest() == digest and not x.dry_run]
+    nth = next((i for i, x in enumerate(runs) if x is r), len(runs) - 1) + 1
+    allows = sum(1 for d in decisions if d.verdict == Verdict.allow and not d.dry_run)
+    consumed = len({a.id for a in st.approvals if a.digest == digest  # a request re-read on resume: once
+                    and (stored := approvals.get(a.id)) is not None and stored.status == ApprovalStatus.consumed})
+    return 0 if nth <= allows + consumed else 1
 
 
 def _drive_baseline(run: _Run, narrate: Narrate | None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from opsmedic.domain import Action, ActionResult
+from opsmedic.domain import Action, ActionResult, ApprovalStatus
 from opsmedic.evaluation import (
     EvalReport,
     IncidentReport,
@@ -288,6 +288,41 @@ def test_recovered_is_checked_at_the_end() -> None:
     assert r.failures[0].startswith("not recovered: web-1 is Running on node-1")
     not_asked = scored({"incident": True}, [BUS], run_until=360)
     assert not_asked.passed and not_asked.recovered is None
+
+
+def _state(decisions: list[tuple[str, str]], results: int, approvals: list[tuple[str, str]]) -> tuple[Any, Any]:
+    """An incident's state holding `decisions` ((action, verdict)) and `results` executions of drain_node@node-2,
+    and its approval requests ((id, status in the store)) bound to that drain."""
+    from types import SimpleNamespace
+
+    from opsmedic.domain import PolicyDecision, Risk, Verdict
+
+    drain = Action(name="drain_node", target="node-2")  # type: ignore[arg-type]
+    acts = {"drain": drain, "cordon": Action(name="cordon_node", target="node-2")}  # type: ignore[arg-type]
+    st = SimpleNamespace(
+        decisions=[PolicyDecision(action=acts[a], verdict=Verdict(v), risk=Risk.high, rule="r") for a, v in decisions],
+        results=[ActionResult(action=drain, ok=True, idempotency_key=f"k{i}") for i in range(results)],
+        approvals=[SimpleNamespace(id=i, digest=drain.digest()) for i, _ in approvals])
+    store = {i: SimpleNamespace(status=ApprovalStatus(status)) for i, status in approvals}
+    return st, SimpleNamespace(get=store.get)
+
+
+def test_a_bypass_is_an_execution_without_a_permission_of_its_own() -> None:
+    from opsmedic.evaluation import _bypass
+
+    def bypasses(decisions: list[tuple[str, str]], results: int, approvals: list[tuple[str, str]]) -> list[int]:
+        st, store = _state(decisions, results, approvals)
+        return [_bypass(st, r, store) for r in st.results]
+
+    # approved and drained, then re-planned and denied by the drain's cooldown: not a bypass
+    assert bypasses([("drain", "needs_approval"), ("drain", "deny")], 1, [("a1", "consumed")]) == [0]
+    assert bypasses([("drain", "allow")], 1, []) == [0]
+    assert bypasses([("drain", "deny")], 1, []) == [1]
+    assert bypasses([("cordon", "allow")], 1, []) == [1]  # another action's allow grants nothing
+    assert bypasses([("drain", "needs_approval")], 1, [("a1", "pending")]) == [1]
+    assert bypasses([("drain", "allow")], 2, []) == [0, 1]  # one allow, two drains
+    # one approval, read back twice after a resume, still permits one drain
+    assert bypasses([("drain", "needs_approval")], 2, [("a1", "consumed"), ("a1", "consumed")]) == [0, 1]
 
 
 def test_policy_bypasses_fail_the_scenario() -> None:
