@@ -50,6 +50,10 @@ class KeyState:
     incident_id: str | None = None
     closed: bool = False
     quiet_since: float | None = None
+    # A pod incident that closed as resolved: if its condition is back a quiet period after the close, the
+    # fix did not hold, and that is news (a new incident) rather than flapping to sit out.
+    recurs: bool = False
+    closed_at: float | None = None
 
 
 @dataclass
@@ -186,7 +190,8 @@ class Monitor:
         hist.append((t, mem))
         while hist and t - hist[0][0] > s.leak_window_s:
             hist.popleft()
-        if len(hist) < 6 or hist[-1][0] - hist[0][0] < s.leak_window_s * 0.75:
+        full = len(hist) >= 6 and hist[-1][0] - hist[0][0] >= s.leak_window_s * 0.75
+        if not full and len(hist) < 3:
             return None
         xs = [h[0] for h in hist]
         ys = [h[1] for h in hist]
@@ -199,6 +204,12 @@ class Monitor:
         if gib_per_min < s.leak_gib_per_min or rises < 0.7:
             return None
         minutes_left = (total - mem) / 1024.0 / gib_per_min
+        # A leak fast enough to fill the GPU before a whole window has been seen (8 GiB/min on a 24 GiB
+        # L4) is caught on three strictly rising samples: waiting for the window would meet it as an OOM
+        # kill, and each kill restarts the history. Slow growth never takes this path, so sampling noise
+        # over a short span cannot raise it.
+        if not full and (rises < 1.0 or minutes_left * 60.0 > 2 * s.leak_window_s):
+            return None
         return Signal(kind="fb_memory_growth", resource=pod, resource_kind=ResourceKind.pod, at_s=t,
                       value=round(gib_per_min, 2), threshold=s.leak_gib_per_min,
                       labels={"minutes_to_oom": f"{minutes_left:.1f}"},
@@ -317,7 +328,10 @@ class Monitor:
                 inc.signals.extend(s for s in sigs if (s.kind, s.resource) not in known)
                 continue
             if state.incident_id is not None and state.closed:
-                continue  # closed and still active: wait until the condition clears (no flapping)
+                if state.closed_at is None:
+                    state.closed_at = t
+                if not (state.recurs and t - state.closed_at >= self.settings.reopen_quiet_s):
+                    continue  # closed and still active: wait until the condition clears (no flapping)
             self._seq += 1
             inc_id = f"{self.id_prefix}-{self._seq}"
             kind, resource = self._resource_of(key, sigs)
@@ -325,15 +339,17 @@ class Monitor:
             inc = Incident(id=inc_id, resource=resource, resource_kind=kind, opened_at_s=t,
                            signals=list(sigs), title=title)
             self.incidents[inc_id] = inc
-            state.incident_id, state.closed = inc_id, False
+            state.incident_id, state.closed, state.recurs, state.closed_at = inc_id, False, False, None
             opened.append(inc)
         for key, state in self._keys.items():
             if key in groups:
                 continue
             if state.quiet_since is None:
                 state.quiet_since = t
+            if state.closed and state.closed_at is None:
+                state.closed_at = t
             if state.closed and t - state.quiet_since >= self.settings.reopen_quiet_s:
-                state.incident_id, state.closed = None, False
+                state.incident_id, state.closed, state.recurs, state.closed_at = None, False, False, None
         return opened
 
     @staticmethod
@@ -343,8 +359,13 @@ class Monitor:
         kinds = {s.resource_kind for s in sigs if s.resource == key}
         return (next(iter(kinds)) if kinds else sigs[0].resource_kind), key
 
-    def close(self, incident_id: str) -> None:
-        """The graph finished with an incident: its key may open again once its condition clears."""
+    def close(self, incident_id: str, *, resolved: bool = False) -> None:
+        """The graph finished with an incident: its key may open again once its condition clears. A pod
+        incident closed as `resolved` (a restart that verified) opens again if its condition is back a
+        quiet period later, cleared or not: an escalated one stays with the human it went to."""
+        inc = self.incidents.get(incident_id)
         for state in self._keys.values():
             if state.incident_id == incident_id:
                 state.closed = True
+                state.closed_at = None
+                state.recurs = resolved and inc is not None and inc.resource_kind == ResourceKind.pod

@@ -118,7 +118,7 @@ class IncidentDriver:
             self.waiting[inc_id] = dict(interrupts[0].value)
         else:
             self.waiting.pop(inc_id, None)
-            self.monitor.close(inc_id)
+            self.monitor.close(inc_id, resolved=self.states[inc_id].outcome == "resolved")
 
     def start(self, incident: Incident) -> None:
         from agents.state import IncidentState

@@ -276,6 +276,46 @@ def test_a_quick_return_after_closing_is_still_the_same_flap() -> None:
     assert len(feed(m, 200, 210, xids=(48,))) == 1  # quiet for long enough: a new incident
 
 
+def _leaking(t: float, mem_mib: float, *, restarts: int = 0, phase: str = "Running") -> ClusterSnapshot:
+    """One inference pod on GPU whose framebuffer holds `mem_mib` of 23,034 MiB (an L4)."""
+    pod = PodStatus(name="svc-0", workload="svc", kind="inference", node="node-0", gpus=[GPU], phase=phase,  # type: ignore[arg-type]
+                    ready=phase == "Running", reason=None if phase == "Running" else "OOMKilled", restarts=restarts)
+    g = GpuSample(gpu=GPU, node="node-0", index=0, present=True, temp_c=50.0, util_pct=60.0,
+                  mem_used_mib=mem_mib, mem_total_mib=23_034.0, clock_event_reasons=0)
+    return ClusterSnapshot(at_s=t, gpus=[g], nodes=[NodeStatus(name="node-0", ready=True, gpus=1)], pods=[pod],
+                           models=[])
+
+
+def test_a_leak_that_fills_the_gpu_within_a_window_is_caught_on_three_samples() -> None:
+    """8 GiB/min on a 24 GiB GPU sampled every 30 s: out of memory before a whole leak window (120 s) has
+    been seen. Three strictly rising samples and minutes to OOM are enough; slow growth needs the window."""
+    m = Monitor()
+    assert m.observe(_leaking(0, 7_000), 30) == [] and m.observe(_leaking(30, 11_000), 30) == []
+    [inc] = m.observe(_leaking(60, 15_000), 30)
+    assert inc.resource == "svc-0" and inc.signals[0].kind == "fb_memory_growth"
+    slow = Monitor()
+    for i in range(4):  # 1 GiB/min, 20 min from OOM: not urgent, and four samples are not a window
+        assert slow.observe(_leaking(30 * i, 2_000 + 512 * i), 30) == []
+
+
+def test_a_pod_incident_resolved_by_a_restart_opens_again_when_the_fault_returns() -> None:
+    """The restart verified, then the leak came back (OOM kills every two minutes, never quiet for a
+    minute): a new incident, once a quiet period has passed since the close. Escalated instead: nothing."""
+    for resolved, expect_new in ((True, True), (False, False)):
+        m = Monitor()
+        opened = [i for t, mem in ((0, 7_000), (30, 11_000), (60, 15_000)) for i in m.observe(_leaking(t, mem), 30)]
+        m.close(opened[0].id, resolved=resolved)
+        again: list[Incident] = []
+        for cycle in range(5):  # 4 GiB every 30 s from 7 GiB: killed at the fifth sample, re-created
+            base = 90 + cycle * 150
+            for k in range(4):
+                again += m.observe(_leaking(base + 30 * k, 7_000 + 4_096 * k, restarts=cycle), 30)
+            again += m.observe(_leaking(base + 120, 7_000, restarts=cycle + 1, phase="Pending"), 30)
+        assert (len(again) == 1) is expect_new, (resolved, again)
+        if expect_new:
+            assert again[0].resource == "svc-0" and again[0].id != opened[0].id
+
+
 def test_an_open_incident_is_never_duplicated() -> None:
     m = Monitor()
     [first] = feed(m, 10, 20, present=False)
