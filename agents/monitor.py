@@ -190,7 +190,9 @@ class Monitor:
         hist.append((t, mem))
         while hist and t - hist[0][0] > s.leak_window_s:
             hist.popleft()
-        full = len(hist) >= 6 and hist[-1][0] - hist[0][0] >= s.leak_window_s * 0.75
+        # a whole window is three quarters of it or more, however few samples that takes (a 30 s tick fits
+        # five samples in the default 120 s; asking for six would never see one)
+        full = len(hist) >= 3 and hist[-1][0] - hist[0][0] >= s.leak_window_s * 0.75
         if not full and len(hist) < 3:
             return None
         xs = [h[0] for h in hist]

@@ -294,8 +294,26 @@ def test_a_leak_that_fills_the_gpu_within_a_window_is_caught_on_three_samples() 
     [inc] = m.observe(_leaking(60, 15_000), 30)
     assert inc.resource == "svc-0" and inc.signals[0].kind == "fb_memory_growth"
     slow = Monitor()
-    for i in range(4):  # 1 GiB/min, 20 min from OOM: not urgent, and four samples are not a window
+    for i in range(3):  # 1 GiB/min, 20 min from OOM: not urgent, and 60 s of samples are not a window
         assert slow.observe(_leaking(30 * i, 2_000 + 512 * i), 30) == []
+
+
+@pytest.mark.parametrize("tick", [30.0, 60.0])
+def test_a_slow_leak_is_seen_with_long_ticks(tick: float) -> None:
+    """1 GiB/min on an 80 GiB GPU (an hour from OOM) sampled every 30 or 60 s: a 120 s window holds five or
+    three samples, and the leak is an incident once one window of them has risen."""
+    m = Monitor()
+    opened: list[Incident] = []
+    t = 0.0
+    while not opened and t < 600:
+        g = GpuSample(gpu=GPU, node="node-0", index=0, present=True, temp_c=50.0, util_pct=60.0,
+                      mem_used_mib=20_000 + 1024 * t / 60, mem_total_mib=81_559.0, clock_event_reasons=0)
+        pod = PodStatus(name="svc-0", workload="svc", kind="inference", node="node-0", gpus=[GPU],
+                        phase="Running", ready=True)
+        opened = m.observe(ClusterSnapshot(at_s=t, gpus=[g], nodes=[NodeStatus(name="node-0", ready=True, gpus=1)],
+                                           pods=[pod], models=[]), tick)
+        t += tick
+    assert [i.resource for i in opened] == ["svc-0"] and t - tick <= 120
 
 
 def test_a_pod_incident_resolved_by_a_restart_opens_again_when_the_fault_returns() -> None:
