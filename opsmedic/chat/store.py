@@ -39,19 +39,7 @@ CREATE TABLE IF NOT EXISTS opsmedic_chat (
 CREATE INDEX IF NOT EXISTS opsmedic_chat_conversation ON opsmedic_chat (conversation, id);
 """
 # Postgres has no AUTOINCREMENT: a BIGSERIAL gives the same increasing ids
-_SCHEMA_POSTGRES = """
-CREATE TABLE IF NOT EXISTS opsmedic_chat (
-    id           BIGSERIAL PRIMARY KEY,
-    conversation TEXT NOT NULL,
-    at           TEXT NOT NULL,
-    "user"       TEXT NOT NULL,
-    role         TEXT NOT NULL,
-    text         TEXT NOT NULL,
-    intent       TEXT,
-    meta         TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS opsmedic_chat_conversation ON opsmedic_chat (conversation, id);
-"""
+_SCHEMA_POSTGRES = _SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
 _TABLE = "opsmedic_chat"  # the advisory lock that serialises writers on Postgres
 _INSERT = ('INSERT INTO opsmedic_chat (conversation, at, "user", role, text, intent, meta) '
            "VALUES (?, ?, ?, ?, ?, ?, ?)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
 
@@ -38,3 +39,39 @@ class RecordingBackend:
 
     def verify(self, action: Action) -> VerificationResult:
         return VerificationResult(action=action, ok=True, detail="ok", at_s=0.0)
+
+
+def drive_until_the_drain_waits(db_path: Path, settings: Any = None) -> None:
+    """Run the XID 79 scenario with the real driver until its drain waits for a human, and leave it there
+    (the stores on `settings`' database when given, else the SQLite file `db_path`)."""
+    from opsmedic.driver import IncidentDriver
+    from opsmedic.evaluation import SimClock, SimTelemetry
+    from sandbox.cluster import Simulator
+    from sandbox.scenario import load_scenario
+    from tools.sandbox_backend import SandboxBackend
+
+    sim = Simulator(load_scenario(XID79))
+    driver = IncidentDriver(db_path=db_path, clock=SimClock(sim), telemetry=SimTelemetry(sim),
+                            backend=SandboxBackend(sim), settings=settings, thread_prefix="xid79:")
+    try:
+        while not sim.done and not driver.pending_approvals():
+            sim.step()
+            for inc in driver.monitor.observe(driver.deps.telemetry.snapshot(), sim.tick):
+                driver.start(inc)
+            driver.resume_ready(sim.now, None)
+        assert driver.pending_approvals(), "the drain should wait for approval"
+    finally:
+        driver.close()
+
+
+def scripted_input(feed: list[Any]) -> Any:
+    """A stand-in for `input()` that returns the feed's strings in turn and raises its exceptions
+    (KeyboardInterrupt for Ctrl-C, EOFError for Ctrl-D)."""
+
+    def fake_input(prompt: str = "") -> str:
+        item = feed.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return str(item)
+
+    return fake_input

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chat_support import XID79, LiveCluster, RecordingBackend
+from chat_support import XID79, LiveCluster, RecordingBackend, drive_until_the_drain_waits
 
 from opsmedic import llm_guard
 
@@ -60,25 +60,8 @@ def incident_id(_xid79_run: tuple[Path, Any]) -> str:
 @pytest.fixture(scope="session")
 def _paused_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The XID 79 scenario driven until its drain waits for a human, then left there."""
-    from opsmedic.driver import IncidentDriver
-    from opsmedic.evaluation import SimClock, SimTelemetry
-    from sandbox.cluster import Simulator
-    from sandbox.scenario import load_scenario
-    from tools.sandbox_backend import SandboxBackend
-
     db = tmp_path_factory.mktemp("paused") / "opsmedic.db"
-    sim = Simulator(load_scenario(XID79))
-    driver = IncidentDriver(db_path=db, clock=SimClock(sim), telemetry=SimTelemetry(sim), backend=SandboxBackend(sim),
-                            thread_prefix="xid79:")
-    try:
-        while not sim.done and not driver.pending_approvals():
-            sim.step()
-            for inc in driver.monitor.observe(driver.deps.telemetry.snapshot(), sim.tick):
-                driver.start(inc)
-            driver.resume_ready(sim.now, None)
-        assert driver.pending_approvals(), "the drain should wait for approval"
-    finally:
-        driver.close()
+    drive_until_the_drain_waits(db)
     return db
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_support import scripted_input
 
 from agents.llm import Llm, LlmConfig
 from opsmedic.chat.cli import add_parser
@@ -122,14 +123,7 @@ def test_no_database_is_bad_input(tmp_path: Path) -> None:
 def test_repl_survives_ctrl_c_and_leaves_on_eof(xid79_db: Path, monkeypatch: pytest.MonkeyPatch,
                                                 tmp_path: Path) -> None:
     feed: list[Any] = ["pending approvals", KeyboardInterrupt(), "", "status of node-1", EOFError()]
-
-    def fake_input(prompt: str = "") -> str:
-        item = feed.pop(0)
-        if isinstance(item, BaseException):
-            raise item
-        return str(item)
-
-    monkeypatch.setattr(builtins, "input", fake_input)
+    monkeypatch.setattr(builtins, "input", scripted_input(feed))
     out = io.StringIO()
     ctx = ChatContext(db_path=xid79_db, roles=Roles())
     assert run_repl(ctx, "bob", history_file=tmp_path / "history", out=out) == 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chat_support import XID79, LiveCluster
+from chat_support import XID79, LiveCluster, drive_until_the_drain_waits, scripted_input
 from pg import PgServer, pg_server, pg_url  # noqa: F401
 
 from opsmedic.chat.cli import add_parser
@@ -97,30 +97,12 @@ def pg_incident(_pg_xid79_run: tuple[str, str]) -> str:
 @pytest.fixture(scope="session")
 def _pg_paused_run(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> str:  # noqa: F811
     """The XID 79 scenario driven on Postgres until its drain waits for a human, then left there."""
-    from opsmedic.driver import IncidentDriver
-    from opsmedic.evaluation import SimClock, SimTelemetry
-    from sandbox.cluster import Simulator
-    from sandbox.scenario import load_scenario
-    from tools.sandbox_backend import SandboxBackend
-
     url = pg_server.create_database()
     with pytest.MonkeyPatch.context() as mp:
         for var in ("OPSMEDIC_LLM_BASE_URL", "OPSMEDIC_LLM_MODEL", "OPSMEDIC_POLICY_FILE"):
             mp.delenv(var, raising=False)
         settings = load_settings(database_url=url)
-    sim = Simulator(load_scenario(XID79))
-    driver = IncidentDriver(db_path=tmp_path_factory.mktemp("pg-paused") / "scratch.db", clock=SimClock(sim),
-                            telemetry=SimTelemetry(sim), backend=SandboxBackend(sim), settings=settings,
-                            thread_prefix="xid79:")
-    try:
-        while not sim.done and not driver.pending_approvals():
-            sim.step()
-            for inc in driver.monitor.observe(driver.deps.telemetry.snapshot(), sim.tick):
-                driver.start(inc)
-            driver.resume_ready(sim.now, None)
-        assert driver.pending_approvals(), "the drain should wait for approval"
-    finally:
-        driver.close()
+    drive_until_the_drain_waits(tmp_path_factory.mktemp("pg-paused") / "scratch.db", settings)
     return url
 
 
@@ -293,14 +275,7 @@ def test_opsmedic_chat_ask_on_postgres(pg_xid79: str, capsys: pytest.CaptureFixt
 @integration
 def test_the_terminal_chat_on_postgres(pg_xid79: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     feed: list[Any] = ["open incidents", KeyboardInterrupt(), "status of node-1", EOFError()]
-
-    def fake_input(prompt: str = "") -> str:
-        item = feed.pop(0)
-        if isinstance(item, BaseException):
-            raise item
-        return str(item)
-
-    monkeypatch.setattr(builtins, "input", fake_input)
+    monkeypatch.setattr(builtins, "input", scripted_input(feed))
     out = io.StringIO()
     with_password = pg_xid79.replace("://opsmedic@", "://opsmedic:hunter2@")  # trust auth ignores it
     assert run_repl(ChatContext(db_path=with_password, roles=Roles()), "bob", history_file=tmp_path / "h",
