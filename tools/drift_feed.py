@@ -206,6 +206,8 @@ class DriftTelemetry:
         self.source = source
         self.wait = wait
         self.worker = DriftWorker(thresholds, engine=engine)
+        if not wait:
+            self.worker.warm()  # Evidently's seconds-long import, on the worker thread, before a window needs it
         self._cache: OrderedDict[str, DriftReport] = OrderedDict()  # window key -> report
         self._cache_size = cache_size
         self._current: dict[str, str] = {}  # model -> key of the windows last seen
@@ -214,10 +216,6 @@ class DriftTelemetry:
         self.scored = 0
         self.failures = 0
         self.last_error: str | None = None
-
-    def warm(self) -> None:
-        """Import Evidently in the background (seconds), before the first window needs it."""
-        self.worker.warm()
 
     def snapshot(self) -> ClusterSnapshot:
         snap = self.inner.snapshot()
@@ -248,8 +246,11 @@ class DriftTelemetry:
             out: dict[str, Any] = {"scored": self.scored, "failed": self.failures, "last_error": self.last_error,
                                    "models": sorted(self._reports)}
         errors = getattr(self.source, "errors", None)
-        if errors:
-            out["window_errors"] = dict(errors)
+        try:
+            if errors:
+                out["window_errors"] = dict(errors)
+        except RuntimeError:  # the loop thread changed it while this (HTTP) thread copied it: next time
+            pass
         return out
 
     def _update(self, w: FeatureWindow) -> None:
