@@ -463,7 +463,7 @@ class DriftWorker:
 # ------------------------------------------------------------------------------------------- bench
 
 
-def bench_drift(repeats: int = 30, rows: int = 5000) -> dict[str, Any]:
+def bench_drift(repeats: int = 30, rows: int = 20_000) -> dict[str, Any]:
     """`opsmedic bench --only drift`: what one model's drift report costs off the hot path.
 
     The sandbox's six features, `rows` rows in each window, one feature drifted; p50/p95 over `repeats`
