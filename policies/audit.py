@@ -145,10 +145,16 @@ class AuditLog(Store):
         return AuditEntry(seq=seq, at=at, sim_s=sim, incident_id=incident_id, kind=kind, payload=data,
                           prev_hash=prev, hash=h)
 
-    def entries(self, incident_id: str | None = None, kinds: Iterable[str] | None = None) -> list[AuditEntry]:
+    def entries(self, incident_id: str | None = None, kinds: Iterable[str] | None = None, *,
+                after_seq: int | None = None) -> list[AuditEntry]:
+        """Entries in chain order, optionally of one incident, of some kinds, or after a sequence number
+        (what a reader that has the rest already needs)."""
         sql = f"SELECT {_COLUMNS} FROM opsmedic_audit"
         where: list[str] = []
         args: list[Any] = []
+        if after_seq is not None:
+            where.append("seq > ?")
+            args.append(after_seq)
         if incident_id is not None:
             where.append("incident_id = ?")
             args.append(incident_id)
@@ -168,6 +174,12 @@ class AuditLog(Store):
             raise AuditError(f"could not read the audit log {self._db.path}: {exc}") from exc
         except AuditError as exc:
             raise AuditError(f"could not read the audit log: {exc}") from exc
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of entry `seq`, or None when there is none."""
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT hash FROM opsmedic_audit WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
 
     def count(self) -> int:
         with self._db.reading() as conn:

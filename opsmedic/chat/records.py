@@ -12,6 +12,7 @@ database is an `AuditError` (or `ApprovalError`) naming it, without its password
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,7 @@ class Records:
 
     def entries(self) -> list[AuditEntry]:
         if self._entries is None:
-            self._entries = self.audit.entries()
+            self._entries = _read_through(self.audit)
         return self._entries
 
     def refresh(self) -> None:
@@ -309,6 +310,31 @@ class Records:
         finally:
             db.close()
         return str(row[0]) if row is not None else None
+
+
+# The audit entries of each database read so far in this process. A daemon answers every question with a
+# fresh `Records`; the log only grows (hash-chained, append-only), so each read fetches the entries after
+# the last one it has instead of the whole log again.
+_TAILS: dict[str, list[AuditEntry]] = {}
+_TAILS_LOCK = threading.Lock()
+MAX_CACHED_ENTRIES = 500_000  # beyond this a database is read whole each time rather than held in memory
+
+
+def _read_through(audit: AuditLog) -> list[AuditEntry]:
+    """Every entry of `audit`'s log, from the process cache plus what was appended since. If the entry at
+    the cached end no longer has the cached hash (the database was replaced, say by a new demo run),
+    the cache for it starts over."""
+    key = audit.path
+    with _TAILS_LOCK:
+        cached = _TAILS.get(key)
+    if cached and audit.hash_at(cached[-1].seq) == cached[-1].hash:
+        entries = cached + audit.entries(after_seq=cached[-1].seq)
+    else:
+        entries = audit.entries()
+    if key != ":memory:" and len(entries) <= MAX_CACHED_ENTRIES:
+        with _TAILS_LOCK:
+            _TAILS[key] = entries  # never mutated: the next read builds a new list
+    return list(entries)
 
 
 def clock(s: float) -> str:
