@@ -420,9 +420,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from opsmedic.chat.cli import add_parser as add_chat_parser
     from opsmedic.daemon import add_parser as add_daemon_parser
+    from opsmedic.gpu_watch import add_parser as add_gpu_parser
 
     add_chat_parser(sub)
     add_daemon_parser(sub)
+    add_gpu_parser(sub)
 
     rb = sub.add_parser("runbooks", help="lint, index and search the runbook library")
     rbsub = rb.add_subparsers(dest="runbooks_cmd", metavar="SUBCOMMAND", required=True)
