@@ -105,34 +105,13 @@ class DriftReport(BaseModel):
         out = []
         th = self.thresholds
         for f, d in sorted(self.features.items()):
-            if d.psi_drifted and d.psi is not None:
-                out.append(
-                    Signal(
-                        kind="drift_psi",
-                        resource=self.model,
-                        resource_kind=ResourceKind.model,
-                        at_s=self.at_s,
-                        value=d.psi,
-                        threshold=th.psi,
-                        labels={"feature": f},
-                        detail=f"{self.model} feature {f!r} PSI {d.psi:.2f} > {th.psi}",
-                        source=self.engine,
-                    )
-                )
-            if d.kl_drifted and d.kl is not None:
-                out.append(
-                    Signal(
-                        kind="drift_kl",
-                        resource=self.model,
-                        resource_kind=ResourceKind.model,
-                        at_s=self.at_s,
-                        value=d.kl,
-                        threshold=th.kl,
-                        labels={"feature": f},
-                        detail=f"{self.model} feature {f!r} KL {d.kl:.2f} > {th.kl}",
-                        source=self.engine,
-                    )
-                )
+            for kind, label, value, drifted, threshold in (("drift_psi", "PSI", d.psi, d.psi_drifted, th.psi),
+                                                           ("drift_kl", "KL", d.kl, d.kl_drifted, th.kl)):
+                if drifted and value is not None:
+                    out.append(Signal(kind=kind, resource=self.model, resource_kind=ResourceKind.model,
+                                      at_s=self.at_s, value=value, threshold=threshold, labels={"feature": f},
+                                      detail=f"{self.model} feature {f!r} {label} {value:.2f} > {threshold}",
+                                      source=self.engine))
         return out
 
 
