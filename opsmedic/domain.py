@@ -32,6 +32,13 @@ RootCause = Literal[
     "model_quality_regression",
     "model_latency_regression",
     "data_drift",
+    "canary_regression",
+    "concept_drift",
+    "feature_pipeline_broken",
+    "capacity_saturation",
+    "gpu_reset_required",
+    "node_reboot_required",
+    "unknown",
     "healthy",
 ]
 ROOT_CAUSES: tuple[str, ...] = RootCause.__args__  # type: ignore[attr-defined]
@@ -49,6 +56,7 @@ ActionName = Literal[
     "rollback_model",
     "retrain_model",
     "promote_model",
+    "abort_rollout",
     "notify",
     "escalate",
 ]

@@ -73,6 +73,38 @@ class ClusterSpec(_Strict):
 class SloSpec(_Strict):
     latency_p95_ms: float | None = Field(default=None, gt=0)
     accuracy_min: float | None = Field(default=None, ge=0, le=1)
+    error_rate_max: float | None = Field(default=None, ge=0, le=1)
+    label_delay: float = Field(default=0.0, ge=0)  # seconds; the accuracy seen now is of predictions this old
+
+    _d = _dur_validator("label_delay")
+
+
+class RolloutSpec(_Strict):
+    """How a new version reaches traffic: a canary that steps through `steps` (% of requests)."""
+
+    strategy: Literal["canary"]
+    steps: list[float] = Field(min_length=1, max_length=20)
+    step_every: float
+
+    _d = _dur_validator("step_every")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[float]) -> list[float]:
+        if any(not 0 < x <= 100 for x in v):
+            raise ValueError("each step is a share of requests in percent, above 0 and at most 100")
+        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+            raise ValueError("steps must increase")
+        if v[-1] != 100:
+            raise ValueError("the last step must be 100 (the canary then becomes the served version)")
+        return v
+
+    @field_validator("step_every")
+    @classmethod
+    def _every(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError("step_every must be a positive duration")
+        return v
 
 
 class WorkloadSpec(_Strict):
@@ -84,13 +116,15 @@ class WorkloadSpec(_Strict):
     model: str | None = Field(default=None, pattern=_NAME)
     current_version: int | None = Field(default=None, ge=1)
     slo: SloSpec | None = None
+    rollout: RolloutSpec | None = None
+    capacity_qps: float | None = Field(default=None, gt=0, le=1e7)  # requests/s one replica serves in SLO
 
     _d = _dur_validator("checkpoint_every")
 
     @model_validator(mode="after")
     def _kind_fields(self) -> WorkloadSpec:
         if self.kind == "training":
-            for key in ("model", "current_version", "slo"):
+            for key in ("model", "current_version", "slo", "rollout", "capacity_qps"):
                 if getattr(self, key) is not None:
                     raise ValueError(f"`{key}` is for inference workloads; {self.name} is training")
         else:
@@ -107,15 +141,32 @@ class WorkloadSpec(_Strict):
     def pod_names(self) -> list[str]:
         return [f"{self.name}-{i}" for i in range(self.replicas)]
 
+    @property
+    def capacity(self) -> float:
+        """Requests per second one replica serves within its latency SLO (SCENARIOS.md default: 100)."""
+        return self.capacity_qps if self.capacity_qps is not None else 100.0
+
 
 # ------------------------------------------------------------------------------------------ faults
+
+
+XidRecovery = Literal["none", "gpu_reset", "node_reboot", "drain_p2p", "drain_and_reset"]
 
 
 class XidParams(_Strict):
     xid: int = Field(ge=1, le=1000)
     repeat: int = Field(default=1, ge=1, le=1000)
     every: float = 60.0
+    recovery: XidRecovery | None = None  # XID 154 only: the recovery the driver now requires
     _d = _dur_validator("every")
+
+    @model_validator(mode="after")
+    def _recovery_for_154(self) -> XidParams:
+        if self.recovery is not None and self.xid != 154:
+            raise ValueError("`recovery` is for XID 154 (GPU_RECOVERY_ACTION_CHANGED) only")
+        if self.xid == 154 and self.recovery is None:
+            raise ValueError("XID 154 needs `recovery`: none, gpu_reset, node_reboot, drain_p2p or drain_and_reset")
+        return self
 
 
 class EccParams(_Strict):
@@ -158,6 +209,43 @@ class BadDeployParams(_Strict):
     version: int | None = Field(default=None, ge=1)
     accuracy: float | None = Field(default=None, ge=0, le=1)
     latency_p95_ms: float | None = Field(default=None, gt=0)
+    error_rate: float | None = Field(default=None, ge=0, le=1)
+
+
+class CanaryParams(BadDeployParams):
+    """A canary version's metrics on the `canary` track; unset = as good as stable."""
+
+
+# The features the sandbox's models take (SCENARIOS.md).
+MODEL_FEATURES = ("amount", "hour", "merchant_risk", "distance_km", "account_age_days", "velocity_1h")
+
+
+class ConceptDriftParams(_Strict):
+    accuracy: float = Field(ge=0, le=1)
+    over: float = 1800.0
+    _d = _dur_validator("over")
+
+
+class PipelineBreakParams(_Strict):
+    feature: Literal["amount", "hour", "merchant_risk", "distance_km", "account_age_days", "velocity_1h"]
+    kind: Literal["nulls", "out_of_range", "type_change"]
+    fraction: float = Field(default=1.0, gt=0, le=1)
+
+
+class SurgeParams(_Strict):
+    multiplier: float = Field(gt=0, le=1000)
+    for_: float | None = Field(default=None, alias="for")  # None: until the end of the scenario
+    _d = _dur_validator("for_")
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class AlertParams(_Strict):
+    """An Alertmanager (webhook v4) alert naming the target: a claim, not evidence."""
+
+    alertname: str = Field(min_length=1, max_length=200)
+    severity: str = Field(default="warning", min_length=1, max_length=50)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class DriftParams(_Strict):
@@ -172,9 +260,12 @@ class LogInjectionParams(_Strict):
 FaultType = Literal[
     "gpu_xid", "gpu_ecc", "gpu_thermal", "gpu_memory_leak", "nvlink_errors", "power_cap_under_load",
     "transient_spike", "node_not_ready", "pod_crashloop", "training_stall", "model_bad_deploy",
-    "data_drift", "log_injection",
+    "data_drift", "log_injection", "model_canary", "concept_drift", "feature_pipeline_break",
+    "traffic_surge", "alert",
 ]
-TargetKind = Literal["gpu", "node", "pod", "training_pod", "model", "gpu_or_node"]
+TargetKind = Literal[
+    "gpu", "node", "pod", "training_pod", "model", "gpu_or_node", "canary_model", "inference_workload", "anything",
+]
 
 FAULT_PARAMS: dict[str, type[_Strict]] = {
     "gpu_xid": XidParams,
@@ -190,6 +281,11 @@ FAULT_PARAMS: dict[str, type[_Strict]] = {
     "model_bad_deploy": BadDeployParams,
     "data_drift": DriftParams,
     "log_injection": LogInjectionParams,
+    "model_canary": CanaryParams,
+    "concept_drift": ConceptDriftParams,
+    "feature_pipeline_break": PipelineBreakParams,
+    "traffic_surge": SurgeParams,
+    "alert": AlertParams,
 }
 FAULT_TARGETS: dict[str, TargetKind] = {
     "gpu_xid": "gpu",
@@ -205,6 +301,11 @@ FAULT_TARGETS: dict[str, TargetKind] = {
     "model_bad_deploy": "model",
     "data_drift": "model",
     "log_injection": "pod",
+    "model_canary": "canary_model",
+    "concept_drift": "model",
+    "feature_pipeline_break": "model",
+    "traffic_surge": "inference_workload",
+    "alert": "anything",
 }
 
 
@@ -412,6 +513,15 @@ def _check_semantics(s: Scenario, source: str) -> None:
         "training_pod": (training_pods, "a pod of a training workload"),
         "model": (set(models), "a model served by an inference workload"),
         "gpu_or_node": (gpus | nodes, "a GPU or a node"),
+        "canary_model": (
+            {m for w in s.workloads if (m := w.model_name) and w.rollout is not None},
+            "a model whose workload has `rollout: {strategy: canary, ...}`",
+        ),
+        "inference_workload": (
+            {w.name for w in s.workloads if w.kind == "inference"},
+            "an inference workload",
+        ),
+        "anything": (gpus | nodes | pods | set(models) | set(names), "a GPU, node, pod, workload or model"),
     }
     for i, f in enumerate(s.faults):
         allowed, what = kinds[FAULT_TARGETS[f.type]]

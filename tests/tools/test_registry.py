@@ -28,6 +28,7 @@ def test_the_registry_declares_exactly_the_whitelisted_actions() -> None:
         "rollback_model",
         "retrain_model",
         "promote_model",
+        "abort_rollout",
         "notify",
         "escalate",
     )  # SCENARIOS.md
