@@ -1,8 +1,10 @@
 """Fixtures shared by the whole test tree: where the scenarios live, scenario builders, a throw-away
 working directory, and the markers (`integration`, `gpu`, `slow`).
 
-The example scenarios are in the `shared` folder beside the repository (`../shared/scenarios`); tests that
-need them are skipped with a clear reason when that folder is absent. The held-out scenarios live in
+The example scenarios are in the `shared` folder beside the repository (`../shared/scenarios`); the package
+ships a copy of each in `sandbox/scenarios` (what `opsmedic demo --list` offers), and the tests use that copy
+when the shared folder is absent, so a plain clone runs every scenario test (a test checks that the copies are
+byte-identical to the shared originals whenever both are present). The held-out scenarios live in
 `tests/scenarios` and ship with the repository.
 """
 
@@ -19,7 +21,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SCENARIOS = Path(__file__).resolve().parents[2] / "shared" / "scenarios"
+BUNDLED_SCENARIOS = REPO / "sandbox" / "scenarios"
 HELDOUT_SCENARIOS = REPO / "tests" / "scenarios"
+
+
+def example_scenarios_dir() -> Path:
+    """`../shared/scenarios` when it is there, else the package's copy of the same files."""
+    if SHARED_SCENARIOS.is_dir() and _yaml_files(SHARED_SCENARIOS):
+        return SHARED_SCENARIOS
+    return BUNDLED_SCENARIOS
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -34,13 +44,8 @@ def _yaml_files(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
-    """The example scenarios of the contract (`../shared/scenarios`)."""
-    if not SHARED_SCENARIOS.is_dir() or not _yaml_files(SHARED_SCENARIOS):
-        pytest.skip(
-            f"the example scenarios are not here: {SHARED_SCENARIOS} is absent (the shared folder "
-            "beside the repository)"
-        )
-    return SHARED_SCENARIOS
+    """The example scenarios of the contract (`../shared/scenarios`, or the package's copy of them)."""
+    return example_scenarios_dir()
 
 
 @pytest.fixture(scope="session")
@@ -63,18 +68,14 @@ def heldout_files(heldout_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def scenario_path() -> Callable[[str], Path]:
-    """`scenario_path("xid79-fell-off-bus")`: an example or held-out scenario file by name (the test is
-    skipped when the file is absent, e.g. without the shared folder)."""
+    """`scenario_path("xid79-fell-off-bus")`: an example or held-out scenario file by name."""
 
     def find(name: str) -> Path:
-        for folder in (SHARED_SCENARIOS, HELDOUT_SCENARIOS):
+        for folder in (example_scenarios_dir(), HELDOUT_SCENARIOS):
             p = folder / f"{name}.yaml"
             if p.exists():
                 return p
-        pytest.skip(
-            f"scenario {name}.yaml is in neither {SHARED_SCENARIOS} (the shared folder beside the "
-            f"repository) nor {HELDOUT_SCENARIOS}"
-        )
+        raise FileNotFoundError(f"scenario {name}.yaml is in neither {example_scenarios_dir()} nor {HELDOUT_SCENARIOS}")
 
     return find
 

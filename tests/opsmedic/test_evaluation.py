@@ -24,11 +24,10 @@ from sandbox.cluster import Simulator
 from sandbox.scenario import load_scenario, parse_scenario
 
 Raw = dict[str, Any]
-WORK = Path(__file__).resolve().parents[3]
 REPO = Path(__file__).resolve().parents[2]
 ALL_NAMES = sorted(
     p.stem
-    for folder in (WORK / "shared" / "scenarios", REPO / "tests" / "scenarios")
+    for folder in (REPO / "sandbox" / "scenarios", REPO / "tests" / "scenarios")
     if folder.is_dir()
     for p in folder.glob("*.yaml")
 )
