@@ -84,6 +84,7 @@ class Monitor:
                 out.append(Signal(kind="node_not_ready", resource=n.name, resource_kind=ResourceKind.node,
                                   at_s=t, detail=f"{n.name} is NotReady: the kubelet stopped reporting"))
         util_by_gpu = {g.gpu: g.util_pct for g in snap.gpus}
+        gpu_by_id = {g.gpu: g for g in snap.gpus}
         for p in snap.pods:
             prev = self._restarts.get(p.name, p.restarts)
             self._restarts[p.name] = p.restarts
@@ -100,8 +101,10 @@ class Monitor:
                                   at_s=t, value=float(p.restarts), detail=f"{p.name} was OOM-killed",
                                   labels={"node": p.node or ""}))
             # framebuffer growth: the mean of the pod's GPUs, so one leak is one signal
-            mems = [g.mem_used_mib for g in snap.gpus if g.gpu in p.gpus and g.mem_used_mib is not None]
-            total = next((g.mem_total_mib for g in snap.gpus if g.gpu in p.gpus and g.mem_total_mib), None)
+            # (looked up by id: scanning every GPU for every pod made a 10,000-GPU tick quadratic)
+            pod_gpus = [g for gid in p.gpus if (g := gpu_by_id.get(gid)) is not None]
+            mems = [g.mem_used_mib for g in pod_gpus if g.mem_used_mib is not None]
+            total = next((g.mem_total_mib for g in pod_gpus if g.mem_total_mib), None)
             if mems and total and p.phase == "Running":
                 sig = self._leak_signal(p.name, t, sum(mems) / len(mems), total)
                 if sig:
