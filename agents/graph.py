@@ -341,13 +341,13 @@ def _after_approval(state: IncidentState) -> str:
     return "act" if a is not None and a.status == ApprovalStatus.consumed else "escalate"
 
 
-def _after_verify(state: IncidentState, deps_max_attempts: int = 2) -> str:
+def _after_verify(state: IncidentState, runtime: Runtime[Deps]) -> str:
     assert state.plan is not None
     if state.verify_started_s is not None:
         return "verify"
     last = state.verifications[-1]
     if not last.ok and not state.plan.steps[state.cursor if state.cursor < len(state.plan.steps) else -1].optional:
-        if state.cursor < len(state.plan.steps) and state.attempts < deps_max_attempts:
+        if state.cursor < len(state.plan.steps) and state.attempts < runtime.context.max_attempts:
             return "diagnose"
         return "escalate"
     return _next_step(state)

@@ -359,3 +359,28 @@ def test_runs_sharing_one_database_do_not_mix(scenario_raw: Callable[[str], Raw]
     assert {i.id for i in a.incidents}.isdisjoint({i.id for i in b.incidents})
     with AuditLog(db) as log:
         assert log.verify().ok
+
+
+@pytest.mark.parametrize(("max_attempts", "attempts", "route"), [(2, 1, "diagnose"), (2, 2, "escalate"),
+                                                                   (1, 1, "escalate"), (3, 2, "diagnose")])
+def test_a_failed_verification_rediagnoses_up_to_the_deps_max_attempts(
+    max_attempts: int, attempts: int, route: str
+) -> None:
+    from types import SimpleNamespace
+
+    from langgraph.runtime import Runtime
+
+    from agents.graph import _after_verify
+    from agents.state import IncidentState
+    from opsmedic.domain import Action, ActionPlan, Incident, PlannedAction, ResourceKind, VerificationResult
+
+    cordon = Action(name="cordon_node", target="node-1")
+    state = IncidentState(
+        incident=Incident(id="inc-1", resource="node-1", resource_kind=ResourceKind.node, opened_at_s=0,
+                          signals=[]),
+        plan=ActionPlan(incident_id="inc-1", steps=[PlannedAction(action=cordon, why="test")]),
+        verifications=[VerificationResult(action=cordon, ok=False, detail="still schedulable", at_s=1)],
+        attempts=attempts,
+    )
+    runtime = Runtime(context=SimpleNamespace(max_attempts=max_attempts))
+    assert _after_verify(state, runtime) == route  # type: ignore[arg-type]
