@@ -697,7 +697,7 @@ class KubernetesBackend:
             return int(low) if isinstance(low, int) else 1
         if w.kind == "rollout":
             group, version, plural = ARGO_ROLLOUTS
-            scale = self.caller.call(
+            scale: Any = self.caller.call(
                 f"get {w.title} scale",
                 self.custom.get_namespaced_custom_object_scale,
                 group,

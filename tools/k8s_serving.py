@@ -90,18 +90,16 @@ class ServingApi:
     def _list(self, kind: ServingKind, selector: str) -> list[dict[str, Any]]:
         ns = self.namespace
         try:
-            if kind == "statefulset":
-                got = self.caller.call(
-                    "list statefulsets", self.apps.list_namespaced_stateful_set, ns, label_selector=selector
+            if kind in ("statefulset", "deployment"):
+                fn: Any = (
+                    self.apps.list_namespaced_stateful_set
+                    if kind == "statefulset"
+                    else self.apps.list_namespaced_deployment
                 )
-                return [self._json(o) for o in got.items or []]
-            if kind == "deployment":
-                got = self.caller.call(
-                    "list deployments", self.apps.list_namespaced_deployment, ns, label_selector=selector
-                )
+                got: Any = self.caller.call(f"list {kind}s", fn, ns, label_selector=selector)
                 return [self._json(o) for o in got.items or []]
             group, version, plural = ARGO_ROLLOUTS if kind == "rollout" else KSERVE_ISVC
-            listing = self.caller.call(
+            listing: Any = self.caller.call(
                 f"list {plural}",
                 self.custom.list_namespaced_custom_object,
                 group,
@@ -129,17 +127,16 @@ class ServingApi:
                 )
             else:
                 group, version, plural = ARGO_ROLLOUTS if kind == "rollout" else KSERVE_ISVC
-                obj = dict(
-                    self.caller.call(
-                        f"get {kind} {name}",
-                        self.custom.get_namespaced_custom_object,
-                        group,
-                        version,
-                        ns,
-                        plural,
-                        name,
-                    )
+                raw: Any = self.caller.call(
+                    f"get {kind} {name}",
+                    self.custom.get_namespaced_custom_object,
+                    group,
+                    version,
+                    ns,
+                    plural,
+                    name,
                 )
+                obj = dict(raw)
         except KubePermanentError as exc:
             if exc.status == 404:
                 return None
@@ -175,14 +172,14 @@ class ServingApi:
 
     def free_gpus(self) -> int:
         """Allocatable GPUs on schedulable nodes minus what pods there (and pending unbound pods) request."""
-        nodes = self.caller.call("list nodes", self.core.list_node).items or []
+        nodes: list[Any] = self.caller.call("list nodes", self.core.list_node).items or []
         usable: dict[str, int] = {}
         for n in nodes:
             ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
             if not ready or (n.spec is not None and n.spec.unschedulable):
                 continue
             usable[n.metadata.name] = quantity((n.status.allocatable or {}).get(GPU))
-        pods = self.caller.call("list pods", self.core.list_pod_for_all_namespaces).items or []
+        pods: list[Any] = self.caller.call("list pods", self.core.list_pod_for_all_namespaces).items or []
         taken = 0
         for p in pods:
             if p.status is not None and p.status.phase in ("Succeeded", "Failed"):
