@@ -5,6 +5,11 @@ for the real target, the same cluster is copied into kube-apiserver (nodes, Stat
 to nodes, with the sandbox's statuses written through the status subresources), so both targets start
 from the same objects and the cases can compare what each answers. The real target is skipped with
 `kube-apiserver not built: run scripts/build-kube-apiserver.sh` when the cache has no binary.
+
+The real server also gets the vendored Argo Rollouts and KServe CRDs (tests/contract/crds) once per
+session, and `serving_target` starts both targets from a cluster with a Rollout mid-canary (its status
+copied through the status subresource). Only the API types are installed: no Argo Rollouts or KServe
+controller runs, so nothing acts on the writes there.
 """
 
 from __future__ import annotations

@@ -580,3 +580,24 @@ def test_scale_past_free_gpus_or_the_policy_maximum_fails_permanently(serving_en
         "fraud-model", "default", {"metadata": {"annotations": {"opsmedic.io/max-replicas": "2"}}})
     r = env.run("scale_deployment", "fraud-model", key="inc-6:s0", replicas=3)
     assert not r.ok and "exceeds its annotation opsmedic.io/max-replicas of 2" in r.detail
+
+
+def test_in_eval_abort_and_scale_take_the_kubernetes_path(tmp_path: Path) -> None:
+    """opsmedic.evaluation's cluster backend (the default, `kubernetes`) has a sandbox fallback for model
+    actions; abort_rollout and scale_deployment still go through the API (the Rollout's status.abort)."""
+    from opsmedic.evaluation import cluster_backend
+
+    sim = Simulator(parse_scenario(canary_scenario()))
+    backend, stop = cluster_backend(sim, tmp_path)
+    try:
+        assert isinstance(backend, KubernetesBackend) and backend.fallback is not None
+        while sim.now < 90:
+            sim.step()
+        r = backend.execute(Action(name="abort_rollout", target="scorer"), idempotency_key="inc-1:s0")
+        assert r.ok and "Rollout scorer status.abort=true" in r.detail, r.detail
+        assert sim.models["scorer"].canary is None
+        r = backend.execute(Action(name="scale_deployment", target="scorer", params={"replicas": 5}),
+                            idempotency_key="inc-1:s1")
+        assert not r.ok and "only 3 are free" in r.detail
+    finally:
+        stop()
