@@ -830,7 +830,12 @@ class KubernetesBackend:
             if weights:
                 canary = int((weights.get("canary") or {}).get("weight") or 0)
                 stable = int((weights.get("stable") or {}).get("weight") or 0)
-                return canary == 0, f"{w.title} aborted; traffic stable {stable} %, canary {canary} %"
+                if canary == 0:
+                    return True, f"{w.title} aborted; traffic stable {stable} %, canary {canary} %"
+                return False, (
+                    f"{w.title}: abort requested (status.abort=true) but the canary still has {canary} % of "
+                    "traffic: the Argo Rollouts controller has not reported traffic back on stable yet"
+                )
             message = str(status.get("message") or "")
             if status.get("phase") == "Degraded" and "RolloutAborted" in message:
                 return True, f"{w.title} aborted: {message}"
