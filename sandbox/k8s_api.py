@@ -38,7 +38,8 @@ simulator's own rules apply (a cordoned node takes no pods, a GPU resets only wh
   leaves it Terminating (deletionTimestamp set), as a real cluster does when no kubelet confirms it.
 * StatefulSet `/scale`                  -> pause_job (0) / resume_job, and for other counts the API marks
   surplus pods deleted or adds pods for the simulator's scheduler (the Simulator has no scale action).
-* Rollout `/scale` (and spec.replicas)  -> the same replica change as a StatefulSet's.
+* Rollout `/scale` (and spec.replicas)  -> the same replica change as a StatefulSet's (for an inference
+  workload, `Simulator.scale_workload`, which refuses what free GPUs cannot hold: a 422).
 * Rollout status `{"abort": true}`      -> `Simulator.abort_rollout(model)` (what the Argo Rollouts
   controller does on `kubectl argo rollouts abort`: all traffic back to stable). As on kube-apiserver with
   the status subresource, status in a patch of the main resource is ignored.
