@@ -16,7 +16,15 @@ How the simulator maps onto Kubernetes objects (namespace `default` by default):
 * simulator pods    -> `Pod`, owned by a `StatefulSet` named after the workload; status.phase, Ready,
   containerStatuses (restartCount, waiting reason such as CrashLoopBackOff), GPU limits, and the
   annotations `opsmedic.io/gpus` (GPU ids held) and `opsmedic.io/step` (training progress).
-* workloads         -> `StatefulSet` with the `/scale` subresource. Models are not Kubernetes objects.
+* workloads         -> `StatefulSet` with the `/scale` subresource; an inference workload whose scenario
+  declares `rollout: {strategy: canary}` is an Argo Rollouts `Rollout` (argoproj.io/v1alpha1) instead,
+  with `/scale` and `/status`, its canary steps (`setWeight` + `pause`) and, in its status, the
+  simulator's canary: `canary.weights` (stable / canary share), `stableRS` / `currentPodHash` (one hash
+  per model version), `abort`, phase Healthy | Progressing | Degraded (RolloutAborted). Every inference
+  workload carries the label `opsmedic.io/model: <model>` (how `tools.k8s_serving` finds what serves a
+  model). Models are not Kubernetes objects.
+* KServe `InferenceService` (serving.kserve.io/v1beta1): stored (no simulator counterpart), so that the
+  KServe path of abort and scale meets the same API here as on a cluster with the CRD.
 * leases, events, configmaps, jobs, deployments, PodDisruptionBudgets, namespaces: stored by the API
   (no simulator counterpart); PDB status is computed from the pods, as the disruption controller would.
 
@@ -30,6 +38,11 @@ simulator's own rules apply (a cordoned node takes no pods, a GPU resets only wh
   leaves it Terminating (deletionTimestamp set), as a real cluster does when no kubelet confirms it.
 * StatefulSet `/scale`                  -> pause_job (0) / resume_job, and for other counts the API marks
   surplus pods deleted or adds pods for the simulator's scheduler (the Simulator has no scale action).
+* Rollout `/scale` (and spec.replicas)  -> the same replica change as a StatefulSet's (for an inference
+  workload, `Simulator.scale_workload`, which refuses what free GPUs cannot hold: a 422).
+* Rollout status `{"abort": true}`      -> `Simulator.abort_rollout(model)` (what the Argo Rollouts
+  controller does on `kubectl argo rollouts abort`: all traffic back to stable). As on kube-apiserver with
+  the status subresource, status in a patch of the main resource is ignored.
 * node annotation `opsmedic.io/reset-gpu-<index>: <request-id>` -> reset_gpu on `<node>/gpu-<index>`; the
   outcome is published in `opsmedic.io/reset-gpu-<index>-status: <request-id>:<state>[:<message>]`
   with state accepted | in-progress | done | failed (the node-agent protocol, see tools/k8s_backend.py).
@@ -96,6 +109,7 @@ SERVER_VERSION = {
 }
 LABEL_WORKLOAD = "app.kubernetes.io/name"
 LABEL_KIND = "opsmedic.io/workload-kind"
+LABEL_MODEL = "opsmedic.io/model"
 ANN_GPUS = "opsmedic.io/gpus"
 ANN_STEP = "opsmedic.io/step"
 RESET_REQUEST = re.compile(r"^opsmedic\.io/reset-gpu-(\d+)$")
@@ -175,9 +189,22 @@ RESOURCES: list[Res] = [
         short=("pdb",),
     ),
     Res("leases", "Lease", "coordination.k8s.io", "v1", True, RW),
+    Res("rollouts", "Rollout", "argoproj.io", "v1alpha1", True, ("get", "list", "patch"), ("scale", "status"),
+        short=("ro",)),
+    Res("inferenceservices", "InferenceService", "serving.kserve.io", "v1beta1", True, RW, ("status",),
+        short=("isvc",)),
 ]
 BY_PATH: dict[tuple[str, str, str], Res] = {(r.group, r.version, r.plural): r for r in RESOURCES}
-STORED = {"namespaces", "events", "configmaps", "deployments", "jobs", "poddisruptionbudgets", "leases"}
+STORED = {
+    "namespaces",
+    "events",
+    "configmaps",
+    "deployments",
+    "jobs",
+    "poddisruptionbudgets",
+    "leases",
+    "inferenceservices",
+}
 
 
 @dataclass
@@ -218,6 +245,8 @@ class SandboxKubeAPI:
         self._desired: dict[str, int] = {w.name: w.replicas for w in sim.scenario.workloads}
         self._sts_generation: dict[str, int] = {w.name: 1 for w in sim.scenario.workloads}
         self._workloads = {w.name: w for w in sim.scenario.workloads}
+        self._aborted: dict[str, int] = {}  # rollout -> the canary version it aborted (its status.abort)
+        self._aborted_at: dict[str, float] = {}
         for ns in (namespace, "default", "kube-system", "kube-public", "kube-node-lease"):
             if ("namespaces", "", ns) not in self._store:
                 self._put_stored(
@@ -498,16 +527,7 @@ class SandboxKubeAPI:
             "creationTimestamp": started,
             "labels": self.pod_labels(pod),
             "annotations": {**self._pod_annotations.get(pod.name, {}), ANN_GPUS: ",".join(pod.gpus)},
-            "ownerReferences": [
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "StatefulSet",
-                    "name": pod.workload,
-                    "uid": _uid("statefulset", pod.workload),
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
+            "ownerReferences": [self._owner_ref(pod.workload)],
         }
         if pod.kind == "training":
             meta["annotations"][ANN_STEP] = str(int(pod.step))
@@ -729,7 +749,7 @@ class SandboxKubeAPI:
         extra = self._sts_meta.get(w, {})
         gen = self._sts_generation[w]
         gpus = str(spec_w.gpus_per_replica)
-        labels = {LABEL_WORKLOAD: w, "app": w, LABEL_KIND: spec_w.kind}
+        labels = self._workload_labels(w)
         obj: JSON = {
             "kind": "StatefulSet",
             "apiVersion": "apps/v1",
@@ -778,7 +798,7 @@ class SandboxKubeAPI:
         return self._stamp(f"statefulset/{w}", obj)
 
     def _sts(self, ns: str, name: str) -> str:
-        if ns != self.namespace or name not in self._workloads:
+        if ns != self.namespace or name not in self._workloads or self._is_rollout(name):
             raise not_found("statefulsets", name, "apps")
         return name
 
@@ -807,6 +827,17 @@ class SandboxKubeAPI:
         if replicas == current:
             return
         spec_w = self._workloads[w]
+        if spec_w.kind == "inference":
+            # The simulator places new replicas by the contract's rule, or refuses (nothing changed, a 422)
+            # when the free GPUs cannot hold them.
+            live = [p.name for p in self.sim.pods.values() if p.workload == w and p.state != "Deleted"]
+            self.sim.scale_workload(w, replicas)
+            self._desired[w] = replicas
+            self._sts_generation[w] += 1
+            for name in live:
+                if self.sim.pods[name].state == "Deleted":
+                    self._incarnation[name] = self._incarnation.get(name, 0) + 1
+            return
         self._desired[w] = replicas
         self._sts_generation[w] += 1
         pods = sorted(
@@ -857,6 +888,206 @@ class SandboxKubeAPI:
             )
         return replicas
 
+    # ------------------------------------------------------------------- Argo Rollouts (canaries)
+
+    def _is_rollout(self, w: str) -> bool:
+        spec_w = self._workloads.get(w)
+        return spec_w is not None and spec_w.kind == "inference" and spec_w.rollout is not None
+
+    def _workload_labels(self, w: str) -> dict[str, str]:
+        spec_w = self._workloads[w]
+        labels = {LABEL_WORKLOAD: w, "app": w, LABEL_KIND: spec_w.kind}
+        if spec_w.model_name:
+            labels[LABEL_MODEL] = spec_w.model_name
+        return labels
+
+    def _owner_ref(self, w: str) -> JSON:
+        if self._is_rollout(w):
+            api, kind, uid = "argoproj.io/v1alpha1", "Rollout", _uid("rollout", w)
+        else:
+            api, kind, uid = "apps/v1", "StatefulSet", _uid("statefulset", w)
+        return {"apiVersion": api, "kind": kind, "name": w, "uid": uid, "controller": True, "blockOwnerDeletion": True}
+
+    @staticmethod
+    def _pod_hash(w: str, version: int) -> str:
+        """A pod-template-hash per model version (Argo names a ReplicaSet by it)."""
+        return hashlib.sha256(f"{w}/v{version}".encode()).hexdigest()[:10]
+
+    def render_rollout(self, w: str) -> JSON:
+        spec_w = self._workloads[w]
+        assert spec_w.rollout is not None and spec_w.model_name is not None
+        model = self.sim.models[spec_w.model_name]
+        pods = self._sts_pods(w)
+        ready = sum(1 for p in pods if self._pod_ready(p))
+        extra = self._sts_meta.get(w, {})
+        gen = self._sts_generation[w]
+        gpus = str(spec_w.gpus_per_replica)
+        labels = self._workload_labels(w)
+        every = int(spec_w.rollout.step_every)
+        steps: list[JSON] = []
+        for pct in spec_w.rollout.steps:
+            steps.append({"setWeight": int(pct)})
+            if pct < 100:
+                steps.append({"pause": {"duration": f"{every}s"}})
+        stable_hash = self._pod_hash(w, model.serving)
+        if model.canary is not None:
+            self._aborted.pop(w, None)  # a new update: Argo clears the abort of the previous one
+        aborted = self._aborted.get(w)
+        canary_version = model.canary if model.canary is not None else aborted
+        current_hash = self._pod_hash(w, canary_version) if canary_version is not None else stable_hash
+        status: JSON = {
+            "observedGeneration": str(gen),
+            "replicas": len(pods),
+            "HPAReplicas": len(pods),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "updatedReplicas": len(pods),
+            "selector": selector_from_match_labels({LABEL_WORKLOAD: w}),
+            "stableRS": stable_hash,
+            "currentPodHash": current_hash,
+        }
+        if model.canary is not None:
+            pct = int(round(self.sim.canary_share(model) * 100))
+            status.update(
+                phase="Progressing",
+                message="more replicas need to be updated",
+                currentStepIndex=2 * model.canary_step + 1,
+                canary={
+                    "weights": {
+                        "canary": {"weight": pct, "podTemplateHash": current_hash},
+                        "stable": {"weight": 100 - pct, "podTemplateHash": stable_hash},
+                    }
+                },
+            )
+        elif aborted is not None:
+            status.update(
+                abort=True,
+                abortedAt=self._time(self._aborted_at[w]),
+                phase="Degraded",
+                message=f"RolloutAborted: Rollout aborted update to revision {aborted}",
+                currentStepIndex=0,
+                canary={
+                    "weights": {
+                        "canary": {"weight": 0, "podTemplateHash": current_hash},
+                        "stable": {"weight": 100, "podTemplateHash": stable_hash},
+                    }
+                },
+            )
+        else:
+            status.update(phase="Healthy", currentStepIndex=len(steps), canary={})
+        obj: JSON = {
+            "kind": "Rollout",
+            "apiVersion": "argoproj.io/v1alpha1",
+            "metadata": {
+                "name": w,
+                "namespace": self.namespace,
+                "uid": _uid("rollout", w),
+                "generation": gen,
+                "creationTimestamp": self._time(0.0),
+                "labels": {**labels, **extra.get("labels", {})},
+                **({"annotations": dict(extra["annotations"])} if extra.get("annotations") else {}),
+            },
+            "spec": {
+                "replicas": self._desired[w],
+                "selector": {"matchLabels": {LABEL_WORKLOAD: w}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": spec_w.kind,
+                                "image": f"registry.opsmedic.local/{w}:v{canary_version or model.serving}",
+                                "resources": {
+                                    "limits": {"nvidia.com/gpu": gpus},
+                                    "requests": {"nvidia.com/gpu": gpus},
+                                },
+                            }
+                        ]
+                    },
+                },
+                "strategy": {"canary": {"steps": steps}},
+                "revisionHistoryLimit": 10,
+            },
+            "status": status,
+        }
+        return self._stamp(f"rollout/{w}", obj)
+
+    def _rollout(self, ns: str, name: str) -> str:
+        if ns != self.namespace or not self._is_rollout(name):
+            raise not_found("rollouts", name, "argoproj.io")
+        return name
+
+    def _abort(self, w: str) -> None:
+        """What the Argo Rollouts controller does when it sees status.abort: traffic back to stable."""
+        spec_w = self._workloads[w]
+        assert spec_w.model_name is not None
+        model = self.sim.models[spec_w.model_name]
+        if model.canary is None:
+            return  # nothing rolling out: the controller has nothing to undo
+        version = model.canary
+        self.sim.abort_rollout(spec_w.model_name)
+        self._aborted[w], self._aborted_at[w] = version, self.sim.now
+
+    def _rollout_request(
+        self, method: str, ns: str, name: str, sub: str | None, ctype: str, body: Any, dry_run: bool
+    ) -> JSON:
+        w = self._rollout(ns, name)
+        obj = self.render_rollout(w)
+        if sub == "scale":
+            scale = self._scale_obj(obj, "rollouts")
+            scale["status"]["selector"] = obj["status"]["selector"]
+            if method == "GET":
+                return scale
+            if method in ("PUT", "PATCH"):
+                new = body if method == "PUT" else apply_patch(ctype, scale, body)
+                rv = (new.get("metadata") or {}).get("resourceVersion") if isinstance(new, dict) else None
+                if rv not in (None, "", scale["metadata"]["resourceVersion"]):
+                    raise conflict("rollouts", name, "argoproj.io")
+                replicas = self._scale_body(new, name)
+                if dry_run:
+                    scale["spec"]["replicas"] = replicas
+                    return scale
+                self._scale_sts(w, replicas)
+                out = self._scale_obj(self.render_rollout(w), "rollouts")
+                out["status"]["selector"] = obj["status"]["selector"]
+                return out
+        elif method == "GET":
+            return obj
+        elif method == "PATCH" and sub == "status":
+            after = apply_patch(ctype, obj, body)
+            self._check_precondition(obj, after, "rollouts", name, "argoproj.io")
+            if dry_run:
+                return after
+            if (after.get("status") or {}).get("abort") is True and not obj["status"].get("abort"):
+                self._abort(w)
+            return self.render_rollout(w)
+        elif method == "PATCH":
+            after = apply_patch(ctype, obj, body)
+            self._check_precondition(obj, after, "rollouts", name, "argoproj.io")
+            spec = dict(after.get("spec") or {})
+            replicas = spec.pop("replicas", obj["spec"]["replicas"])
+            self._scale_body({"spec": {"replicas": replicas}}, name)
+            if spec != {k: v for k, v in obj["spec"].items() if k != "replicas"}:
+                raise invalid(
+                    "Rollout",
+                    "argoproj.io",
+                    name,
+                    [("spec", "Forbidden: the opsmedic sandbox changes only spec.replicas of a Rollout")],
+                )
+            if dry_run:
+                return after
+            meta = after.get("metadata") or {}
+            base_labels = self._workload_labels(w)
+            self._sts_meta[w] = {
+                "labels": {k: v for k, v in (meta.get("labels") or {}).items() if base_labels.get(k) != v},
+                "annotations": dict(meta.get("annotations") or {}),
+            }
+            self._scale_sts(w, replicas)  # status in a patch of the main resource is ignored, as upstream
+            return self.render_rollout(w)
+        raise ApiError(
+            405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+        )
+
     # ------------------------------------------------------------------------------ stored objects
 
     def _put_stored(self, plural: str, ns: str, obj: JSON) -> JSON:
@@ -900,7 +1131,7 @@ class SandboxKubeAPI:
             meta["namespace"] = ns
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = rfc3339(dt.datetime.now(dt.UTC))
-        if res.plural in ("deployments", "jobs", "poddisruptionbudgets"):
+        if res.plural in ("deployments", "jobs", "poddisruptionbudgets", "inferenceservices"):
             meta["generation"] = 1
         obj["kind"], obj["apiVersion"] = res.kind, res.api_version
         return obj
@@ -1063,7 +1294,10 @@ class SandboxKubeAPI:
                 items = [self.render_pod(p) for p in self._live_pods()]
         elif res.plural == "statefulsets":
             if ns in (None, self.namespace):
-                items = [self.render_sts(w) for w in self._workloads]
+                items = [self.render_sts(w) for w in self._workloads if not self._is_rollout(w)]
+        elif res.plural == "rollouts":
+            if ns in (None, self.namespace):
+                items = [self.render_rollout(w) for w in self._workloads if self._is_rollout(w)]
         else:
             items = [
                 self._get_stored(res, n, name)
@@ -1256,6 +1490,9 @@ class SandboxKubeAPI:
             elif res.plural == "statefulsets":
                 assert ns is not None
                 result = self._sts_request(method, ns, name, sub, ctype, body, dry_run)
+            elif res.plural == "rollouts":
+                assert ns is not None
+                result = self._rollout_request(method, ns, name, sub, ctype, body, dry_run)
             else:
                 result, code = self._stored_request(res, method, ns or "", name, sub, ctype, body, q, dry_run)
         return JSONResponse(result, status_code=code)
@@ -1427,7 +1664,7 @@ class SandboxKubeAPI:
             meta = after.get("metadata") or {}
             if dry_run:
                 return after
-            base_labels = {LABEL_WORKLOAD: w, "app": w, LABEL_KIND: self._workloads[w].kind}
+            base_labels = self._workload_labels(w)
             self._sts_meta[w] = {
                 "labels": {k: v for k, v in (meta.get("labels") or {}).items() if base_labels.get(k) != v},
                 "annotations": dict(meta.get("annotations") or {}),

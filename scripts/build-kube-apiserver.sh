@@ -33,7 +33,9 @@ if [[ "${FORCE:-0}" == 1 ]]; then
 fi
 mkdir -p "$BIN" "$CACHE/debs" "$CACHE/src" "$CACHE/apt"
 
-if [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]]; then
+# A binary built before the reflect2 fix below crashes on the first custom resource write: rebuild it.
+REFLECT2_MARK="$CACHE/reflect2-1.0.2"
+if [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" && -f "$REFLECT2_MARK" ]]; then
   log "already built"
   printf 'kube-apiserver: %s\netcd: %s\n' "$BIN/kube-apiserver" "$BIN/etcd"
   exit 0
@@ -85,7 +87,7 @@ if [[ ! -x "$BIN/etcd" ]]; then
 fi
 
 # ------------------------------------------------------------------------------------ kube-apiserver
-if [[ ! -x "$BIN/kube-apiserver" ]]; then
+if [[ ! -x "$BIN/kube-apiserver" || ! -f "$REFLECT2_MARK" ]]; then
   start=$(date +%s)
   # Upstream's build scripts need these two (Debian lists them in Build-Depends); installing them needs
   # root, everything else stays in the cache.
@@ -118,6 +120,18 @@ if [[ ! -x "$BIN/kube-apiserver" ]]; then
   fi
   [[ -d "$SRC/vendor" ]] || { log "$SRC has no vendor/ tree: this source package cannot build offline"; exit 1; }
 
+  # Kubernetes 1.20 vendors github.com/modern-go/reflect2 v1.0.1, whose map iteration breaks with Go >= 1.18
+  # (the runtime's hiter grew): compiled with Debian's Go 1.19, kube-apiserver segfaults in json-iterator on
+  # the first write of a custom resource (objectmeta.GetObjectMeta). v1.0.2 is the upstream fix; Debian's
+  # golang-github-modern-go-reflect2-dev ships it, so its sources replace the vendored ones.
+  R2="$SRC/vendor/github.com/modern-go/reflect2"
+  if [[ ! -f "$R2/go_above_118.go" ]]; then
+    log "replacing vendored reflect2 v1.0.1 with Debian's v1.0.2 (Go >= 1.18 map iteration fix)"
+    extract_deb golang-github-modern-go-reflect2-dev "$CACHE/reflect2-root"
+    rm -f "$R2"/*.go "$R2"/*.s
+    cp "$CACHE"/reflect2-root/usr/share/gocode/src/github.com/modern-go/reflect2/*.{go,s} "$R2"/
+  fi
+
   # Upstream's build (as debian/rules runs it): `make` first generates the code that the tarball does
   # not ship (OpenAPI definitions, deep-copy and conversion functions), then compiles. The version
   # stamps that /version reports come from a version file, since the tree is not a git checkout.
@@ -135,6 +149,7 @@ EOF2
   cp "$SRC/_output/local/bin/linux/amd64/kube-apiserver" "$BIN/kube-apiserver.tmp" 2>/dev/null \
     || cp "$SRC/_output/bin/kube-apiserver" "$BIN/kube-apiserver.tmp"
   mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
+  touch "$REFLECT2_MARK"
   log "built in $(( $(date +%s) - start ))s: $("$BIN/kube-apiserver" --version)"
 fi
 

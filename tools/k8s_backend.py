@@ -19,7 +19,21 @@ reschedule_pod     evict the pod (its controller re-creates it elsewhere); on a 
                    params force=True, as a delete with gracePeriodSeconds=0 (no kubelet will confirm it)
 restart_pod        delete the pod (graceful); its controller re-creates it. Pods without a controller
                    are refused: deleting them would not bring them back
-scale_deployment   the `/scale` subresource of the StatefulSet, else the Deployment, named by the target
+scale_deployment   the workload named by the target -- StatefulSet, Deployment, Argo `Rollout` (each through
+                   its `/scale` subresource) or KServe `InferenceService` (`spec.predictor.minReplicas`).
+                   A scale-up is bounded by the free GPUs (`tools.k8s_serving.ServingApi.free_gpus`) and
+                   by the policy maximum (`max_replicas`, lowered per workload by its annotation
+                   `opsmedic.io/max-replicas`); past either the action fails with a PermanentToolError
+                   that says to escalate: the result is ok=False, the graph's verify step records it
+                   failed, re-diagnoses (bounded attempts) and escalates to a human
+abort_rollout      the model's serving workload (label `opsmedic.io/model`, see `tools.k8s_serving`):
+                   an Argo `Rollout` gets the documented abort, the merge patch `{"status":{"abort":true}}`
+                   on its status subresource (the main resource when the CRD has none), as `kubectl argo
+                   rollouts abort` sends it; a KServe `InferenceService` gets
+                   `spec.predictor.canaryTrafficPercent: 0` (KServe's rollback: all traffic to the last
+                   rolled-out revision). A Deployment or StatefulSet has no canary: refused. Verified
+                   when the controller reports traffic back on stable (Argo: canary weight 0, or phase
+                   Degraded with RolloutAborted; KServe: the latest revision at 0 %)
 pause_job          StatefulSet/Deployment: one patch that records the replica count in the annotation
                    `opsmedic.io/paused-replicas` and sets replicas to 0 (pods stop, checkpoints stay);
                    a batch/v1 Job of that name instead gets spec.suspend=true
@@ -59,6 +73,7 @@ from opsmedic.errors import PermanentToolError, ToolError, TransientToolError
 from tools.backend import ActionBackend
 from tools.k8s_client import KubeCaller, KubePermanentError, KubeTransientError, RetryPolicy, build_api_client
 from tools.k8s_lease import LeaseElector
+from tools.k8s_serving import ARGO_ROLLOUTS, KIND_NAMES, KSERVE_ISVC, ServingApi, ServingWorkload, gpus_per_replica
 from tools.registry import validate_action
 
 LABEL_CORDONED_BY = "opsmedic.io/cordoned-by"
@@ -79,7 +94,10 @@ K8S_ACTIONS = {
     "pause_job",
     "resume_job",
     "reset_gpu",
+    "abort_rollout",
 }
+ANN_MAX_REPLICAS = "opsmedic.io/max-replicas"
+MERGE_PATCH = "application/merge-patch+json"
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]")
 log = logging.getLogger(__name__)
 
@@ -163,6 +181,7 @@ class KubernetesBackend:
         reset_ack_timeout_s: float = 5.0,
         action_clock: Callable[[], float] | None = None,
         record_events: bool = True,
+        max_replicas: int = 32,
     ) -> None:
         self.api_client = api_client or build_api_client(kubeconfig, context=context, in_cluster=in_cluster)
         self.core = client.CoreV1Api(self.api_client)
@@ -182,6 +201,11 @@ class KubernetesBackend:
         self._done: dict[str, ActionResult] = {}
         self._eviction_version = "policy/v1"
         self._record_events = record_events
+        # the policy maximum of scale_deployment (a workload's opsmedic.io/max-replicas may only lower it)
+        self.max_replicas = max_replicas
+        self.serving = ServingApi(self.api_client, self.caller, namespace)
+        self.custom = self.serving.custom
+        self._involved: dict[str, dict[str, str]] = {}  # action key -> the object acted on, for its event
 
     # ------------------------------------------------------------------------------ the protocol
 
@@ -276,6 +300,7 @@ class KubernetesBackend:
             "name": name,
             "apiVersion": "apps/v1" if kind == "StatefulSet" else "v1",
         }
+        involved = self._involved.pop(action.key, involved)
         if kind != "Node":
             involved["namespace"] = self.namespace
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -606,27 +631,232 @@ class KubernetesBackend:
 
     def _do_scale_deployment(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
         want = int(action.params["replicas"])
-        found = self._workload(action.target)
-        if found is None or found[0] == "job":
+        w = self.serving.by_name(action.target)
+        if w is None:
             raise PermanentToolError(
-                f"no StatefulSet or Deployment named {action.target!r} in {self.namespace}"
+                f"no StatefulSet, Deployment, Rollout or InferenceService named {action.target!r} "
+                f"in {self.namespace}"
             )
-        kind, _ = found
-        read, patch = self._scale_api(kind)
-        scale = self.caller.call(f"get {kind} scale {action.target}", read, action.target, self.namespace)
-        have = scale.spec.replicas if scale.spec else 0
+        self._involved[action.key] = self._ref(w)
+        have = self._replicas(w)
         if have == want:
-            return False, f"{kind} {action.target} already has {want} replica(s)"
-        self.caller.call(
-            f"scale {kind} {action.target}",
-            patch,
-            action.target,
-            self.namespace,
-            {"spec": {"replicas": want}},
-            **self._dry(dry_run),
-        )
-        what = f"{kind} {action.target} scaled from {have} to {want} replica(s)"
+            return False, f"{w.title} already has {want} replica(s)"
+        if want > have:
+            self._check_scale_bounds(w, have, want)
+        if w.kind == "inferenceservice":
+            predictor = w.spec.get("predictor") or {}
+            patch: dict[str, Any] = {"minReplicas": want}
+            top = predictor.get("maxReplicas")
+            if isinstance(top, int) and 0 < top < want:
+                patch["maxReplicas"] = want  # KServe rejects minReplicas above maxReplicas
+            group, version, plural = KSERVE_ISVC
+            self.caller.call(
+                f"scale {w.title}",
+                self.custom.patch_namespaced_custom_object,
+                group,
+                version,
+                self.namespace,
+                plural,
+                w.name,
+                {"spec": {"predictor": patch}},
+                _content_type=MERGE_PATCH,
+                **self._dry(dry_run),
+            )
+            what = f"{w.title} scaled from {have} to {want} replica(s) (spec.predictor.minReplicas)"
+        else:
+            body = {"spec": {"replicas": want}}
+            if w.kind == "rollout":
+                group, version, plural = ARGO_ROLLOUTS
+                self.caller.call(
+                    f"scale {w.title}",
+                    self.custom.patch_namespaced_custom_object_scale,
+                    group,
+                    version,
+                    self.namespace,
+                    plural,
+                    w.name,
+                    body,
+                    _content_type=MERGE_PATCH,
+                    **self._dry(dry_run),
+                )
+            else:
+                _, patch_scale = self._scale_api(w.kind)
+                self.caller.call(
+                    f"scale {w.title}", patch_scale, w.name, self.namespace, body, **self._dry(dry_run)
+                )
+            what = f"{w.kind} {w.name} scaled from {have} to {want} replica(s)"
         return True, ("dry run: would have " + what) if dry_run else what
+
+    def _ref(self, w: ServingWorkload) -> dict[str, str]:
+        return {"kind": KIND_NAMES[w.kind], "name": w.name, "apiVersion": str(w.obj.get("apiVersion") or "")}
+
+    def _replicas(self, w: ServingWorkload) -> int:
+        """The replica count the workload asks for now (its /scale spec; KServe: minReplicas, default 1)."""
+        if w.kind == "inferenceservice":
+            low = (w.spec.get("predictor") or {}).get("minReplicas")
+            return int(low) if isinstance(low, int) else 1
+        if w.kind == "rollout":
+            group, version, plural = ARGO_ROLLOUTS
+            scale: Any = self.caller.call(
+                f"get {w.title} scale",
+                self.custom.get_namespaced_custom_object_scale,
+                group,
+                version,
+                self.namespace,
+                plural,
+                w.name,
+            )
+            return int((scale.get("spec") or {}).get("replicas") or 0)
+        read, _ = self._scale_api(w.kind)
+        got = self.caller.call(f"get {w.title} scale", read, w.name, self.namespace)
+        return int(got.spec.replicas or 0) if got.spec else 0
+
+    def _check_scale_bounds(self, w: ServingWorkload, have: int, want: int) -> None:
+        """A scale-up past the policy maximum or past the free GPUs fails permanently: a human decides."""
+        limit, source = self.max_replicas, "the policy maximum"
+        own = w.annotations.get(ANN_MAX_REPLICAS)
+        if own is not None:
+            if not own.strip().isdigit():
+                raise PermanentToolError(
+                    f"{w.title}: annotation {ANN_MAX_REPLICAS}={own!r} is not a replica count; escalate"
+                )
+            if int(own) < limit:
+                limit, source = int(own), f"its annotation {ANN_MAX_REPLICAS}"
+        if want > limit:
+            raise PermanentToolError(
+                f"scaling {w.title} to {want} replicas exceeds {source} of {limit}; escalate: "
+                "capacity beyond it is a human decision"
+            )
+        per = gpus_per_replica(w)
+        need = (want - have) * per
+        if need > 0:
+            free = self.serving.free_gpus()
+            if need > free:
+                raise PermanentToolError(
+                    f"scaling {w.title} from {have} to {want} replicas needs {need} GPU(s) "
+                    f"({per} per replica) and only {free} are free on schedulable nodes; escalate: "
+                    "the cluster has no room for it"
+                )
+
+    def _do_abort_rollout(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
+        model = action.target
+        w = self.serving.for_model(model)
+        self._involved[action.key] = self._ref(w)
+        if w.kind == "rollout":
+            status = w.status
+            if status.get("abort") is True:
+                return False, f"the rollout of model {model} ({w.title}) was already aborted"
+            stable, current = status.get("stableRS"), status.get("currentPodHash")
+            if stable and current and stable == current:
+                raise PermanentToolError(
+                    f"{w.title} (model {model}) has no update in progress (current pod hash {current} is "
+                    "stable): nothing to abort"
+                )
+            group, version, plural = ARGO_ROLLOUTS
+            body = {"status": {"abort": True}}
+            try:
+                self.caller.call(
+                    f"abort {w.title}",
+                    self.custom.patch_namespaced_custom_object_status,
+                    group,
+                    version,
+                    self.namespace,
+                    plural,
+                    w.name,
+                    body,
+                    _content_type=MERGE_PATCH,
+                    **self._dry(dry_run),
+                )
+            except KubePermanentError as exc:
+                if exc.status != 404:
+                    raise
+                # as `kubectl argo rollouts abort`: a Rollout CRD without the status subresource
+                self.caller.call(
+                    f"abort {w.title}",
+                    self.custom.patch_namespaced_custom_object,
+                    group,
+                    version,
+                    self.namespace,
+                    plural,
+                    w.name,
+                    body,
+                    _content_type=MERGE_PATCH,
+                    **self._dry(dry_run),
+                )
+            what = (
+                f"aborted the canary of model {model}: {w.title} status.abort=true (the Argo Rollouts "
+                "controller sends all traffic back to the stable ReplicaSet)"
+            )
+        elif w.kind == "inferenceservice":
+            predictor = w.spec.get("predictor") or {}
+            pct = predictor.get("canaryTrafficPercent")
+            if pct == 0:
+                return False, f"the canary of model {model} ({w.title}) already has 0 % of traffic"
+            if pct is None:
+                raise PermanentToolError(
+                    f"{w.title} (model {model}) has no canaryTrafficPercent: no canary rollout to abort"
+                )
+            group, version, plural = KSERVE_ISVC
+            self.caller.call(
+                f"abort {w.title}",
+                self.custom.patch_namespaced_custom_object,
+                group,
+                version,
+                self.namespace,
+                plural,
+                w.name,
+                {"spec": {"predictor": {"canaryTrafficPercent": 0}}},
+                _content_type=MERGE_PATCH,
+                **self._dry(dry_run),
+            )
+            what = (
+                f"aborted the canary of model {model}: {w.title} spec.predictor.canaryTrafficPercent "
+                f"{pct} -> 0 (KServe pins all traffic to the last rolled-out revision)"
+            )
+        else:
+            raise PermanentToolError(
+                f"model {model} is served by {w.title}, which has no canary rollout to abort "
+                "(only an Argo Rollout or a KServe InferenceService has one)"
+            )
+        return True, ("dry run: would have " + what) if dry_run else what
+
+    def _check_abort(self, model: str) -> tuple[bool, str]:
+        w = self.serving.for_model(model)
+        status = w.status
+        if w.kind == "rollout":
+            if status.get("abort") is not True:
+                return False, f"{w.title}: status.abort is not set"
+            weights = (status.get("canary") or {}).get("weights") or {}
+            if weights:
+                canary = int((weights.get("canary") or {}).get("weight") or 0)
+                stable = int((weights.get("stable") or {}).get("weight") or 0)
+                if canary == 0:
+                    return True, f"{w.title} aborted; traffic stable {stable} %, canary {canary} %"
+                return False, (
+                    f"{w.title}: abort requested (status.abort=true) but the canary still has {canary} % of "
+                    "traffic: the Argo Rollouts controller has not reported traffic back on stable yet"
+                )
+            message = str(status.get("message") or "")
+            if status.get("phase") == "Degraded" and "RolloutAborted" in message:
+                return True, f"{w.title} aborted: {message}"
+            return False, (
+                f"{w.title}: abort requested (status.abort=true); the Argo Rollouts controller has not "
+                "reported traffic back on stable yet"
+            )
+        if w.kind == "inferenceservice":
+            pct = (w.spec.get("predictor") or {}).get("canaryTrafficPercent")
+            if pct != 0:
+                return False, f"{w.title}: canaryTrafficPercent is {pct}"
+            traffic = (((status.get("components") or {}).get("predictor") or {}).get("traffic")) or []
+            latest = [t for t in traffic if t.get("latestRevision")]
+            if not traffic:
+                return False, (
+                    f"{w.title}: canaryTrafficPercent=0 requested; the KServe controller has not reported "
+                    "its traffic split yet"
+                )
+            share = sum(int(t.get("percent") or 0) for t in latest)
+            return share == 0, f"{w.title}: latest revision has {share} % of traffic"
+        return False, f"model {model} is served by {w.title}, which has no canary"
 
     def _patch_workload(self, kind: str, name: str, body: dict[str, Any], dry_run: bool) -> Any:
         fn = {
@@ -799,6 +1029,12 @@ class KubernetesBackend:
                 return False, f"no reset of {t} on record"
             state = answer.split(":")[1] if ":" in answer else answer
             return state == "done", f"{t} reset: {state}" + (f" ({answer})" if state == "failed" else "")
+        if a.name == "abort_rollout":
+            return self._check_abort(t)
+        if a.name == "scale_deployment":
+            w = self.serving.by_name(t)
+            if w is not None and w.kind in ("rollout", "inferenceservice"):
+                return self._check_scaled(w, int(a.params.get("replicas", 0)))
         if a.name in ("scale_deployment", "pause_job", "resume_job"):
             found = self._workload(t)
             if found is None:
@@ -822,6 +1058,21 @@ class KubernetesBackend:
             ok = have == want and ready == want
             return ok, f"{kind} {t}: {ready}/{have} ready (want {want})"
         return False, f"{a.key}: not a Kubernetes action"
+
+    def _check_scaled(self, w: ServingWorkload, want: int) -> tuple[bool, str]:
+        if w.kind == "rollout":
+            have = w.spec.get("replicas")
+            ready = int(w.status.get("readyReplicas") or 0)
+            return have == want and ready == want, f"{w.title}: {ready}/{have} ready (want {want})"
+        low = (w.spec.get("predictor") or {}).get("minReplicas")
+        pods = self.caller.call(
+            f"list pods of {w.title}",
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=f"serving.kserve.io/inferenceservice={w.name}",
+        )
+        ready = sum(1 for p in pods.items or [] if pod_ready(p))
+        return low == want and ready >= want, f"{w.title}: minReplicas {low}, {ready} predictor pod(s) ready"
 
 
 # ---------------------------------------------------------------------------------------- telemetry
@@ -954,6 +1205,7 @@ __all__ = [
     "DisruptionBudgetBlocked",
     "KubernetesBackend",
     "KubernetesTelemetry",
+    "ServingWorkload",
     "label_value",
     "reset_request_key",
     "reset_status_key",

@@ -17,6 +17,25 @@ from tools.k8s_backend import KubernetesBackend
 
 SCENARIO: dict[str, Any] = three_node_scenario("contract", 11)
 NS = "default"
+CRDS = Path(__file__).resolve().parent / "crds"
+
+
+def serving_scenario() -> dict[str, Any]:
+    """The contract cluster plus `scorer`, a canary-rolled model (an Argo Rollout in the sandbox API) whose
+    version 4 starts its canary at 1m. 12 GPUs: trainer 2x2, fraud-model 1, scorer 2x2 -> 3 free."""
+    s = three_node_scenario("contract-serving", 11)
+    s["workloads"][1]["replicas"] = 1
+    s["workloads"].append(
+        {"name": "scorer", "kind": "inference", "replicas": 2, "gpus_per_replica": 2, "model": "scorer",
+         "current_version": 3, "slo": {"latency_p95_ms": 50, "accuracy_min": 0.9},
+         "rollout": {"strategy": "canary", "steps": [10, 50, 100], "step_every": "5m"}}
+    )
+    s["faults"] = [{"at": "1m", "type": "model_canary", "target": "scorer", "params": {"version": 4}}]
+    return s
+
+
+SERVING_SCENARIO: dict[str, Any] = serving_scenario()
+SERVING_START_S = 90.0  # the serving cases start with the canary at its first step (10 %)
 
 
 class Target:
@@ -33,6 +52,7 @@ class Target:
         self.core = client.CoreV1Api(self.client)
         self.apps = client.AppsV1Api(self.client)
         self.coord = client.CoordinationV1Api(self.client)
+        self.custom = client.CustomObjectsApi(self.client)
 
     def backend(self, **kw: Any) -> KubernetesBackend:
         kw.setdefault("sleep", lambda s: None)

@@ -431,3 +431,173 @@ def test_jobs_suspend_and_deployments_scale(env: Env) -> None:
     r = env.run("scale_deployment", "web", replicas=4)
     assert r.ok and r.detail == "deployment web scaled from 2 to 4 replica(s)"
     assert client.AppsV1Api(api).read_namespaced_deployment_scale("web", "default").spec.replicas == 4
+
+
+# ------------------------------------------------------------------- serving workloads (issue 18)
+
+
+def canary_scenario() -> dict[str, Any]:
+    """The three-node world plus a canary-rolled model (an Argo Rollout in the API) whose new version
+    starts at 1m, and a plain inference service (a StatefulSet). 12 GPUs: 4 + 1 + 4 taken, 3 free."""
+    s = three_node_scenario("k8s-serving", 7)
+    s["workloads"].append(
+        {"name": "scorer", "kind": "inference", "replicas": 2, "gpus_per_replica": 2, "model": "scorer",
+         "current_version": 3, "slo": {"latency_p95_ms": 50, "accuracy_min": 0.9},
+         "rollout": {"strategy": "canary", "steps": [10, 50, 100], "step_every": "5m"}}
+    )
+    s["workloads"][1]["replicas"] = 1  # fraud-model: one replica of one GPU
+    s["faults"] = [{"at": "1m", "type": "model_canary", "target": "scorer", "params": {"version": 4}}]
+    return s
+
+
+@pytest.fixture()
+def serving_env(tmp_path: Path) -> Iterator[Env]:
+    sim = Simulator(parse_scenario(canary_scenario()))
+    api = SandboxKubeAPI(sim)
+    url, stop = serve_in_thread(api)
+    try:
+        yield Env(sim, api, url, write_kubeconfig(url, tmp_path / "kubeconfig"))
+    finally:
+        stop()
+
+
+def until(env: Env, t: float) -> None:
+    while env.sim.now < t:
+        env.sim.step()
+
+
+def test_a_model_maps_to_the_workload_labelled_with_it(serving_env: Env) -> None:
+    serving = serving_env.backend.serving
+    w = serving.for_model("scorer")
+    assert (w.kind, w.name) == ("rollout", "scorer")
+    assert w.obj["metadata"]["labels"]["opsmedic.io/model"] == "scorer"
+    assert w.spec["strategy"]["canary"]["steps"][:2] == [{"setWeight": 10}, {"pause": {"duration": "300s"}}]
+    plain = serving.for_model("fraud-model")
+    assert (plain.kind, plain.name) == ("statefulset", "fraud-model")
+    with pytest.raises(PermanentToolError, match="labelled opsmedic.io/model=nope"):
+        serving.for_model("nope")
+    serving.custom.create_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", "default", "inferenceservices",
+        {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+         "metadata": {"name": "fraud-model-kserve", "labels": {"opsmedic.io/model": "fraud-model"}},
+         "spec": {"predictor": {"model": {"modelFormat": {"name": "sklearn"}}}}},
+    )
+    with pytest.raises(PermanentToolError, match="several workloads.*StatefulSet fraud-model.*InferenceService"):
+        serving.for_model("fraud-model")
+    # free GPUs: 12 allocatable on 3 Ready nodes, minus trainer 2x2, fraud-model 1, scorer 2x2
+    assert serving.free_gpus() == 3
+    # a cordoned node's GPUs are not free: node-2 had 2 free
+    assert serving_env.run("cordon_node", "node-2").ok
+    assert serving.free_gpus() == 1
+
+
+def test_abort_rollout_is_the_argo_abort_and_sends_traffic_back(serving_env: Env) -> None:
+    env = serving_env
+    early = env.run("abort_rollout", "scorer", key="inc-1:s0:a")
+    assert not early.ok and "no update in progress" in early.detail
+    until(env, 90)
+    ro = env.backend.serving.for_model("scorer")
+    assert ro.status["canary"]["weights"]["canary"]["weight"] == 10 and ro.status["phase"] == "Progressing"
+    assert ro.status["currentPodHash"] != ro.status["stableRS"]
+    assert not env.verify("abort_rollout", "scorer").ok
+    dry = env.run("abort_rollout", "scorer", key="inc-2:s0:a", dry_run=True)
+    assert dry.ok and not dry.changed and dry.detail.startswith("dry run")
+    assert env.sim.models["scorer"].canary == 4
+    r = env.run("abort_rollout", "scorer", key="inc-2:s0:a")
+    assert r.ok and r.changed and "status.abort=true" in r.detail, r.detail
+    m = env.sim.models["scorer"]
+    assert m.canary is None and 4 in m.aborted and m.serving == 3
+    check = env.verify("abort_rollout", "scorer")
+    assert check.ok and "canary 0 %" in check.detail, check.detail
+    ro = env.backend.serving.for_model("scorer")
+    assert ro.status["abort"] is True and ro.status["phase"] == "Degraded"
+    assert ro.status["message"].startswith("RolloutAborted")
+    again = env.run("abort_rollout", "scorer", key="inc-2:s0:a")
+    assert again.ok and not again.changed and again.detail.startswith("already done")
+    other = env.run("abort_rollout", "scorer", key="inc-3:s0:a")
+    assert other.ok and not other.changed and "already aborted" in other.detail
+    events = env.backend.core.list_namespaced_event("default", field_selector="involvedObject.name=scorer").items
+    assert [(e.reason, e.involved_object.kind) for e in events] == [("OpsmedicAbortRollout", "Rollout")]
+    plain = env.run("abort_rollout", "fraud-model")
+    assert not plain.ok and "StatefulSet fraud-model, which has no canary" in plain.detail
+
+
+def test_abort_of_a_kserve_canary_sets_its_traffic_to_zero(serving_env: Env) -> None:
+    env = serving_env
+    custom = env.backend.custom
+    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "ranker", "labels": {"opsmedic.io/model": "ranker"}},
+            "spec": {"predictor": {"canaryTrafficPercent": 20, "minReplicas": 1, "maxReplicas": 2,
+                                   "model": {"modelFormat": {"name": "sklearn"},
+                                             "resources": {"limits": {"nvidia.com/gpu": "1"}}}}}}
+    custom.create_namespaced_custom_object("serving.kserve.io", "v1beta1", "default", "inferenceservices", body)
+    r = env.run("abort_rollout", "ranker")
+    assert r.ok and r.changed and "canaryTrafficPercent 20 -> 0" in r.detail, r.detail
+    isvc = custom.get_namespaced_custom_object("serving.kserve.io", "v1beta1", "default", "inferenceservices",
+                                               "ranker")
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    # no KServe controller here reports the traffic split: not verified, and it says why
+    check = env.verify("abort_rollout", "ranker")
+    assert not check.ok and "KServe controller has not reported" in check.detail
+    assert not env.run("abort_rollout", "ranker", key="inc-9:x").changed
+    r = env.run("scale_deployment", "ranker", replicas=3)
+    assert r.ok and "spec.predictor.minReplicas" in r.detail, r.detail
+    isvc = custom.get_namespaced_custom_object("serving.kserve.io", "v1beta1", "default", "inferenceservices",
+                                               "ranker")
+    assert (isvc["spec"]["predictor"]["minReplicas"], isvc["spec"]["predictor"]["maxReplicas"]) == (3, 3)
+    # no KServe controller makes predictor pods here, so 3 GPUs are still free: 4 more are too many
+    r = env.run("scale_deployment", "ranker", key="inc-5:s0", replicas=7)
+    assert not r.ok and "needs 4 GPU(s) (1 per replica) and only 3 are free" in r.detail
+
+
+def test_scale_a_rollout_through_its_scale_subresource(serving_env: Env) -> None:
+    env = serving_env
+    r = env.run("scale_deployment", "scorer", replicas=3)
+    assert r.ok and r.changed and r.detail == "rollout scorer scaled from 2 to 3 replica(s)"
+    assert env.backend.custom.get_namespaced_custom_object_scale(
+        "argoproj.io", "v1alpha1", "default", "rollouts", "scorer")["spec"]["replicas"] == 3
+    env.steps(3)
+    assert sum(1 for p in env.sim.pods.values() if p.workload == "scorer" and p.state == "Running") == 3
+    assert env.verify("scale_deployment", "scorer", replicas=3).ok
+    assert not env.run("scale_deployment", "scorer", replicas=3).changed
+
+
+def test_scale_past_free_gpus_or_the_policy_maximum_fails_permanently(serving_env: Env) -> None:
+    env = serving_env
+    r = env.run("scale_deployment", "scorer", replicas=4)  # 2 more replicas x 2 GPUs > 3 free
+    assert not r.ok and "needs 4 GPU(s) (2 per replica) and only 3 are free" in r.detail
+    assert "escalate" in r.detail and env.sim.pods.get("scorer-2") is None
+    r = env.run("scale_deployment", "fraud-model", replicas=4)  # 3 more GPUs: fits
+    assert r.ok and r.changed
+    capped = KubernetesBackend(kubeconfig=env.kubeconfig, max_replicas=3)
+    r = capped.execute(Action(name="scale_deployment", target="fraud-model", params={"replicas": 5}),
+                       idempotency_key="inc-4:s0")
+    assert not r.ok and "exceeds the policy maximum of 3" in r.detail
+    down = capped.execute(Action(name="scale_deployment", target="fraud-model", params={"replicas": 2}),
+                          idempotency_key="inc-4:s1")
+    assert down.ok and down.changed  # scaling in is never bounded
+    env.backend.apps.patch_namespaced_stateful_set(
+        "fraud-model", "default", {"metadata": {"annotations": {"opsmedic.io/max-replicas": "2"}}})
+    r = env.run("scale_deployment", "fraud-model", key="inc-6:s0", replicas=3)
+    assert not r.ok and "exceeds its annotation opsmedic.io/max-replicas of 2" in r.detail
+
+
+def test_in_eval_abort_and_scale_take_the_kubernetes_path(tmp_path: Path) -> None:
+    """opsmedic.evaluation's cluster backend (the default, `kubernetes`) has a sandbox fallback for model
+    actions; abort_rollout and scale_deployment still go through the API (the Rollout's status.abort)."""
+    from opsmedic.evaluation import cluster_backend
+
+    sim = Simulator(parse_scenario(canary_scenario()))
+    backend, stop = cluster_backend(sim, tmp_path)
+    try:
+        assert isinstance(backend, KubernetesBackend) and backend.fallback is not None
+        while sim.now < 90:
+            sim.step()
+        r = backend.execute(Action(name="abort_rollout", target="scorer"), idempotency_key="inc-1:s0")
+        assert r.ok and "Rollout scorer status.abort=true" in r.detail, r.detail
+        assert sim.models["scorer"].canary is None
+        r = backend.execute(Action(name="scale_deployment", target="scorer", params={"replicas": 5}),
+                            idempotency_key="inc-1:s1")
+        assert not r.ok and "only 3 are free" in r.detail
+    finally:
+        stop()
