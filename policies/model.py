@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from opsmedic.domain import ACTION_NAMES, ActionName, Risk
 from opsmedic.errors import PolicyError
+from opsmedic.safe_yaml import compose_and_load
 from tools.registry import ACTION_TOOLS
 
 DEFAULT_POLICY_LABEL = "policies/default.yaml"
@@ -494,8 +495,7 @@ def parse_policy(data: Any, source: str = "<policy>", *, root: yaml.Node | None 
 def parse_policy_text(text: str, source: str = "<policy>") -> Policy:
     """Parse YAML text into a Policy; syntax errors name the line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = compose_and_load(text)  # refuses alias bombs and deep nesting before anything walks them
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
