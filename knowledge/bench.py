@@ -33,12 +33,17 @@ def load_eval_set(path: str | Path | None = None) -> dict[str, list[tuple[str, s
     """{"queries": [(query, expected_id)], "heldout": [...], "paraphrase": [...]} from the YAML file."""
     import yaml
 
+    from opsmedic.safe_yaml import safe_load
+
     p = Path(path) if path is not None else DEFAULT_EVAL
     if not p.is_file():
         raise RunbookError(
             "retrieval evaluation set not found (it lives in the source tree's tests/)", where=str(p)
         )
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        data = safe_load(p.read_text(encoding="utf-8")) or {}  # refuses alias bombs and deep nesting
+    except yaml.YAMLError as exc:
+        raise RunbookError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", where=str(p)) from None
     out: dict[str, list[tuple[str, str]]] = {}
     for part in ("queries", "heldout", "paraphrase"):
         rows = data.get(part) or []

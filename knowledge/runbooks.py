@@ -36,6 +36,7 @@ from pydantic import (
 
 from opsmedic.domain import ROOT_CAUSES, ActionName, ResourceKind, Risk, RootCause
 from opsmedic.errors import RunbookError
+from opsmedic.safe_yaml import compose_and_load
 
 Target = Literal["node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"]
 Severity = Literal["info", "warning", "critical"]
@@ -245,8 +246,7 @@ def _parse(text: str, source: str) -> Runbook:
     front, body, closing_line = _split_front_matter(text)
     offset = 2  # the YAML's line 0 is the file's line 2 (line 1 is '---')
     try:
-        root = yaml.compose(front, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(front)
+        root, data = compose_and_load(front)  # refuses alias bombs and deep nesting before anything walks them
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + offset if mark is not None else 1

@@ -184,7 +184,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         v = log.verify()
         where = log.path  # a Postgres URL without its password
     if v.ok:
-        _print(f"audit chain intact: {v.count} entries ({where})")
+        legacy = f"; {v.legacy_entries} written in chain format 1" if v.legacy_entries else ""
+        _print(f"audit chain intact: {v.count} entries ({where}){legacy}")
         return 0
     _print(f"audit chain BROKEN at entry {v.first_bad_seq}: {v.reason} ({where})")
     return 1

@@ -231,6 +231,24 @@ class Db:
         except OpsmedicError as exc:
             raise self._error(f"cannot create the {what} in {self.path}: {exc}") from exc
 
+    def ensure_column(self, table: str, column: str, sqlite_decl: str, *, what: str = "tables") -> None:
+        """Add `column` to `table` when it lacks it (a schema migration for databases created by an older
+        release; existing rows take the declaration's DEFAULT). Same serialised transaction as
+        `create_schema`, so that two processes opening an old database do not both add it."""
+        decl = sqlite_decl if self.kind == "sqlite" else postgres_ddl(sqlite_decl)
+        try:
+            with self.transaction(lock="schema") as conn:
+                if self.kind == "sqlite":
+                    names = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+                else:
+                    names = {str(r[0]) for r in conn.execute(
+                        "SELECT column_name FROM information_schema.columns "
+                        "WHERE table_schema = current_schema() AND table_name = ?", (table,)).fetchall()}
+                if column not in names:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        except OpsmedicError as exc:
+            raise self._error(f"cannot migrate the {what} in {self.path}: {exc}") from exc
+
     def close(self) -> None:
         with self._lock:
             self._raw.close()

@@ -9,7 +9,7 @@ the same decision (replays, tests and the audit log depend on that).
 Rules run in a fixed order (their ids are what `PolicyDecision.rule` names):
 
     whitelist -> actions.<a>.enabled -> limits.max_actions_per_incident -> circuit_breaker.nodes
-    -> circuit_breaker.gpus -> freeze_windows.<name> -> actions.<a>.cooldown -> actions.<a>.rate_limit
+    -> circuit_breaker.gpus -> freeze_windows.<name> -> actions.<a>.cooldown -> actions.<a>.rate_limit[.<per>]
     -> actions.<a>.approval -> actions.<a>.conditions[i] -> default.allow
 
 The first rule that denies decides. Otherwise, the first rule that asks for approval decides (later deny
@@ -194,7 +194,7 @@ class PolicyEngine:
         checks.extend(self._circuit_breaker(action, ctx))
         checks.extend(self._freeze(action, ctx, exempt))
         checks.append(self._cooldown(action, ctx))
-        checks.append(self._rate_limit(action, ctx))
+        checks.extend(self._rate_limit(action, ctx))
 
         if p.approval_needed(name):
             checks.append(RuleCheck(f"{prefix}.approval", "needs_approval",
@@ -290,20 +290,36 @@ class PolicyEngine:
                                  f"{format_duration(cooldown)}.")
         return RuleCheck(rule, "pass", f"{action.key} is outside its {format_duration(cooldown)} cooldown.")
 
-    def _rate_limit(self, action: Action, ctx: DecisionContext) -> RuleCheck:
+    def _rate_limit(self, action: Action, ctx: DecisionContext) -> list[RuleCheck]:
+        """One check per rate limit. A lone limit keeps the rule id `actions.<a>.rate_limit`; in a list,
+        each is named by its scope (`actions.escalate.rate_limit.incident`)."""
         rule = f"actions.{action.name}.rate_limit"
-        rl = self._policy.action_policy(action.name).rate_limit
-        if rl is None:
-            return RuleCheck(rule, "skip", f"{action.name} has no rate limit.")
-        scope = f"on {action.target}" if rl.per == "target" else "cluster-wide"
-        recent = sum(1 for h in ctx.history
-                     if h.action == action.name and ctx.now_s - h.at_s < rl.window
-                     and (rl.per == "global" or h.target == action.target))
-        if recent >= rl.count:
-            return RuleCheck(rule, "deny", f"{action.name} already ran {recent} times {scope} in the last "
-                                           f"{format_duration(rl.window)}; the limit is {rl.count}.")
-        return RuleCheck(rule, "pass", f"{recent} of {rl.count} {action.name} {scope} in the last "
-                                       f"{format_duration(rl.window)}.")
+        written = self._policy.action_policy(action.name).rate_limit
+        limits = self._policy.action_policy(action.name).rate_limits()
+        if not limits:
+            return [RuleCheck(rule, "skip", f"{action.name} has no rate limit.")]
+        out: list[RuleCheck] = []
+        for rl in limits:
+            rule_id = f"{rule}.{rl.per}" if isinstance(written, list) else rule
+            if rl.per in ("target", "resource"):
+                scope = f"on {action.target}"
+            elif rl.per == "incident":
+                scope = f"in incident {ctx.incident_id}" if ctx.incident_id else "outside any incident"
+            else:
+                scope = "cluster-wide"
+            recent = sum(1 for h in ctx.history
+                         if h.action == action.name and ctx.now_s - h.at_s < rl.window
+                         and (rl.per == "global"
+                              or (rl.per == "incident" and h.incident_id == ctx.incident_id)
+                              or (rl.per in ("target", "resource") and h.target == action.target)))
+            if recent >= rl.count:
+                out.append(RuleCheck(rule_id, "deny",
+                                     f"{action.name} already ran {recent} times {scope} in the last "
+                                     f"{format_duration(rl.window)}; the limit is {rl.count}."))
+            else:
+                out.append(RuleCheck(rule_id, "pass", f"{recent} of {rl.count} {action.name} {scope} in the "
+                                                      f"last {format_duration(rl.window)}."))
+        return out
 
     def _condition(self, rule: str, name: str, cond: Condition, ctx: DecisionContext) -> RuleCheck:
         matched: list[str] = []

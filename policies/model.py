@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from opsmedic.domain import ACTION_NAMES, ActionName, Risk
 from opsmedic.errors import PolicyError
+from opsmedic.safe_yaml import compose_and_load
 from tools.registry import ACTION_TOOLS
 
 DEFAULT_POLICY_LABEL = "policies/default.yaml"
@@ -190,10 +191,21 @@ class Approvers(_Strict):
         return v
 
 
+RateScope = Literal["global", "target", "resource", "incident"]
+
+
 class RateLimit(_Strict):
+    """At most `count` executions of the action within `window`, counted `per`:
+
+    - `global`: cluster-wide (every target, every incident);
+    - `target` / `resource`: on the same target (for notify/escalate the target is the incident's
+      resource, hence the second name): one noisy resource cannot spend a cluster-wide budget;
+    - `incident`: within the same incident: repeated pages for one incident are coalesced.
+    """
+
     count: int = Field(ge=1)
     window: Duration
-    per: Literal["global", "target"] = "global"
+    per: RateScope = "global"
 
     @field_validator("window")
     @classmethod
@@ -228,10 +240,34 @@ class ActionPolicy(_Strict):
     approvers: list[str] = Field(default_factory=list)  # empty: defaults.approvers
     approvals_required: Literal[1, 2] = 1
     approval_expiry: Duration | None = None  # None: defaults.approval_expiry
-    rate_limit: RateLimit | None = None
+    # one limit, or several counted in different scopes (e.g. per incident, per resource and a global
+    # ceiling); every one must pass
+    rate_limit: RateLimit | list[RateLimit] | None = None
     cooldown: Duration | None = None  # per target
     conditions: list[Condition] = Field(default_factory=list)
     enabled: bool = True
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _distinct_scopes(cls, v: RateLimit | list[RateLimit] | None) -> RateLimit | list[RateLimit] | None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty list of rate limits: leave rate_limit out instead")
+            scopes = [_scope(r.per) for r in v]
+            dup = next((s for s in scopes if scopes.count(s) > 1), None)
+            if dup is not None:
+                raise ValueError(f"two rate limits count per {dup}; give each scope one limit")
+        return v
+
+    def rate_limits(self) -> list[RateLimit]:
+        """The rate limits, however they were written (none, one, or a list)."""
+        if self.rate_limit is None:
+            return []
+        return self.rate_limit if isinstance(self.rate_limit, list) else [self.rate_limit]
+
+
+def _scope(per: str) -> str:
+    return "target" if per == "resource" else per  # the same count under two names
 
 
 class CircuitBreaker(_Strict):
@@ -421,6 +457,22 @@ def _message(err: Any) -> str:
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
+_BRANCHES = ("RateLimit", "list[RateLimit]")  # the union members of `rate_limit`, as pydantic names them
+_SHAPE_ERRORS = ("model_type", "model_attributes_type", "dict_type", "list_type")
+
+
+def _one_branch(errors: list[Any]) -> list[Any]:
+    """`rate_limit` is one mapping or a list of them: report only the errors of the shape that was
+    written (not "should be a mapping" for a list), with the union member's name left out of the path."""
+    kept = [e for e in errors
+            if not (any(b in e["loc"] for b in _BRANCHES) and e["type"] in _SHAPE_ERRORS
+                    and e["loc"][-1] in _BRANCHES)]
+    out = kept or errors
+    for e in out:
+        e["loc"] = tuple(p for p in e["loc"] if p not in _BRANCHES)
+    return out
+
+
 def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
     """Checks that span several keys (pydantic validates each key alone); (location, problem) pairs."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
@@ -469,7 +521,7 @@ def parse_policy(data: Any, source: str = "<policy>", *, root: yaml.Node | None 
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
+        errors = _one_branch(exc.errors())
         first = errors[0]
         loc = tuple(first["loc"])
         what = _message(first)
@@ -494,8 +546,7 @@ def parse_policy(data: Any, source: str = "<policy>", *, root: yaml.Node | None 
 def parse_policy_text(text: str, source: str = "<policy>") -> Policy:
     """Parse YAML text into a Policy; syntax errors name the line."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = compose_and_load(text)  # refuses alias bombs and deep nesting before anything walks them
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

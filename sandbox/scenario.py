@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from opsmedic.domain import ACTION_NAMES, RootCause
 from opsmedic.errors import ScenarioError
+from opsmedic.safe_yaml import safe_load
 
 _NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")
@@ -558,7 +559,7 @@ def load_scenario(path: str | Path) -> Scenario:
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError(f"cannot read the file: {exc}", str(p)) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = safe_load(text)  # refuses alias bombs and deep nesting before anything walks them
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}: line {mark.line + 1}" if mark is not None else str(p)

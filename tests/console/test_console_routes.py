@@ -270,6 +270,23 @@ def test_audit_search_and_a_broken_chain(client: TestClient, fake_source: FakeSo
     assert v["ok"] is False and v["first_bad_seq"] == 3
 
 
+@pytest.mark.parametrize("edit", [
+    "UPDATE opsmedic_audit SET payload = payload || ' ' WHERE seq = 2",  # bytes only: the value is the same
+    "UPDATE opsmedic_audit SET payload = replace(payload, 'hot', 'cold') WHERE seq = 2",
+])
+def test_chain_status_is_recomputed_after_an_in_place_edit(client: TestClient, fake_source: FakeSource,
+                                                           tmp_path: Path, edit: str) -> None:
+    # an in-place edit changes neither the entry count nor the head hash: the status must still turn
+    for i in range(3):
+        fake_source.audit.append("observation", {"resource": f"node-{i}", "detail": "hot"}, sim_s=float(i))
+    assert client.get("/console/api/audit").json()["verification"]["ok"] is True
+    with sqlite3.connect(str(tmp_path / "console.db")) as conn:
+        conn.execute(edit)
+    v = client.get("/console/api/audit").json()["verification"]
+    assert (v["ok"], v["first_bad_seq"], v["count"]) == (False, 2, 1)
+    assert "entry 2" in v["reason"]
+
+
 # ------------------------------------------------------------------------------------ incidents, stream
 
 

@@ -51,9 +51,11 @@ def test_entries_are_hash_chained(db: Path) -> None:
                     incident_id="inc-1", sim_s=11.5)
     assert (e1.seq, e2.seq) == (1, 2)
     assert e1.prev_hash == GENESIS_HASH and e2.prev_hash == e1.hash
-    content = {"seq": 1, "at": e1.at, "sim_s": 10.0, "incident_id": "inc-1", "kind": "observation",
-               "payload": {"signal": "gpu_xid", "value": 79}}
-    assert e1.hash == hashlib.sha256((GENESIS_HASH + canonical_json(content)).encode()).hexdigest()
+    # format 2: the hash covers the previous hash, the other columns and the payload's exact stored bytes
+    header = canonical_json(["opsmedic-audit/2", 1, e1.at, 10.0, "inc-1", "observation", None])
+    stored = b'{"signal":"gpu_xid","value":79}'
+    assert e1.hash == hashlib.sha256(GENESIS_HASH.encode() + b"\n" + header.encode() + b"\n"
+                                     + stored).hexdigest()
     assert e1.at == "2025-01-01T12:00:00.000000+00:00"
     # pydantic models are stored as plain data; what append returns is what reads back
     assert e2.payload["action"] == {"name": "drain_node", "target": "node-1", "params": {}}
@@ -115,7 +117,7 @@ def test_verify_detects_a_consistently_rehashed_edit(db: Path) -> None:
     log = filled(db)
     e = log.entries()[2]
     new_hash = entry_hash(e.prev_hash, seq=e.seq, at=e.at, sim_s=e.sim_s, incident_id=e.incident_id,
-                          kind=e.kind, payload={"i": 2, "verdict": "deny"})
+                          kind=e.kind, payload_bytes=b'{"i":2,"verdict":"deny"}')
     sql(db, "UPDATE opsmedic_audit SET payload = ?, hash = ? WHERE seq = 3", '{"i":2,"verdict":"deny"}',
         new_hash)
     v = AuditLog(db).verify()
