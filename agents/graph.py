@@ -301,6 +301,9 @@ def escalate(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     if decision.verdict == Verdict.allow:
         res = _execute_once(deps, state.incident.id, page, f"{state.incident.id}:escalate", dry_run=decision.dry_run)
         results.append(res)
+        if res.ok and not res.dry_run and res.changed:
+            # a page counts against the escalation limits now, not only after a restart rebuilds the history
+            deps.history.append(HistoryEntry.of(page, res.at_s, state.incident.id))
         _audit(deps, state, "execution", res.model_dump(), "execution:escalate")
     _audit(deps, state, "escalation", {"reason": reason}, "escalation")
     return {"outcome": "escalated", "escalation": reason, "results": results,
