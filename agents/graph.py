@@ -291,8 +291,13 @@ def escalate(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     reason = state.escalation or (
         f"denied: {'; '.join(state.decision.reasons)}" if state.decision is not None else "needs a human")
-    page = domain.Action(name="escalate", target=state.incident.resource,
-                         params={"message": f"{state.incident.id}: {reason}"[:4000]})
+    params: dict[str, Any] = {"message": f"{state.incident.id}: {reason}"[:4000]}
+    severity = deps.engine.policy.action_policy("escalate").severity  # the pager's severity, from the policy
+    if severity is not None:
+        params["severity"] = severity
+    if state.diagnosis is not None and state.diagnosis.evidence:  # what the human paged reads first
+        params["evidence"] = [f"{e.resource}: {e.detail}"[:500] for e in state.diagnosis.evidence[:20]]
+    page = domain.Action(name="escalate", target=state.incident.resource, params=params)
     ctx = decision_context(deps.telemetry.snapshot(), incident_id=state.incident.id, now_s=deps.clock.now(),
                            history=deps.history, actions_in_incident=0, requested_by=deps.requester)
     decision = deps.engine.decide(page, ctx)

@@ -565,6 +565,9 @@ class DaemonService:
         core.approvals_pending.set(sum(1 for w in list(d.waiting.values()) if w.get("kind") == "approval"))
         if self.slack is not None and self.acting:
             self._slack_sync()
+        after = getattr(self.world, "after_work", None)  # the Kubernetes world resolves pages of ended incidents
+        if after is not None and self.acting:
+            after(self.driver)
 
     def _slack_sync(self) -> None:
         assert self.slack is not None
