@@ -21,6 +21,7 @@ default) or a `PostgresSaver` for a `postgresql://` URL, both with the msgpack a
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ from agents.state import Deps, IncidentState, TimelineEntry
 from opsmedic import domain
 from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
 from opsmedic.errors import ApprovalError, OpsmedicError, PolicyViolation
-from opsmedic.telemetry_otel import METRICS, span
+from opsmedic.telemetry_otel import METRICS, incident_root, span
 from policies._db import is_postgres_url, lock_key, postgres_url, redact_url, sqlite_path
 from policies.engine import HistoryEntry
 
@@ -367,7 +368,11 @@ def _traced(name: str, fn: Any) -> Any:
     """A span per graph node, carrying the incident id (a no-op until tracing is configured)."""
 
     def node(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
-        with span(f"node.{name}", incident_id=state.incident.id, resource=state.incident.resource):
+        # the incident's trace begins with its observation: the root span every later step hangs under
+        inc = state.incident
+        root: AbstractContextManager[Any] = (
+            incident_root(inc.id, resource=inc.resource, title=inc.title) if name == "monitor" else nullcontext())
+        with root, span(f"node.{name}", incident_id=state.incident.id, resource=state.incident.resource):
             out: dict[str, Any] = fn(state, runtime)
             return out
 
