@@ -12,16 +12,19 @@ Secrets (`OPSMEDIC_API_TOKENS`, the Slack signing secret and bot token) come fro
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from opsmedic.errors import ConfigError
 
 Source = Literal["auto", "sandbox", "kubernetes"]
+ALL_NAMESPACES = "*"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 MIN_TOKEN_CHARS = 16
 
 # field -> environment variable
@@ -101,7 +104,7 @@ class DaemonConfig(BaseModel):
     drift_windows: Path | None = None  # kubernetes source: <dir>/<model>/{reference,current}.{parquet,csv}
     kubeconfig: Path | None = None
     kube_context: str | None = None
-    namespace: str = "default"
+    namespace: str = "default"  # `*`: watch every namespace (node actions cluster-wide; see KubeWorld)
     leader_election: bool | None = None  # default: on with the kubernetes source, off in the sandbox
     lease_name: str = "opsmedic-leader"
     lease_namespace: str | None = None  # default: `namespace`
@@ -116,6 +119,22 @@ class DaemonConfig(BaseModel):
     api_tokens: dict[str, str] = Field(default_factory=dict)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = Field(30.0, ge=0.0, le=3600.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_namespace(cls, v: Any) -> Any:
+        # `*` is no namespace a Lease can live in: the lease goes to the pod's own namespace (or default)
+        if isinstance(v, dict) and v.get("namespace") == ALL_NAMESPACES and not v.get("lease_namespace"):
+            v = {**v, "lease_namespace": os.environ.get("POD_NAMESPACE") or "default"}
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if v != ALL_NAMESPACES and not _DNS_LABEL.match(v):
+            raise ValueError("must be a namespace name (lower-case letters, digits and '-') or * for every "
+                             "namespace")
+        return v
 
     @field_validator("api_tokens", mode="before")
     @classmethod

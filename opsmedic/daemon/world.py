@@ -409,7 +409,12 @@ class KubeWorld:
         self.name = f"kubernetes:{namespace}"
         self.namespace = namespace
         self.clock: Clock = WallClock()
-        cluster = KubernetesTelemetry(self.api_client, namespace=namespace)
+        # `*`: pods of every namespace are watched. Node actions (cordon, drain, reset) are cluster-wide
+        # already; pod and workload actions still address `action_namespace`: elsewhere they fail plainly
+        # and the incident escalates (the backend does not yet carry a pod's namespace in its target).
+        every = namespace == "*"
+        action_namespace = "default" if every else namespace
+        cluster = KubernetesTelemetry(self.api_client, namespace=None if every else namespace)
         telemetry: TelemetrySource = cluster
         if prometheus_url:
             from tools.prometheus_source import PrometheusSource
@@ -427,7 +432,7 @@ class KubeWorld:
                 log.warning("drift windows are configured but nothing reports models: the Kubernetes API knows "
                             "none; set OPSMEDIC_PROMETHEUS_URL so that service metrics name them",
                             extra={"drift_windows": str(drift_windows)})
-        self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=namespace,
+        self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=action_namespace,
                                                         fallback=self.notify)
         self.tick_s = float(poll_interval_s)
         self.interval_s = float(poll_interval_s)
