@@ -39,6 +39,7 @@ ENV: dict[str, str] = {
     "read_timeout_s": "OPSMEDIC_DAEMON_READ_TIMEOUT",
     "prometheus_url": "OPSMEDIC_PROMETHEUS_URL",
     "drift_windows": "OPSMEDIC_DRIFT_WINDOWS",
+    "mlflow_tracking_uri": "OPSMEDIC_MLFLOW_TRACKING_URI",
     "kubeconfig": "OPSMEDIC_KUBECONFIG",
     "kube_context": "OPSMEDIC_KUBE_CONTEXT",
     "namespace": "OPSMEDIC_NAMESPACE",
@@ -62,7 +63,7 @@ FLAGS: dict[str, str] = {"host": "--host", "port": "--port", "scenario": "--scen
                          "source": "--source", "fresh": "--fresh", "kubeconfig": "--kubeconfig",
                          "poll_interval_s": "--poll-interval", "identity": "--identity",
                          "leader_election": "--leader-election", "log_level": "--log-level",
-                         "drift_windows": "--drift-windows"}
+                         "drift_windows": "--drift-windows", "mlflow_tracking_uri": "--mlflow-tracking-uri"}
 
 
 def _default_identity() -> str:
@@ -102,6 +103,7 @@ class DaemonConfig(BaseModel):
     read_timeout_s: float = Field(10.0, gt=0.0, le=600.0)  # kubernetes source: one telemetry read, at most
     prometheus_url: str | None = None  # kubernetes source: GPUs and models from Prometheus (DCGM exporter)
     drift_windows: Path | None = None  # kubernetes source: <dir>/<model>/{reference,current}.{parquet,csv}
+    mlflow_tracking_uri: str | None = None  # kubernetes source: model actions on this MLflow registry
     kubeconfig: Path | None = None
     kube_context: str | None = None
     namespace: str = "default"  # `*`: watch every namespace (node actions cluster-wide; see KubeWorld)
@@ -152,6 +154,13 @@ class DaemonConfig(BaseModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL such as https://slack.com/api/")
         return v if v.endswith("/") else v + "/"
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_uri(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(https?|sqlite|file|postgresql|mysql|databricks)(\+\w+)?:", v):
+            raise ValueError("must be an MLflow tracking URI such as http://mlflow:5000 or sqlite:///mlflow.db")
+        return v
 
     @field_validator("scenario", "kubeconfig")
     @classmethod

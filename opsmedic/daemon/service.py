@@ -174,7 +174,8 @@ class DaemonService:
             return KubeWorld(kubeconfig=c.kubeconfig, context=c.kube_context,
                              in_cluster=c.kubeconfig is None and in_cluster(_environ()), namespace=c.namespace,
                              poll_interval_s=c.poll_interval_s or 10.0, read_timeout_s=c.read_timeout_s,
-                             prometheus_url=c.prometheus_url, drift_windows=c.drift_windows, send=self._notice)
+                             prometheus_url=c.prometheus_url, drift_windows=c.drift_windows, send=self._notice,
+                             mlflow_tracking_uri=c.mlflow_tracking_uri)
         from sandbox.scenario import load_scenario
 
         path = c.scenario or default_scenario()

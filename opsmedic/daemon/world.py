@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from tools.pagerduty import PagerDutyEvents
 
 log = logging.getLogger("opsmedic.daemon.world")
+MODEL_ACTIONS = frozenset({"rollback_model", "retrain_model", "promote_model"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS opsmedic_daemon_worlds (
@@ -199,10 +200,11 @@ class SandboxWorld:
 
 
 class NotifyBackend:
-    """What handles `notify` and `escalate` on a real cluster (the Kubernetes backend does not): the
-    message goes to the daemon's log, to Slack when Slack is configured, and an escalation pages through
-    PagerDuty when a routing key is configured (`tools.pagerduty`). Model actions need a model registry
-    backend, which the daemon does not configure yet: they fail plainly and the graph escalates.
+    """What handles the actions the Kubernetes backend does not: `notify` and `escalate` go to the
+    daemon's log, to Slack when Slack is configured, and an escalation pages through PagerDuty when a
+    routing key is configured (`tools.pagerduty`). Model actions (`rollback_model`, `retrain_model`,
+    `promote_model`) go to the MLflow registry when one is configured (`--mlflow-tracking-uri`, the
+    backend eval uses); without one they fail plainly and the graph escalates.
 
     A page is delivered at least once: PagerDuty folds repeats into one alert by its dedup key, the
     incident id. A page PagerDuty cannot take now (rate limited, down) raises `TransientToolError`, so the
@@ -212,8 +214,10 @@ class NotifyBackend:
     incident that is over (the daemon calls it after each tick)."""
 
     def __init__(self, clock: Callable[[], float], send: Callable[[str, str], None] | None = None,
-                 pager: PagerDutyEvents | None = None, *, default_severity: str = "critical") -> None:
+                 pager: PagerDutyEvents | None = None, *, default_severity: str = "critical",
+                 models: ActionBackend | None = None) -> None:
         self._clock = clock
+        self.models = models
         self._send = send
         self.pager = pager
         self.default_severity = default_severity
@@ -226,6 +230,8 @@ class NotifyBackend:
         if idempotency_key in self._done:
             return self._done[idempotency_key].model_copy(update={"changed": False})
         now = self._clock()
+        if action.name in MODEL_ACTIONS and self.models is not None:
+            return self.models.execute(action, idempotency_key=idempotency_key, dry_run=dry_run)
         if action.name not in ("notify", "escalate"):
             return ActionResult(action=action, ok=False, changed=False, idempotency_key=idempotency_key, at_s=now,
                                 detail=f"{action.key}: no backend for this action is configured in the daemon")
@@ -312,9 +318,15 @@ class NotifyBackend:
         return done
 
     def lookup(self, idempotency_key: str) -> ActionResult | None:
-        return self._done.get(idempotency_key)
+        if idempotency_key in self._done:
+            return self._done[idempotency_key]
+        lookup = getattr(self.models, "lookup", None)  # the registry remembers its actions by key
+        found = lookup(idempotency_key) if callable(lookup) else None
+        return found if isinstance(found, ActionResult) else None
 
     def verify(self, action: Action) -> VerificationResult:
+        if action.name in MODEL_ACTIONS and self.models is not None:
+            return self.models.verify(action)
         if action.name == "escalate" and action.digest() not in self._sent_digests:
             # only reached after a crash mid-call: not known to be sent, so the retry sends it
             return VerificationResult(action=action, ok=False, at_s=self._clock(),
@@ -325,6 +337,9 @@ class NotifyBackend:
     def close(self) -> None:
         if self.pager is not None:
             self.pager.close()
+        close = getattr(self.models, "close", None)
+        if callable(close):
+            close()
 
 
 def incident_still_open(driver: Any, incident_id: str) -> bool:
@@ -396,14 +411,19 @@ class KubeWorld:
     def __init__(self, *, kubeconfig: Path | None, context: str | None, in_cluster: bool, namespace: str,
                  poll_interval_s: float, read_timeout_s: float = 10.0, prometheus_url: str | None = None,
                  drift_windows: Path | None = None, send: Callable[[str, str], None] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, mlflow_tracking_uri: str | None = None) -> None:
         from tools.k8s_backend import KubernetesBackend, KubernetesTelemetry
         from tools.k8s_client import build_api_client
         from tools.pagerduty import pager_from_env
 
         env = os.environ if env is None else env
         # built first: a bad routing key fails the start before any connection is opened
-        self.notify = NotifyBackend(time.time, send, pager_from_env(env))
+        models = None
+        if mlflow_tracking_uri:
+            from tools.mlflow_backend import MlflowModelBackend
+
+            models = MlflowModelBackend(mlflow_tracking_uri, clock=time.time)
+        self.notify = NotifyBackend(time.time, send, pager_from_env(env), models=models)
 
         self.api_client = build_api_client(kubeconfig, context=context, in_cluster=in_cluster)
         self.name = f"kubernetes:{namespace}"
@@ -457,7 +477,7 @@ class KubeWorld:
 
     def describe(self) -> dict[str, Any]:
         out = {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s,
-               "pagerduty": self.notify.pager is not None}
+               "pagerduty": self.notify.pager is not None, "mlflow": self.notify.models is not None}
         if self.drift is not None:
             out["drift"] = self.drift.describe()
         return out
