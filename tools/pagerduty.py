@@ -230,5 +230,8 @@ def pager_from_env(env: Mapping[str, str]) -> PagerDutyEvents | None:
     key = env.get(ENV_ROUTING_KEY, "").strip()
     if not key:
         return None
+    # bounded so that a pager that is down holds a graph step for seconds, not minutes (at most about
+    # 3 x 5 s plus 1.5 s of backoff); the step is then retried from its checkpoint
     return PagerDutyEvents(key, url=env.get(ENV_URL, "").strip() or DEFAULT_URL,
-                           source=env.get(ENV_SOURCE, "").strip() or "opsmedic")
+                           source=env.get(ENV_SOURCE, "").strip() or "opsmedic",
+                           timeout_s=5.0, attempts=3, backoff_s=0.5, max_backoff_s=2.0)

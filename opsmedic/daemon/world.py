@@ -225,6 +225,7 @@ class NotifyBackend:
         self._told: set[str] = set()  # idempotency keys already told to Slack
         self._sent_digests: set[str] = set()
         self.paged: dict[str, str] = {}  # incident id -> dedup key of its open PagerDuty alert
+        self._resolve_after: dict[str, tuple[int, float]] = {}  # incident -> (failures, not before, monotonic)
 
     def execute(self, action: Action, *, idempotency_key: str, dry_run: bool = False) -> ActionResult:
         if idempotency_key in self._done:
@@ -301,7 +302,8 @@ class NotifyBackend:
             return []
         done = []
         for incident_id, dedup in list(self.paged.items()):
-            if still_open(incident_id):
+            fails, not_before = self._resolve_after.get(incident_id, (0, 0.0))
+            if time.monotonic() < not_before or still_open(incident_id):
                 continue
             try:
                 self.pager.resolve(dedup)
@@ -309,10 +311,14 @@ class NotifyBackend:
                 log.error("PagerDuty refused to resolve a page", extra={"incident_id": incident_id,
                                                                          "error": str(exc)})
             except ToolError as exc:
+                # this runs on the daemon's loop: a pager that is down is tried again later, not every tick
+                delay = min(300.0, 5.0 * 2 ** fails)
+                self._resolve_after[incident_id] = (fails + 1, time.monotonic() + delay)
                 log.warning("resolving a page failed; will retry", extra={"incident_id": incident_id,
-                                                                           "error": str(exc)})
+                                                                           "error": str(exc), "retry_in_s": delay})
                 continue
             del self.paged[incident_id]
+            self._resolve_after.pop(incident_id, None)
             done.append(incident_id)
             log.info("page resolved", extra={"incident_id": incident_id})
         return done
