@@ -21,6 +21,7 @@ default) or a `PostgresSaver` for a `postgresql://` URL, both with the msgpack a
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +40,7 @@ from agents.state import Deps, IncidentState, TimelineEntry
 from opsmedic import domain
 from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
 from opsmedic.errors import ApprovalError, OpsmedicError, PolicyViolation
-from opsmedic.telemetry_otel import METRICS, span
+from opsmedic.telemetry_otel import METRICS, incident_root, span
 from policies._db import is_postgres_url, lock_key, postgres_url, redact_url, sqlite_path
 from policies.engine import HistoryEntry
 
@@ -291,8 +292,13 @@ def escalate(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     reason = state.escalation or (
         f"denied: {'; '.join(state.decision.reasons)}" if state.decision is not None else "needs a human")
-    page = domain.Action(name="escalate", target=state.incident.resource,
-                         params={"message": f"{state.incident.id}: {reason}"[:4000]})
+    params: dict[str, Any] = {"message": f"{state.incident.id}: {reason}"[:4000]}
+    severity = deps.engine.policy.action_policy("escalate").severity  # the pager's severity, from the policy
+    if severity is not None:
+        params["severity"] = severity
+    if state.diagnosis is not None and state.diagnosis.evidence:  # what the human paged reads first
+        params["evidence"] = [f"{e.resource}: {e.detail}"[:500] for e in state.diagnosis.evidence[:20]]
+    page = domain.Action(name="escalate", target=state.incident.resource, params=params)
     ctx = decision_context(deps.telemetry.snapshot(), incident_id=state.incident.id, now_s=deps.clock.now(),
                            history=deps.history, actions_in_incident=0, requested_by=deps.requester)
     decision = deps.engine.decide(page, ctx)
@@ -365,7 +371,11 @@ def _traced(name: str, fn: Any) -> Any:
     """A span per graph node, carrying the incident id (a no-op until tracing is configured)."""
 
     def node(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
-        with span(f"node.{name}", incident_id=state.incident.id, resource=state.incident.resource):
+        # the incident's trace begins with its observation: the root span every later step hangs under
+        inc = state.incident
+        root: AbstractContextManager[Any] = (
+            incident_root(inc.id, resource=inc.resource, title=inc.title) if name == "monitor" else nullcontext())
+        with root, span(f"node.{name}", incident_id=state.incident.id, resource=state.incident.resource):
             out: dict[str, Any] = fn(state, runtime)
             return out
 

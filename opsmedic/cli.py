@@ -452,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        from opsmedic.telemetry_otel import setup_tracing_from_env
+
+        setup_tracing_from_env()  # OPSMEDIC_OTEL_EXPORTER=console|otlp: traces for this command (none otherwise)
         return int(args.func(args))
     except InputError as exc:
         _err(str(exc))

@@ -11,6 +11,15 @@ process that never configures tracing pays nothing: until then `span()` is a che
   `console` | `otlp`) and `OPSMEDIC_OTEL_ENDPOINT`.
   `span("diagnose", incident_id=..., action=..., decision=...)` wraps a graph node or a tool call; the
   keyword attributes are recorded under `opsmedic.<name>`, and an exception marks the span as an error.
+  `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` are honoured by the OTLP exporter
+  itself; `OPSMEDIC_OTEL_ENDPOINT` (the full traces URL) overrides them. `setup_tracing_from_env()` is
+  what the CLI and the daemon call at start: it installs tracing only when `OPSMEDIC_OTEL_EXPORTER` asks.
+- **One trace per incident.** An incident's spans (observation, diagnosis, plan, decision, approval,
+  action, verification) live in one trace whose id is derived from the incident id (a hash), under a
+  root span `incident` whose span id is derived the same way: `incident_root()` records that root when
+  the incident opens, and every later `span(..., incident_id=X)` opened outside another span of X's trace
+  is parented to it. So a graph resumed after an approval — minutes later, or in another process after a
+  restart — lands in the same trace with no span context to store.
 - **Metrics**: `OpsmedicMetrics` registers, in its own `CollectorRegistry` (not the process-global one, so
   tests and several daemons in one process never collide), incidents opened, decisions by verdict, actions
   executed by outcome, approvals pending, and the monitor tick duration. `render_metrics()` is the body of
@@ -45,6 +54,7 @@ _OTLP_HINT = (
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _tracer: Tracer | None = None
+_forced_ids = threading.local()  # (trace id, span id) the next span this thread starts must take
 
 
 # ------------------------------------------------------------------------------------------ tracing
@@ -64,6 +74,49 @@ def _otlp_exporter(endpoint: str | None) -> SpanExporter:
             raise ConfigError(_OTLP_HINT, "setting otel_exporter (OPSMEDIC_OTEL_EXPORTER)") from None
     made: SpanExporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
     return made
+
+
+def incident_trace_ids(incident_id: str) -> tuple[int, int]:
+    """(trace id, root span id) of an incident's trace: a hash of its id, so that every process agrees."""
+    import hashlib
+
+    digest = hashlib.sha256(f"opsmedic-incident:{incident_id}".encode()).digest()
+    trace_id = int.from_bytes(digest[:16], "big") or 1  # zero is the invalid id
+    span_id = int.from_bytes(digest[16:24], "big") or 1
+    return trace_id, span_id
+
+
+def _id_generator() -> Any:
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class IncidentIdGenerator(RandomIdGenerator):
+        """Random ids, except for an incident's root span, which takes the ids derived from the incident."""
+
+        def generate_trace_id(self) -> int:
+            forced = getattr(_forced_ids, "ids", None)
+            return forced[0] if forced is not None else super().generate_trace_id()
+
+        def generate_span_id(self) -> int:
+            forced = getattr(_forced_ids, "ids", None)
+            if forced is not None:
+                _forced_ids.ids = None  # one span only
+                return int(forced[1])
+            return super().generate_span_id()
+
+    return IncidentIdGenerator()
+
+
+def setup_tracing_from_env(service_name: str = "opsmedic") -> TracerProvider | None:
+    """Install tracing if `OPSMEDIC_OTEL_EXPORTER` is `console` or `otlp` (flushed at exit); else nothing,
+    and nothing of the SDK is imported. A bad value is a `ConfigError`."""
+    choice = os.environ.get("OPSMEDIC_OTEL_EXPORTER", "").strip().lower()
+    if choice in ("", "none"):
+        return None
+    import atexit
+
+    provider = setup_tracing(None, service_name=service_name)
+    atexit.register(shutdown_tracing)
+    return provider
 
 
 def setup_tracing(
@@ -88,7 +141,7 @@ def setup_tracing(
         exporter if exporter is not None else os.environ.get("OPSMEDIC_OTEL_EXPORTER", "none").strip().lower()
     )
     endpoint = endpoint or os.environ.get("OPSMEDIC_OTEL_ENDPOINT") or None
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}), id_generator=_id_generator())
     if isinstance(choice, str):
         if choice == "console":
             provider.add_span_processor(
@@ -137,17 +190,58 @@ def span_attributes(attrs: Mapping[str, Any]) -> dict[str, str | bool | int | fl
     return out
 
 
+def _incident_parent(incident_id: str) -> Any:
+    """The context to start an incident's span in: the current one if it is already in the incident's
+    trace (a tool call inside a node), else the incident's root span (a node, possibly resumed in another
+    process)."""
+    from opentelemetry import trace
+
+    trace_id, root_id = incident_trace_ids(incident_id)
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and current.trace_id == trace_id:
+        return None
+    root = trace.NonRecordingSpan(trace.SpanContext(trace_id=trace_id, span_id=root_id, is_remote=True,
+                                                     trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED)))
+    return trace.set_span_in_context(root)
+
+
 @contextmanager
 def span(name: str, **attrs: Any) -> Iterator[Span | None]:
     """A span around a graph node or a tool call. Yields the span (None while tracing is off) so the body
-    can add attributes learnt on the way (`s.set_attribute("opsmedic.decision", "allow")`)."""
+    can add attributes learnt on the way (`s.set_attribute("opsmedic.decision", "allow")`). With an
+    `incident_id`, the span belongs to that incident's trace (see the module docstring)."""
     tracer = _tracer
     if tracer is None:
         yield None
         return
+    incident_id = attrs.get("incident_id")
+    parent = _incident_parent(str(incident_id)) if incident_id else None
     with tracer.start_as_current_span(
-        name, attributes=span_attributes(attrs), record_exception=True, set_status_on_exception=True
+        name, context=parent, attributes=span_attributes(attrs), record_exception=True, set_status_on_exception=True
     ) as s:
+        yield s
+
+
+@contextmanager
+def incident_root(incident_id: str, **attrs: Any) -> Iterator[Span | None]:
+    """The root span of an incident's trace (`incident`), with the ids derived from the incident id. Open
+    it once, when the incident opens (the graph's first node runs inside it); the spans of later steps
+    find their way to it by id."""
+    tracer = _tracer
+    if tracer is None:
+        yield None
+        return
+    from opentelemetry.context import Context
+
+    _forced_ids.ids = incident_trace_ids(incident_id)
+    try:
+        s = tracer.start_span("incident", context=Context(),
+                              attributes=span_attributes({"incident_id": incident_id, **attrs}))
+    finally:
+        _forced_ids.ids = None
+    from opentelemetry import trace
+
+    with trace.use_span(s, end_on_exit=True, record_exception=True, set_status_on_exception=True):
         yield s
 
 

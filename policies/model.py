@@ -246,6 +246,8 @@ class ActionPolicy(_Strict):
     cooldown: Duration | None = None  # per target
     conditions: list[Condition] = Field(default_factory=list)
     enabled: bool = True
+    # the pager's severity for this action (PagerDuty Events API v2); only `escalate` pages today
+    severity: Literal["critical", "error", "warning", "info"] | None = None
 
     @field_validator("rate_limit")
     @classmethod

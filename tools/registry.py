@@ -51,6 +51,12 @@ class MessageParams(BaseModel):
     message: str = Field(default="", max_length=4000)
 
 
+class EscalateParams(MessageParams):
+    # what a pager needs besides the story: the policy's severity and the diagnosis's evidence
+    severity: Literal["critical", "error", "warning", "info"] | None = None
+    evidence: list[str] = Field(default_factory=list, max_length=20)
+
+
 class ToolSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -124,7 +130,7 @@ ACTION_TOOLS: dict[str, ToolSpec] = {
                  reversible=True, takes_capacity=False, params=MessageParams,
                  verify="the message was delivered", summary="tell the owning team"),
         ToolSpec(name="escalate", kind="act", target_kind=ResourceKind.cluster, risk=Risk.low,
-                 reversible=True, takes_capacity=False, params=MessageParams,
+                 reversible=True, takes_capacity=False, params=EscalateParams,
                  verify="a human was paged", summary="page a human with the incident's story"),
     ]
 }

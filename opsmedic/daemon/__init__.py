@@ -42,13 +42,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     d.add_argument("--drift-windows", dest="drift_windows", metavar="DIR",
                    help="score data drift from DIR/<model>/{reference,current}.{parquet,csv} (kubernetes source; "
                         "the sandbox draws its own windows)")
+    d.add_argument("--mlflow-tracking-uri", dest="mlflow_tracking_uri", metavar="URI",
+                   help="kubernetes source: roll back, retrain and promote models on this MLflow registry")
     d.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     d.set_defaults(func=cmd_daemon)
     return d
 
 
 _CLI_FIELDS = ("host", "port", "scenario", "speed", "fresh", "source", "kubeconfig", "poll_interval_s", "identity",
-               "leader_election", "log_level", "drift_windows")
+               "leader_election", "log_level", "drift_windows", "mlflow_tracking_uri")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

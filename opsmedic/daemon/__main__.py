@@ -15,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.prog = "python -m opsmedic.daemon"
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        from opsmedic.telemetry_otel import setup_tracing_from_env
+
+        setup_tracing_from_env()  # OPSMEDIC_OTEL_EXPORTER=console|otlp
         return int(args.func(args))
     except InputError as exc:
         print(f"opsmedic: {exc}", file=sys.stderr, flush=True)

@@ -12,16 +12,19 @@ Secrets (`OPSMEDIC_API_TOKENS`, the Slack signing secret and bot token) come fro
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from opsmedic.errors import ConfigError
 
 Source = Literal["auto", "sandbox", "kubernetes"]
+ALL_NAMESPACES = "*"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 MIN_TOKEN_CHARS = 16
 
 # field -> environment variable
@@ -36,6 +39,7 @@ ENV: dict[str, str] = {
     "read_timeout_s": "OPSMEDIC_DAEMON_READ_TIMEOUT",
     "prometheus_url": "OPSMEDIC_PROMETHEUS_URL",
     "drift_windows": "OPSMEDIC_DRIFT_WINDOWS",
+    "mlflow_tracking_uri": "OPSMEDIC_MLFLOW_TRACKING_URI",
     "kubeconfig": "OPSMEDIC_KUBECONFIG",
     "kube_context": "OPSMEDIC_KUBE_CONTEXT",
     "namespace": "OPSMEDIC_NAMESPACE",
@@ -59,7 +63,7 @@ FLAGS: dict[str, str] = {"host": "--host", "port": "--port", "scenario": "--scen
                          "source": "--source", "fresh": "--fresh", "kubeconfig": "--kubeconfig",
                          "poll_interval_s": "--poll-interval", "identity": "--identity",
                          "leader_election": "--leader-election", "log_level": "--log-level",
-                         "drift_windows": "--drift-windows"}
+                         "drift_windows": "--drift-windows", "mlflow_tracking_uri": "--mlflow-tracking-uri"}
 
 
 def _default_identity() -> str:
@@ -99,9 +103,10 @@ class DaemonConfig(BaseModel):
     read_timeout_s: float = Field(10.0, gt=0.0, le=600.0)  # kubernetes source: one telemetry read, at most
     prometheus_url: str | None = None  # kubernetes source: GPUs and models from Prometheus (DCGM exporter)
     drift_windows: Path | None = None  # kubernetes source: <dir>/<model>/{reference,current}.{parquet,csv}
+    mlflow_tracking_uri: str | None = None  # kubernetes source: model actions on this MLflow registry
     kubeconfig: Path | None = None
     kube_context: str | None = None
-    namespace: str = "default"
+    namespace: str = "default"  # `*`: watch every namespace (node actions cluster-wide; see KubeWorld)
     leader_election: bool | None = None  # default: on with the kubernetes source, off in the sandbox
     lease_name: str = "opsmedic-leader"
     lease_namespace: str | None = None  # default: `namespace`
@@ -116,6 +121,22 @@ class DaemonConfig(BaseModel):
     api_tokens: dict[str, str] = Field(default_factory=dict)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = Field(30.0, ge=0.0, le=3600.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_namespace(cls, v: Any) -> Any:
+        # `*` is no namespace a Lease can live in: the lease goes to the pod's own namespace (or default)
+        if isinstance(v, dict) and v.get("namespace") == ALL_NAMESPACES and not v.get("lease_namespace"):
+            v = {**v, "lease_namespace": os.environ.get("POD_NAMESPACE") or "default"}
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if v != ALL_NAMESPACES and not _DNS_LABEL.match(v):
+            raise ValueError("must be a namespace name (lower-case letters, digits and '-') or * for every "
+                             "namespace")
+        return v
 
     @field_validator("api_tokens", mode="before")
     @classmethod
@@ -133,6 +154,13 @@ class DaemonConfig(BaseModel):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL such as https://slack.com/api/")
         return v if v.endswith("/") else v + "/"
+
+    @field_validator("mlflow_tracking_uri")
+    @classmethod
+    def _mlflow_uri(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^(https?|sqlite|file|postgresql|mysql|databricks)(\+\w+)?:", v):
+            raise ValueError("must be an MLflow tracking URI such as http://mlflow:5000 or sqlite:///mlflow.db")
+        return v
 
     @field_validator("scenario", "kubeconfig")
     @classmethod

@@ -174,7 +174,8 @@ class DaemonService:
             return KubeWorld(kubeconfig=c.kubeconfig, context=c.kube_context,
                              in_cluster=c.kubeconfig is None and in_cluster(_environ()), namespace=c.namespace,
                              poll_interval_s=c.poll_interval_s or 10.0, read_timeout_s=c.read_timeout_s,
-                             prometheus_url=c.prometheus_url, drift_windows=c.drift_windows, send=self._notice)
+                             prometheus_url=c.prometheus_url, drift_windows=c.drift_windows, send=self._notice,
+                             mlflow_tracking_uri=c.mlflow_tracking_uri)
         from sandbox.scenario import load_scenario
 
         path = c.scenario or default_scenario()
@@ -565,6 +566,9 @@ class DaemonService:
         core.approvals_pending.set(sum(1 for w in list(d.waiting.values()) if w.get("kind") == "approval"))
         if self.slack is not None and self.acting:
             self._slack_sync()
+        after = getattr(self.world, "after_work", None)  # the Kubernetes world resolves pages of ended incidents
+        if after is not None and self.acting:
+            after(self.driver)
 
     def _slack_sync(self) -> None:
         assert self.slack is not None

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,8 +32,10 @@ if TYPE_CHECKING:
     from tools.backend import ActionBackend, TelemetrySource
     from tools.drift_feed import DriftTelemetry
     from tools.ledger import LedgerRecord
+    from tools.pagerduty import PagerDutyEvents
 
 log = logging.getLogger("opsmedic.daemon.world")
+MODEL_ACTIONS = frozenset({"rollback_model", "retrain_model", "promote_model"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS opsmedic_daemon_worlds (
@@ -197,19 +200,39 @@ class SandboxWorld:
 
 
 class NotifyBackend:
-    """What handles `notify` and `escalate` on a real cluster (the Kubernetes backend does not): the
-    message goes to the daemon's log and to Slack when Slack is configured. Model actions need a model
-    registry backend, which the daemon does not configure yet: they fail plainly and the graph escalates."""
+    """What handles the actions the Kubernetes backend does not: `notify` and `escalate` go to the
+    daemon's log, to Slack when Slack is configured, and an escalation pages through PagerDuty when a
+    routing key is configured (`tools.pagerduty`). Model actions (`rollback_model`, `retrain_model`,
+    `promote_model`) go to the MLflow registry when one is configured (`--mlflow-tracking-uri`, the
+    backend eval uses); without one they fail plainly and the graph escalates.
 
-    def __init__(self, clock: Callable[[], float], send: Callable[[str, str], None] | None = None) -> None:
+    A page is delivered at least once: PagerDuty folds repeats into one alert by its dedup key, the
+    incident id. A page PagerDuty cannot take now (rate limited, down) raises `TransientToolError`, so the
+    graph step is retried from its checkpoint; Slack is told once per idempotency key all the same. After a
+    crash in the middle of an escalation, `lookup` and `verify` say "not sent" unless this process sent
+    it, so the retry pages instead of assuming it did. `resolve_pages` resolves the alert of every paged
+    incident that is over (the daemon calls it after each tick)."""
+
+    def __init__(self, clock: Callable[[], float], send: Callable[[str, str], None] | None = None,
+                 pager: PagerDutyEvents | None = None, *, default_severity: str = "critical",
+                 models: ActionBackend | None = None) -> None:
         self._clock = clock
+        self.models = models
         self._send = send
+        self.pager = pager
+        self.default_severity = default_severity
         self._done: dict[str, ActionResult] = {}
+        self._told: set[str] = set()  # idempotency keys already told to Slack
+        self._sent_digests: set[str] = set()
+        self.paged: dict[str, str] = {}  # incident id -> dedup key of its open PagerDuty alert
+        self._resolve_after: dict[str, tuple[int, float]] = {}  # incident -> (failures, not before, monotonic)
 
     def execute(self, action: Action, *, idempotency_key: str, dry_run: bool = False) -> ActionResult:
         if idempotency_key in self._done:
             return self._done[idempotency_key].model_copy(update={"changed": False})
         now = self._clock()
+        if action.name in MODEL_ACTIONS and self.models is not None:
+            return self.models.execute(action, idempotency_key=idempotency_key, dry_run=dry_run)
         if action.name not in ("notify", "escalate"):
             return ActionResult(action=action, ok=False, changed=False, idempotency_key=idempotency_key, at_s=now,
                                 detail=f"{action.key}: no backend for this action is configured in the daemon")
@@ -217,17 +240,128 @@ class NotifyBackend:
         if dry_run:
             return ActionResult(action=action, ok=True, changed=False, dry_run=True, idempotency_key=idempotency_key,
                                 at_s=now, detail=f"dry run: would {action.name} {message[:200]}")
-        log.warning(action.name, extra={"target": action.target, "message": message})
-        if self._send is not None:
+        # `message` is a reserved LogRecord attribute: passing it in `extra` raised KeyError (issue 17)
+        log.warning(action.name, extra={"target": action.target, "text": message[:2000]})
+        if self._send is not None and idempotency_key not in self._told:
             self._send(action.name, f"{action.target}: {message}")
-        result = ActionResult(action=action, ok=True, changed=True, idempotency_key=idempotency_key, at_s=now,
-                              detail=f"{action.name} sent")
+            self._told.add(idempotency_key)
+        detail = f"{action.name} sent"
+        ok = True
+        if action.name == "escalate" and self.pager is not None:
+            ok, paged = self._page(action, idempotency_key, message)
+            detail = f"{detail}; {paged}"
+        result = ActionResult(action=action, ok=ok, changed=ok, idempotency_key=idempotency_key, at_s=now,
+                              detail=detail)
         self._done[idempotency_key] = result
+        if ok:
+            self._sent_digests.add(action.digest())
         return result
 
+    def _page(self, action: Action, key: str, message: str) -> tuple[bool, str]:
+        """Trigger the incident's alert. A transient failure raises (the step is retried); a permanent one
+        (PagerDuty refused the event) is reported in the result, since retrying cannot help."""
+        from opsmedic.errors import PermanentToolError
+        from tools.pagerduty import SEVERITIES
+
+        assert self.pager is not None
+        incident_id = key.removesuffix(":escalate")
+        severity = str(action.params.get("severity") or self.default_severity)
+        if severity not in SEVERITIES:
+            severity = self.default_severity
+        reason = message.removeprefix(f"{incident_id}: ")
+        details: dict[str, Any] = {"incident_id": incident_id, "resource": action.target, "reason": reason}
+        evidence = action.params.get("evidence")
+        if isinstance(evidence, list) and evidence:
+            details["evidence"] = [str(e) for e in evidence]
+        try:
+            dedup = self.pager.trigger(dedup_key=incident_id, summary=f"opsmedic: {action.target}: {reason}",
+                                       severity=severity, component=action.target, group="opsmedic",
+                                       class_="escalation", custom_details=details)
+        except PermanentToolError as exc:
+            log.error("PagerDuty refused the page", extra={"incident_id": incident_id, "error": str(exc)})
+            return False, f"page refused: {exc}"
+        self.paged[incident_id] = dedup
+        log.info("paged", extra={"incident_id": incident_id, "severity": severity})
+        return True, f"paged PagerDuty ({severity}, dedup_key {dedup})"
+
+    def adopt_pages(self, records: list[LedgerRecord]) -> None:
+        """After a restart: the incidents this daemon paged before (from the execution ledger), so that
+        their alerts are resolved when they end."""
+        for r in records:
+            res = r.result
+            if (r.action.name == "escalate" and r.status == "done" and res is not None and res.ok
+                    and not res.dry_run and "paged PagerDuty" in res.detail):
+                self.paged.setdefault(r.incident_id, r.incident_id)
+
+    def resolve_pages(self, still_open: Callable[[str], bool]) -> list[str]:
+        """Resolve the alert of every paged incident for which `still_open(incident_id)` is False; returns
+        the incidents resolved. A failure is logged and tried again next time."""
+        from opsmedic.errors import PermanentToolError, ToolError
+
+        if self.pager is None:
+            return []
+        done = []
+        for incident_id, dedup in list(self.paged.items()):
+            fails, not_before = self._resolve_after.get(incident_id, (0, 0.0))
+            if time.monotonic() < not_before or still_open(incident_id):
+                continue
+            try:
+                self.pager.resolve(dedup)
+            except PermanentToolError as exc:
+                log.error("PagerDuty refused to resolve a page", extra={"incident_id": incident_id,
+                                                                         "error": str(exc)})
+            except ToolError as exc:
+                # this runs on the daemon's loop: a pager that is down is tried again later, not every tick
+                delay = min(300.0, 5.0 * 2 ** fails)
+                self._resolve_after[incident_id] = (fails + 1, time.monotonic() + delay)
+                log.warning("resolving a page failed; will retry", extra={"incident_id": incident_id,
+                                                                           "error": str(exc), "retry_in_s": delay})
+                continue
+            del self.paged[incident_id]
+            self._resolve_after.pop(incident_id, None)
+            done.append(incident_id)
+            log.info("page resolved", extra={"incident_id": incident_id})
+        return done
+
+    def lookup(self, idempotency_key: str) -> ActionResult | None:
+        if idempotency_key in self._done:
+            return self._done[idempotency_key]
+        lookup = getattr(self.models, "lookup", None)  # the registry remembers its actions by key
+        found = lookup(idempotency_key) if callable(lookup) else None
+        return found if isinstance(found, ActionResult) else None
+
     def verify(self, action: Action) -> VerificationResult:
+        if action.name in MODEL_ACTIONS and self.models is not None:
+            return self.models.verify(action)
+        if action.name == "escalate" and action.digest() not in self._sent_digests:
+            # only reached after a crash mid-call: not known to be sent, so the retry sends it
+            return VerificationResult(action=action, ok=False, at_s=self._clock(),
+                                      detail="escalate: no record that this page went out")
         return VerificationResult(action=action, ok=True, detail=f"{action.name} needs no verification",
                                   at_s=self._clock())
+
+    def close(self) -> None:
+        if self.pager is not None:
+            self.pager.close()
+        close = getattr(self.models, "close", None)
+        if callable(close):
+            close()
+
+
+def incident_still_open(driver: Any, incident_id: str) -> bool:
+    """Whether an incident is not over yet: its graph still runs (or waits), or the monitor still holds its
+    resource for it (the graph ended, escalated or resolved, but the condition has not cleared for the quiet
+    period). Once neither holds, a page for it can be resolved."""
+    from opsmedic.daemon.service import monitor_key
+
+    st = driver.states.get(incident_id)
+    if st is not None and st.outcome == "open":
+        return True
+    inc = driver.incidents.get(incident_id) or (st.incident if st is not None else None)
+    if inc is None:
+        return False
+    state = driver.monitor.key_state(monitor_key(inc))
+    return bool(state is not None and state.incident_id == incident_id)
 
 
 class CompositeTelemetry:
@@ -282,15 +416,31 @@ class KubeWorld:
 
     def __init__(self, *, kubeconfig: Path | None, context: str | None, in_cluster: bool, namespace: str,
                  poll_interval_s: float, read_timeout_s: float = 10.0, prometheus_url: str | None = None,
-                 drift_windows: Path | None = None, send: Callable[[str, str], None] | None = None) -> None:
+                 drift_windows: Path | None = None, send: Callable[[str, str], None] | None = None,
+                 env: Mapping[str, str] | None = None, mlflow_tracking_uri: str | None = None) -> None:
         from tools.k8s_backend import KubernetesBackend, KubernetesTelemetry
         from tools.k8s_client import build_api_client
+        from tools.pagerduty import pager_from_env
+
+        env = os.environ if env is None else env
+        # built first: a bad routing key fails the start before any connection is opened
+        models = None
+        if mlflow_tracking_uri:
+            from tools.mlflow_backend import MlflowModelBackend
+
+            models = MlflowModelBackend(mlflow_tracking_uri, clock=time.time)
+        self.notify = NotifyBackend(time.time, send, pager_from_env(env), models=models)
 
         self.api_client = build_api_client(kubeconfig, context=context, in_cluster=in_cluster)
         self.name = f"kubernetes:{namespace}"
         self.namespace = namespace
         self.clock: Clock = WallClock()
-        cluster = KubernetesTelemetry(self.api_client, namespace=namespace)
+        # `*`: pods of every namespace are watched. Node actions (cordon, drain, reset) are cluster-wide
+        # already; pod and workload actions still address `action_namespace`: elsewhere they fail plainly
+        # and the incident escalates (the backend does not yet carry a pod's namespace in its target).
+        every = namespace == "*"
+        action_namespace = "default" if every else namespace
+        cluster = KubernetesTelemetry(self.api_client, namespace=None if every else namespace)
         telemetry: TelemetrySource = cluster
         if prometheus_url:
             from tools.prometheus_source import PrometheusSource
@@ -308,8 +458,8 @@ class KubeWorld:
                 log.warning("drift windows are configured but nothing reports models: the Kubernetes API knows "
                             "none; set OPSMEDIC_PROMETHEUS_URL so that service metrics name them",
                             extra={"drift_windows": str(drift_windows)})
-        self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=namespace,
-                                                        fallback=NotifyBackend(time.time, send))
+        self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=action_namespace,
+                                                        fallback=self.notify)
         self.tick_s = float(poll_interval_s)
         self.interval_s = float(poll_interval_s)
         # one prefix per namespace: every replica watching it shares (and may resume) the same threads
@@ -318,7 +468,12 @@ class KubeWorld:
         self.created_wall = 0.0
 
     def restore(self, records: list[LedgerRecord]) -> None:
-        return None  # a real cluster kept its state while we were away
+        # a real cluster kept its state while we were away; only the pages we owe a resolve are ours
+        self.notify.adopt_pages(records)
+
+    def after_work(self, driver: Any) -> None:
+        """Called by the daemon after each tick: resolve the pages of incidents that are over."""
+        self.notify.resolve_pages(lambda incident_id: incident_still_open(driver, incident_id))
 
     def advance(self) -> None:
         return None
@@ -327,12 +482,14 @@ class KubeWorld:
         return None
 
     def describe(self) -> dict[str, Any]:
-        out = {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s}
+        out = {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s,
+               "pagerduty": self.notify.pager is not None, "mlflow": self.notify.models is not None}
         if self.drift is not None:
             out["drift"] = self.drift.describe()
         return out
 
     def close(self) -> None:
+        self.notify.close()
         if self.drift is not None:
             self.drift.close()  # closes the bounded reader under it too
         else:
