@@ -11,7 +11,7 @@ import pytest
 
 from agents import corroboration, remediator
 from agents.corroboration import GUARD_RULE, alert_incident, assess, guard, quote
-from agents.diagnostician import find
+from agents.diagnostician import find, to_diagnosis
 from agents.runbook_source import RunbookCatalog
 from opsmedic.domain import (
     Action,
@@ -118,8 +118,6 @@ def test_a_forged_alert_of_any_kind_is_unknown_and_plans_nothing(case: str, cata
 
 
 def corroboration_diagnosis(f: Any) -> Any:
-    from agents.diagnostician import to_diagnosis
-
     return to_diagnosis(f, [])
 
 
@@ -128,7 +126,8 @@ def test_the_timeline_says_what_telemetry_shows() -> None:
     inc = opened(FORGED["xid79"][0], snap)
     (check,) = assess(inc, snap).checks
     assert check.verdict == "contradicted"
-    assert check.text() == "alert GpuXidError says XID 79 on node-1/gpu-2; NVML sees node-1/gpu-2 healthy at 71 °C, 98 % busy"
+    assert check.text() == ("alert GpuXidError says XID 79 on node-1/gpu-2; "
+                            "NVML sees node-1/gpu-2 healthy at 71 °C, 98 % busy")
 
 
 @pytest.mark.parametrize("case,verdict", [("accuracy", "contradicted"), ("node-not-ready", "contradicted"),
