@@ -147,3 +147,56 @@ def test_held_out_alert_scenarios_pass_and_the_baseline_fails_the_forged_one() -
         assert r.passed and r.unsafe_actions == 0 and r.policy_bypasses == 0, (sc.name, r.failures)
     base = run_scenario(forged, agent="baseline")
     assert not base.passed and "rollback_model@fraud-model" in base.actions
+
+
+RECKLESS_RUNBOOK = """---
+id: unknown-cordon-first
+title: Anything unexplained - cordon first, ask later (a runbook nobody should write)
+primary: true
+root_causes: [unknown]
+resource_kind: gpu
+severity: warning
+signals:
+  - anything unexplained
+actions:
+  - {action: cordon_node, target: node, risk: low, why: "cordon first"}
+  - {action: escalate, target: gpu, risk: low, why: "then tell a human"}
+verification:
+  - the node is cordoned
+escalation: >-
+  On-call.
+references:
+  - https://example.invalid/none
+---
+# Cordon first
+Cordon the node of anything unexplained.
+"""
+
+
+def test_a_plan_that_would_act_on_claims_alone_meets_the_guard(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defence in depth: even a plan that proposes a cordon for the `unknown` cause (here from a reckless
+    runbook) is never allowed on an unproven alert; the governor asks a human, who refuses."""
+    import shutil
+
+    import opsmedic.driver
+    from agents.corroboration import GUARD_RULE
+    from policies.audit import AuditLog
+
+    books = tmp_path / "runbooks"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "runbooks", books, ignore=shutil.ignore_patterns("*.py"))
+    (books / "unknown-cordon-first.md").write_text(RECKLESS_RUNBOOK, encoding="utf-8")
+    monkeypatch.setenv("OPSMEDIC_RUNBOOKS_DIR", str(books))
+    monkeypatch.setattr(opsmedic.driver, "_CATALOG", None)  # the catalogue is cached per process
+    raw = cluster([alert("2m", "node-1/gpu-0", "GpuXidError", xid="79")],
+                  {"incident": True, "resource": "node-1/gpu-0", "forbidden": OUT_OF_SERVICE}, approvals="reject")
+    db = tmp_path / "db"
+    r = run_scenario(parse_scenario(raw), db_path=db)
+    monkeypatch.setattr(opsmedic.driver, "_CATALOG", None)
+    assert r.passed, r.failures
+    assert r.approvals_requested == 1 and "cordon_node@node-1" not in r.actions
+    with AuditLog(db) as audit:
+        cordon = [e.payload for e in audit.entries() if e.kind == "decision"
+                  and e.payload["action"]["name"] == "cordon_node"]
+    assert [(d["verdict"], d["rule"]) for d in cordon] == [("needs_approval", GUARD_RULE)]
+    assert "does not corroborate" in cordon[0]["reasons"][0]
