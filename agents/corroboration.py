@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from policies.model import Policy
 
 ALERT_SOURCE = "alertmanager"
+CORROBORATED_SOURCE = "alertmanager:corroborated"  # an alert's claim that telemetry backs
 # Whatever changes the cluster or what serves waits for evidence; talking to humans never does.
 GUARDED_ACTIONS = frozenset(ACTION_NAMES) - {"notify", "escalate"}
 GUARD_RULE = "corroboration.uncorroborated_alert"
@@ -334,19 +335,19 @@ def _as_claimed(sig: Signal) -> Signal:
 def assess(inc: Incident, snap: ClusterSnapshot, settings: MonitorSettings | None = None) -> Assessment:
     s = settings or MonitorSettings()
     checks = tuple(_check(_as_claimed(c), inc, snap, s) for c in claims(inc))
-    # a corroborated claim joins the evidence under the kind it claims, which the diagnostician's rules know
+    # a corroborated claim joins the evidence under the kind it claims, which the diagnostician's rules know,
+    # and as evidence rather than a claim (so that the rules, given it, do not ask for a review again)
     trusted = tuple(x for x in inc.signals if x.source != ALERT_SOURCE) + tuple(
-        c.claim for c in checks if c.verdict == "corroborated")
+        c.claim.model_copy(update={"source": CORROBORATED_SOURCE}) for c in checks if c.verdict == "corroborated")
     return Assessment(checks=checks, trusted=trusted)
 
 
 def review(inc: Incident, snap: ClusterSnapshot, diagnose: Callable[[Incident, ClusterSnapshot], Finding]) -> Finding:
-    """`diagnose` on the trusted part of the incident (the diagnostician's hook; see the module docstring)."""
+    """`diagnose` on the trusted part of the incident, which holds no claim any more (the diagnostician's
+    hook; see the module docstring)."""
     from agents.diagnostician import Finding
 
     a = assess(inc, snap)
-    if not a.checks:
-        return diagnose(inc, snap)
     if a.groundless:
         names = ", ".join(dict.fromkeys(c.alertname for c in a.checks))
         return Finding("unknown", inc.resource, 0.3,

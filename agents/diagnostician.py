@@ -195,11 +195,8 @@ def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
 
 
 def find(inc: Incident, snap: ClusterSnapshot) -> Finding:
-    # An alert is a claim: the rules below see only what telemetry corroborates (agents.corroboration).
-    return corroboration.review(inc, snap, _find)
-
-
-def _find(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    if corroboration.claims(inc):  # an alert is a claim: the rules see only what telemetry corroborates
+        return corroboration.review(inc, snap, find)
     kinds = {s.kind for s in inc.signals}
     if inc.resource_kind == ResourceKind.gpu:
         return diagnose_gpu(inc, snap)
