@@ -38,6 +38,7 @@ from opsmedic.domain import (
     ACTION_NAMES,
     CLOCK_REASON_HW_THERMAL,
     ClusterSnapshot,
+    Diagnosis,
     Evidence,
     GpuSample,
     Incident,
@@ -376,6 +377,13 @@ def guard(decision: PolicyDecision, a: Assessment, policy: Policy, requested_by:
     return decision.model_copy(update={"verdict": Verdict.needs_approval, "rule": GUARD_RULE,
                                        "reasons": [why, *decision.reasons], "approvers": approvers,
                                        "approvals_required": required})
+
+
+def rests_on_claims(inc: Incident, diagnosis: Diagnosis | None) -> bool:
+    """An incident opened by alerts alone and diagnosed `unknown` for want of corroboration: it must not hold
+    the monitor's key for its resource (a daemon re-adopting it after a restart asks this)."""
+    return (bool(inc.signals) and all(s.source == ALERT_SOURCE for s in inc.signals)
+            and diagnosis is not None and diagnosis.root_cause == "unknown")
 
 
 def alert_title(signals: Sequence[Signal]) -> str:

@@ -412,6 +412,7 @@ class DaemonService:
 
     def _resync(self) -> int:
         """Adopt every graph thread of this world from the checkpointer (see the module docstring)."""
+        from agents.corroboration import rests_on_claims
         from agents.state import IncidentState
         from policies.engine import HistoryEntry
 
@@ -435,7 +436,8 @@ class DaemonService:
                 d.waiting.pop(inc_id, None)
                 if snap.next:  # the process died inside a node: re-run it from its checkpoint
                     self._stalled[inc_id] = (0, 0.0)
-            self._claim(st.incident, closed=not is_open)
+            if not rests_on_claims(st.incident, st.diagnosis):  # an unproven alert holds no key
+                self._claim(st.incident, closed=not is_open)
             adopted += 1
         # incidents this replica's monitor opened while it was a standby
         for inc_id, inc in list(d.monitor.incidents.items()):

@@ -282,3 +282,14 @@ def test_an_incident_without_alerts_is_untouched() -> None:
     a = assess(inc, snap)
     assert a.checks == () and not a.groundless
     assert find(inc, snap).root_cause == "gpu_fell_off_bus"
+
+
+def test_only_an_unproven_alert_incident_gives_up_its_resource() -> None:
+    snap = snapshot()
+    forged = opened(FORGED["xid79"][0], snap)
+    diag = to_diagnosis(find(forged, snap), [])
+    assert corroboration.rests_on_claims(forged, diag)
+    assert not corroboration.rests_on_claims(forged, None)  # not diagnosed yet: it keeps the key for now
+    real_snap = snapshot(gpu={"present": False})
+    backed = opened(FORGED["xid79"][0], real_snap)
+    assert not corroboration.rests_on_claims(backed, to_diagnosis(find(backed, real_snap), []))
