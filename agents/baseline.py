@@ -8,17 +8,25 @@ each firing once per resource:
 - GPU utilisation < 5 % for 5 min on a training pod -> restart the pod;
 - any model SLO breach -> roll the model back;
 - drift PSI > 0.1 -> retrain the model;
-- node NotReady -> drain it.
+- node NotReady -> drain it;
+- and the same for Alertmanager alerts, taken at their word (`observe_alerts`): a GPU alert (XID, ECC,
+  temperature, fell off the bus, NVLink) -> cordon and drain its node; NotReady -> drain; a pod alert ->
+  restart the pod; a model SLO alert -> roll back; a drift alert -> retrain.
 
 It has no hysteresis beyond its own rule windows, no diagnosis, no governor and no approvals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from opsmedic.domain import Action, ClusterSnapshot
+from agents.corroboration import claim_kind
+from opsmedic.domain import Action, ClusterSnapshot, Signal
+
+# alert signal kinds (tools.alertmanager.ALERT_KINDS) the script acts on, by what it does
+_GPU_ALERTS = frozenset({"gpu_xid", "gpu_lost", "ecc_dbe", "remap_failure", "gpu_temp_high", "nvlink_errors"})
+_POD_ALERTS = frozenset({"pod_crashloop", "pod_not_ready", "training_stalled", "fb_memory_growth"})
 
 
 @dataclass
@@ -76,3 +84,28 @@ class BaselineAgent:
             if not n.ready:
                 yield from self._fire(f"nr:{n.name}", n.name, "node_not_ready",
                                       [Action(name="drain_node", target=n.name)])
+
+    def observe_alerts(self, alerts: Iterable[Signal]) -> Iterator[tuple[str, str, str, Action | None]]:
+        """Alert rules: a script trusts what Alertmanager says (the keys are shared with the snapshot
+        rules above, so a fault seen both ways fires once)."""
+        for alert in alerts:
+            s = alert.model_copy(update={"kind": claim_kind(alert)})
+            node = s.labels.get("node") or s.labels.get("Hostname")
+            if s.kind in _GPU_ALERTS and node:
+                cause = "gpu_thermal_throttle" if s.kind == "gpu_temp_high" else "gpu_fell_off_bus"
+                key = f"temp:{node}" if s.kind == "gpu_temp_high" else f"xid:{node}"
+                yield from self._fire(key, s.resource, cause, [Action(name="cordon_node", target=node),
+                                                               Action(name="drain_node", target=node)])
+            elif s.kind == "node_not_ready":
+                yield from self._fire(f"nr:{s.resource}", s.resource, "node_not_ready",
+                                      [Action(name="drain_node", target=s.resource)])
+            elif s.kind in _POD_ALERTS and s.resource_kind == "pod":
+                yield from self._fire(f"alert-pod:{s.resource}", s.resource, "pod_crashloop",
+                                      [Action(name="restart_pod", target=s.resource)])
+            elif s.kind in ("slo_accuracy", "slo_latency") and s.resource_kind == "model":
+                cause = "model_quality_regression" if s.kind == "slo_accuracy" else "model_latency_regression"
+                yield from self._fire(f"slo-alert:{s.resource}", s.resource, cause,
+                                      [Action(name="rollback_model", target=s.resource)])
+            elif s.kind.startswith("drift_") and s.resource_kind == "model":
+                yield from self._fire(f"drift:{s.resource}", s.resource, "data_drift",
+                                      [Action(name="retrain_model", target=s.resource)])

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agents import corroboration
 from opsmedic.domain import ClusterSnapshot, Diagnosis, Evidence, Incident, ResourceKind, RootCause, Signal
 
 # NVIDIA XID catalogue, reduced to what decides an action. Application faults (13, 31, 43, 45) are the
@@ -194,6 +195,8 @@ def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
 
 
 def find(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    if corroboration.claims(inc):  # an alert is a claim: the rules see only what telemetry corroborates
+        return corroboration.review(inc, snap, find)
     kinds = {s.kind for s in inc.signals}
     if inc.resource_kind == ResourceKind.gpu:
         return diagnose_gpu(inc, snap)

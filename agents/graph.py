@@ -33,7 +33,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from agents import diagnostician, remediator
+from agents import corroboration, diagnostician, remediator
 from agents.governor import decision_context
 from agents.llm import llm_diagnose, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
@@ -93,6 +93,11 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     snap = deps.telemetry.snapshot()
     finding = diagnostician.find(state.incident, snap)
+    claims = corroboration.assess(state.incident, snap)
+    if claims.checks:  # alert claims: the audit and the timeline say what telemetry made of them
+        _audit(deps, state, "corroboration", claims.payload(), f"corroboration:{state.attempts}")
+        note = _note(state, deps, "diagnostician", f"checked alert claims against telemetry: {claims.summary()}")
+        state = state.model_copy(update={"timeline": note})
     cited: list[str] = []
     primary = deps.runbooks.for_cause(finding.root_cause, finding.runbook_hint)
     if primary is not None:
@@ -112,7 +117,10 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     text = (f"root cause {diag.root_cause} at {diag.resource} (confidence {diag.confidence:.2f}): {diag.summary}"
             + (f"; evidence: {evidence}" if evidence else "") + (f"; runbooks {', '.join(cited)}" if cited else "")
             + llm_note)
-    return {"diagnosis": diag, "timeline": _note(state, deps, "diagnostician", text)}
+    update: dict[str, Any] = {"diagnosis": diag, "timeline": _note(state, deps, "diagnostician", text)}
+    if claims.groundless:
+        update["escalation"] = f"unverified alert claim(s), nothing done on them: {claims.summary()}"
+    return update
 
 
 def plan(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
@@ -147,6 +155,9 @@ def govern(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     )
     with span("governor.decide", incident_id=state.incident.id, action=step.action.key) as sp:
         decision = deps.engine.decide(step.action, ctx)
+        # never act on alert claims alone, whatever plan was chosen (agents.corroboration)
+        decision = corroboration.guard(decision, corroboration.assess(state.incident, deps.telemetry.snapshot()),
+                                       deps.engine.policy, deps.requester)
         if sp is not None:
             sp.set_attribute("opsmedic.decision", decision.verdict.value)
     METRICS.decision(decision.verdict.value)

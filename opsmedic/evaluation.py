@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from opsmedic.domain import ActionResult, ApprovalStatus, ClusterSnapshot, Verdict
+from opsmedic.domain import ActionResult, ApprovalStatus, ClusterSnapshot, Incident, Signal, Verdict
 from sandbox.scenario import ExpectSpec, Scenario
 
 AgentName = Literal["opsmedic", "baseline"]
@@ -221,13 +221,17 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
     driver = IncidentDriver(db_path=db_path, clock=SimClock(sim), telemetry=telemetry,
                             backend=bridge or run.backend, narrate=on_note, thread_prefix=f"{run.scenario.name}:")
     play = _scenario_approver(run.scenario, driver) if approver == "scenario" else None
+    alerts = AlertFeed(run.scenario, sim)
     try:
         while not sim.done:
             sim.step()
+            alerts.deliver()
             if bridge is not None:
                 bridge.sync()
             snap = driver.deps.telemetry.snapshot()
-            for inc in driver.monitor.observe(snap, sim.tick):
+            opened = driver.monitor.observe(snap, sim.tick)
+            opened += alerts.incidents(driver.monitor, snap)  # after the monitor's, as in the daemon
+            for inc in opened:
                 run.reports[inc.id] = IncidentReport(id=inc.id, resource=inc.resource, opened_at_s=inc.opened_at_s)
                 driver.start(inc)
             if approver == "external":
@@ -251,6 +255,55 @@ def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver:
         close = getattr(telemetry, "close", None)
         if callable(close):
             close()
+
+
+class AlertFeed:
+    """A scenario's `alert` faults, delivered at their `at` as Alertmanager webhook bodies through the intake
+    code the daemon's webhook uses (`tools.alertmanager.AlertIngestor.ingest_bytes`: parse, de-duplicate,
+    map to a resource), and opened as incidents the way the daemon opens them: fresh alerts on a resource
+    the cluster has and no incident holds. The monitor's grouping key is claimed for an alert incident only
+    when telemetry corroborates some of it, so that an unproven claim never hides the real fault that may
+    show up on that resource later (agents.corroboration)."""
+
+    def __init__(self, scenario: Scenario, sim: Any) -> None:
+        from tools.alertmanager import AlertIngestor
+
+        self.scenario, self.sim = scenario, sim
+        self.ingestor = AlertIngestor(clock=lambda: float(sim.now))
+        self.delivered: set[int] = set()
+        self._seen: set[str] = set()  # fingerprints already turned into an incident
+        self._seq = 0
+
+    def deliver(self) -> list[Signal]:
+        """Post the alerts that are due; returns the signals newly opened by them."""
+        from sandbox.alerts import alert_body, due_alerts
+
+        for i, f in due_alerts(self.scenario, float(self.sim.now), self.delivered):
+            self.delivered.add(i)
+            self.ingestor.ingest_bytes(alert_body(self.scenario, f))
+        return [ev.signal for ev in self.ingestor.poll() if ev.kind == "opened"]
+
+    def incidents(self, monitor: Any, snap: ClusterSnapshot) -> list[Incident]:
+        from agents.corroboration import alert_incident, assess, known_resources
+
+        known = known_resources(snap)
+        out: list[Incident] = []
+        for resource, sigs in sorted(self.ingestor.groups().items()):
+            fresh = [x for x in sigs if x.labels.get("fingerprint", "") not in self._seen]
+            if not fresh:
+                continue
+            self._seen.update(x.labels.get("fingerprint", "") for x in fresh)
+            state = monitor.key_state(resource)
+            if state is not None and state.incident_id is not None:
+                continue  # an incident already covers the resource (open, or closed until it clears)
+            if resource not in known:
+                continue
+            self._seq += 1
+            inc = alert_incident(f"{monitor.id_prefix}-a{self._seq}", resource, fresh, snap, float(self.sim.now))
+            if not assess(inc, snap).groundless:
+                monitor.claim(resource, inc, closed=False)
+            out.append(inc)
+        return out
 
 
 MODEL_FAULTS = {"model_bad_deploy", "data_drift"}
@@ -333,9 +386,11 @@ def _drive_baseline(run: _Run, narrate: Narrate | None) -> None:
 
     agent = BaselineAgent()
     sim = run.sim
+    alerts = AlertFeed(run.scenario, sim)
     while not sim.done:
         sim.step()
-        for inc_id, resource, cause, action in agent.observe(sim.snapshot()):
+        fresh = alerts.deliver()
+        for inc_id, resource, cause, action in [*agent.observe(sim.snapshot()), *agent.observe_alerts(fresh)]:
             rep = run.reports.get(inc_id)
             if rep is None:
                 rep = run.reports[inc_id] = IncidentReport(id=inc_id, resource=resource, opened_at_s=sim.now,

@@ -413,6 +413,7 @@ class DaemonService:
 
     def _resync(self) -> int:
         """Adopt every graph thread of this world from the checkpointer (see the module docstring)."""
+        from agents.corroboration import rests_on_claims
         from agents.state import IncidentState
         from policies.engine import HistoryEntry
 
@@ -436,7 +437,8 @@ class DaemonService:
                 d.waiting.pop(inc_id, None)
                 if snap.next:  # the process died inside a node: re-run it from its checkpoint
                     self._stalled[inc_id] = (0, 0.0)
-            self._claim(st.incident, closed=not is_open)
+            if not rests_on_claims(st.incident, st.diagnosis):  # an unproven alert holds no key
+                self._claim(st.incident, closed=not is_open)
             adopted += 1
         # incidents this replica's monitor opened while it was a standby
         for inc_id, inc in list(d.monitor.incidents.items()):
@@ -644,12 +646,13 @@ class DaemonService:
             self._alert_fps &= live
 
     def _alert_incidents(self, snap: ClusterSnapshot) -> None:
+        from agents.corroboration import alert_incident, assess, known_resources
+
         groups = self.ingestor.groups()
         if not groups:
             return
         d = self.driver
-        known = ({g.gpu for g in snap.gpus} | {n.name for n in snap.nodes} | {p.name for p in snap.pods}
-                 | {m.name for m in snap.models})
+        known = known_resources(snap)
         now = self.world.clock.now()
         for resource, sigs in groups.items():
             fresh = [s for s in sigs if s.labels.get("fingerprint", "") not in self._alert_fps]
@@ -663,10 +666,11 @@ class DaemonService:
                 self.metrics.alerts_unmatched.inc(len(fresh))
                 continue
             self._alert_seq += 1
-            inc = Incident(id=f"{d.monitor.id_prefix}-a{self._alert_seq}", resource=resource,
-                           resource_kind=fresh[0].resource_kind, opened_at_s=now, signals=fresh,
-                           title="; ".join(dict.fromkeys(s.detail for s in fresh))[:300])
-            self._claim(inc, closed=False)
+            # the title marks the alert's text as its claim; the monitor's key is claimed only for an alert
+            # that telemetry backs, so that an unproven one never hides a real fault on the resource later
+            inc = alert_incident(f"{d.monitor.id_prefix}-a{self._alert_seq}", resource, fresh, snap, now)
+            if not assess(inc, snap).groundless:
+                self._claim(inc, closed=False)
             log.info("incident opened from Alertmanager", extra={"incident_id": inc.id, "resource": resource,
                                                                   "alerts": len(fresh)})
             self._start(inc)
