@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 IntentKind = Literal["help", "approvals", "incidents", "incident", "why", "status", "runbook", "act",
-                     "approve", "unknown"]
+                     "approve", "unknown",
+                     # routed by meaning (opsmedic.chat.router)
+                     "health", "who", "refusals", "evidence", "paged", "activity", "explain", "clarify"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,12 @@ class Intent:
     params: dict[str, Any] = field(default_factory=dict)
     negated: bool = False  # "why was node-1 NOT drained?"
     open_only: bool = False  # "open incidents"
+    # filled by the router (opsmedic.chat.router); `parse` alone leaves them empty
+    entities: Any = None  # opsmedic.chat.entities.Entities
+    window: Any = None  # opsmedic.chat.entities.Window: "today", "the last hour"
+    confidence: float = 1.0
+    guesses: tuple[str, ...] = ()  # the router's best intents, best first (what a clarifying question names)
+    follow_up: bool = False  # "and node-2?", "why?": completed from the previous turn
 
 
 _GPU = re.compile(r"\b(node-\d+)/gpu-(\d+)\b")

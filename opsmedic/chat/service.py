@@ -3,7 +3,9 @@
 Layer: interfaces. One question goes through four steps:
 
 1. *who*: the user's role (`opsmedic.chat.roles`): nobody unknown reads, only operators request actions;
-2. *what*: the deterministic intent parser (`opsmedic.chat.intents`);
+2. *what*: the router (`opsmedic.chat.router`): exact requests by the deterministic parser, everything else
+   by meaning (local sentence embeddings against labelled examples), with entities, follow-ups from the
+   conversation, and a clarifying question when it is unsure;
 3. *answer*: read questions are answered from the records (`opsmedic.chat.answers`); requests to act go to
    the governor (`opsmedic.chat.actions`) and never to a backend without its allow;
 4. *record*: the turn is stored (`opsmedic_chat`) and audited (`chat_question` / `chat_action_request`).
@@ -18,14 +20,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.chat import answers
+from opsmedic.chat import answers, oncall
 from opsmedic.chat.actions import audit_payload, request_action
-from opsmedic.chat.intents import HELP_TEXT, Intent, parse
+from opsmedic.chat.intents import Intent
 from opsmedic.chat.records import Records
+from opsmedic.chat.router import Previous, understand
 from opsmedic.chat.roles import OPERATORS_VAR, VIEWERS_VAR, Roles
 from opsmedic.chat.store import ConversationStore
 from opsmedic.domain import ClusterSnapshot
@@ -122,6 +125,7 @@ class ChatReply:
     llm_error: str | None = None
     usage: dict[str, Any] | None = None
     details: dict[str, Any] = field(default_factory=dict)  # extra audit fields (the requested action)
+    about: dict[str, Any] = field(default_factory=dict)  # kind/subject/action, for the next turn's follow-ups
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,8 +139,11 @@ def answer(question: str, user: str, ctx: ChatContext, *, on_token: OnToken | No
     with Records(ctx.db_path) as records:
         store = ConversationStore(ctx.db_path)
         try:
-            previous = [(t.role, t.text) for t in store.history(conversation, ctx.history_turns * 2)]
-            reply = _reply(question, user, role, ctx, records, previous, on_token)
+            turns = store.history(conversation, ctx.history_turns * 2)
+            previous = [(t.role, t.text) for t in turns]
+            last = next((t for t in reversed(turns) if t.role == "assistant" and t.meta.get("kind")), None)
+            context = Previous.from_meta(last.meta if last is not None else None)
+            reply = _reply(question, user, role, ctx, records, previous, on_token, context)
             kind = "chat_action_request" if reply.intent == "act" else "chat_question"
             payload: dict[str, Any] = {"user": user, "role": role, "channel": ctx.channel,
                                        "conversation": conversation, "question": question[:500],
@@ -151,18 +158,31 @@ def answer(question: str, user: str, ctx: ChatContext, *, on_token: OnToken | No
             reply.audit_seq = entry.seq
             store.add(conversation, user, "user", question, intent=reply.intent)
             store.add(conversation, user, "assistant", reply.text, intent=reply.intent,
-                      meta={"status": reply.status, "audit_seq": entry.seq, "cites": reply.cites[:20]})
+                      meta={"status": reply.status, "audit_seq": entry.seq, "cites": reply.cites[:20],
+                            **reply.about})
         finally:
             store.close()
     return reply
 
 
 def _reply(question: str, user: str, role: str, ctx: ChatContext, records: Records,
-           previous: Sequence[tuple[str, str]], on_token: OnToken | None) -> ChatReply:
+           previous: Sequence[tuple[str, str]], on_token: OnToken | None,
+           context: Previous | None = None) -> ChatReply:
     if role == "none":
         return ChatReply(f"{user} is not allowed to use the ops chat: ask an admin to add you to {VIEWERS_VAR} "
                          f"(or {OPERATORS_VAR}).", "refused", user, role, status="refused")
-    intent = parse(question, records.known_names())
+    intent = understand(question, records.known_names(), context)
+    about = {"kind": intent.kind, "subject": intent.subject, "action": intent.action}
+    if intent.kind == "clarify" and context is not None:
+        about = {"kind": context.kind, "subject": intent.subject or context.subject,
+                 "action": intent.action or context.action}
+    reply = _reply_to(intent, question, user, role, ctx, records, previous, on_token)
+    reply.about = about
+    return reply
+
+
+def _reply_to(intent: Intent, question: str, user: str, role: str, ctx: ChatContext, records: Records,
+              previous: Sequence[tuple[str, str]], on_token: OnToken | None) -> ChatReply:
     if intent.kind == "act":
         if role != "operator":
             return ChatReply(f"{user} may ask questions but not request actions: operators are listed in "
@@ -179,7 +199,9 @@ def _reply(question: str, user: str, role: str, ctx: ChatContext, records: Recor
     facts = _facts(intent, records, ctx)
     reply = ChatReply(facts.text, intent.kind, user, role, cites=facts.cites)
     if intent.kind == "unknown" and ctx.llm is None:
-        reply.text = "I didn't understand that. " + HELP_TEXT
+        reply.text = oncall.clarify_answer(intent).text
+    if intent.kind == "clarify" and ctx.llm is None:
+        reply.text = oncall.clarify_answer(intent).text
     if ctx.llm is not None and intent.kind != "help":
         _phrase_with_llm(reply, question, intent, facts, records, ctx, previous, on_token)
     return reply
@@ -195,6 +217,9 @@ def _facts(intent: Intent, records: Records, ctx: ChatContext) -> answers.Answer
     if k == "incidents":
         return answers.incidents_answer(records, open_only=intent.open_only)
     if k == "incident":
+        if intent.subject and not intent.subject.startswith(("inc-", "chat-")):
+            about = records.about(intent.subject)  # "what happened to node-1?": its latest incident
+            intent = replace(intent, subject=about[-1].id if about else None)
         a = answers.incident_answer(records, intent.subject)
         views = records.incidents()
         v = records.incident(intent.subject) if intent.subject else (views[-1] if views else None)
@@ -209,10 +234,26 @@ def _facts(intent: Intent, records: Records, ctx: ChatContext) -> answers.Answer
         return a
     if k == "why":
         return answers.why_answer(records, intent, snap)
+    if k == "health":
+        return oncall.health_answer(records, snap)
+    if k == "activity":
+        return oncall.activity_answer(records, intent.window, intent.subject)
+    if k == "who":
+        return oncall.who_answer(records, intent.subject, intent.action, intent.window)
+    if k == "refusals":
+        return oncall.refusals_answer(records, intent.subject, intent.action, intent.window)
+    if k == "evidence":
+        return oncall.evidence_answer(records, intent.subject)
+    if k == "paged":
+        return oncall.paged_answer(records, intent.subject, intent.window)
+    if k == "explain":
+        return oncall.explain_answer(intent, records, ctx)
     if k == "status" and intent.subject:
         return answers.status_answer(records, intent.subject, snap)
+    if k == "status":
+        return oncall.health_answer(records, snap)
     if k == "runbook":
-        return answers.runbook_answer(ctx.runbook_list(), intent.subject, ctx.index)
+        return answers.runbook_answer(ctx.runbook_list(), _runbook_query(intent, records), ctx.index)
     # unknown: an overview the LLM can answer from
     overview = [answers.incidents_answer(records, open_only=False).text, answers.approvals_answer(records).text]
     if intent.subject:
@@ -246,7 +287,7 @@ def _phrase_with_llm(reply: ChatReply, question: str, intent: Intent, facts: ans
     reply.usage = usage.as_dict()
     text = "".join(parts).strip()
     if reply.llm_error is not None or (not text and not reply.interrupted):
-        fallback = reply.text if intent.kind != "unknown" else "I didn't understand that. " + HELP_TEXT
+        fallback = reply.text if intent.kind not in ("unknown", "clarify") else oncall.clarify_answer(intent).text
         note = f"(LLM unavailable: {reply.llm_error or 'empty answer'}; answered from the records)"
         reply.text = f"{fallback}\n{note}"
         if reply.streamed and on_token is not None:
@@ -257,3 +298,25 @@ def _phrase_with_llm(reply: ChatReply, question: str, intent: Intent, facts: ans
     else:
         reply.text = text
     reply.answered_by = "llm"
+
+
+def _runbook_query(intent: Intent, records: Records) -> str | None:
+    """What to look a runbook up by: an XID named, the root cause of the incident about the resource or
+    incident named, else the question's own words."""
+    from opsmedic.chat.intents import _runbook_query as words
+
+    ents = intent.entities
+    if ents is not None and ents.xids:
+        return f"XID {ents.xids[0]}"
+    subject = intent.subject
+    if subject is not None and (subject.startswith(("inc-", "chat-")) or "/" in subject or subject.startswith("node-")
+                                or subject in records.known_names()):
+        view = records.incident(subject) if subject.startswith(("inc-", "chat-")) else None
+        if view is None:
+            about = records.about(subject)
+            view = about[-1] if about else None
+        if view is not None and view.root_cause:
+            return view.root_cause
+    if subject is not None and intent.confidence >= 1.0:
+        return subject
+    return words(" ".join(intent.text.lower().split()).rstrip("?!. "))
