@@ -243,7 +243,7 @@ def refusals_answer(records: Records, subject: str | None, action: str | None, w
             p = e.payload
             who = f" (requested by {p['requested_by']} in chat)" if p.get("requested_by") else ""
             parts.append(f"{action_key(p)} at {when(e)}{who} - rule {p.get('rule')}: "
-                         f"{'; '.join(p.get('reasons') or []) or 'no reason recorded'} (#{e.seq}).")
+                         f"{'; '.join(str(r).rstrip('.') for r in p.get('reasons') or []) or 'no reason recorded'} (#{e.seq}).")
     for e in others[-4:]:
         parts.append(f"Not granted by a human: {describe(e)} (#{e.seq}).")
     return Answer(" ".join(parts), sorted(set(cites)))
@@ -356,7 +356,11 @@ def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer
         return Answer(f"{name} on what? e.g. 'would {VERB.get(name, name)} node-2 be allowed?'. Nothing was "
                       "requested.")
     problem = _target_problem(name, target, records, ctx)
-    if problem is not None:
+    note = ""
+    if problem is not None and problem.startswith("I don't know"):
+        # only a question: explain it anyway, saying that the target could not be checked
+        note = f"\n(Note: {problem}.)"
+    elif problem is not None:
         return Answer(f"{problem}. Nothing was requested.")
     try:
         action = validate_action(Action(name=name, target=target, params={}))  # type: ignore[arg-type]
@@ -368,7 +372,7 @@ def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer
     cites = [e.seq for e in records.executions(target=target)][-3:]
     past = (" Past actions on it: " + ", ".join(f"#{c}" for c in cites) + ".") if cites else ""
     return Answer("What the governor would decide now (policy explain; nothing was executed or requested):\n"
-                  f"{text}{past}", cites)
+                  f"{text}{past}{note}", cites)
 
 
 # ------------------------------------------------------------------------------------------- clarify
