@@ -343,9 +343,8 @@ def _msg(e: AuditEntry) -> str:
 
 def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer:
     """What the governor would decide about an action right now: `policy explain`, nothing executed."""
-    from opsmedic.chat.actions import _context, _target_problem
+    from opsmedic.chat.actions import _context, _target_problem, default_engine
     from opsmedic.domain import Action
-    from policies.engine import PolicyEngine
     from tools.registry import ACTION_TOOLS, validate_action
 
     name, target = intent.action, intent.subject
@@ -366,7 +365,7 @@ def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer
         action = validate_action(Action(name=name, target=target, params={}))  # type: ignore[arg-type]
     except Exception as exc:  # a parameter the action needs that the question did not give
         return Answer(f"{exc}. Nothing was requested.")
-    engine = ctx.engine or PolicyEngine()
+    engine = ctx.engine or default_engine()
     dctx = _context(records, ctx, "chat-explain", "chat")
     text = engine.explain(action, dctx)
     cites = [e.seq for e in records.executions(target=target)][-3:]

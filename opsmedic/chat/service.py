@@ -19,6 +19,8 @@ anything in the chat; if it is down or slow, the deterministic answer is given, 
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,6 +34,8 @@ from opsmedic.chat.router import Previous, understand
 from opsmedic.chat.roles import OPERATORS_VAR, VIEWERS_VAR, Roles
 from opsmedic.chat.store import ConversationStore
 from opsmedic.domain import ClusterSnapshot
+from policies.approvals import ApprovalStore
+from policies.audit import AuditLog
 
 if TYPE_CHECKING:
     from knowledge.runbooks import Runbook
@@ -136,8 +140,9 @@ def answer(question: str, user: str, ctx: ChatContext, *, on_token: OnToken | No
     question = question.strip()[:MAX_QUESTION_CHARS]
     role = ctx.roles.role_of(user)
     conversation = ctx.conversation or f"{ctx.channel}:{user}"
-    with Records(ctx.db_path) as records:
-        store = ConversationStore(ctx.db_path)
+    shared = _connections(ctx.db_path)
+    with (Records(ctx.db_path, audit=shared[0], approvals=shared[1]) if shared else Records(ctx.db_path)) as records:
+        store = shared[2] if shared else ConversationStore(ctx.db_path)
         try:
             turns = store.history(conversation, ctx.history_turns * 2)
             previous = [(t.role, t.text) for t in turns]
@@ -156,13 +161,48 @@ def answer(question: str, user: str, ctx: ChatContext, *, on_token: OnToken | No
             payload.update(reply.details)
             entry = records.audit.append(kind, payload)
             reply.audit_seq = entry.seq
-            store.add(conversation, user, "user", question, intent=reply.intent)
-            store.add(conversation, user, "assistant", reply.text, intent=reply.intent,
-                      meta={"status": reply.status, "audit_seq": entry.seq, "cites": reply.cites[:20],
-                            **reply.about})
+            store.add_exchange(conversation, user, question, reply.text, intent=reply.intent,
+                               meta={"status": reply.status, "audit_seq": entry.seq, "cites": reply.cites[:20],
+                                     **reply.about})
         finally:
-            store.close()
+            if not shared:
+                store.close()
     return reply
+
+
+# Per-process connections to each SQLite database the chat answers from: opening the three stores (and
+# checking their schemas) and closing them again (a WAL checkpoint) cost more than answering a question.
+# The stores are thread-safe. A database file replaced since (a new `opsmedic demo` run) has a new inode
+# and gets new connections; Postgres URLs are opened per question as before (a pool is the driver's job).
+_SHARED: dict[str, tuple[int, tuple[AuditLog, ApprovalStore, ConversationStore]]] = {}
+_SHARED_LOCK = threading.Lock()
+MAX_SHARED = 8
+
+
+def _connections(db: str | Path) -> tuple[AuditLog, ApprovalStore, ConversationStore] | None:
+    text = str(db)
+    if text.startswith(("postgresql://", "postgres://")) or text == ":memory:":
+        return None
+    path = Path(text.removeprefix("sqlite:///")) if text.startswith("sqlite:///") else Path(text)
+    try:
+        inode = os.stat(path).st_ino
+    except OSError:
+        return None  # not there yet: the stores create it, and report what is wrong if they cannot
+    with _SHARED_LOCK:
+        held = _SHARED.get(text)
+        if held is not None and held[0] == inode:
+            return held[1]
+    audit = AuditLog(db)
+    try:
+        stores = (audit, ApprovalStore(db), ConversationStore(db))
+    except BaseException:
+        audit.close()
+        raise
+    with _SHARED_LOCK:
+        if len(_SHARED) >= MAX_SHARED:
+            _SHARED.pop(next(iter(_SHARED)))  # dropped, not closed: a thread may still be answering with it
+        _SHARED[text] = (inode, stores)
+    return stores
 
 
 def _reply(question: str, user: str, role: str, ctx: ChatContext, records: Records,
