@@ -124,8 +124,8 @@ def _live_health(snap: ClusterSnapshot) -> str:
     not_ready = [n.name for n in nodes if not n.ready]
     cordoned = [n.name for n in nodes if n.unschedulable]
     gpus = list(snap.gpus)
-    lost = [g.id for g in gpus if not g.present]
-    xid = [g.id for g in gpus if g.present and g.xids]
+    lost = [g.gpu for g in gpus if not g.present]
+    xid = [g.gpu for g in gpus if g.present and g.xids]
     bad_models = []
     for m in snap.models:
         if (m.accuracy is not None and m.slo_accuracy_min is not None and m.accuracy < m.slo_accuracy_min) or (
@@ -167,7 +167,7 @@ def activity_answer(records: Records, window: Window | None, subject: str | None
         cites.append(e.seq)
     denied = [e for e in entries if e.kind == "decision" and e.payload.get("verdict") == "deny"]
     if denied:
-        parts.append(f"Refused by the governor: " + "; ".join(
+        parts.append("Refused by the governor: " + "; ".join(
             f"{action_key(e.payload)} (rule {e.payload.get('rule')}, #{e.seq})" for e in denied[-4:]) + ".")
         cites += [e.seq for e in denied[-4:]]
     esc = [e for e in entries if e.kind == "escalation"]
@@ -180,7 +180,9 @@ def activity_answer(records: Records, window: Window | None, subject: str | None
 def _during(window: Window | None) -> str:
     if window is None:
         return "Over the whole audit log"
-    return window.label[0].upper() + window.label[1:] if window.label in ("today", "yesterday") else f"In {window.label}"
+    if window.label in ("today", "yesterday"):
+        return window.label.capitalize()
+    return f"In {window.label}"
 
 
 # ----------------------------------------------------------------------------------------------- who
@@ -242,8 +244,8 @@ def refusals_answer(records: Records, subject: str | None, action: str | None, w
         for e in denied[-6:]:
             p = e.payload
             who = f" (requested by {p['requested_by']} in chat)" if p.get("requested_by") else ""
-            parts.append(f"{action_key(p)} at {when(e)}{who} - rule {p.get('rule')}: "
-                         f"{'; '.join(str(r).rstrip('.') for r in p.get('reasons') or []) or 'no reason recorded'} (#{e.seq}).")
+            reasons = "; ".join(str(r).rstrip(".") for r in p.get("reasons") or []) or "no reason recorded"
+            parts.append(f"{action_key(p)} at {when(e)}{who} - rule {p.get('rule')}: {reasons} (#{e.seq}).")
     for e in others[-4:]:
         parts.append(f"Not granted by a human: {describe(e)} (#{e.seq}).")
     return Answer(" ".join(parts), sorted(set(cites)))

@@ -10,8 +10,8 @@ Layer: interfaces. `understand(text, known, previous)` returns an `Intent`:
    entities masked to their kind and obvious typos corrected against the examples' vocabulary, is embedded
    with the local MiniLM model opsmedic ships (`knowledge.embeddings`, int8 ONNX, no download) and
    compared with every example's embedding (computed once per process, and cached on disk by the examples'
-   hash). Each intent scores a weighted mean of its three nearest examples (0.6, 0.25, 0.15), plus a small bonus for the exact
-   words that name it ("runbook", "paged", "approved"...);
+   hash). Each intent scores a weighted mean of its three nearest examples (0.6, 0.25, 0.15), plus a small
+   bonus for the exact words that name it ("runbook", "paged", "approved"...);
 4. follow-ups in one conversation ("and node-2?", "why?", "who approved it?") reuse the previous turn's
    intent or subject;
 5. below a confidence threshold the intent is `clarify`, with the best guesses, so that the chat asks
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from opsmedic.chat.entities import Entities, extract, mask, normalise
-from opsmedic.chat.intents import Intent, parse
+from opsmedic.chat.intents import Intent, IntentKind, parse
 
 if TYPE_CHECKING:
     import numpy as np
@@ -285,8 +285,8 @@ def understand(text: str, known: Iterable[str] = (), previous: Previous | None =
     prev = previous or Previous()
     # follow-ups: "why?" after an answer about node-1; "and node-2?" after "status of node-1"
     if _WHY_ALONE.match(t) and prev.kind is not None:
-        kind = "explain" if prev.kind in ("explain", "refusals") else "why"
-        return _with(Intent(kind, text, subject=prev.subject, action=prev.action, negated="not" in t,
+        again: IntentKind = "refusals" if prev.kind == "refusals" else "explain" if prev.kind == "explain" else "why"
+        return _with(Intent(again, text, subject=prev.subject, action=prev.action, negated="not" in t,
                             confidence=1.0, follow_up=True), ents)
     if prev.kind is not None and _FOLLOW_UP.match(t) and not ents.empty and len(t.split()) <= 6:
         kind = prev.kind if prev.kind in ROUTED and prev.kind not in ("act", "help") else "status"

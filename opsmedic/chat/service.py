@@ -30,8 +30,8 @@ from opsmedic.chat import answers, oncall
 from opsmedic.chat.actions import audit_payload, request_action
 from opsmedic.chat.intents import Intent
 from opsmedic.chat.records import Records
-from opsmedic.chat.router import Previous, understand
 from opsmedic.chat.roles import OPERATORS_VAR, VIEWERS_VAR, Roles
+from opsmedic.chat.router import Previous, understand
 from opsmedic.chat.store import ConversationStore
 from opsmedic.domain import ClusterSnapshot
 from policies.approvals import ApprovalStore

@@ -124,3 +124,12 @@ def test_same_answer_on_every_channel(xid79_db: Path, capsys: pytest.CaptureFixt
     assert "eval-approver approved drain_node@node-1" in direct
     assert ask == direct and posted[0][2] == direct
     assert " ".join(out.getvalue().split()).count(" ".join(direct.split())[:60]) == 1
+
+
+def test_fleet_health_from_the_records_and_live(xid79_db: Path, live: Any) -> None:
+    records_only = answer("how many GPUs are down?", "bob", convo(xid79_db)).text
+    assert records_only.startswith("Not fully healthy: 1 GPU(s) down, 1 node(s) out of service.")
+    assert "node-1/gpu-3 (gpu_fell_off_bus" in records_only and "No live telemetry" in records_only
+    with_live = answer("is the cluster healthy?", "bob", ChatContext(db_path=xid79_db, roles=Roles(),
+                                                                     telemetry=live)).text
+    assert "Live: 4/4 nodes Ready" in with_live and "GPUs visible" in with_live

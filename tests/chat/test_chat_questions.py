@@ -14,8 +14,9 @@ BAR = 0.95
 
 
 def test_the_question_set_is_large_and_disjoint_from_the_routers_examples() -> None:
-    import yaml
     from importlib import resources
+
+    import yaml
 
     data = load()
     assert len(data["questions"]) >= 200

@@ -7,8 +7,8 @@ import pytest
 
 from opsmedic.chat.entities import extract, mask
 from opsmedic.chat.intents import HELP_TEXT
-from opsmedic.chat.router import Previous, examples, fix_typos, understand
 from opsmedic.chat.oncall import clarify_answer
+from opsmedic.chat.router import Previous, examples, fix_typos, understand
 
 KNOWN = ["fraud-model", "llama-ft-1", "node-1/gpu-3"]
 
