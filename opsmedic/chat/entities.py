@@ -4,7 +4,7 @@ time windows, as on-call engineers write them ("gpu 3 on node 1", "node-1/gpu-3"
 Layer: interfaces; pure (no I/O). These are the exact parts of a question — ids and names — so they are
 found with regular expressions; the *meaning* of the question is the router's job (`opsmedic.chat.router`),
 which embeds the question with its entities replaced by their kind (`mask`), so that "why is node-7
-cordoned" and "why is node-1 cordoned" are one question.
+cordoned", "why is node-1 cordoned" and "why was fraud-model rolled back" are one question.
 """
 
 from __future__ import annotations
@@ -192,9 +192,23 @@ def mask(text: str, known: Iterable[str] = ()) -> str:
             continue
         t = re.sub(rf"(?<![\w/-]){re.escape(low)}(?![\w/-])", _kind_word(low), t)
     t = _NODE.sub(" node ", t)
+    t = _mask_actions(t)
     t = _NAME.sub(lambda m: m.group(0) if re.fullmatch(r"[a-z]+-[a-z]+", m.group(0))
                   and m.group(0) not in _NAMEISH else _kind_word(m.group(0)), t)
     return " ".join(t.split())
+
+
+def _mask_actions(t: str) -> str:
+    """Every action word as one verb in its tense ("rolled back" -> "drained", "restarting" -> "draining"):
+    which action a question names is an entity, and should not pull it towards examples of one action."""
+    def one(m: re.Match[str]) -> str:
+        w = re.split(r"[\s-]", m.group(0))[0]  # "rolled back": the tense is in "rolled"
+        return "drained" if w.endswith("ed") else "draining" if w.endswith("ing") else "drain"
+
+    for rx, action in _ACTION_RE:
+        if action != "escalate":
+            t = rx.sub(one, t)
+    return t
 
 
 def _kind_word(name: str) -> str:

@@ -143,10 +143,14 @@ def _live_health(snap: ClusterSnapshot) -> str:
 # ------------------------------------------------------------------------------------------ activity
 
 
-def activity_answer(records: Records, window: Window | None, subject: str | None = None) -> Answer:
-    """What opsmedic did (and what changed) in a window: executions, approvals, refusals, pages."""
+def activity_answer(records: Records, window: Window | None, subject: str | None = None,
+                    action: str | None = None) -> Answer:
+    """What opsmedic did (and what changed) in a window: executions, approvals, refusals, pages; only one
+    action's when the question names it ("when was node-1 drained?")."""
     label = window.label if window is not None else "the whole audit log"
     entries = [e for e in _in_window(records, _system(records), window) if _matches(e, subject, None)]
+    if action is not None and any(action_name(e.payload) == action for e in entries if e.kind == "execution"):
+        entries = [e for e in entries if action_name(e.payload) == action or e.kind == "observation"]
     about = f" on {subject}" if subject else ""
     execs = [e for e in entries if e.kind == "execution" and e.payload.get("ok") and not e.payload.get("dry_run")]
     if not entries:

@@ -80,6 +80,7 @@ _WHY_ALONE = re.compile(r"^(why|how come|why so|why that|why is that|why was tha
 _HYPOTHETICAL = re.compile(r"\b(allowed|permitted|possible|ok to|okay to|safe to|would|legal)\b")
 _POLITE_ASK = re.compile(r"^(please|pls|can you|could you|would you|will you|kindly|go ahead)\b")
 _REFUSED = re.compile(r"\b(refus\w*|den(y|ied|ies)|block(ed)?|veto\w*|forbidden|not allowed|not permitted)\b")
+_QUESTION_WORD = re.compile(r"^(which|what|when|who|whom|whose|why|how|was|were|did|does|do|is|are|has|have|had)\b")
 _PRONOUN = re.compile(r"\b(it|that|this|them|those|the same)\b")
 
 
@@ -315,6 +316,9 @@ def understand(text: str, known: Iterable[str] = (), previous: Previous | None =
         return replace(exact, entities=ents, confidence=top, guesses=guesses)
     if kind == "why" and _REFUSED.search(t):
         kind = "refusals"  # "why was the drain denied?" asks what the policy refused, and why
+    if kind == "act" and _QUESTION_WORD.match(t):
+        kind, top = second, s2  # "which pods were evicted?" is a question about the past, not a wish
+        best, (second, s2) = kind, ranked[2]
     if kind == "act":
         # a request that does not start with its verb ("I need node-2 drained"): ask for it plainly
         return _with(Intent("clarify", text, confidence=top, guesses=("act", *guesses[1:3])), ents)

@@ -277,7 +277,7 @@ def _facts(intent: Intent, records: Records, ctx: ChatContext) -> answers.Answer
     if k == "health":
         return oncall.health_answer(records, snap)
     if k == "activity":
-        return oncall.activity_answer(records, intent.window, intent.subject)
+        return oncall.activity_answer(records, intent.window, intent.subject, intent.action)
     if k == "who":
         return oncall.who_answer(records, intent.subject, intent.action, intent.window)
     if k == "refusals":
