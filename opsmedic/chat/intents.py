@@ -1,6 +1,8 @@
-"""The deterministic intent parser: plain-words questions and requests, without an LLM.
+"""The deterministic intent parser: the exact layer under the chat's router (`opsmedic.chat.router`).
 
-Layer: interfaces; pure (no I/O). It recognises the questions an on-call engineer asks most —
+Layer: interfaces; pure (no I/O). The router takes requests to act ("drain node-3"), approvals and "help"
+from here — a request is never guessed from meaning — and routes everything else by meaning; this parser
+also still recognises, by its patterns, the questions an on-call engineer asks most —
 
     "why is node-2 cordoned?"              why       subject node-2, action cordon_node
     "status of fraud-model"                status    subject fraud-model
@@ -92,11 +94,14 @@ _DONE_VERBS: list[tuple[str, str]] = [
 ]
 
 HELP_TEXT = """\
-I answer from opsmedic's records (the audit log, approvals and incident checkpoints). Try:
-  open incidents                         what happened to inc-...
-  why is node-1 cordoned?                why was drain_node refused?
-  status of node-1 / node-1/gpu-3 / fraud-model
-  pending approvals                      what does the runbook for XID 79 say?
+I answer from opsmedic's records (the audit log, approvals and incident checkpoints), in your own words. Try:
+  is the cluster healthy? / how many GPUs are down?     what did opsmedic do today? / in the last hour?
+  open incidents / what happened?                       why is node-1 cordoned? ... and then "why?"
+  status of node-1 / gpu 3 on node 1 / fraud-model      who approved the drain on node-1?
+  was anything refused by the policy?                   which runbook and evidence did you use?
+  did anyone get paged?                                 pending approvals
+  what would happen if I drained node-2? (the governor's explanation; nothing runs)
+  what does the runbook for XID 79 say?                 follow-ups: "and node-2?"
 Operators may also ask me to act, e.g. "drain node-3" or "roll back fraud-model": the request goes through
 the same governor as the daemon (policy rules, approvals by someone else); I never execute on my own."""
 

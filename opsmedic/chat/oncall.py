@@ -275,12 +275,15 @@ def evidence_answer(records: Records, subject: str | None) -> Answer:
         what = f" about {subject}" if subject else ""
         return Answer(f"There is no incident{what} in the audit log, so no runbook or evidence was used.")
     cites: list[int] = []
-    parts = [f"{v.id} on {v.resource}:"]
+    plan = next((e for e in reversed(v.entries) if e.kind == "plan"), None)
+    used = ", ".join(plan.payload.get("runbook_ids") or []) if plan is not None else ""
+    parts = [f"{v.id} on {v.resource}: " + (f"the plan followed runbook {used} (#{plan.seq})."
+                                             if plan is not None and used else "no runbook drove a plan.")]
     obs = next((e for e in v.entries if e.kind == "observation"), None)
     if obs is not None:
         details = list(dict.fromkeys(str(s.get("detail") or s.get("kind")) for s in obs.payload.get("signals") or []
                                      if isinstance(s, dict)))
-        parts.append(f"the monitor observed {'; '.join(details[:5])} (#{obs.seq}).")
+        parts.append(f"The monitor observed {'; '.join(details[:5])} (#{obs.seq}).")
         cites.append(obs.seq)
     d = v.diagnosis
     if d is not None:
@@ -292,13 +295,11 @@ def evidence_answer(records: Records, subject: str | None) -> Answer:
         if p.get("runbook_ids"):
             parts.append(f"Runbooks matched: {', '.join(p['runbook_ids'])}.")
         cites.append(d.seq)
-    plan = next((e for e in reversed(v.entries) if e.kind == "plan"), None)
     if plan is not None:
         p = plan.payload
         steps = [f"{s['action']['name']}@{s['action']['target']} ({s.get('why')})" for s in p.get("steps") or []
                  if isinstance(s, dict) and isinstance(s.get("action"), dict)]
-        parts.append(f"The plan followed runbook {', '.join(p.get('runbook_ids') or []) or '(none)'}: "
-                     f"{'; '.join(steps) or 'no action'} (#{plan.seq}).")
+        parts.append(f"Its steps: {'; '.join(steps) or 'no action'} (#{plan.seq}).")
         cites.append(plan.seq)
     decs = [e for e in v.entries if e.kind == "decision"]
     if decs:
@@ -374,6 +375,9 @@ def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer
     engine = ctx.engine or default_engine()
     dctx = _context(records, ctx, "chat-explain", "chat")
     text = engine.explain(action, dctx)
+    if ctx.snapshot() is None and "[DENY] circuit_breaker" in text:
+        note += ("\n(This chat has no live view of the cluster, so the breaker counts only what opsmedic took out "
+                 "of service against its floor; the daemon decides with live telemetry.)")
     cites = [e.seq for e in records.executions(target=target)][-3:]
     past = (" Past actions on it: " + ", ".join(f"#{c}" for c in cites) + ".") if cites else ""
     return Answer("What the governor would decide now (policy explain; nothing was executed or requested):\n"
