@@ -79,3 +79,18 @@ def test_examples_cover_every_intent() -> None:
     kinds = {k for k, _ in examples()}
     assert kinds == {"help", "health", "incidents", "incident", "why", "status", "approvals", "who", "refusals",
                      "evidence", "paged", "activity", "explain", "runbook", "act"}
+
+
+def test_without_the_embedding_model_the_examples_still_route_by_word_overlap(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import knowledge.embeddings
+    from opsmedic.chat import router
+    from opsmedic.errors import ConfigError
+
+    def missing() -> None:
+        raise ConfigError("the local embedding model is not installed", where="test")
+
+    monkeypatch.setattr(knowledge.embeddings, "default_embedder", missing)
+    index = router._Index()
+    scores = index.scores(mask("who gave approval to drain node-2"))
+    assert index.backend == "words" and max(scores, key=lambda k: scores[k]) == "who"
