@@ -63,6 +63,7 @@ GROUPS: dict[str, tuple[str, str] | None] = {
     "drift": ("tools.drift", "bench_drift"),
     "actions": ("tools.k8s_bench", "bench_actions"),
     "daemon": ("opsmedic.daemon.bench", "bench_daemon_load"),
+    "chat": ("opsmedic.chat.bench", "bench_chat"),
 }
 
 

@@ -3,9 +3,15 @@
 Layer: interfaces (beside `opsmedic.cli` and the daemon). It may import `agents`, `policies`, `knowledge`
 and `tools`; nothing imports it but the interfaces.
 
-- `opsmedic.chat.intents`  the deterministic intent parser ("why is node-2 cordoned?", "drain node-3")
+- `opsmedic.chat.router`   what a question means: local sentence embeddings (MiniLM, int8 ONNX) against the
+                           labelled examples in `data/intents.yaml`, follow-ups, clarifying questions
+- `opsmedic.chat.entities` nodes, GPUs, pods, models, incidents, approvals, XIDs, actions, time windows
+- `opsmedic.chat.intents`  the deterministic parser: requests to act ("drain node-3"), approvals, help
 - `opsmedic.chat.records`  opsmedic's real state, read back: the audit log, approvals, checkpoints
 - `opsmedic.chat.answers`  answers from that state, citing audit entries and policy rules
+- `opsmedic.chat.oncall`   fleet health, activity in a window, who decided, refusals, evidence, pages,
+                           what an action would do (the governor's explanation), clarifying questions
+- `opsmedic.chat.bench`    `opsmedic bench --only chat`
 - `opsmedic.chat.actions`  requests to act, decided by the real PolicyEngine (the governor), never run directly
 - `opsmedic.chat.roles`    who may ask (viewers) and who may request actions (operators)
 - `opsmedic.chat.store`    the conversation store shared by terminal, HTTP and Slack (table `opsmedic_chat`)

@@ -16,6 +16,7 @@ Every request is audited (`decision`, `approval_request`, `execution`, and one `
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,13 @@ class ActionOutcome:
     approval_id: str | None = None
     request_id: str | None = None
     cites: tuple[int, ...] = ()
+
+
+@functools.lru_cache(maxsize=1)
+def default_engine() -> PolicyEngine:
+    """The bundled policy's engine when the caller gives none, parsed once per process (parsing the policy
+    YAML costs more than answering a question)."""
+    return PolicyEngine()
 
 
 def _target_problem(action_name: str, target: str, records: Records, ctx: ChatContext) -> str | None:
@@ -101,7 +109,7 @@ def request_action(intent: Intent, user: str, records: Records, ctx: ChatContext
     except ToolError as exc:
         return ActionOutcome(f"{exc}; nothing was requested.", "invalid")
 
-    engine = ctx.engine or PolicyEngine()
+    engine = ctx.engine or default_engine()
     request_id = f"chat-{uuid.uuid4().hex[:10]}"
     dctx = _context(records, ctx, request_id, user)
     decision = engine.decide(action, dctx)
@@ -170,7 +178,7 @@ def execute_approved(approval_id: str, records: Records, ctx: ChatContext) -> Ac
         raise PolicyViolation("no executor attached: only the daemon carries out approved chat requests")
     requester = records.approvals.requester(approval_id) or "chat"
     dctx = _context(records, ctx, req.incident_id, requester)
-    decision = (ctx.engine or PolicyEngine()).decide(req.action, dctx)
+    decision = (ctx.engine or default_engine()).decide(req.action, dctx)
     if decision.verdict == Verdict.deny:
         raise PolicyViolation(f"{req.action.key} is now denied by {decision.rule}: {'; '.join(decision.reasons)}")
     used = records.approvals.consume(approval_id, digest=req.action.digest(), now_s=dctx.now_s, audit=records.audit)

@@ -1,6 +1,8 @@
-"""The deterministic intent parser: plain-words questions and requests, without an LLM.
+"""The deterministic intent parser: the exact layer under the chat's router (`opsmedic.chat.router`).
 
-Layer: interfaces; pure (no I/O). It recognises the questions an on-call engineer asks most —
+Layer: interfaces; pure (no I/O). The router takes requests to act ("drain node-3"), approvals and "help"
+from here — a request is never guessed from meaning — and routes everything else by meaning; this parser
+also still recognises, by its patterns, the questions an on-call engineer asks most —
 
     "why is node-2 cordoned?"              why       subject node-2, action cordon_node
     "status of fraud-model"                status    subject fraud-model
@@ -23,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 IntentKind = Literal["help", "approvals", "incidents", "incident", "why", "status", "runbook", "act",
-                     "approve", "unknown"]
+                     "approve", "unknown",
+                     # routed by meaning (opsmedic.chat.router)
+                     "health", "who", "refusals", "evidence", "paged", "activity", "explain", "clarify"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,12 @@ class Intent:
     params: dict[str, Any] = field(default_factory=dict)
     negated: bool = False  # "why was node-1 NOT drained?"
     open_only: bool = False  # "open incidents"
+    # filled by the router (opsmedic.chat.router); `parse` alone leaves them empty
+    entities: Any = None  # opsmedic.chat.entities.Entities
+    window: Any = None  # opsmedic.chat.entities.Window: "today", "the last hour"
+    confidence: float = 1.0
+    guesses: tuple[str, ...] = ()  # the router's best intents, best first (what a clarifying question names)
+    follow_up: bool = False  # "and node-2?", "why?": completed from the previous turn
 
 
 _GPU = re.compile(r"\b(node-\d+)/gpu-(\d+)\b")
@@ -84,11 +94,14 @@ _DONE_VERBS: list[tuple[str, str]] = [
 ]
 
 HELP_TEXT = """\
-I answer from opsmedic's records (the audit log, approvals and incident checkpoints). Try:
-  open incidents                         what happened to inc-...
-  why is node-1 cordoned?                why was drain_node refused?
-  status of node-1 / node-1/gpu-3 / fraud-model
-  pending approvals                      what does the runbook for XID 79 say?
+I answer from opsmedic's records (the audit log, approvals and incident checkpoints), in your own words. Try:
+  is the cluster healthy? / how many GPUs are down?     what did opsmedic do today? / in the last hour?
+  open incidents / what happened?                       why is node-1 cordoned? ... and then "why?"
+  status of node-1 / gpu 3 on node 1 / fraud-model      who approved the drain on node-1?
+  was anything refused by the policy?                   which runbook and evidence did you use?
+  did anyone get paged?                                 pending approvals
+  what would happen if I drained node-2? (the governor's explanation; nothing runs)
+  what does the runbook for XID 79 say?                 follow-ups: "and node-2?"
 Operators may also ask me to act, e.g. "drain node-3" or "roll back fraud-model": the request goes through
 the same governor as the daemon (policy rules, approvals by someone else); I never execute on my own."""
 

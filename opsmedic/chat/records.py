@@ -126,13 +126,17 @@ class Records:
     `db_path` is the database as the stores take it: a SQLite path (or `sqlite:///` URL) or a
     `postgresql://` URL; `path` names it in messages (a URL without its password)."""
 
-    def __init__(self, db_path: str | Path) -> None:
+    def __init__(self, db_path: str | Path, *, audit: AuditLog | None = None,
+                 approvals: ApprovalStore | None = None) -> None:
         self.db_path: str | Path = db_path
-        self.audit = AuditLog(db_path)
+        # stores passed in belong to the caller (the chat's per-process connections), and stay open
+        self._owned = audit is None
+        self.audit = audit if audit is not None else AuditLog(db_path)
         try:
-            self.approvals = ApprovalStore(db_path)
+            self.approvals = approvals if approvals is not None else ApprovalStore(db_path)
         except BaseException:
-            self.audit.close()
+            if self._owned:
+                self.audit.close()
             raise
         self._entries: list[AuditEntry] | None = None
 
@@ -142,8 +146,9 @@ class Records:
         return self.audit.path
 
     def close(self) -> None:
-        self.audit.close()
-        self.approvals.close()
+        if self._owned:
+            self.audit.close()
+            self.approvals.close()
 
     def __enter__(self) -> Records:
         return self

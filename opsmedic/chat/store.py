@@ -91,6 +91,26 @@ class ConversationStore(Store):
             raise OpsmedicError(f"could not store a chat turn: {exc}") from exc
         return int(row[0])
 
+    def add_exchange(self, conversation: str, user: str, question: str, answer: str, *, intent: str | None = None,
+                     meta: dict[str, Any] | None = None) -> tuple[int, int]:
+        """A question and its answer, stored in one transaction (one commit per turn rather than two)."""
+        at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        rows = [(conversation, at, user, "user", question, intent, "{}"),
+                (conversation, at, user, "assistant", answer, intent, json.dumps(meta or {}, default=str))]
+        ids: list[int] = []
+        try:
+            with self._db.transaction(lock=_TABLE) as conn:
+                for params in rows:
+                    if self._db.kind == "postgres":
+                        row = conn.execute(_INSERT + " RETURNING id", params).fetchone()
+                    else:
+                        conn.execute(_INSERT, params)
+                        row = conn.execute("SELECT last_insert_rowid()").fetchone()
+                    ids.append(int(row[0]))
+        except OpsmedicError as exc:
+            raise OpsmedicError(f"could not store a chat turn: {exc}") from exc
+        return ids[0], ids[1]
+
     def history(self, conversation: str, limit: int = 20) -> list[Turn]:
         """The last `limit` turns of one conversation, oldest first."""
         try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chat_support import XID79, LiveCluster, RecordingBackend, drive_until_the_drain_waits
+from chat_support import REPO, XID79, LiveCluster, RecordingBackend, drive_until_the_drain_waits
 
 from opsmedic import llm_guard
 
@@ -78,3 +78,30 @@ def live() -> LiveCluster:
 @pytest.fixture()
 def backend() -> RecordingBackend:
     return RecordingBackend()
+
+
+@pytest.fixture(scope="session")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The records `opsmedic demo` leaves: its default scenario, run into a temp dir (session-wide: the
+    question-set test adds only chat entries, which no answer counts)."""
+    from opsmedic.cli import DEFAULT_DEMO, bundled_scenarios
+    from opsmedic.evaluation import run_scenario
+    from sandbox.scenario import load_scenario
+
+    db = tmp_path_factory.mktemp("demo") / "opsmedic.db"
+    result = run_scenario(load_scenario(bundled_scenarios()[DEFAULT_DEMO]), db_path=db)
+    assert result.passed, result.failures
+    return db
+
+
+@pytest.fixture(scope="session")
+def no_room_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second scenario's records: the drain does not take effect, the second drain is refused by its
+    cooldown, and the incident is escalated."""
+    from opsmedic.evaluation import run_scenario
+    from sandbox.scenario import load_scenario
+
+    db = tmp_path_factory.mktemp("no-room") / "opsmedic.db"
+    result = run_scenario(load_scenario(REPO / "tests" / "scenarios" / "xid79-no-room-to-move.yaml"), db_path=db)
+    assert result.passed, result.failures
+    return db

@@ -88,8 +88,11 @@ def test_runbooks(xid79_db: Path) -> None:
     assert ask(xid79_db, "runbook for data_drift").startswith("Runbook data-drift-retrain")
 
 
-def test_unknown_without_llm_gives_help(xid79_db: Path) -> None:
-    assert ask(xid79_db, "tell me a joke").startswith("I didn't understand that.")
+def test_unknown_without_llm_asks_a_clarifying_question_not_the_help(xid79_db: Path) -> None:
+    from opsmedic.chat.intents import HELP_TEXT
+
+    text = ask(xid79_db, "tell me a joke")
+    assert text.startswith("I'm not sure what you're asking. Did you mean '") and HELP_TEXT not in text
 
 
 def test_questions_are_audited_and_stored(xid79_db: Path) -> None:
