@@ -97,7 +97,9 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     if primary is not None:
         cited.append(primary.id)
     if finding.root_cause != "healthy" and finding.query:
-        for rb, _score in deps.runbooks.search(finding.query, top_k=3, root_cause=finding.root_cause):
+        # `unknown`: no label to filter by; the nearest runbooks by retrieval are what the person gets
+        scope = None if finding.root_cause == "unknown" else finding.root_cause
+        for rb, _score in deps.runbooks.search(finding.query, top_k=3, root_cause=scope):
             if rb.id not in cited:
                 cited.append(rb.id)
     diag = diagnostician.to_diagnosis(finding, cited)

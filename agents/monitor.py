@@ -20,6 +20,7 @@ import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
+from opsmedic import xids as xid_catalog
 from opsmedic.domain import (
     CLOCK_REASON_HW_THERMAL,
     ClusterSnapshot,
@@ -29,8 +30,6 @@ from opsmedic.domain import (
     Signal,
 )
 from opsmedic.settings import MonitorSettings
-
-APP_XIDS = frozenset({13, 31, 43, 45})
 
 
 @dataclass
@@ -69,6 +68,13 @@ class Monitor:
     _nvlink: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
     _restarts: dict[str, int] = field(default_factory=dict)
     _seq: int = 0
+    # XIDs the catalog says to IGNORE open an incident only at `count` on one GPU within `window_s` (the
+    # policy's `signals.xid_ignore`); below that they are only recorded: the caller drains `recorded` into
+    # the audit log.
+    xid_ignore_count: int = 3
+    xid_ignore_window_s: float = 3600.0
+    recorded: deque[Signal] = field(default_factory=lambda: deque(maxlen=1000))  # bounded if nobody drains
+    _ignored: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
 
     # ------------------------------------------------------------------------------- detection
 
@@ -153,7 +159,25 @@ class Monitor:
                               threshold=threshold, detail=detail, labels={"node": g.node, **labels}))
 
         for xid in g.xids:
-            sig("gpu_xid", f"XID {xid} on {g.gpu}", float(xid), xid=str(xid))
+            recovery = g.recovery_action if xid == xid_catalog.RECOVERY_XID else None
+            what = xid_catalog.read(xid, recovery)
+            labels = {"xid": str(xid), "bucket": what.entry.immediate_action if what.entry else "UNLISTED"}
+            if recovery is not None:
+                labels["recovery"] = recovery
+            detail = f"{what.describe()} on {g.gpu}"
+            if xid_catalog.is_ignorable(xid):
+                seen = self._ignored[g.gpu]
+                seen.append(t)
+                while seen and t - seen[0] > self.xid_ignore_window_s:
+                    seen.popleft()
+                if len(seen) < self.xid_ignore_count:
+                    self.recorded.append(Signal(
+                        kind="gpu_xid", resource=g.gpu, resource_kind=gpu, at_s=t, value=float(xid),
+                        detail=detail + " (recorded; the catalog says IGNORE)", labels={"node": g.node, **labels}))
+                    continue
+                detail += f", {len(seen)} times within {self.xid_ignore_window_s:.0f}s"
+            out.append(Signal(kind="gpu_xid", resource=g.gpu, resource_kind=gpu, at_s=t, value=float(xid),
+                              detail=detail, labels={"node": g.node, **labels}))
         if not g.present:
             sig("gpu_lost", f"{g.gpu} is gone from NVML (GPU is lost)")
             return out
@@ -235,6 +259,12 @@ class Monitor:
                       f"{hist[-1][0] - hist[0][0]:.0f}s; GPU utilisation {util if util is not None else '?'}%")
 
     # ------------------------------------------------------------------------------ hysteresis
+
+    def drain_recorded(self) -> list[Signal]:
+        """The observations recorded below an incident's threshold since the last call (for the audit log)."""
+        out = list(self.recorded)
+        self.recorded.clear()
+        return out
 
     def _hold_for(self, kind: str) -> float:
         s = self.settings

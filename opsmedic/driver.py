@@ -86,9 +86,12 @@ class IncidentDriver:
         self.ledger = ExecutionLedger(self.database)
         self.graph = compile_graph(self._saver)
         # Incident ids are unique per run, so that runs sharing one database never mix their entries.
-        self.monitor = Monitor(self.settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}")
+        policy = load_policy(self.settings.policy_file)
+        self.monitor = Monitor(self.settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}",
+                               xid_ignore_count=policy.signals.xid_ignore.count,
+                               xid_ignore_window_s=policy.signals.xid_ignore.window)
         self.deps = Deps(clock=clock, telemetry=telemetry, backend=backend,
-                         engine=PolicyEngine(load_policy(self.settings.policy_file)), approvals=self.approvals,
+                         engine=PolicyEngine(policy), approvals=self.approvals,
                          audit=self.audit, runbooks=bundled_catalog(self.settings), ledger=self.ledger, narrate=narrate,
                          requester=requester, llm=build_llm(self.settings))
         self.thread_prefix = thread_prefix
@@ -134,6 +137,9 @@ class IncidentDriver:
         """Feed one snapshot to the monitor and start a graph for each incident it opens."""
         with self._lock:
             opened = self.monitor.observe(snap, tick)
+            for sig in self.monitor.drain_recorded():  # below an incident's threshold: audited, not acted on
+                self.audit.append("observation_recorded", {"resource": sig.resource, "signal": sig.model_dump()},
+                                  sim_s=snap.at_s)
             for inc in opened:
                 self.start(inc)
             return opened
