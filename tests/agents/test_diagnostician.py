@@ -1,4 +1,5 @@
-"""The diagnostician: XIDs read through NVIDIA's catalog (154's recovery overriding), ECC / remap-failure hint, thermal, pod and node causes, model regression
+"""The diagnostician: XIDs read through NVIDIA's catalog (154's recovery overriding), ECC / remap-failure hint,
+thermal, pod and node causes, model regression
 vs drift vs recent deploy — and log text that never changes a diagnosis or a plan."""
 
 from __future__ import annotations
