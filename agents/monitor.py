@@ -56,6 +56,35 @@ class KeyState:
 
 
 @dataclass
+class XidGate:
+    """Turns one XID event into a signal, read through NVIDIA's catalog (bucket, XID 154's recovery), and
+    decides whether it counts: an XID the catalog says to IGNORE counts only at `count` events on one GPU
+    within `window_s`; below that it is only recorded. Shared by `Monitor` and `FleetMonitor`."""
+
+    count: int = 3
+    window_s: float = 3600.0
+    _seen: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+
+    def signal(self, gpu_id: str, node: str, xid: int, recovery: str | None, t: float) -> tuple[Signal, bool]:
+        what = xid_catalog.read(xid, recovery)
+        labels = {"node": node, "xid": str(xid), "bucket": what.entry.immediate_action if what.entry else "UNLISTED"}
+        if recovery is not None:
+            labels["recovery"] = recovery
+        detail = f"{what.describe()} on {gpu_id}"
+        counts = True
+        if xid_catalog.is_ignorable(xid):
+            seen = self._seen[gpu_id]
+            seen.append(t)
+            while seen and t - seen[0] > self.window_s:
+                seen.popleft()
+            counts = len(seen) >= self.count
+            detail += (f", {len(seen)} times within {self.window_s:.0f}s" if counts
+                       else " (recorded; the catalog says IGNORE)")
+        return Signal(kind="gpu_xid", resource=gpu_id, resource_kind=ResourceKind.gpu, at_s=t, value=float(xid),
+                      detail=detail, labels=labels), counts
+
+
+@dataclass
 class Monitor:
     settings: MonitorSettings = field(default_factory=MonitorSettings)
     id_prefix: str = "inc"  # incident ids must be unique across runs that share one database
@@ -74,7 +103,9 @@ class Monitor:
     xid_ignore_count: int = 3
     xid_ignore_window_s: float = 3600.0
     recorded: deque[Signal] = field(default_factory=lambda: deque(maxlen=1000))  # bounded if nobody drains
-    _ignored: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+
+    def __post_init__(self) -> None:
+        self.xid_gate = XidGate(self.xid_ignore_count, self.xid_ignore_window_s)
 
     # ------------------------------------------------------------------------------- detection
 
@@ -160,24 +191,8 @@ class Monitor:
 
         for xid in g.xids:
             recovery = g.recovery_action if xid == xid_catalog.RECOVERY_XID else None
-            what = xid_catalog.read(xid, recovery)
-            labels = {"xid": str(xid), "bucket": what.entry.immediate_action if what.entry else "UNLISTED"}
-            if recovery is not None:
-                labels["recovery"] = recovery
-            detail = f"{what.describe()} on {g.gpu}"
-            if xid_catalog.is_ignorable(xid):
-                seen = self._ignored[g.gpu]
-                seen.append(t)
-                while seen and t - seen[0] > self.xid_ignore_window_s:
-                    seen.popleft()
-                if len(seen) < self.xid_ignore_count:
-                    self.recorded.append(Signal(
-                        kind="gpu_xid", resource=g.gpu, resource_kind=gpu, at_s=t, value=float(xid),
-                        detail=detail + " (recorded; the catalog says IGNORE)", labels={"node": g.node, **labels}))
-                    continue
-                detail += f", {len(seen)} times within {self.xid_ignore_window_s:.0f}s"
-            out.append(Signal(kind="gpu_xid", resource=g.gpu, resource_kind=gpu, at_s=t, value=float(xid),
-                              detail=detail, labels={"node": g.node, **labels}))
+            x, counts = self.xid_gate.signal(g.gpu, g.node, xid, recovery, t)
+            (out if counts else self.recorded).append(x)
         if not g.present:
             sig("gpu_lost", f"{g.gpu} is gone from NVML (GPU is lost)")
             return out
