@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from opsmedic import xids as xid_catalog
@@ -103,6 +104,8 @@ class Monitor:
     xid_ignore_count: int = 3
     xid_ignore_window_s: float = 3600.0
     recorded: deque[Signal] = field(default_factory=lambda: deque(maxlen=1000))  # bounded if nobody drains
+    # where recorded observations go as they happen (the driver: the audit log); None keeps them in `recorded`
+    on_record: Callable[[Signal], None] | None = None
 
     def __post_init__(self) -> None:
         self.xid_gate = XidGate(self.xid_ignore_count, self.xid_ignore_window_s)
@@ -192,7 +195,12 @@ class Monitor:
         for xid in g.xids:
             recovery = g.recovery_action if xid == xid_catalog.RECOVERY_XID else None
             x, counts = self.xid_gate.signal(g.gpu, g.node, xid, recovery, t)
-            (out if counts else self.recorded).append(x)
+            if counts:
+                out.append(x)
+            elif self.on_record is not None:
+                self.on_record(x)
+            else:
+                self.recorded.append(x)
         if not g.present:
             sig("gpu_lost", f"{g.gpu} is gone from NVML (GPU is lost)")
             return out

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident
+from opsmedic.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident, Signal
 
 if TYPE_CHECKING:
     from agents.state import IncidentState, TimelineEntry
@@ -90,6 +90,7 @@ class IncidentDriver:
         self.monitor = Monitor(self.settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}",
                                xid_ignore_count=policy.signals.xid_ignore.count,
                                xid_ignore_window_s=policy.signals.xid_ignore.window)
+        self.monitor.on_record = self._record  # observations below an incident's threshold: audited, not acted on
         self.deps = Deps(clock=clock, telemetry=telemetry, backend=backend,
                          engine=PolicyEngine(policy), approvals=self.approvals,
                          audit=self.audit, runbooks=bundled_catalog(self.settings), ledger=self.ledger, narrate=narrate,
@@ -133,13 +134,14 @@ class IncidentDriver:
             self.deps.started_wall[incident.id] = time.perf_counter()
             self.invoke(incident.id, IncidentState(incident=incident))
 
+    def _record(self, sig: Signal) -> None:
+        self.audit.append("observation_recorded", {"resource": sig.resource, "signal": sig.model_dump()},
+                          sim_s=sig.at_s)
+
     def observe(self, snap: ClusterSnapshot, tick: float) -> list[Incident]:
         """Feed one snapshot to the monitor and start a graph for each incident it opens."""
         with self._lock:
             opened = self.monitor.observe(snap, tick)
-            for sig in self.monitor.drain_recorded():  # below an incident's threshold: audited, not acted on
-                self.audit.append("observation_recorded", {"resource": sig.resource, "signal": sig.model_dump()},
-                                  sim_s=snap.at_s)
             for inc in opened:
                 self.start(inc)
             return opened

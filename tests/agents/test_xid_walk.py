@@ -167,3 +167,25 @@ def test_ignore_xids_open_an_incident_at_the_policys_rate() -> None:
     mon = Monitor(xid_ignore_count=2, xid_ignore_window_s=90.0)
     assert first_incident(sim, mon, until_s=480.0) is None
     assert len(mon.drain_recorded()) == 3
+
+
+def test_a_lone_ignore_xid_reaches_the_audit_log_through_the_driver(tmp_path: Any) -> None:
+    """End to end (`opsmedic eval`'s driver): no incident, no action, and the event is in the audit log."""
+    from opsmedic.evaluation import run_scenario
+    from policies.audit import AuditLog
+    from sandbox.scenario import parse_scenario as parse
+
+    sc = parse({
+        "name": "xid-ignore-once", "description": "one IGNORE XID", "seed": 3,
+        "cluster": {"nodes": 1, "gpus_per_node": 2},
+        "workloads": [{"name": "svc", "kind": "training", "replicas": 1, "gpus_per_replica": 1}],
+        "faults": [{"at": "1m", "type": "gpu_xid", "target": "node-0/gpu-0", "params": {"xid": 121}}],
+        "duration": "4m", "expect": {"incident": False},
+    })
+    db = tmp_path / "eval.db"
+    result = run_scenario(sc, db_path=db)
+    assert result.passed and result.actions == [], result.failures
+    with AuditLog(db) as log:
+        recorded = log.entries(kinds=["observation_recorded"])
+    assert [e.payload["signal"]["labels"]["xid"] for e in recorded] == ["121"]
+    assert "IGNORE" in recorded[0].payload["signal"]["detail"]
