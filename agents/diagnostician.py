@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from knowledge.runbooks import Runbook
 from opsmedic import xids as xid_catalog
 from opsmedic.domain import (
     ClusterSnapshot,
@@ -208,7 +209,67 @@ def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
                    query="model latency p95 above SLO")
 
 
-def find(inc: Incident, snap: ClusterSnapshot) -> Finding:
+def _signature_holds(rb: Runbook, inc: Incident, snap: ClusterSnapshot) -> bool:
+    sig = rb.signature
+    if sig is None:
+        return False
+    kinds = {s.kind for s in inc.signals}
+    if not set(sig.signals) <= kinds:
+        return False
+    codes = _xids(inc.signals)
+    if sig.xids and not set(sig.xids) & set(codes):
+        return False
+    if sig.xid_buckets:
+        buckets = {e.immediate_action for c in codes if (e := xid_catalog.entry(c)) is not None}
+        if not set(sig.xid_buckets) & buckets:
+            return False
+    if sig.metrics:
+        sample = snap.gpu(inc.resource)
+        if sample is None or not all(m.holds(getattr(sample, m.metric)) for m in sig.metrics):
+            return False
+    return True
+
+
+def match_signatures(inc: Incident, snap: ClusterSnapshot, runbooks: Sequence[Runbook]) -> list[Runbook]:
+    """The runbooks whose signature holds for this incident, most specific first."""
+    hits = [rb for rb in runbooks if _signature_holds(rb, inc, snap)]
+    return sorted(hits, key=lambda rb: (-(rb.signature.specificity if rb.signature else 0), rb.id))
+
+
+def _by_signature(f: Finding, inc: Incident, snap: ClusterSnapshot, runbooks: Sequence[Runbook]) -> Finding:
+    """Where the rules found nothing known, a runbook whose signature holds names the cause and drives the
+    plan. The most specific wins; a tie between runbooks is reported and left to a person, never resolved
+    by file order."""
+    hits = match_signatures(inc, snap, runbooks)
+    if not hits:
+        return f
+    top = hits[0].signature.specificity if hits[0].signature else 0
+    best = [rb for rb in hits if rb.signature is not None and rb.signature.specificity == top]
+    if len(best) > 1:
+        tied = ", ".join(rb.id for rb in best)
+        return Finding(f.root_cause, f.resource, f.confidence,
+                       f"{f.summary} Signatures tie ({tied}): a person decides.", f.evidence, query=f.query)
+    rb = best[0]
+    cause = rb.root_causes[0]
+    resource = inc.resource
+    if rb.resource_kind == ResourceKind.node and "/gpu-" in resource:
+        resource = resource.split("/", 1)[0]
+    sig = rb.signature
+    assert sig is not None
+    parts = [*sig.signals, *(f"XID {x}" for x in sig.xids), *sig.xid_buckets, *(str(m) for m in sig.metrics)]
+    return Finding(cause, resource, 0.7, f"{inc.resource}: matches runbook {rb.id}'s signature ({', '.join(parts)})",
+                   f.evidence, runbook_hint=rb.id, query=f.query or rb.title)
+
+
+def find(inc: Incident, snap: ClusterSnapshot, runbooks: Sequence[Runbook] = ()) -> Finding:
+    """The verdict: the hand-coded rules first (what a signature cannot express: precedence between GPU
+    faults, the pod behind an application fault, deploy history against SLO breaches...), then, where they
+    find nothing known, the runbooks' signatures."""
+    f = _find(inc, snap)
+    return _by_signature(f, inc, snap, runbooks) if f.root_cause == "unknown" and runbooks else f
+
+
+def _find(inc: Incident, snap: ClusterSnapshot) -> Finding:
     kinds = {s.kind for s in inc.signals}
     if inc.resource_kind == ResourceKind.gpu:
         return diagnose_gpu(inc, snap)

@@ -36,6 +36,7 @@ from agents import diagnostician, remediator
 from agents.governor import decision_context
 from agents.llm import llm_diagnose, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
+from knowledge.runbooks import Runbook
 from opsmedic import domain
 from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
 from opsmedic.errors import ApprovalError, OpsmedicError, PolicyViolation
@@ -91,7 +92,9 @@ def monitor(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
 def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     snap = deps.telemetry.snapshot()
-    finding = diagnostician.find(state.incident, snap)
+    # signatures need the whole library; a runbook source without `all` (a test double) offers none
+    library: list[Runbook] = getattr(deps.runbooks, "all", list)()
+    finding = diagnostician.find(state.incident, snap, library)
     cited: list[str] = []
     primary = deps.runbooks.for_cause(finding.root_cause, finding.runbook_hint)
     if primary is not None:
