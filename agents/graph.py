@@ -316,6 +316,11 @@ def resolved(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     assert state.plan is not None and state.diagnosis is not None
     done = [r.action.key for r in state.results if r.ok]
+    if state.diagnosis.root_cause == "unknown":
+        # nothing known was fixed: the incident is a person's now, not resolved
+        reason = f"unknown cause handed to a person ({', '.join(done) or 'no page delivered'})"
+        _audit(deps, state, "escalation", {"reason": reason}, "escalation")
+        return {"outcome": "escalated", "escalation": reason, "timeline": _note(state, deps, "verifier", reason)}
     text = ("no action needed" if not state.plan.steps else f"resolved after {', '.join(done)}")
     _audit(deps, state, "resolution", {"outcome": "resolved", "actions": done}, "resolution")
     return {"outcome": "resolved", "timeline": _note(state, deps, "verifier", text)}
