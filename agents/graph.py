@@ -34,7 +34,7 @@ from langgraph.types import interrupt
 
 from agents import diagnostician, remediator
 from agents.governor import decision_context
-from agents.llm import llm_diagnose, llm_plan
+from agents.llm import llm_diagnose, llm_investigate, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
 from knowledge.runbooks import Runbook
 from opsmedic import domain
@@ -128,7 +128,13 @@ def plan(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
         runbook = deps.runbooks.for_cause(state.diagnosis.root_cause, state.diagnosis.runbook_ids[0])
     p = remediator.plan(state.incident, state.diagnosis, runbook, snap)
     llm_note = ""
-    if deps.llm is not None:  # the governor still decides every step of whichever plan is chosen
+    if deps.llm is not None and state.diagnosis.root_cause == "unknown":
+        # where the rules run out, the model investigates; its plan is marked model-proposed, and the
+        # governor then asks a person to approve every step of it
+        out = llm_investigate(deps.llm, state.incident, state.diagnosis, snap, p, deps.runbooks)
+        _audit(deps, state, "llm_investigation", out.audit_payload(), f"llm_investigation:{state.attempts}")
+        p, llm_note = out.chosen(p), f"; {out.note}"
+    elif deps.llm is not None:  # the governor still decides every step of whichever plan is chosen
         out = llm_plan(deps.llm, state.incident, state.diagnosis, runbook, snap, p, deps.runbooks)
         _audit(deps, state, "llm_plan", out.audit_payload(), f"llm_plan:{state.attempts}")
         p, llm_note = out.chosen(p), f"; {out.note}"
@@ -148,6 +154,7 @@ def govern(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     ctx = decision_context(
         deps.telemetry.snapshot(), incident_id=state.incident.id, now_s=now, history=deps.history,
         actions_in_incident=sum(1 for r in state.results if r.ok and not r.dry_run), requested_by=deps.requester,
+        proposed_by_model=state.plan.proposed_by == "model",
     )
     with span("governor.decide", incident_id=state.incident.id, action=step.action.key) as sp:
         decision = deps.engine.decide(step.action, ctx)

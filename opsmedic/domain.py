@@ -318,6 +318,8 @@ class ActionPlan(BaseModel):
     steps: list[PlannedAction]
     rationale: str = ""
     runbook_ids: list[str] = Field(default_factory=list)
+    # "model": an LLM investigation of an `unknown` incident proposed it; every step then needs approval
+    proposed_by: Literal["runbook", "model"] = "runbook"
 
 
 class Verdict(StrEnum):
