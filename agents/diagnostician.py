@@ -15,27 +15,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents import corroboration
-from opsmedic.domain import ClusterSnapshot, Diagnosis, Evidence, Incident, ResourceKind, RootCause, Signal
+from knowledge.runbooks import Runbook
+from opsmedic import xids as xid_catalog
+from opsmedic.domain import (
+    ClusterSnapshot,
+    Diagnosis,
+    Evidence,
+    GpuSample,
+    Incident,
+    ResourceKind,
+    RootCause,
+    Signal,
+)
 
-# NVIDIA XID catalogue, reduced to what decides an action. Application faults (13, 31, 43, 45) are the
-# program's fault: restart it, never blame the hardware.
-XID_TABLE: dict[int, tuple[RootCause, str]] = {
-    79: ("gpu_fell_off_bus", "GPU has fallen off the bus"),
-    48: ("gpu_uncorrectable_ecc", "double-bit ECC error"),
-    63: ("gpu_uncorrectable_ecc", "ECC page retirement / row remapping recorded"),
-    64: ("gpu_uncorrectable_ecc", "row remapping failure"),
-    92: ("gpu_uncorrectable_ecc", "high single-bit ECC error rate"),
-    94: ("gpu_uncorrectable_ecc", "contained ECC error"),
-    95: ("gpu_uncorrectable_ecc", "uncontained ECC error"),
-    74: ("nvlink_errors", "NVLink error"),
-    13: ("gpu_app_error", "graphics engine exception (application fault)"),
-    31: ("gpu_app_error", "GPU memory page fault (application fault)"),
-    43: ("gpu_app_error", "GPU stopped processing (application fault)"),
-    45: ("gpu_app_error", "preemptive cleanup after an application fault"),
-}
-# Order of precedence when one GPU shows several signatures: the most severe explains the rest.
+# Order of precedence when one GPU shows several signatures: the most severe explains the rest. What an XID
+# means comes from NVIDIA's XID catalog (`opsmedic.xids`, the one copy); XID 154's recovery outranks all:
+# a GPU whose driver asks for a node reboot is not fixed by anything below it.
 _GPU_PRECEDENCE: list[RootCause] = [
-    "gpu_fell_off_bus", "gpu_uncorrectable_ecc", "nvlink_errors", "gpu_thermal_throttle", "gpu_app_error",
+    "node_reboot_required", "gpu_fell_off_bus", "gpu_uncorrectable_ecc", "gpu_reset_required", "nvlink_errors",
+    "gpu_thermal_throttle", "gpu_app_error", "unknown",
 ]
 RECENT_DEPLOY_S = 3600.0
 _CONFIG_FAILURES = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"})
@@ -62,17 +60,29 @@ def _xids(signals: Sequence[Signal]) -> list[int]:
     return sorted({int(s.value) for s in signals if s.kind == "gpu_xid" and s.value is not None})
 
 
+def xid_readings(sigs: Sequence[Signal], sample: GpuSample | None) -> list[xid_catalog.XidReading]:
+    """The GPU's XIDs read through the catalog. XID 154 states the recovery the driver requires and
+    overrides the bucket of the XIDs it accompanies on the same GPU; alone, it is read by its recovery."""
+    codes = _xids(sigs)
+    recovery = next((s.labels["recovery"] for s in sigs if s.kind == "gpu_xid" and "recovery" in s.labels), None)
+    if recovery is None and xid_catalog.RECOVERY_XID in codes and sample is not None:
+        recovery = sample.recovery_action
+    others = [c for c in codes if c != xid_catalog.RECOVERY_XID]
+    if recovery not in (None, "none"):
+        return [xid_catalog.read(c, recovery) for c in (others or [xid_catalog.RECOVERY_XID])]
+    return [xid_catalog.read(c) for c in (others or codes)]
+
+
 def diagnose_gpu(inc: Incident, snap: ClusterSnapshot) -> Finding:
     gpu = inc.resource
     sigs = [s for s in inc.signals if s.resource == gpu]
     kinds = {s.kind for s in sigs}
     evidence = [_ev(s) for s in sigs]
     xids = _xids(sigs)
+    sample = snap.gpu(gpu)
     causes: dict[RootCause, str] = {}
-    for x in xids:
-        if x in XID_TABLE:
-            cause, what = XID_TABLE[x]
-            causes.setdefault(cause, f"XID {x}: {what}")
+    for r in xid_readings(sigs, sample):
+        causes.setdefault(r.root_cause, r.describe())
     if "gpu_lost" in kinds:
         causes.setdefault("gpu_fell_off_bus", "the GPU is gone from NVML")
     if "ecc_dbe" in kinds or "remap_failure" in kinds:
@@ -81,7 +91,6 @@ def diagnose_gpu(inc: Incident, snap: ClusterSnapshot) -> Finding:
         causes.setdefault("nvlink_errors", "NVLink CRC errors climbing")
     if "gpu_temp_high" in kinds:
         causes.setdefault("gpu_thermal_throttle", "sustained high temperature with HW thermal slowdown")
-    sample = snap.gpu(gpu)
     if sample is not None:
         evidence.append(Evidence(
             kind="nvml", resource=gpu,
@@ -99,13 +108,20 @@ def diagnose_gpu(inc: Incident, snap: ClusterSnapshot) -> Finding:
         if s.resource != gpu:
             evidence.append(_ev(s))
     if not causes:
-        unknown = ", ".join(str(x) for x in xids) or "none"
-        return Finding("healthy", gpu, 0.4, f"{gpu}: no known fault signature (XIDs: {unknown})", evidence,
-                       query=f"GPU {gpu} XID {unknown}")
+        # evidence that matches no signature is a person's to read, never "healthy" in silence
+        causes["unknown"] = "signals that match no known fault signature: " + ", ".join(sorted(kinds))
     cause = next(c for c in _GPU_PRECEDENCE if c in causes)
     why = causes[cause]
     hint = None
     resource = gpu
+    if cause == "node_reboot_required":
+        resource = gpu.split("/", 1)[0]  # the node is what must be taken out of service and rebooted
+        why += f"; no GPU reset helps: {resource} must be drained and rebooted"
+    if cause == "unknown":
+        # the telemetry in words; pod logs stay in `evidence` only (quoted there, never part of the verdict)
+        seen = "; ".join(dict.fromkeys(e.detail for e in evidence if e.detail and e.kind != "pod_log"))
+        return Finding("unknown", gpu, 0.3, f"{gpu}: {why}. Evidence: {seen}"[:1000], evidence,
+                       query=f"GPU {why} " + " ".join(f"XID {x}" for x in xids))
     if cause == "gpu_uncorrectable_ecc" and (
         "remap_failure" in kinds or 64 in xids or (sample is not None and sample.remap_failure)
     ):
@@ -194,9 +210,69 @@ def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
                    query="model latency p95 above SLO")
 
 
-def find(inc: Incident, snap: ClusterSnapshot) -> Finding:
+def _signature_holds(rb: Runbook, inc: Incident, snap: ClusterSnapshot) -> bool:
+    sig = rb.signature
+    if sig is None:
+        return False
+    kinds = {s.kind for s in inc.signals}
+    if not set(sig.signals) <= kinds:
+        return False
+    codes = _xids(inc.signals)
+    if sig.xids and not set(sig.xids) & set(codes):
+        return False
+    if sig.xid_buckets:
+        buckets = {e.immediate_action for c in codes if (e := xid_catalog.entry(c)) is not None}
+        if not set(sig.xid_buckets) & buckets:
+            return False
+    if sig.metrics:
+        sample = snap.gpu(inc.resource)
+        if sample is None or not all(m.holds(getattr(sample, m.metric)) for m in sig.metrics):
+            return False
+    return True
+
+
+def match_signatures(inc: Incident, snap: ClusterSnapshot, runbooks: Sequence[Runbook]) -> list[Runbook]:
+    """The runbooks whose signature holds for this incident, most specific first."""
+    hits = [rb for rb in runbooks if _signature_holds(rb, inc, snap)]
+    return sorted(hits, key=lambda rb: (-(rb.signature.specificity if rb.signature else 0), rb.id))
+
+
+def _by_signature(f: Finding, inc: Incident, snap: ClusterSnapshot, runbooks: Sequence[Runbook]) -> Finding:
+    """Where the rules found nothing known, a runbook whose signature holds names the cause and drives the
+    plan. The most specific wins; a tie between runbooks is reported and left to a person, never resolved
+    by file order."""
+    hits = match_signatures(inc, snap, runbooks)
+    if not hits:
+        return f
+    top = hits[0].signature.specificity if hits[0].signature else 0
+    best = [rb for rb in hits if rb.signature is not None and rb.signature.specificity == top]
+    if len(best) > 1:
+        tied = ", ".join(rb.id for rb in best)
+        return Finding(f.root_cause, f.resource, f.confidence,
+                       f"{f.summary} Signatures tie ({tied}): a person decides.", f.evidence, query=f.query)
+    rb = best[0]
+    cause = rb.root_causes[0]
+    resource = inc.resource
+    if rb.resource_kind == ResourceKind.node and "/gpu-" in resource:
+        resource = resource.split("/", 1)[0]
+    sig = rb.signature
+    assert sig is not None
+    parts = [*sig.signals, *(f"XID {x}" for x in sig.xids), *sig.xid_buckets, *(str(m) for m in sig.metrics)]
+    return Finding(cause, resource, 0.7, f"{inc.resource}: matches runbook {rb.id}'s signature ({', '.join(parts)})",
+                   f.evidence, runbook_hint=rb.id, query=f.query or rb.title)
+
+
+def find(inc: Incident, snap: ClusterSnapshot, runbooks: Sequence[Runbook] = ()) -> Finding:
+    """The verdict: the hand-coded rules first (what a signature cannot express: precedence between GPU
+    faults, the pod behind an application fault, deploy history against SLO breaches...), then, where they
+    find nothing known, the runbooks' signatures."""
     if corroboration.claims(inc):  # an alert is a claim: the rules see only what telemetry corroborates
-        return corroboration.review(inc, snap, find)
+        return corroboration.review(inc, snap, lambda i, s: find(i, s, runbooks))
+    f = _find(inc, snap)
+    return _by_signature(f, inc, snap, runbooks) if f.root_cause == "unknown" and runbooks else f
+
+
+def _find(inc: Incident, snap: ClusterSnapshot) -> Finding:
     kinds = {s.kind for s in inc.signals}
     if inc.resource_kind == ResourceKind.gpu:
         return diagnose_gpu(inc, snap)

@@ -39,8 +39,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agents.monitor import XidGate
 from opsmedic.domain import CLOCK_REASON_HW_THERMAL, GpuSample, ResourceKind, Signal
 from opsmedic.settings import MonitorSettings
+from opsmedic.xids import RECOVERY_XID
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -69,6 +71,7 @@ class GpuFrame:
     mem_total_mib: F32
     pod: list[str] | None = None  # pod holding each GPU ("" = none), for per-pod memory growth
     xid_lists: dict[int, list[int]] = field(default_factory=dict)  # rows with several XIDs this tick
+    recovery: dict[int, str] = field(default_factory=dict)  # rows whose XID 154 states a recovery action
     skipped: int = 0  # non-finite readings met while building the frame
 
     def __len__(self) -> int:
@@ -115,6 +118,8 @@ class GpuFrame:
         for i, g in enumerate(samples):
             if g.xids:
                 f.xid[i] = g.xids[-1]
+                if g.recovery_action is not None:
+                    f.recovery[i] = g.recovery_action
                 if len(g.xids) > 1:
                     f.xid_lists[i] = list(g.xids)
         # NaN from a None is "absent"; a reading that is itself NaN/inf is a bad sample, counted as skipped
@@ -191,6 +196,7 @@ class FleetMonitor:
         self.tick_s = tick_s
         self.skipped_samples = 0
         self.ticks = 0
+        self.xid_gate = XidGate()
         self._rows: dict[str, int] = {}
         self._ids: list[str] = []
         self._nodes: list[str] = []
@@ -383,7 +389,10 @@ class FleetMonitor:
 
         for i in xid_rows.tolist():
             for xid in frame.xid_lists.get(i, [int(frame.xid[i])]):
-                sig(i, "gpu_xid", f"XID {xid} on {frame.gpu_ids[i]}", float(xid), xid=str(xid))
+                recovery = frame.recovery.get(i) if xid == RECOVERY_XID else None
+                x, counts = self.xid_gate.signal(frame.gpu_ids[i], frame.node_ids[i], xid, recovery, t)
+                if counts:  # below the IGNORE rate: not a signal (the per-object monitor records it)
+                    out.append(x)
         for i in lost_rows.tolist():
             sig(i, "gpu_lost", f"{frame.gpu_ids[i]} is gone from NVML (GPU is lost)")
         for i in ecc_rows.tolist():

@@ -14,7 +14,7 @@ from policies.engine import DecisionContext, HistoryEntry, PolicyEngine
 
 def decision_context(
     snap: ClusterSnapshot, *, incident_id: str, now_s: float, history: list[HistoryEntry],
-    actions_in_incident: int, requested_by: str = "opsmedic",
+    actions_in_incident: int, requested_by: str = "opsmedic", proposed_by_model: bool = False,
 ) -> DecisionContext:
     out_nodes = sorted(n.name for n in snap.nodes if n.unschedulable or not n.ready)
     total_gpus = sum(n.gpus for n in snap.nodes)
@@ -27,7 +27,7 @@ def decision_context(
     return DecisionContext(
         incident_id=incident_id, now_s=now_s, requested_by=requested_by, total_nodes=len(snap.nodes),
         total_gpus=total_gpus, nodes_out_of_service=out_nodes, gpus_out_of_service=sorted(out_gpus),
-        history=history, actions_in_incident=actions_in_incident,
+        history=history, actions_in_incident=actions_in_incident, proposed_by_model=proposed_by_model,
     )
 
 

@@ -35,8 +35,9 @@ from langgraph.types import interrupt
 
 from agents import corroboration, diagnostician, remediator
 from agents.governor import decision_context
-from agents.llm import llm_diagnose, llm_plan
+from agents.llm import llm_diagnose, llm_investigate, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
+from knowledge.runbooks import Runbook
 from opsmedic import domain
 from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
 from opsmedic.errors import ApprovalError, OpsmedicError, PolicyViolation
@@ -92,7 +93,9 @@ def monitor(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
 def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     snap = deps.telemetry.snapshot()
-    finding = diagnostician.find(state.incident, snap)
+    # signatures need the whole library; a runbook source without `all` (a test double) offers none
+    library: list[Runbook] = getattr(deps.runbooks, "all", list)()
+    finding = diagnostician.find(state.incident, snap, library)
     claims = corroboration.assess(state.incident, snap)
     if claims.checks:  # alert claims: the audit and the timeline say what telemetry made of them
         _audit(deps, state, "corroboration", claims.payload(), f"corroboration:{state.attempts}")
@@ -103,7 +106,9 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     if primary is not None:
         cited.append(primary.id)
     if finding.root_cause != "healthy" and finding.query:
-        for rb, _score in deps.runbooks.search(finding.query, top_k=3, root_cause=finding.root_cause):
+        # `unknown`: no label to filter by; the nearest runbooks by retrieval are what the person gets
+        scope = None if finding.root_cause == "unknown" else finding.root_cause
+        for rb, _score in deps.runbooks.search(finding.query, top_k=3, root_cause=scope):
             if rb.id not in cited:
                 cited.append(rb.id)
     diag = diagnostician.to_diagnosis(finding, cited)
@@ -132,7 +137,13 @@ def plan(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
         runbook = deps.runbooks.for_cause(state.diagnosis.root_cause, state.diagnosis.runbook_ids[0])
     p = remediator.plan(state.incident, state.diagnosis, runbook, snap)
     llm_note = ""
-    if deps.llm is not None:  # the governor still decides every step of whichever plan is chosen
+    if deps.llm is not None and state.diagnosis.root_cause == "unknown":
+        # where the rules run out, the model investigates; its plan is marked model-proposed, and the
+        # governor then asks a person to approve every step of it
+        out = llm_investigate(deps.llm, state.incident, state.diagnosis, snap, p, deps.runbooks)
+        _audit(deps, state, "llm_investigation", out.audit_payload(), f"llm_investigation:{state.attempts}")
+        p, llm_note = out.chosen(p), f"; {out.note}"
+    elif deps.llm is not None:  # the governor still decides every step of whichever plan is chosen
         out = llm_plan(deps.llm, state.incident, state.diagnosis, runbook, snap, p, deps.runbooks)
         _audit(deps, state, "llm_plan", out.audit_payload(), f"llm_plan:{state.attempts}")
         p, llm_note = out.chosen(p), f"; {out.note}"
@@ -152,6 +163,7 @@ def govern(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     ctx = decision_context(
         deps.telemetry.snapshot(), incident_id=state.incident.id, now_s=now, history=deps.history,
         actions_in_incident=sum(1 for r in state.results if r.ok and not r.dry_run), requested_by=deps.requester,
+        proposed_by_model=state.plan.proposed_by == "model",
     )
     with span("governor.decide", incident_id=state.incident.id, action=step.action.key) as sp:
         decision = deps.engine.decide(step.action, ctx)
@@ -331,6 +343,11 @@ def resolved(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     deps = runtime.context
     assert state.plan is not None and state.diagnosis is not None
     done = [r.action.key for r in state.results if r.ok]
+    if state.diagnosis.root_cause == "unknown":
+        # nothing known was fixed: the incident is a person's now, not resolved
+        reason = f"unknown cause handed to a person ({', '.join(done) or 'no page delivered'})"
+        _audit(deps, state, "escalation", {"reason": reason}, "escalation")
+        return {"outcome": "escalated", "escalation": reason, "timeline": _note(state, deps, "verifier", reason)}
     text = ("no action needed" if not state.plan.steps else f"resolved after {', '.join(done)}")
     _audit(deps, state, "resolution", {"outcome": "resolved", "actions": done}, "resolution")
     return {"outcome": "resolved", "timeline": _note(state, deps, "verifier", text)}

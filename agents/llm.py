@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Purpose = Literal["diagnosis", "plan", "chat"]
+Purpose = Literal["diagnosis", "plan", "chat", "investigation"]
 T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -239,6 +239,16 @@ class PlanProposal(BaseModel):
 
     steps: list[StepProposal]  # no length limit here: an oversized plan is rejected by validation, by name
     rationale: str = Field(default="", max_length=2000)
+
+
+class InvestigationProposal(BaseModel):
+    """`submit_investigation`'s arguments: what the model thinks is going on, and what to do about it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    hypothesis: str = Field(max_length=2000, description="what you think causes the incident, and why")
+    steps: list[StepProposal] = Field(default_factory=list)  # oversized: rejected by validation, by name
+    rationale: str = Field(default="", max_length=2000, description="why these steps, in this order")
 
 
 # ---------------------------------------------------------------------------------------- the client
@@ -828,6 +838,91 @@ def _plan_problems(proposal: PlanProposal, deterministic: ActionPlan, runbook: R
 # ------------------------------------------------------------------------------------- entry points
 
 
+MAX_INVESTIGATION_STEPS = 3
+
+
+def _blast_radius(incident: Incident, snap: ClusterSnapshot) -> set[str]:
+    """What an investigation of `incident` may touch: its resource, that GPU's node, the pods on them, and
+    their workloads. A step anywhere else (another node, every node) is outside the incident."""
+    res = incident.resource
+    node = res.split("/", 1)[0] if "/gpu-" in res else (res if snap.node(res) is not None else None)
+    pods = list(snap.pods_on_gpu(res)) if "/gpu-" in res else []
+    if node is not None:
+        pods += [p for p in snap.pods if p.node == node]
+    pod = snap.pod(res)
+    if pod is not None:
+        pods.append(pod)
+    return {res, *([node] if node else []), *(p.name for p in pods), *(p.workload for p in pods)}
+
+
+def validate_investigation(proposal: InvestigationProposal, deterministic: ActionPlan, snap: ClusterSnapshot,
+                           incident: Incident, model: str) -> tuple[ActionPlan | None, str]:
+    """(model-proposed plan, reason). None = rejected. At most three steps, each whitelisted and valid, on an
+    existing target inside the incident's blast radius. The deterministic steps (the page to a person) are
+    kept after the model's, so that a person is told whatever the model proposes."""
+    problems: list[str] = []
+    if len(proposal.steps) > MAX_INVESTIGATION_STEPS:
+        problems.append(f"proposes {len(proposal.steps)} steps, more than the {MAX_INVESTIGATION_STEPS} an "
+                        "investigation may")
+    radius = _blast_radius(incident, snap)
+    chosen: list[PlannedAction] = []
+    for i, st in enumerate(proposal.steps[:MAX_PLAN_STEPS], start=1):
+        key = f"{st.action}@{st.target}"
+        if st.action not in ACTION_TOOLS:
+            problems.append(f"step {i} {key}: {st.action!r} is not a whitelisted action")
+            continue
+        if not resource_exists(st.target, snap, incident):
+            problems.append(f"step {i} {key}: target {st.target!r} does not exist in the cluster")
+            continue
+        if st.target not in radius:
+            problems.append(f"step {i} {key}: {st.target} is outside this incident (it may touch "
+                            f"{', '.join(sorted(radius))})")
+            continue
+        params = {k: v for k, v in st.params.items() if k != "message"}
+        try:
+            action = validate_action(Action(name=st.action, target=st.target, params=params))
+        except ToolError as exc:
+            problems.append(f"step {i} {key}: {exc}")
+            continue
+        if any(c.action.key == action.key for c in chosen):
+            problems.append(f"step {i} {key}: proposed twice")
+            continue
+        chosen.append(PlannedAction(action=action, why=(st.why.strip() or "proposed by the model")[:1000]))
+    if problems:
+        return None, _listing(problems)
+    hypothesis = proposal.hypothesis.strip()[:800]
+    said = proposal.rationale.strip()[:500]
+    rationale = (f"model-proposed ({model}): hypothesis: {hypothesis}" + (f"; reasoning: {said}" if said else "")
+                 + "; every step needs a person's approval")
+    tail = [s for s in deterministic.steps if s.action.key not in {c.action.key for c in chosen}]
+    plan = deterministic.model_copy(update={"steps": [*chosen, *tail], "rationale": rationale,
+                                            "proposed_by": "model"})
+    return plan, f"{len(chosen)} step(s) inside the incident" if chosen else "no step: a person is paged"
+
+
+def llm_investigate(llm: Llm | None, incident: Incident, diagnosis: Diagnosis, snapshot: ClusterSnapshot,
+                    deterministic_plan: ActionPlan, runbooks: RunbookSourceLike | None = None
+                    ) -> LlmOutcome[ActionPlan]:
+    """For an `unknown` incident: the model investigates with the read tools and proposes a hypothesis and a
+    plan of whitelisted actions. Validated here; the governor then requires approval for every step (the
+    plan is `proposed_by="model"`). Never raises; anything unusable falls back to the deterministic plan."""
+    if llm is None:
+        return LlmOutcome("investigation", "-", False, "no LLM configured")
+    usage = LlmUsage()
+    nearest, _ = _cited_runbooks(runbooks, diagnosis.runbook_ids, diagnosis.root_cause)
+    result = run_tool_loop(
+        llm, purpose="investigation", system=prompts.investigate_system(llm.config.max_steps),
+        user=prompts.investigate_user(incident, diagnosis, snapshot, nearest),
+        tools=read_tools(snapshot, runbooks), submit_name="submit_investigation", schema=InvestigationProposal,
+        usage=usage)
+    if result.proposal is None:
+        return _record(LlmOutcome("investigation", llm.model, False, result.error or "no answer", raw=result.raw,
+                                  error=result.error, usage=usage))
+    plan, reason = validate_investigation(result.proposal, deterministic_plan, snapshot, incident, llm.model)
+    return _record(LlmOutcome("investigation", llm.model, plan is not None, reason, proposed=plan,
+                              raw=result.raw, usage=usage))
+
+
 def _record(outcome: LlmOutcome[Any]) -> LlmOutcome[Any]:
     LLM_PROPOSALS.labels(outcome.purpose, outcome.verdict).inc()
     return outcome
@@ -907,6 +1002,7 @@ def llm_plan(llm: Llm | None, incident: Incident, diagnosis: Diagnosis, runbook:
 
 
 __all__ = [
-    "DiagnosisProposal", "Llm", "LlmConfig", "LlmOutcome", "LlmUnavailable", "LlmUsage", "PlanProposal",
-    "build_llm", "llm_diagnose", "llm_plan", "read_tools", "run_tool_loop", "validate_diagnosis", "validate_plan",
+    "DiagnosisProposal", "InvestigationProposal", "Llm", "LlmConfig", "LlmOutcome", "LlmUnavailable", "LlmUsage",
+    "PlanProposal", "build_llm", "llm_diagnose", "llm_investigate", "llm_plan", "read_tools", "run_tool_loop",
+    "validate_diagnosis", "validate_investigation", "validate_plan",
 ]

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from opsmedic import xids as xid_catalog
 from opsmedic.domain import (
     CLOCK_REASON_HW_THERMAL,
     ClusterSnapshot,
@@ -29,8 +31,6 @@ from opsmedic.domain import (
     Signal,
 )
 from opsmedic.settings import MonitorSettings
-
-APP_XIDS = frozenset({13, 31, 43, 45})
 
 
 @dataclass
@@ -57,6 +57,35 @@ class KeyState:
 
 
 @dataclass
+class XidGate:
+    """Turns one XID event into a signal, read through NVIDIA's catalog (bucket, XID 154's recovery), and
+    decides whether it counts: an XID the catalog says to IGNORE counts only at `count` events on one GPU
+    within `window_s`; below that it is only recorded. Shared by `Monitor` and `FleetMonitor`."""
+
+    count: int = 3
+    window_s: float = 3600.0
+    _seen: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+
+    def signal(self, gpu_id: str, node: str, xid: int, recovery: str | None, t: float) -> tuple[Signal, bool]:
+        what = xid_catalog.read(xid, recovery)
+        labels = {"node": node, "xid": str(xid), "bucket": what.entry.immediate_action if what.entry else "UNLISTED"}
+        if recovery is not None:
+            labels["recovery"] = recovery
+        detail = f"{what.describe()} on {gpu_id}"
+        counts = True
+        if xid_catalog.is_ignorable(xid):
+            seen = self._seen[gpu_id]
+            seen.append(t)
+            while seen and t - seen[0] > self.window_s:
+                seen.popleft()
+            counts = len(seen) >= self.count
+            detail += (f", {len(seen)} times within {self.window_s:.0f}s" if counts
+                       else " (recorded; the catalog says IGNORE)")
+        return Signal(kind="gpu_xid", resource=gpu_id, resource_kind=ResourceKind.gpu, at_s=t, value=float(xid),
+                      detail=detail, labels=labels), counts
+
+
+@dataclass
 class Monitor:
     settings: MonitorSettings = field(default_factory=MonitorSettings)
     id_prefix: str = "inc"  # incident ids must be unique across runs that share one database
@@ -69,6 +98,17 @@ class Monitor:
     _nvlink: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
     _restarts: dict[str, int] = field(default_factory=dict)
     _seq: int = 0
+    # XIDs the catalog says to IGNORE open an incident only at `count` on one GPU within `window_s` (the
+    # policy's `signals.xid_ignore`); below that they are only recorded: the caller drains `recorded` into
+    # the audit log.
+    xid_ignore_count: int = 3
+    xid_ignore_window_s: float = 3600.0
+    recorded: deque[Signal] = field(default_factory=lambda: deque(maxlen=1000))  # bounded if nobody drains
+    # where recorded observations go as they happen (the driver: the audit log); None keeps them in `recorded`
+    on_record: Callable[[Signal], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.xid_gate = XidGate(self.xid_ignore_count, self.xid_ignore_window_s)
 
     # ------------------------------------------------------------------------------- detection
 
@@ -156,7 +196,14 @@ class Monitor:
                               threshold=threshold, detail=detail, labels={"node": g.node, **labels}))
 
         for xid in g.xids:
-            sig("gpu_xid", f"XID {xid} on {g.gpu}", float(xid), xid=str(xid))
+            recovery = g.recovery_action if xid == xid_catalog.RECOVERY_XID else None
+            x, counts = self.xid_gate.signal(g.gpu, g.node, xid, recovery, t)
+            if counts:
+                out.append(x)
+            elif self.on_record is not None:
+                self.on_record(x)
+            else:
+                self.recorded.append(x)
         if not g.present:
             sig("gpu_lost", f"{g.gpu} is gone from NVML (GPU is lost)")
             return out
@@ -238,6 +285,12 @@ class Monitor:
                       f"{hist[-1][0] - hist[0][0]:.0f}s; GPU utilisation {util if util is not None else '?'}%")
 
     # ------------------------------------------------------------------------------ hysteresis
+
+    def drain_recorded(self) -> list[Signal]:
+        """The observations recorded below an incident's threshold since the last call (for the audit log)."""
+        out = list(self.recorded)
+        self.recorded.clear()
+        return out
 
     def _hold_for(self, kind: str) -> float:
         s = self.settings

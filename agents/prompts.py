@@ -92,6 +92,13 @@ PLAN_TASK = (
     "incident concerns; the rules engine's baseline plan shows how the runbook expands here. You may "
     "tune parameters the tools allow (for example a drain's grace period) and explain each step.")
 
+INVESTIGATE_TASK = (
+    "No fault signature or runbook explains this incident (root cause `unknown`). Investigate with the read "
+    "tools, state your hypothesis, and propose at most three steps, each a whitelisted action on a target "
+    "this incident concerns (its GPU, that GPU's node, the pods on them). Prefer the least disruptive step "
+    "that tests or contains your hypothesis; propose no step at all if nothing safe helps. A person approves "
+    "every step you propose before anything runs, and is paged with your reasoning either way.")
+
 CHAT_SYSTEM = (
     "You are the opsmedic ops assistant. Answer the operator's question in a few plain sentences, using "
     "only the facts given in the data blocks (opsmedic's audit log, approvals, incidents, runbooks and "
@@ -102,6 +109,20 @@ CHAT_SYSTEM = (
 
 def diagnose_system(max_steps: int) -> str:
     return _system("the diagnostician", DIAGNOSE_TASK, "submit_diagnosis", max_steps)
+
+
+def investigate_system(max_steps: int) -> str:
+    return _system("the investigator", INVESTIGATE_TASK, "submit_investigation", max_steps)
+
+
+def investigate_user(inc: Incident, diag: Diagnosis, snap: ClusterSnapshot, nearest: list[Runbook]) -> str:
+    parts = [
+        f"Incident {inc.id} on {inc.resource}: no known signature. Investigate and call submit_investigation.",
+        data_block("diagnosis", diagnosis_baseline(diag), source=diag.source),
+        data_block("cluster", _resource_view(inc, snap), source="snapshot"),
+        *(data_block("runbook", runbook_card(rb), source=rb.id) for rb in nearest[:3]),
+    ]
+    return "\n\n".join(parts)
 
 
 def plan_system(max_steps: int) -> str:

@@ -44,7 +44,8 @@ def _workload_of(resource: str, snap: ClusterSnapshot) -> str | None:
     return resource if snap.model(resource) is not None else None
 
 
-def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: ClusterSnapshot) -> list[Action]:
+def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: ClusterSnapshot,
+                step_runbook_id: str | None = None) -> list[Action]:
     """The concrete actions one runbook step stands for (possibly none: no pods on the GPU)."""
     params: dict[str, Any] = dict(step.params)
     res = diag.resource
@@ -71,7 +72,9 @@ def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: Cluster
         w = _workload_of(res, snap)
         targets = [w] if w else []
     if step.action in ("notify", "escalate"):
-        params = {"message": f"{diag.root_cause} on {res}: {diag.summary}"[:4000]}
+        near = [r for r in diag.runbook_ids if r != step_runbook_id] if diag.root_cause == "unknown" else []
+        params = {"message": (f"{diag.root_cause} on {res}: {diag.summary}"
+                              + (f" Nearest runbooks: {', '.join(near)}." if near else ""))[:4000]}
     if step.action == "rollback_model" and not params.get("to_version"):
         m = snap.model(res)
         if m is not None and m.previous_version is not None:
@@ -85,7 +88,7 @@ def plan(inc: Incident, diag: Diagnosis, runbook: Runbook | None, snap: ClusterS
         return ActionPlan(incident_id=inc.id, steps=[], rationale=why)
     steps: list[PlannedAction] = []
     for step in runbook.actions:
-        for action in expand_step(step, diag, inc, snap):
+        for action in expand_step(step, diag, inc, snap, runbook.id):
             steps.append(PlannedAction(action=action, why=step.why, runbook_id=runbook.id,
                                        optional=step.action in ("notify", "escalate")))
     return ActionPlan(incident_id=inc.id, steps=steps, runbook_ids=[runbook.id],

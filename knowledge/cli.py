@@ -40,7 +40,7 @@ def lint_command(
 
     Exit code: 0 clean, 1 problems found, 2 the folder is missing.
     """
-    from knowledge.runbooks import lint, load_runbooks
+    from knowledge.runbooks import lint, load_runbooks, unreachable
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -52,6 +52,10 @@ def lint_command(
     for p in problems:
         print(str(p), file=out)
     where = str(folder) if folder is not None else "bundled runbooks"
+    idle = unreachable(load_runbooks(folder).runbooks)
+    if idle:  # a note, not a failure: these are still cited by retrieval
+        print(f"note: {len(idle)} runbook(s) can drive no plan (not primary, no signature, named by no rule): "
+              + ", ".join(idle), file=out)
     if problems:
         print(f"{len(problems)} problem(s) in {where}; {count} runbook(s) valid", file=out)
         return 1

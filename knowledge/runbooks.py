@@ -1,6 +1,6 @@
 """Runbook schema, loader and linter.
 
-Layer: engines (``knowledge``). Imports only ``opsmedic.domain`` and ``opsmedic.errors``.
+Layer: engines (``knowledge``). Imports only ``opsmedic.domain``, ``opsmedic.errors`` and ``opsmedic.xids``.
 
 A runbook is a Markdown file whose YAML front-matter (between two ``---`` lines at the top) carries the
 machine-readable part — above all the ordered ``actions`` from which the remediator builds its plan — and
@@ -11,6 +11,11 @@ expands against the incident: ``node``, ``gpu``, ``pod``, ``pods_on_gpu``, ``pod
 Loading is all-or-nothing per file: a file with any problem is reported (file, line, message) and skipped,
 so the index never holds half a runbook. ``load_runbooks`` collects the problems of every file instead of
 stopping at the first one, which is what ``opsmedic runbooks lint`` prints.
+
+An optional ``signature`` says when a runbook applies — signal kinds, XID codes or catalog buckets, and
+metric conditions over the GPU's latest sample — so that a failure mode can be added with a runbook file
+alone: the diagnostician matches the library's signatures where its own rules find nothing known (see
+``agents.diagnostician.match_signatures``). Signal kinds, buckets and metric fields are validated at load.
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from pydantic import (
     model_validator,
 )
 
-from opsmedic.domain import ROOT_CAUSES, ActionName, ResourceKind, Risk, RootCause
+from opsmedic.domain import ROOT_CAUSES, ActionName, GpuSample, ResourceKind, Risk, RootCause
 from opsmedic.errors import RunbookError
 from opsmedic.safe_yaml import compose_and_load
+from opsmedic.xids import Bucket
 
 Target = Literal["node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"]
 Severity = Literal["info", "warning", "critical"]
@@ -86,6 +92,83 @@ class RunbookStep(BaseModel):
         return self
 
 
+# The signal kinds the monitors emit (agents.monitor, agents.fleet_monitor, tools' sources): a signature that
+# names another kind could never match, which the loader reports as an unknown signal.
+SIGNAL_KINDS: frozenset[str] = frozenset({
+    "gpu_xid", "gpu_lost", "ecc_dbe", "remap_failure", "gpu_temp_high", "nvlink_errors", "fb_memory_growth",
+    "training_stalled", "pod_not_ready", "pod_oom_killed", "pod_unreachable", "node_not_ready", "slo_accuracy",
+    "slo_latency", "drift_psi", "drift_kl",
+})
+# numeric fields of a GPU sample a metric condition may test
+METRIC_FIELDS: frozenset[str] = frozenset(
+    name for name, f in GpuSample.model_fields.items()
+    if any(t in str(f.annotation) for t in ("float", "int")) and name not in ("index", "xids")
+)
+
+
+class MetricCondition(BaseModel):
+    """``{metric: pcie_replay_counter, op: ">", value: 100}``: a test on the GPU's latest sample."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: str
+    op: Literal[">", ">=", "<", "<="]
+    value: float
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in METRIC_FIELDS:
+            raise ValueError(f"unknown metric {v!r}; one of: {', '.join(sorted(METRIC_FIELDS))}")
+        return v
+
+    def holds(self, value: float | None) -> bool:
+        if value is None:
+            return False
+        return {">": value > self.value, ">=": value >= self.value, "<": value < self.value,
+                "<=": value <= self.value}[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.value:g}"
+
+
+class Signature(BaseModel):
+    """When a runbook applies. Every part given must hold: all ``signals`` kinds present on the incident's
+    resource, one of its XIDs in ``xids`` (or its catalog bucket in ``xid_buckets``), every metric condition
+    true. More parts = more specific; the most specific match wins."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    signals: list[str] = Field(default_factory=list)
+    xids: list[int] = Field(default_factory=list)
+    xid_buckets: list[Bucket] = Field(default_factory=list)
+    metrics: list[MetricCondition] = Field(default_factory=list)
+
+    @field_validator("signals")
+    @classmethod
+    def _known_signals(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - SIGNAL_KINDS)
+        if unknown:
+            raise ValueError(f"unknown signal kind(s) {', '.join(map(repr, unknown))}; one of: "
+                             + ", ".join(sorted(SIGNAL_KINDS)))
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Signature:
+        if not (self.signals or self.xids or self.xid_buckets or self.metrics):
+            raise ValueError("a signature needs at least one of signals, xids, xid_buckets, metrics")
+        return self
+
+    @property
+    def specificity(self) -> int:
+        # an exact XID code says more than a bucket of them
+        return len(set(self.signals)) + 2 * bool(self.xids) + bool(self.xid_buckets) + len(self.metrics)
+
+    def key(self) -> tuple[Any, ...]:
+        return (tuple(sorted(set(self.signals))), tuple(sorted(set(self.xids))),
+                tuple(sorted(set(self.xid_buckets))), tuple(sorted(str(m) for m in self.metrics)))
+
+
 class _FrontMatter(BaseModel):
     """The YAML front-matter exactly as written; unknown keys are refused (typos would be silent)."""
 
@@ -104,6 +187,7 @@ class _FrontMatter(BaseModel):
     verification: list[str] = Field(default_factory=list)
     escalation: str = ""
     references: list[str] = Field(default_factory=list)
+    signature: Signature | None = None  # when it applies; without one it is primary for its causes or cited
 
     @field_validator("id")
     @classmethod
@@ -345,6 +429,30 @@ def coverage_problems(runbooks: Iterable[Runbook], folder: str = "runbooks") -> 
     ]
 
 
+def signature_problems(runbooks: Iterable[Runbook], folder: str = "runbooks") -> list[RunbookProblem]:
+    """Two runbooks with the same signature: which one applies would depend on file order."""
+    seen: dict[tuple[Any, ...], str] = {}
+    out = []
+    for rb in sorted(runbooks, key=lambda r: r.id):
+        if rb.signature is None:
+            continue
+        other = seen.setdefault(rb.signature.key(), rb.id)
+        if other != rb.id:
+            out.append(RunbookProblem(file=rb.path or folder, line=0,
+                                      message=f"{rb.id}: its signature overlaps {other}'s exactly"))
+    return out
+
+
+def unreachable(runbooks: Iterable[Runbook]) -> list[str]:
+    """Runbooks that can never drive a plan: neither primary for a cause, nor a variant a rule names, nor
+    matched by a signature. They are still cited by retrieval (``opsmedic runbooks lint`` lists them)."""
+    return sorted(rb.id for rb in runbooks if not rb.primary and rb.signature is None and rb.id not in HINTED)
+
+
+# Variant runbooks the diagnostician's rules name directly (its `runbook_hint`s): reachable without a signature.
+HINTED: frozenset[str] = frozenset({"gpu-row-remap-failure", "image-pull-backoff"})
+
+
 def lint(
     folder: str | Path | Traversable | None = None, *, require_coverage: bool | None = None
 ) -> list[RunbookProblem]:
@@ -356,6 +464,7 @@ def lint(
     name, _ = _entries(folder)
     loaded = load_runbooks(folder)
     problems = list(loaded.problems)
+    problems.extend(signature_problems(loaded.runbooks, name))
     if require_coverage if require_coverage is not None else folder is None:
         problems.extend(coverage_problems(loaded.runbooks, name))
     return problems

@@ -144,6 +144,9 @@ class GpuSample(BaseModel):
     nvlink_crc_errors: int | None = None
     nvlink_replay_errors: int | None = None
     xids: list[int] = Field(default_factory=list)  # XID events seen since the previous sample
+    # the recovery the driver requires (NVML's GPU recovery action, announced by XID 154): none, gpu_reset,
+    # node_reboot, drain_p2p or drain_and_reset; None where the source cannot read it
+    recovery_action: str | None = None
     processes: list[str] = Field(default_factory=list)  # pods (or pids) using the GPU
 
 
@@ -340,6 +343,8 @@ class ActionPlan(BaseModel):
     steps: list[PlannedAction]
     rationale: str = ""
     runbook_ids: list[str] = Field(default_factory=list)
+    # "model": an LLM investigation of an `unknown` incident proposed it; every step then needs approval
+    proposed_by: Literal["runbook", "model"] = "runbook"
 
 
 class Verdict(StrEnum):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident
+from opsmedic.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident, Signal
 
 if TYPE_CHECKING:
     from agents.state import IncidentState, TimelineEntry
@@ -86,9 +86,13 @@ class IncidentDriver:
         self.ledger = ExecutionLedger(self.database)
         self.graph = compile_graph(self._saver)
         # Incident ids are unique per run, so that runs sharing one database never mix their entries.
-        self.monitor = Monitor(self.settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}")
+        policy = load_policy(self.settings.policy_file)
+        self.monitor = Monitor(self.settings.monitor, id_prefix=f"inc-{uuid.uuid4().hex[:6]}",
+                               xid_ignore_count=policy.signals.xid_ignore.count,
+                               xid_ignore_window_s=policy.signals.xid_ignore.window)
+        self.monitor.on_record = self._record  # observations below an incident's threshold: audited, not acted on
         self.deps = Deps(clock=clock, telemetry=telemetry, backend=backend,
-                         engine=PolicyEngine(load_policy(self.settings.policy_file)), approvals=self.approvals,
+                         engine=PolicyEngine(policy), approvals=self.approvals,
                          audit=self.audit, runbooks=bundled_catalog(self.settings), ledger=self.ledger, narrate=narrate,
                          requester=requester, llm=build_llm(self.settings))
         self.thread_prefix = thread_prefix
@@ -129,6 +133,10 @@ class IncidentDriver:
             self.incidents[incident.id] = incident
             self.deps.started_wall[incident.id] = time.perf_counter()
             self.invoke(incident.id, IncidentState(incident=incident))
+
+    def _record(self, sig: Signal) -> None:
+        self.audit.append("observation_recorded", {"resource": sig.resource, "signal": sig.model_dump()},
+                          sim_s=sig.at_s)
 
     def observe(self, snap: ClusterSnapshot, tick: float) -> list[Incident]:
         """Feed one snapshot to the monitor and start a graph for each incident it opens."""

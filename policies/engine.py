@@ -67,6 +67,7 @@ class DecisionContext(BaseModel):
     namespace: str | None = None
     model_stage: str | None = None
     emergency_override: bool = False
+    proposed_by_model: bool = False  # the step comes from an LLM investigation, not from a runbook
     now_wall: datetime | None = None  # for freeze windows; None: `now_s` read as epoch seconds (UTC)
 
 
@@ -203,6 +204,15 @@ class PolicyEngine:
             checks.append(RuleCheck(f"{prefix}.approval", "pass", f"{name} needs no approval by itself."))
         for i, cond in enumerate(ap.conditions):
             checks.append(self._condition(f"{prefix}.conditions[{i}]", name, cond, ctx))
+        if ctx.proposed_by_model:
+            # not configurable: a plan no runbook prescribes is a person's call, whatever each step's risk
+            if exempt:
+                checks.append(RuleCheck("model_proposed.approval", "pass",
+                                        f"proposed by a model, but {name} only tells a person."))
+            else:
+                checks.append(RuleCheck("model_proposed.approval", "needs_approval",
+                                        f"{name} was proposed by a model (LLM investigation), not by a runbook: "
+                                        "every such step needs human approval whatever its risk."))
 
         if not any(c.outcome in ("deny", "needs_approval") for c in checks):
             checks.append(RuleCheck("default.allow", "pass", f"{name} passed every rule and is allowed."))

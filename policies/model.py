@@ -291,6 +291,13 @@ class Limits(_Strict):
     exempt_actions: list[ActionName] = Field(default_factory=_default_exempt)
 
 
+class SignalPolicy(_Strict):
+    """How often an event the XID catalog says to IGNORE must repeat on one GPU before it opens an incident
+    (below the rate it is only recorded in the audit log)."""
+
+    xid_ignore: RateLimit = Field(default_factory=lambda: RateLimit(count=3, window=3600.0))
+
+
 class FreezeWindow(_Strict):
     """A period in which actions are denied: either fixed (`start`/`end`) or recurring (`cron`/`duration`)."""
 
@@ -369,6 +376,7 @@ class Policy(_Strict):
     limits: Limits = Field(default_factory=Limits)
     freeze_windows: list[FreezeWindow] = Field(default_factory=list)
     emergency_override: EmergencyOverride = Field(default_factory=EmergencyOverride)
+    signals: SignalPolicy = Field(default_factory=SignalPolicy)
 
     # ---- resolution helpers used by the engine (the registry fills in what the file leaves out) ----
 

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from opsmedic import xids
 from opsmedic.domain import (
     CLOCK_REASON_HW_THERMAL,
     CLOCK_REASON_SW_POWER_CAP,
@@ -61,7 +62,6 @@ POD_START_S = {"training": 60.0, "inference": 20.0}
 RESET_S = 20.0
 RETRAIN_S = 600.0
 CRASH_BACKOFF_S = 30.0
-APP_XIDS = {13, 31, 43, 45}
 PERSISTENT_CRASH_REASONS = {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"}
 
 
@@ -75,6 +75,10 @@ class SimGpu:
     present: bool = True
     needs_reset: bool = False
     reset_until: float | None = None
+    # XID 154 node_reboot: the driver requires a node reboot; no GPU reset clears it
+    needs_reboot: bool = False
+    recovery: str | None = None  # the recovery action XID 154 announced (what NVML would report)
+    fault_reason: str | None = None  # what a CUDA program on this GPU sees while it is failed
     ecc_sbe: int = 0
     ecc_dbe_vol: int = 0
     ecc_dbe_agg: int = 0
@@ -95,7 +99,7 @@ class SimGpu:
 
     @property
     def healthy(self) -> bool:
-        return self.present and not self.needs_reset and self.reset_until is None
+        return self.present and not self.needs_reset and not self.needs_reboot and self.reset_until is None
 
 
 @dataclass
@@ -314,7 +318,7 @@ class Simulator:
         p = f.typed_params()
         self._event("fault", f"{f.type} on {f.target}" + (f" {f.params}" if f.params else ""))
         if isinstance(p, XidParams):
-            self._xid(self.gpus[f.target], p.xid)
+            self._xid(self.gpus[f.target], p.xid, p.recovery)
         elif isinstance(p, EccParams):
             g = self.gpus[f.target]
             g.ecc_dbe_vol += p.volatile_dbe
@@ -379,41 +383,60 @@ class Simulator:
         elif isinstance(p, LogInjectionParams):
             self.pods[f.target].log.append(p.text)
 
-    def _xid(self, g: SimGpu, xid: int) -> None:
+    def _xid(self, g: SimGpu, xid: int, recovery: str | None = None) -> None:
+        """One XID event, with the consequence NVIDIA's XID catalog gives its bucket (SCENARIOS.md, "XIDs").
+        XID 154 carries the recovery the driver now requires for the GPU: it overrides the bucket of the
+        XID it accompanies (the earlier XIDs' effects are already applied; the override only adds)."""
         g.pending_xids.append(xid)
-        if xid == 79:
+        if xid == xids.RECOVERY_XID:
+            g.recovery = recovery
+        what = xids.read(xid, recovery)
+        self._ecc_counters(g, xid)
+        eff = what.effect
+        if eff == "restart_bm":
             g.present = False
-            self._crash_gpu_pods(g, "CUDA error: GPU has fallen off the bus", persistent=True)
-        elif xid in (48, 95):
-            g.ecc_dbe_vol += 1
-            g.ecc_dbe_agg += 1
-            g.remap_pending = True
+            g.fault_reason = "CUDA error: GPU has fallen off the bus"
+            self._crash_gpu_pods(g, g.fault_reason, persistent=True)
+        elif eff == "node_reboot":
+            g.needs_reboot = True
+            g.fault_reason = g.fault_reason or f"CUDA error: unspecified launch failure (XID {xid}; node reboot)"
+            self._crash_gpu_pods(g, g.fault_reason, persistent=True)
+        elif eff in ("reset_gpu", "ecc_dbe"):
             g.needs_reset = True
-            self._crash_gpu_pods(g, "CUDA error: uncorrectable ECC error encountered", persistent=True)
-        elif xid == 94:
-            g.ecc_dbe_vol += 1
-            g.ecc_dbe_agg += 1
-            g.remap_pending = True
+            g.fault_reason = g.fault_reason or (
+                "CUDA error: uncorrectable ECC error encountered" if what.root_cause == "gpu_uncorrectable_ecc"
+                else f"CUDA error: unspecified launch failure (XID {xid}; GPU reset required)")
+            self._crash_gpu_pods(g, g.fault_reason, persistent=True)
+        elif xid == 94:  # contained: only the faulting process dies; the pod restarts by itself
             for pod in self._gpu_pods(g):
                 pod.restarts += 1
                 pod.state, pod.ready_at = "Starting", self.now + POD_START_S[pod.kind]
                 pod.log.append("CUDA error: uncorrectable ECC error encountered (contained)")
-        elif xid in APP_XIDS:
+        elif eff == "restart_app":
             for pod in self._gpu_pods(g):
                 pod.app_error = True
                 pod.log.append("RuntimeError: CUDA error: an illegal memory access was encountered")
                 self._event("pod", f"{pod.name} hit a CUDA application error (XID {xid})")
-        elif xid == 92:
-            g.ecc_sbe += 500
-        elif xid == 74:
+        elif eff == "nvlink":
             g.nvlink_crc += 50
             g.nvlink_replay += 10
+        else:  # ignore / event: recorded, the GPU keeps working
+            self._event("gpu", f"{g.id}: {what.describe()}; the GPU keeps working")
+
+    @staticmethod
+    def _ecc_counters(g: SimGpu, xid: int) -> None:
+        """What an ECC-family XID leaves in NVML's counters (the diagnostician reads them as evidence)."""
+        if xid in (48, 94, 95, 140):
+            g.ecc_dbe_vol += 1
+            g.ecc_dbe_agg += 1
+            g.remap_pending = True
+        elif xid == 92:
+            g.ecc_sbe += 500
         elif xid == 63:
             g.remap_unc += 1
             g.remap_pending = True
         elif xid == 64:
             g.remap_failure = True
-            g.needs_reset = True
 
     def _gpu_pods(self, g: SimGpu) -> list[SimPod]:
         return [p for p in self.pods.values() if g.id in p.gpus and p.state != "Deleted"]
@@ -445,8 +468,8 @@ class Simulator:
             g = self.gpus[gid]
             if not g.present:
                 return "CUDA error: no CUDA-capable device is detected"
-            if g.needs_reset:
-                return "CUDA error: uncorrectable ECC error encountered"
+            if g.needs_reset or g.needs_reboot:
+                return g.fault_reason or "CUDA error: uncorrectable ECC error encountered"
         if pod.crash_reason:
             return pod.crash_reason
         return None
@@ -524,7 +547,25 @@ class Simulator:
             return
         g.needs_reset = False
         g.remap_pending = False
+        g.fault_reason, g.recovery = None, None
         self._event("node", f"{g.id} reset and healthy")
+
+    def reboot_node(self, name: str) -> None:
+        """A person rebooted `name` (opsmedic has no reboot action: it escalates one). Every GPU of the node comes
+        back from what only a reboot clears (fell off the bus, XID 154 node_reboot) and its pods start again.
+        A row-remap failure survives: that GPU needs replacing."""
+        node = self._node(name)
+        for pod in [p for p in self.pods.values() if p.node == name and p.state != "Deleted"]:
+            self._recreate(pod, in_place=False)
+        for g in (g for g in self.gpus.values() if g.node == name):
+            g.present, g.needs_reboot, g.reset_until = True, False, None
+            g.ecc_dbe_vol = g.ecc_sbe = 0
+            g.nvlink_crc = g.nvlink_replay = 0.0
+            g.recovery = None
+            if not g.remap_failure:
+                g.needs_reset, g.remap_pending, g.fault_reason = False, False, None
+        node.kubelet_up, node.down_since = True, None
+        self._event("node", f"{name} rebooted")
 
     def feature_drift(self, model: str) -> tuple[dict[str, float], bool]:
         """({feature: the PSI its live distribution has reached against the original training data}, whether
@@ -833,6 +874,8 @@ class Simulator:
             raise PermanentToolError(f"cannot reset {t}: node {g.node} is NotReady")
         if not g.present:
             raise PermanentToolError(f"cannot reset {t}: the GPU is not visible to the driver; reboot the node")
+        if g.needs_reboot:
+            raise PermanentToolError(f"cannot reset {t}: XID 154 asks for a node reboot; a reset will not help")
         if g.pod is not None:
             raise PermanentToolError(f"cannot reset {t}: in use by pod {g.pod}; move the pod first")
         if g.reset_until is not None:
@@ -1181,6 +1224,7 @@ class Simulator:
             nvlink_crc_errors=None if self.scenario.cluster.gpu_model == "L4" else int(g.nvlink_crc),
             nvlink_replay_errors=None if self.scenario.cluster.gpu_model == "L4" else int(g.nvlink_replay),
             xids=xids, processes=[g.pod] if g.pod and pod is not None and pod.state != "Pending" else [],
+            recovery_action=g.recovery,
         )
 
     def _util_factor(self, workload: str) -> float:

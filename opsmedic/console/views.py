@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from opsmedic import xids
 from opsmedic.domain import (
     CLOCK_REASON_HW_SLOWDOWN,
     CLOCK_REASON_HW_THERMAL,
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
 # GPU health as the heatmap colours it (display only: the monitor's detectors decide what is an incident)
 HEALTH_NAMES: tuple[str, ...] = ("ok", "degraded", "failed", "offline")
 OK, DEGRADED, FAILED, OFFLINE = range(4)
-# XIDs that mean the GPU itself is broken (fell off the bus, uncorrectable ECC, row-remap failure, NVLink)
-FATAL_XIDS = frozenset({48, 63, 64, 74, 79, 92, 94, 95, 119, 120})
 THERMAL_REASONS = CLOCK_REASON_SW_THERMAL | CLOCK_REASON_HW_THERMAL | CLOCK_REASON_HW_SLOWDOWN
 TEMP_DEGRADED_C = 87.0
 DRIFT_PSI = 0.2
@@ -52,7 +51,9 @@ def gpu_health(g: GpuSample, node: NodeStatus | None) -> tuple[int, str]:
         return OFFLINE, "node not ready"
     if not g.present:
         return FAILED, "fell off the bus (NVML cannot see it)"
-    fatal = [x for x in g.xids if x in FATAL_XIDS]
+    # failed: what NVIDIA's XID catalog says takes the GPU out of service (reset, reboot, ECC, XID 154's recovery)
+    fatal = [x for x in g.xids
+             if xids.effect(x, g.recovery_action if x == xids.RECOVERY_XID else None) in xids.FAILING_EFFECTS]
     if fatal:
         return FAILED, "XID " + ", ".join(str(x) for x in fatal)
     if (g.ecc_dbe_volatile or 0) > 0 or g.remap_failure or (g.remapped_rows_uncorrectable or 0) > 0:

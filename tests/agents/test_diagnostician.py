@@ -1,4 +1,5 @@
-"""The diagnostician: the XID table, ECC / remap-failure hint, thermal, pod and node causes, model regression
+"""The diagnostician: XIDs read through NVIDIA's catalog (154's recovery overriding), ECC / remap-failure hint,
+thermal, pod and node causes, model regression
 vs drift vs recent deploy — and log text that never changes a diagnosis or a plan."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from agents import diagnostician, remediator
-from agents.diagnostician import XID_TABLE, find
+from agents.diagnostician import find
 from agents.runbook_source import RunbookCatalog
 from opsmedic.domain import (
     ClusterSnapshot,
@@ -136,26 +137,64 @@ def test_hardware_xids(code: int, cause: str) -> None:
     assert f.confidence >= 0.9 and f"XID {code}" in f.summary
 
 
-def test_the_xid_table_is_the_documented_one() -> None:
-    assert {c: cause for c, (cause, _) in XID_TABLE.items()} == {
-        79: "gpu_fell_off_bus",
-        48: "gpu_uncorrectable_ecc",
-        63: "gpu_uncorrectable_ecc",
-        64: "gpu_uncorrectable_ecc",
-        92: "gpu_uncorrectable_ecc",
-        94: "gpu_uncorrectable_ecc",
-        95: "gpu_uncorrectable_ecc",
-        74: "nvlink_errors",
-        13: "gpu_app_error",
-        31: "gpu_app_error",
-        43: "gpu_app_error",
-        45: "gpu_app_error",
+def test_the_families_of_scenarios_md_hold_whatever_the_bucket() -> None:
+    expected = {
+        79: "gpu_fell_off_bus", 160: "gpu_fell_off_bus",
+        48: "gpu_uncorrectable_ecc", 63: "gpu_uncorrectable_ecc", 64: "gpu_uncorrectable_ecc",
+        92: "gpu_uncorrectable_ecc", 94: "gpu_uncorrectable_ecc", 95: "gpu_uncorrectable_ecc",
+        140: "gpu_uncorrectable_ecc", 74: "nvlink_errors",
+        8: "gpu_app_error", 13: "gpu_app_error", 31: "gpu_app_error", 43: "gpu_app_error", 45: "gpu_app_error",
+        68: "gpu_app_error", 69: "gpu_app_error",
+        62: "gpu_reset_required", 109: "gpu_reset_required", 110: "gpu_reset_required",
+        119: "gpu_reset_required", 120: "gpu_reset_required", 136: "gpu_reset_required",
+        143: "gpu_reset_required", 156: "gpu_reset_required", 158: "gpu_reset_required",
+        250: "unknown", 1: "unknown",
     }
+    got = {c: find(incident(GPU, [xid(c), sig("pod_not_ready", "web-0", rk=ResourceKind.pod)]), cluster()).root_cause
+           for c in expected}
+    assert got == expected
 
 
-def test_an_unknown_xid_is_not_a_known_fault() -> None:
+def xid154(recovery: str) -> Signal:
+    return sig("gpu_xid", value=154.0, xid="154", recovery=recovery)
+
+
+def test_a_node_reboot_from_xid_154_overrides_the_xid_it_accompanies() -> None:
+    f = find(incident(GPU, [xid(109), xid154("node_reboot")]), cluster())
+    assert (f.root_cause, f.resource) == ("node_reboot_required", "node-1")
+    assert "XID 109" in f.summary and "node_reboot" in f.summary
+    # even over a GPU that fell off the bus: only the reboot brings it back
+    f = find(incident(GPU, [xid(79), xid154("node_reboot")]), cluster(gpu={"present": False}))
+    assert f.root_cause == "node_reboot_required"
+
+
+@pytest.mark.parametrize("recovery", ["gpu_reset", "drain_p2p", "drain_and_reset"])
+def test_a_reset_from_xid_154_turns_an_app_fault_into_a_reset(recovery: str) -> None:
+    f = find(incident(GPU, [xid(13), xid154(recovery)]), cluster())
+    assert (f.root_cause, f.resource) == ("gpu_reset_required", GPU)
+    alone = find(incident(GPU, [xid154(recovery)]), cluster())
+    assert alone.root_cause == "gpu_reset_required"
+
+
+def test_xid_154_recovery_none_adds_nothing() -> None:
+    f = find(incident(GPU, [xid(13), xid154("none"), sig("pod_not_ready", "web-0", rk=ResourceKind.pod)]), cluster())
+    assert (f.root_cause, f.resource) == ("gpu_app_error", "web-0")
+
+
+def test_xid_154_recovery_is_read_from_nvml_when_the_signal_lacks_it() -> None:
+    f = find(incident(GPU, [xid(119), xid(154)]), cluster(gpu={"recovery_action": "node_reboot"}))
+    assert f.root_cause == "node_reboot_required"
+
+
+def test_an_unknown_xid_is_escalated_with_its_evidence_never_healthy() -> None:
     f = find(incident(GPU, [xid(999)]), cluster())
-    assert f.root_cause == "healthy" and "999" in f.summary
+    assert (f.root_cause, f.resource) == ("unknown", GPU)
+    assert "999" in f.summary and "not in NVIDIA's XID catalog" in f.summary and "Evidence" in f.summary
+
+
+def test_signals_that_match_no_signature_are_unknown() -> None:
+    f = find(incident(GPU, [sig("something_new", value=1.0)]), cluster())
+    assert f.root_cause == "unknown" and "something_new" in f.summary
 
 
 def test_the_most_severe_signature_wins() -> None:
