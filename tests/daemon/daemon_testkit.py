@@ -34,6 +34,9 @@ APPROVER = "U0OPSMEDIC"  # on call in the default policy
 API_TOKEN = "tok-approver-0123456789abcdef"
 API_TOKEN_OTHER = "tok-stranger-0123456789abcdef"
 API_TOKENS = f"{API_TOKEN}:{APPROVER},{API_TOKEN_OTHER}:UNOBODY"
+ALERT_TOKEN = "alertmanager-0123456789abcdef"  # what Alertmanager's http_config.authorization sends
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}  # reads and API approvals
+ALERT_AUTH = {"Authorization": f"Bearer {ALERT_TOKEN}", "Content-Type": "application/json"}
 TWO_PERSON_POLICY = HERE / "two_person_policy.yaml"
 
 
@@ -123,7 +126,8 @@ class InProcessDaemon:
         if slack is not None:
             overrides.update(slack_signing_secret=SECRET, slack_bot_token=BOT_TOKEN)
         self.settings = load_settings(**overrides)
-        cfg: dict[str, Any] = {"port": 0, "speed": speed, "api_tokens": API_TOKENS, "slack_backoff_s": 0.05,
+        cfg: dict[str, Any] = {"port": 0, "speed": speed, "api_tokens": API_TOKENS, "alert_tokens": ALERT_TOKEN,
+                               "slack_backoff_s": 0.05,
                                "slack_retries": 4, "shutdown_timeout_s": 10.0}
         if slack is not None:
             cfg.update(slack_channel=CHANNEL, slack_api_url=slack.url)
@@ -144,6 +148,8 @@ class InProcessDaemon:
         return self
 
     def client(self, **kw: Any) -> httpx.Client:
+        """A client that reads with the approver's API token (alert posts pass `headers=ALERT_AUTH`)."""
+        kw.setdefault("headers", AUTH)
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 10.0), **kw)
 
     def stop(self) -> None:
@@ -229,6 +235,7 @@ class DaemonProcess:
 def daemon_env(tmp: Path, slack_url: str | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMEDIC_")}
     env.update({"OPSMEDIC_DATABASE_URL": f"sqlite:///{tmp / 'opsmedic.db'}", "OPSMEDIC_API_TOKENS": API_TOKENS,
+                "OPSMEDIC_ALERT_TOKENS": ALERT_TOKEN,
                 "OPSMEDIC_RETRIEVAL": "false",
                 "OPSMEDIC_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
     if slack_url is not None:

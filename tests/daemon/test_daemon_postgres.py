@@ -13,6 +13,7 @@ import pg
 import pytest
 from daemon_testkit import (
     APPROVER,
+    AUTH,
     CHANNEL,
     DaemonProcess,
     approval_messages,
@@ -61,7 +62,7 @@ def test_a_daemon_on_postgres_survives_sigkill_during_an_approval_and_acts_once(
     assert not (workdir / "opsmedic.db").exists()  # nothing shared went to a SQLite file
 
     d.start()
-    with httpx.Client(base_url=d.url, timeout=10.0) as c:
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 20.0, what="readiness after the restart")
         incidents = c.get("/api/incidents").json()
         assert len(incidents) == 1 and incidents[0]["waiting"] == "approval"  # adopted from Postgres
