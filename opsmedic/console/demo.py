@@ -93,14 +93,14 @@ def run_demo_console(scenario_path: str | Path | None, host: str = "127.0.0.1", 
     world = service.world.describe()
     print(f"opsmedic console: {url}", flush=True)
     print(f"  sandbox scenario {world.get('scenario')} at x{speed:g} speed (fresh world; Ctrl-C stops)", flush=True)
-    if service.config.public_read:
-        print("  reads are open on this loopback address (OPSMEDIC_PUBLIC_READ=false to require sign-in)",
-              flush=True)
     if generated:
         for token, user in generated.items():
             print(f"  sign in as {user} (an approver in the policy) with the token: {token}", flush=True)
     else:
         print("  sign in with a token from OPSMEDIC_API_TOKENS to approve", flush=True)
+    if service.config.public_read:
+        print("  reads are open on this loopback address (OPSMEDIC_PUBLIC_READ=false to require sign-in)",
+              flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=5, timeout_keep_alive=5))
     try:
