@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -42,12 +43,21 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from opsmedic import __version__
-from opsmedic.daemon.edge import MAX_ALERT_BODY, MAX_SLACK_BODY, Edge, EdgePolicy, SafeJSONResponse, Scope
+from opsmedic.daemon.edge import (
+    MAX_ALERT_BODY,
+    MAX_SLACK_BODY,
+    Edge,
+    EdgePolicy,
+    SafeJSONResponse,
+    Scope,
+    slack_body_problem,
+)
 from opsmedic.daemon.metrics import CONTENT_TYPE
 from opsmedic.daemon.service import DaemonService
 from opsmedic.errors import ApprovalError
 
 __all__ = ["MAX_ALERT_BODY", "MAX_SLACK_BODY", "SafeJSONResponse", "create_app"]
+log = logging.getLogger("opsmedic.daemon")
 CHAT_CONCURRENCY = 8  # chat answers read the audit log: CPU-bound, so more at once only queue for the GIL
 
 
@@ -157,7 +167,14 @@ def create_app(service: DaemonService, *, manage_lifecycle: bool = True, console
         refused = await run_in_threadpool(slack.verify, body, headers)
         if refused is not None:
             return SafeJSONResponse({"error": refused}, 401)
-        status, resp_headers, text = await run_in_threadpool(slack.dispatch, body, request.url.query, headers)
+        problem = slack_body_problem(body, headers.get("content-type", ""))
+        if problem is not None:  # signed, but not what Slack sends: never hand it to Bolt
+            return SafeJSONResponse({"error": f"malformed Slack request: {problem}"}, 400)
+        try:
+            status, resp_headers, text = await run_in_threadpool(slack.dispatch, body, request.url.query, headers)
+        except Exception as exc:  # Bolt choking on a signed body is the sender's fault: a 400, logged
+            log.warning("Slack request not dispatched", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+            return SafeJSONResponse({"error": "malformed Slack request"}, 400)
         return Response(content=text, status_code=status, headers=resp_headers)
 
     # ---------------------------------------------------------------------------------------- api

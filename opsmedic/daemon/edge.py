@@ -260,6 +260,30 @@ def check_json(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> None:
         load_json(body, max_depth=max_depth)
 
 
+def slack_body_problem(body: bytes, content_type: str, *, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a (signed) Slack body is not one Bolt should be handed, or None: Slack sends UTF-8 JSON (the
+    Events API) or a form whose `payload` field is JSON (interactivity); anything else, however well
+    signed, is refused with a 400 instead of surfacing as an exception inside Bolt."""
+    from urllib.parse import parse_qs
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    try:
+        if "json" in content_type.lower():
+            load_json(body, max_depth=max_depth)
+            return None
+        form = parse_qs(text, keep_blank_values=True, max_num_fields=200)
+        for raw in form.get("payload", []):
+            load_json(raw.encode("utf-8", "surrogatepass"), max_depth=max_depth)
+    except JsonRefused as exc:
+        return f"payload: {exc}"
+    except ValueError as exc:  # too many form fields
+        return f"form: {exc}"
+    return None
+
+
 def sanitize(value: Any) -> tuple[Any, int]:
     """A copy of a parsed JSON value fit to store and serve: non-finite numbers -> None, bad characters ->
     U+FFFD. Returns (value, how many places changed). Used where a stored row is shown (views)."""
