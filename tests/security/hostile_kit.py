@@ -65,13 +65,15 @@ class Tally:
 
 
 class HostileDaemon:
-    def __init__(self, tmp: Path, slack_url: str, **config: Any) -> None:
+    def __init__(self, tmp: Path, slack_url: str, database: str | None = None, **config: Any) -> None:
         from opsmedic.daemon.config import DaemonConfig
         from opsmedic.daemon.service import DaemonService
         from opsmedic.settings import load_settings
 
-        self.db = tmp / "opsmedic.db"
-        self.settings = load_settings(database_url=f"sqlite:///{self.db}", retrieval=False, data_dir=tmp / "data",
+        self.backend = "postgres" if database else "sqlite"
+        self.database = database or f"sqlite:///{tmp / 'opsmedic.db'}"
+        self.tally = Tally()
+        self.settings = load_settings(database_url=self.database, retrieval=False, data_dir=tmp / "data",
                                       slack_signing_secret=SECRET, slack_bot_token=BOT_TOKEN)
         cfg: dict[str, Any] = {"port": 0, "speed": 10.0, "scenario": QUIET, "fresh": True, "api_tokens": API_TOKENS,
                                "alert_tokens": ALERT_TOKEN, "slack_channel": CHANNEL, "slack_api_url": slack_url,
