@@ -250,3 +250,47 @@ def copy_policy(src: Path, dst_dir: Path) -> Path:
     dst = dst_dir / src.name
     shutil.copy(src, dst)
     return dst
+
+
+def alert_survives_sigkill(workdir: Path, procs: list[DaemonProcess], env: dict[str, str], database: str) -> None:
+    """Post an alert, SIGKILL the daemon before its next tick, restart it: the stored alert becomes one
+    incident, its row is marked processed, and a further restart hands it out no more."""
+    from opsmedic.daemon.bench import webhook_body
+    from opsmedic.daemon.intake import AlertIntake
+
+    def rows() -> list[tuple[int, bool]]:
+        with AlertIntake(database) as intake:
+            pending = {r.id for r in intake.pending()}
+            total = intake.counts()["stored"]
+        return [(i, i in pending) for i in range(1, total + 1)]
+
+    # speed 2: a tick every 5 s of wall time, and the scenario's own fault (t=2m) a minute away
+    d = DaemonProcess(workdir, env, ["--port", "0", "--speed", "2"])
+    procs.append(d)
+    d.start()
+    alert = {"status": "firing", "labels": {"alertname": "GpuXid", "Hostname": "node-3", "gpu": "5", "xid": "79"},
+             "annotations": {"summary": "XID 79 on node-3 GPU 5"}, "startsAt": "2025-01-01T00:00:00Z",
+             "fingerprint": "dead1"}
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
+        ticks = wait_until(lambda: c.get("/readyz").json()["loop"]["ticks"] or None, 20.0, what="a first tick")
+        wait_until(lambda: c.get("/readyz").json()["loop"]["ticks"] > ticks, 20.0, what="the next tick")
+        r = c.post("/alerts/alertmanager", content=webhook_body([alert]), headers=ALERT_AUTH)
+        assert r.status_code == 202
+    assert d.kill(signal.SIGKILL) == -signal.SIGKILL  # a crash just after the 202, before the next tick
+    assert rows() == [(1, True)]  # stored, not yet processed: only the database has it
+
+    d.start()
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
+        def from_alert() -> list[dict[str, Any]]:
+            return [x for x in c.get("/api/incidents").json() if x["source"] == "alertmanager"]
+
+        incs = wait_until(from_alert, 30.0, what="the stored alert to become an incident after the restart")
+        assert len(incs) == 1 and incs[0]["resource"] == "node-3/gpu-5"
+        wait_until(lambda: rows() == [(1, False)], 20.0, what="the row marked processed")
+        assert c.get("/readyz").json()["alerts"]["replayed"] == 1
+    assert d.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
+    d.start()  # a processed row is never handed out again
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
+        wait_until(lambda: c.get("/readyz").status_code == 200, 20.0, what="readiness")
+        assert c.get("/readyz").json()["alerts"]["replayed"] == 0
+        assert len([x for x in c.get("/api/incidents").json() if x["source"] == "alertmanager"]) == 1

@@ -16,6 +16,7 @@ from daemon_testkit import (
     AUTH,
     CHANNEL,
     DaemonProcess,
+    alert_survives_sigkill,
     approval_messages,
     button_value,
     click_body,
@@ -84,3 +85,9 @@ def test_a_daemon_on_postgres_survives_sigkill_during_an_approval_and_acts_once(
         assert log.verify().ok
         execs = [e for e in log.entries(kinds=["execution"]) if e.payload["action"]["name"] == "drain_node"]
     assert len(execs) == 1
+
+
+def test_an_accepted_alert_survives_sigkill_on_postgres(
+        workdir: Path, daemon_processes: list[DaemonProcess], pg_url: str) -> None:
+    alert_survives_sigkill(workdir, daemon_processes, daemon_env(workdir, None, OPSMEDIC_DATABASE_URL=pg_url),
+                           pg_url)

@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 from daemon_testkit import (
-    ALERT_AUTH,
     APPROVER,
     AUTH,
     CHANNEL,
     DaemonProcess,
+    alert_survives_sigkill,
     approval_messages,
     button_value,
     click_body,
@@ -26,7 +26,6 @@ from daemon_testkit import (
     wait_until,
 )
 
-from opsmedic.daemon.bench import webhook_body
 from opsmedic.fake_slack import FakeSlack
 from policies.audit import AuditLog
 from tools.ledger import ExecutionLedger
@@ -118,50 +117,11 @@ def test_sigterm_stops_gracefully_and_a_restart_picks_up_the_wait(
     assert _drains(workdir / "opsmedic.db") == (1, 1, 1)
 
 
-def _intake_rows(db: Path) -> list[tuple[int, float | None]]:
-    conn = sqlite3.connect(str(db), timeout=10)
-    try:
-        return [(int(r[0]), r[1]) for r in conn.execute("SELECT id, processed_at FROM opsmedic_alert_intake")]
-    finally:
-        conn.close()
-
-
 @pytest.mark.slow
 def test_an_accepted_alert_survives_sigkill_and_is_processed_once(
         workdir: Path, daemon_processes: list[DaemonProcess]) -> None:
-    # speed 2: a tick every 5 s of wall time, and the scenario's own fault (t=2m) a minute away
-    d = DaemonProcess(workdir, daemon_env(workdir, None), ["--port", "0", "--speed", "2"])
-    daemon_processes.append(d)
-    d.start()
-    alert = {"status": "firing", "labels": {"alertname": "GpuXid", "Hostname": "node-3", "gpu": "5", "xid": "79"},
-             "annotations": {"summary": "XID 79 on node-3 GPU 5"}, "startsAt": "2025-01-01T00:00:00Z",
-             "fingerprint": "dead1"}
-    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
-        ticks = wait_until(lambda: c.get("/readyz").json()["loop"]["ticks"] or None, 20.0, what="a first tick")
-        wait_until(lambda: c.get("/readyz").json()["loop"]["ticks"] > ticks, 20.0, what="the next tick")
-        r = c.post("/alerts/alertmanager", content=webhook_body([alert]), headers=ALERT_AUTH)
-        assert r.status_code == 202
-    assert d.kill(signal.SIGKILL) == -signal.SIGKILL  # a crash just after the 202, before the next tick
-    db = workdir / "opsmedic.db"
-    rows = _intake_rows(db)
-    assert len(rows) == 1 and rows[0][1] is None  # stored, not yet processed: only the database has it
-
-    d.start()
-    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
-        def from_alert() -> list[dict[str, object]]:
-            return [x for x in c.get("/api/incidents").json() if x["source"] == "alertmanager"]
-
-        incs = wait_until(from_alert, 30.0, what="the stored alert to become an incident after the restart")
-        assert len(incs) == 1 and incs[0]["resource"] == "node-3/gpu-5"
-        wait_until(lambda: _intake_rows(db)[0][1] is not None, 20.0, what="the row marked processed")
-        replayed = c.get("/readyz").json()["alerts"]["replayed"]
-        assert replayed == 1
-    assert d.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
-    d.start()  # a processed row is never handed out again
-    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
-        wait_until(lambda: c.get("/readyz").status_code == 200, 20.0, what="readiness")
-        assert c.get("/readyz").json()["alerts"]["replayed"] == 0
-        assert len([x for x in c.get("/api/incidents").json() if x["source"] == "alertmanager"]) == 1
+    alert_survives_sigkill(workdir, daemon_processes, daemon_env(workdir, None),
+                           f"sqlite:///{workdir / 'opsmedic.db'}")
 
 
 @pytest.mark.parametrize("args,env,needle", [
