@@ -420,9 +420,11 @@ class AlertIngestor:
             return {**self.counts.__dict__, "active": len(self._active), "queued_events": len(self._events)}
 
 
-def webhook_app(ingestor: AlertIngestor, path: str = "/alerts/alertmanager") -> FastAPI:
-    """A minimal FastAPI app with the webhook route (for tests and `opsmedic sandbox`; the daemon mounts the
-    same handler on its own app). 400 with the PayloadError's message for a malformed body."""
+def webhook_app(ingestor: AlertIngestor, path: str = "/alerts/alertmanager", *,
+                tokens: list[str] | None = None) -> FastAPI:
+    """A minimal FastAPI app with the webhook route (for tests and `opsmedic sandbox`; the daemon serves its
+    own, authenticated route through `opsmedic.daemon.edge`). 400 with the PayloadError's message for a
+    malformed body. With `tokens`, a request needs `Authorization: Bearer <one of them>` (401 otherwise)."""
     from fastapi import FastAPI
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -432,6 +434,16 @@ def webhook_app(ingestor: AlertIngestor, path: str = "/alerts/alertmanager") -> 
     # Plain Starlette routes: the handlers take the raw Request (the body must be validated by
     # parse_webhook, which names the bad field, not by FastAPI's own 422 answers).
     async def receive(request: Request) -> JSONResponse:
+        if tokens is not None:
+            import hmac
+
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            ok = False
+            for t in tokens:  # every token compared, each in constant time
+                ok |= hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(),
+                                          hashlib.sha256(t.encode()).digest())
+            if scheme.lower() != "bearer" or not ok:
+                return JSONResponse({"error": "a bearer token is required"}, status_code=401)
         body = await request.body()
         try:
             payload = ingestor.ingest_bytes(body)

@@ -110,6 +110,14 @@ def create_app(service: DaemonService, *, manage_lifecycle: bool = True, console
                                 public_read=lambda: bool(service.config.public_read),
                                 alerts_port=lambda: app.state.alerts_port, session_ok=session_ok)
     app.add_middleware(Edge, policy=app.state.edge)
+    if hasattr(service, "metrics"):
+        from opsmedic.daemon.metrics import counters_family
+
+        policy: EdgePolicy = app.state.edge
+        service.metrics.add_reader(lambda: [
+            counters_family("opsmedic_edge_refused", "Requests the edge refused before any handler, by status "
+                            "(401 token, 413 body size, 400 JSON, 429 throttled, 503 intake off).", "status",
+                            {k.removeprefix("refused_"): v for k, v in dict(policy.counters).items()})])
     chat_slots = asyncio.Semaphore(CHAT_CONCURRENCY)
 
     def user(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:

@@ -53,6 +53,7 @@ def test_reads_need_a_token_health_does_not(make_daemon: Any) -> None:
         assert c.get("/api/incidents", headers=AUTH).status_code == 200
         assert c.get("/console/api/audit", headers=AUTH).status_code == 200
         assert c.get("/api/incidents", headers={"Authorization": f"Bearer {ALERT_TOKEN}"}).status_code == 401
+        assert 'opsmedic_edge_refused_total{status="401"}' in c.get("/metrics").text
 
 
 def test_a_console_session_reads_the_console(make_daemon: Any) -> None:

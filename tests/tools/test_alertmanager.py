@@ -322,3 +322,12 @@ def test_unicode_is_kept_as_sent() -> None:
     ing = AlertIngestor()
     ing.ingest_bytes(json.dumps(payload(a), ensure_ascii=False).encode())
     assert ing.active_signals()[0].detail == "Grüße 🚀 東京 مرحبا"
+
+
+def test_the_webhook_app_can_require_a_token() -> None:
+    client = TestClient(webhook_app(AlertIngestor(), tokens=["tok-0123456789abcdef"]))
+    assert client.post("/alerts/alertmanager", content=body(payload(alert()))).status_code == 401
+    assert client.post("/alerts/alertmanager", content=body(payload(alert())),
+                       headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.post("/alerts/alertmanager", content=body(payload(alert())),
+                       headers={"Authorization": "Bearer tok-0123456789abcdef"}).status_code == 200
