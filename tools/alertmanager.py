@@ -112,7 +112,13 @@ def _bad(ch: str) -> bool:
     return 0xD800 <= o <= 0xDFFF or (o < 0x20 and ch not in _KEEP_CONTROLS) or o == 0x7F
 
 
-def _clean(value: Any, max_depth: int) -> tuple[Any, int]:
+# In valid UTF-8 JSON a lone surrogate or a control character can only arrive as a \\u escape (raw control
+# characters are not JSON, raw surrogates not UTF-8) or as a raw DEL: when neither is in the text, the
+# per-character check is skipped (the common case, and most of the cost of a large body).
+_BAD_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|00[01][0-9a-fA-F]|007[fF])")
+
+
+def _clean(value: Any, max_depth: int, check_text: bool = True) -> tuple[Any, int]:
     """(value with lone surrogates and control characters replaced by U+FFFD, how many strings changed);
     raises PayloadError for a document deeper than `max_depth` or a non-finite number. Iterative: a deep
     document must not exhaust our own stack."""
@@ -120,7 +126,7 @@ def _clean(value: Any, max_depth: int) -> tuple[Any, int]:
 
     def text(v: str) -> str:
         nonlocal changed
-        if not any(_bad(c) for c in v):
+        if not check_text or not any(_bad(c) for c in v):
             return v
         changed += 1
         return "".join("\ufffd" if _bad(c) else c for c in v)
@@ -173,7 +179,7 @@ def parse_webhook_checked(body: bytes | str) -> tuple[WebhookPayload, int]:
         raise PayloadError(f"not JSON: {exc}", "body") from None
     if not isinstance(raw, dict):
         raise PayloadError(f"expected a JSON object, got {type(raw).__name__}", "body")
-    raw, changed = _clean(raw, MAX_JSON_DEPTH)
+    raw, changed = _clean(raw, MAX_JSON_DEPTH, check_text=bool(_BAD_ESCAPE.search(text)) or "\x7f" in text)
     if raw.get("version") not in (None, "4"):
         raise PayloadError(
             f'unsupported webhook version {str(raw.get("version"))[:40]!r}; opsmedic reads version "4"', "version"

@@ -33,6 +33,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
@@ -88,6 +89,7 @@ def create_app(service: DaemonService, *, manage_lifecycle: bool = True, console
         try:
             yield
         finally:
+            alert_pool.shutdown(wait=True)  # alerts being stored finish before the service stops
             if manage_lifecycle:
                 await run_in_threadpool(service.stop)
 
@@ -119,6 +121,7 @@ def create_app(service: DaemonService, *, manage_lifecycle: bool = True, console
                             "(401 token, 413 body size, 400 JSON, 429 throttled, 503 intake off).", "status",
                             {k.removeprefix("refused_"): v for k, v in dict(policy.counters).items()})])
     chat_slots = asyncio.Semaphore(CHAT_CONCURRENCY)
+    alert_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="opsmedic-intake")
 
     def user(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
         tokens = service.config.api_tokens
@@ -159,7 +162,8 @@ def create_app(service: DaemonService, *, manage_lifecycle: bool = True, console
     @app.post("/alerts/alertmanager", tags=["alerts"], status_code=202)
     async def alertmanager(request: Request) -> JSONResponse:
         body = await request.body()  # authenticated and size-limited by the edge before it was read
-        out = await run_in_threadpool(service.submit_alerts, body)
+        # threads of their own: a burst of slow reads filling the shared pool never delays the intake
+        out = await asyncio.get_running_loop().run_in_executor(alert_pool, service.submit_alerts, body)
         headers = {"Retry-After": str(out.retry_after_s)} if out.retry_after_s else None
         return SafeJSONResponse(out.body, status_code=out.status, headers=headers)
 
