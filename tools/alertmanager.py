@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import threading
 import time
@@ -94,29 +95,112 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "body"
 
 
-def parse_webhook(body: bytes | str) -> WebhookPayload:
-    """Validate an Alertmanager webhook body; `PayloadError.where` names the first bad field."""
+MAX_JSON_DEPTH = 32  # a v4 body is 4 levels deep; anything near this is not Alertmanager's
+_KEEP_CONTROLS = frozenset("\t\n\r")
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not JSON")
+
+
+def _bad(ch: str) -> bool:
+    o = ord(ch)
+    return 0xD800 <= o <= 0xDFFF or (o < 0x20 and ch not in _KEEP_CONTROLS) or o == 0x7F
+
+
+# In valid UTF-8 JSON a lone surrogate or a control character can only arrive as a \\u escape (raw control
+# characters are not JSON, raw surrogates not UTF-8) or as a raw DEL: when neither is in the text, the
+# per-character check is skipped (the common case, and most of the cost of a large body).
+_BAD_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|00[01][0-9a-fA-F]|007[fF])")
+
+
+def _clean(value: Any, max_depth: int, check_text: bool = True) -> tuple[Any, int]:
+    """(value with lone surrogates and control characters replaced by U+FFFD, how many strings changed);
+    raises PayloadError for a document deeper than `max_depth` or a non-finite number. Iterative: a deep
+    document must not exhaust our own stack."""
+    changed = 0
+
+    def text(v: str) -> str:
+        nonlocal changed
+        if not check_text or not any(_bad(c) for c in v):
+            return v
+        changed += 1
+        return "".join("\ufffd" if _bad(c) else c for c in v)
+
+    root: list[Any] = [None]
+    stack: list[tuple[Any, list[Any] | dict[str, Any], Any, int]] = [(value, root, 0, 1)]
+    while stack:
+        v, parent, key, depth = stack.pop()
+        if isinstance(v, dict):
+            if depth > max_depth:
+                raise PayloadError(f"nested deeper than {max_depth} levels", "body")
+            out_d: dict[str, Any] = {}
+            parent[key] = out_d
+            for k, item in v.items():
+                ck = text(k)
+                out_d[ck] = None
+                stack.append((item, out_d, ck, depth + 1))
+        elif isinstance(v, list):
+            if depth > max_depth:
+                raise PayloadError(f"nested deeper than {max_depth} levels", "body")
+            out_l: list[Any] = [None] * len(v)
+            parent[key] = out_l
+            for i, item in enumerate(v):
+                stack.append((item, out_l, i, depth + 1))
+        elif isinstance(v, str):
+            parent[key] = text(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise PayloadError("a number out of range (not finite)", "body")
+        else:
+            parent[key] = v
+    return root[0], changed
+
+
+def parse_webhook_checked(body: bytes | str) -> tuple[WebhookPayload, int]:
+    """`parse_webhook`, also saying how many strings had lone surrogates or control characters replaced
+    by U+FFFD (the intake answers it, so that the sender learns its text was changed)."""
     if isinstance(body, str):
-        body = body.encode()
+        body = body.encode("utf-8", "surrogatepass")
     if len(body) > MAX_BODY_BYTES:
         raise PayloadError(f"body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}", "body")
     try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"not UTF-8: invalid byte at offset {exc.start}", "body") from None
+    try:
+        raw = json.loads(text.removeprefix("\ufeff"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise PayloadError(f"nested deeper than {MAX_JSON_DEPTH} levels", "body") from None
+    except (ValueError, _NotJson) as exc:  # JSONDecodeError is a ValueError; NaN and Infinity are not JSON
         raise PayloadError(f"not JSON: {exc}", "body") from None
     if not isinstance(raw, dict):
         raise PayloadError(f"expected a JSON object, got {type(raw).__name__}", "body")
+    raw, changed = _clean(raw, MAX_JSON_DEPTH, check_text=bool(_BAD_ESCAPE.search(text)) or "\x7f" in text)
     if raw.get("version") not in (None, "4"):
         raise PayloadError(
-            f'unsupported webhook version {raw.get("version")!r}; opsmedic reads version "4"', "version"
+            f'unsupported webhook version {str(raw.get("version"))[:40]!r}; opsmedic reads version "4"', "version"
         )
     try:
-        return WebhookPayload.model_validate(raw)
+        return WebhookPayload.model_validate(raw), changed
     except ValidationError as exc:
         err = exc.errors()[0]
         where = _where(tuple(err["loc"]))
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise PayloadError(msg, where) from None
+
+
+def parse_webhook(body: bytes | str) -> WebhookPayload:
+    """Validate an Alertmanager webhook body; `PayloadError.where` names the first bad field.
+
+    Strict where it must be: UTF-8 only, no NaN/Infinity literals, at most `MAX_JSON_DEPTH` deep. Forgiving
+    where a real alert would otherwise be lost: lone surrogates and control characters (tab, newline and
+    CR excepted) in any string are replaced by U+FFFD, so that nothing unstorable reaches the incident, the
+    audit log or a view (`parse_webhook_checked` says how many strings were changed)."""
+    return parse_webhook_checked(body)[0]
 
 
 # ----------------------------------------------------------------------------- alert -> signal
@@ -194,9 +278,11 @@ def _value(alert: Alert, kind: str) -> float | None:
     raw = alert.labels.get("xid") if kind == "gpu_xid" else None
     raw = raw or alert.annotations.get("value")
     try:
-        return float(raw) if raw is not None else None
+        value = float(raw) if raw is not None else None
     except ValueError:
         return None
+    # "NaN" and "inf" parse as floats, but must never reach a signal, the audit log or a view
+    return value if value is None or math.isfinite(value) else None
 
 
 def alert_to_signal(alert: Alert, at_s: float, uuid_to_gpu: Mapping[str, str] | None = None) -> Signal:
@@ -340,9 +426,11 @@ class AlertIngestor:
             return {**self.counts.__dict__, "active": len(self._active), "queued_events": len(self._events)}
 
 
-def webhook_app(ingestor: AlertIngestor, path: str = "/alerts/alertmanager") -> FastAPI:
-    """A minimal FastAPI app with the webhook route (for tests and `opsmedic sandbox`; the daemon mounts the
-    same handler on its own app). 400 with the PayloadError's message for a malformed body."""
+def webhook_app(ingestor: AlertIngestor, path: str = "/alerts/alertmanager", *,
+                tokens: list[str] | None = None) -> FastAPI:
+    """A minimal FastAPI app with the webhook route (for tests and `opsmedic sandbox`; the daemon serves its
+    own, authenticated route through `opsmedic.daemon.edge`). 400 with the PayloadError's message for a
+    malformed body. With `tokens`, a request needs `Authorization: Bearer <one of them>` (401 otherwise)."""
     from fastapi import FastAPI
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -352,6 +440,16 @@ def webhook_app(ingestor: AlertIngestor, path: str = "/alerts/alertmanager") -> 
     # Plain Starlette routes: the handlers take the raw Request (the body must be validated by
     # parse_webhook, which names the bad field, not by FastAPI's own 422 answers).
     async def receive(request: Request) -> JSONResponse:
+        if tokens is not None:
+            import hmac
+
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            ok = False
+            for t in tokens:  # every token compared, each in constant time
+                ok |= hmac.compare_digest(hashlib.sha256(given.strip().encode()).digest(),
+                                          hashlib.sha256(t.encode()).digest())
+            if scheme.lower() != "bearer" or not ok:
+                return JSONResponse({"error": "a bearer token is required"}, status_code=401)
         body = await request.body()
         try:
             payload = ingestor.ingest_bytes(body)

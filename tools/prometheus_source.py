@@ -26,10 +26,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from opsmedic.domain import ClusterSnapshot, GpuSample, ModelStatus, NodeStatus, PodStatus
-from opsmedic.errors import PermanentToolError, ToolError, TransientToolError
+from opsmedic.errors import ConfigError, PermanentToolError, ToolError, TransientToolError
 
 # DCGM field -> GpuSample attribute. The names are dcgm-exporter's (github.com/NVIDIA/dcgm-exporter,
 # default-counters.csv and dcp-metrics-included.csv); the last two XID names are its XID exporters.
@@ -616,7 +617,9 @@ class PrometheusSource:
         backoff_s: float = 0.2,
         selector: str = "",
         builder: SnapshotBuilder | None = None,
+        ca_bundle: str | Path | None = None,
     ) -> None:
+        import requests
         from prometheus_api_client import PrometheusConnect
         from urllib3.util.retry import Retry
 
@@ -632,8 +635,15 @@ class PrometheusSource:
         # at most attempts x timeout_s plus backoff, never urllib3's default multiplied by ours.
         # total=False also makes urllib3 raise a read timeout as itself rather than wrapped in MaxRetryError,
         # which requests would report as a ConnectionError.
+        # Certificates are always verified: against `ca_bundle` (OPSMEDIC_CA_BUNDLE) when given, else the
+        # system's store. A man in the middle must not be able to feed the monitor a healthy-looking GPU.
+        self.ca_bundle = str(ca_bundle) if ca_bundle else None
+        if self.ca_bundle is not None and not Path(self.ca_bundle).is_file():
+            raise ConfigError(f"no such CA bundle file: {self.ca_bundle}", "setting ca_bundle (OPSMEDIC_CA_BUNDLE)")
+        session = requests.Session()
+        session.verify = self.ca_bundle or True
         self._prom = PrometheusConnect(
-            url=self.url, disable_ssl=True, retry=Retry(total=False), timeout=timeout_s
+            url=self.url, disable_ssl=False, retry=Retry(total=False), timeout=timeout_s, session=session
         )
 
     @property

@@ -64,6 +64,7 @@ from opsmedic.console.auth import (
 )
 from opsmedic.console.history import MetricHistory
 from opsmedic.console.source import ConsoleSource, as_source
+from opsmedic.daemon.edge import SafeJSONResponse
 from opsmedic.errors import ApprovalError
 
 log = logging.getLogger("opsmedic.console")
@@ -224,7 +225,8 @@ def _set_csrf(response: Response, request: Request, token: str) -> None:
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(data, status_code=status, headers={"Cache-Control": "no-store"})
+    # SafeJSONResponse: a stored NaN or lone surrogate is shown replaced, never a 500 for the whole view
+    return SafeJSONResponse(data, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 def render_shell(console: Console, page: str, request: Request, *, incident_id: str | None = None) -> HTMLResponse:
@@ -254,6 +256,15 @@ def build_router(console: Console) -> APIRouter:
     def reader(request: Request) -> Principal | None:
         console.ensure_started()
         who = console.principal(request)
+        if who is None:
+            # an API client reads with its bearer token (on the daemon, the edge middleware has checked and
+            # throttled it already; a console mounted elsewhere checks it here)
+            auth = request.headers.get("authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                who = console.auth.authenticate(token.strip())
+                if who is None:
+                    raise HTTPException(401, "unknown token")
         if who is None and not console.public_read:
             raise HTTPException(401, "sign in to read the console")
         return who

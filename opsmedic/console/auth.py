@@ -17,7 +17,8 @@ cookie; every state-changing request (sign-in, sign-out, approve, reject) must r
 `X-CSRF-Token` header, and once signed in the token must also be the one bound to the session (rotated at
 sign-in). A missing or wrong token is a 403. SameSite=Strict and an Origin check add defence in depth.
 
-**Roles.** Reading is open to viewers (as the daemon's read API is). Acting needs a signed-in principal,
+**Roles.** Reading needs a signed-in user or an API bearer token, unless the console is mounted with
+`public_read` (the daemon's `OPSMEDIC_PUBLIC_READ=true`, meant for loopback demos). Acting needs a signed-in principal,
 and the approval store decides whether that principal is an approver of the request (the policy's approver
 list) — the console shows the buttons only to them, and the store refuses everyone else.
 """

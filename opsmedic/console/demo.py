@@ -2,9 +2,11 @@
 
 Layer: interfaces (`opsmedic.console`). Builds the daemon's `DaemonService` on a fresh sandbox world of the
 scenario (in real time x `speed`), its FastAPI app with the console mounted, binds the socket (port 0
-picks a free one) and prints the console's URL — and, when `OPSMEDIC_API_TOKENS` is not set, a one-time
-sign-in token for the policy's on-call approver, so that the person watching can approve the risky step
-in the browser. uvicorn handles Ctrl-C / SIGTERM and stops the service gracefully.
+picks a free one) and prints the console's URL. On a loopback address reads are public (only this machine
+can reach them); on any other address the daemon's rule holds and the viewer signs in first. When
+`OPSMEDIC_API_TOKENS` is not set it also prints a one-time sign-in token for the policy's on-call
+approver, so that the person watching can approve the risky step in the browser. uvicorn handles Ctrl-C
+/ SIGTERM and stops the service gracefully.
 """
 
 from __future__ import annotations
@@ -28,6 +30,17 @@ def demo_approver(settings: Any) -> str:
     return "demo-approver"
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def build_demo(scenario_path: str | Path | None, *, host: str = "127.0.0.1", port: int = 0,
                speed: float = DEMO_SPEED, settings: Any = None,
                tokens: dict[str, str] | None = None) -> tuple[Any, Any, dict[str, str]]:
@@ -44,6 +57,10 @@ def build_demo(scenario_path: str | Path | None, *, host: str = "127.0.0.1", por
     settings = settings or load_settings()
     cli: dict[str, Any] = {"host": host, "port": port, "speed": speed, "fresh": True, "source": "sandbox",
                            "leader_election": False}
+    # A demo on loopback reads without a token (only this machine can reach it); anywhere else the
+    # daemon's rule holds: sign in (with the printed token) to see anything. OPSMEDIC_PUBLIC_READ overrides.
+    if "OPSMEDIC_PUBLIC_READ" not in os.environ:
+        cli["public_read"] = is_loopback(host)
     if scenario_path is not None:
         cli["scenario"] = Path(scenario_path)
     config = load_daemon_config(cli)
@@ -81,6 +98,9 @@ def run_demo_console(scenario_path: str | Path | None, host: str = "127.0.0.1", 
             print(f"  sign in as {user} (an approver in the policy) with the token: {token}", flush=True)
     else:
         print("  sign in with a token from OPSMEDIC_API_TOKENS to approve", flush=True)
+    if service.config.public_read:
+        print("  reads are open on this loopback address (OPSMEDIC_PUBLIC_READ=false to require sign-in)",
+              flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=5, timeout_keep_alive=5))
     try:

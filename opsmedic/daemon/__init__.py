@@ -24,7 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "daemon", help="run the unattended remediation service (HTTP API, Slack approvals)",
         description="Watch a cluster (the sandbox by default), heal what the policy allows, ask for approval "
                     "where it must. Flags override OPSMEDIC_DAEMON_* environment variables; secrets "
-                    "(OPSMEDIC_SLACK_*, OPSMEDIC_API_TOKENS) come from the environment only.")
+                    "(OPSMEDIC_SLACK_*, OPSMEDIC_API_TOKENS, OPSMEDIC_ALERT_TOKENS) come from the environment only.")
     d.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     d.add_argument("--port", type=int, help="port to listen on (default 8080; 0 picks a free one and logs it)")
     d.add_argument("--scenario", metavar="FILE", help="sandbox: the scenario to run (default: xid79-fell-off-bus)")
@@ -44,13 +44,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "the sandbox draws its own windows)")
     d.add_argument("--mlflow-tracking-uri", dest="mlflow_tracking_uri", metavar="URI",
                    help="kubernetes source: roll back, retrain and promote models on this MLflow registry")
+    d.add_argument("--alerts-port", dest="alerts_port", type=int, metavar="PORT",
+                   help="take Alertmanager webhooks on this port only (then not on --port), so that a "
+                        "NetworkPolicy can admit Alertmanager alone to it")
+    d.add_argument("--public-read", dest="public_read", action="store_true", default=None,
+                   help="serve reads (/api/*, the console's data, /docs) without a token: loopback demos only")
     d.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     d.set_defaults(func=cmd_daemon)
     return d
 
 
 _CLI_FIELDS = ("host", "port", "scenario", "speed", "fresh", "source", "kubeconfig", "poll_interval_s", "identity",
-               "leader_election", "log_level", "drift_windows", "mlflow_tracking_uri")
+               "leader_election", "log_level", "drift_windows", "mlflow_tracking_uri", "alerts_port", "public_read")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH_TOKEN = "bench-token-0123456789abcdef"
+BENCH_ALERT_TOKEN = "bench-alerts-0123456789abcdef"
+_READ = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+_ALERT = {"Authorization": f"Bearer {BENCH_ALERT_TOKEN}", "Content-Type": "application/json"}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -73,6 +76,7 @@ class _Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMEDIC_")}
         env.update({"OPSMEDIC_DATABASE_URL": f"sqlite:///{folder / 'bench.db'}",
                     "OPSMEDIC_API_TOKENS": f"{BENCH_TOKEN}:bench", "OPSMEDIC_LOG_LEVEL": "WARNING",
+                    "OPSMEDIC_ALERT_TOKENS": BENCH_ALERT_TOKEN,
                     "OPSMEDIC_DAEMON_ALERTS_QUEUE_MAX": "2000", "OPSMEDIC_RETRIEVAL": str(retrieval).lower()})
         self.log_path = folder / "daemon.log"
         with self.log_path.open("wb") as log:
@@ -118,7 +122,7 @@ def bench_daemon_load(seconds: float = 30.0, rate: int = 1000, *, batch: int = 5
         return dict(c.get("/readyz").json())
 
     try:
-        with httpx.Client(base_url=url, timeout=30.0) as c:
+        with httpx.Client(base_url=url, timeout=30.0, headers=_READ) as c:
             deadline = time.monotonic() + 60.0
             while not c.get("/api/approvals").json() and time.monotonic() < deadline:
                 time.sleep(0.05)  # the fault at t=2m has become an incident waiting for approval
@@ -148,7 +152,7 @@ def bench_daemon_load(seconds: float = 30.0, rate: int = 1000, *, batch: int = 5
                     time.sleep(0.02)
 
         def readers() -> None:
-            client = httpx.Client(base_url=url, timeout=30.0,
+            client = httpx.Client(base_url=url, timeout=30.0, headers=_READ,
                                   limits=httpx.Limits(max_connections=concurrent, max_keepalive_connections=concurrent))
             headers = {"Authorization": f"Bearer {BENCH_TOKEN}"}
 
@@ -178,14 +182,14 @@ def bench_daemon_load(seconds: float = 30.0, rate: int = 1000, *, batch: int = 5
         for t in threads:
             t.start()
         sent = refused = 0
-        with httpx.Client(base_url=url, timeout=30.0) as c:
+        with httpx.Client(base_url=url, timeout=30.0, headers=_READ) as c:
             t0 = time.perf_counter()
             for i, (n, body) in enumerate(bodies):
                 lag = (i * batch) / rate - (time.perf_counter() - t0)
                 if lag > 0:
                     time.sleep(lag)
                 while True:
-                    r = c.post("/alerts/alertmanager", content=body, headers={"Content-Type": "application/json"})
+                    r = c.post("/alerts/alertmanager", content=body, headers=_ALERT)
                     if r.status_code != 429:
                         break
                     refused += 1  # back-pressure: wait as Alertmanager would, then send the same body again
@@ -195,7 +199,8 @@ def bench_daemon_load(seconds: float = 30.0, rate: int = 1000, *, batch: int = 5
                 sent += n
             elapsed = time.perf_counter() - t0
             resolved = [{**a, "status": "resolved", "endsAt": "2025-01-01T00:05:00Z"} for a in distinct]
-            if c.post("/alerts/alertmanager", content=webhook_body(resolved, "resolved")).status_code == 202:
+            if c.post("/alerts/alertmanager", content=webhook_body(resolved, "resolved"),
+                      headers=_ALERT).status_code == 202:
                 sent += len(resolved)
             stop.set()
             for t in threads:

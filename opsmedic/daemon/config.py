@@ -6,7 +6,8 @@ the daemon needs. Every field has one environment variable (`ENV` below) and mos
 value is a `ConfigError` that names the flag or variable it came from, so that a typo in a Deployment
 manifest fails the pod at start with a line that says what to fix, instead of a traceback.
 
-Secrets (`OPSMEDIC_API_TOKENS`, the Slack signing secret and bot token) come from the environment only.
+Secrets (`OPSMEDIC_API_TOKENS`, `OPSMEDIC_ALERT_TOKENS`, the Slack signing secret and bot token) come from
+the environment only.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ ENV: dict[str, str] = {
     "slack_retries": "OPSMEDIC_SLACK_RETRIES",
     "slack_backoff_s": "OPSMEDIC_SLACK_BACKOFF",
     "api_tokens": "OPSMEDIC_API_TOKENS",
+    "alert_tokens": "OPSMEDIC_ALERT_TOKENS",
+    "public_read": "OPSMEDIC_PUBLIC_READ",
+    "alerts_port": "OPSMEDIC_DAEMON_ALERTS_PORT",
     "log_level": "OPSMEDIC_LOG_LEVEL",
     "shutdown_timeout_s": "OPSMEDIC_DAEMON_SHUTDOWN_TIMEOUT",
 }
@@ -63,7 +67,8 @@ FLAGS: dict[str, str] = {"host": "--host", "port": "--port", "scenario": "--scen
                          "source": "--source", "fresh": "--fresh", "kubeconfig": "--kubeconfig",
                          "poll_interval_s": "--poll-interval", "identity": "--identity",
                          "leader_election": "--leader-election", "log_level": "--log-level",
-                         "drift_windows": "--drift-windows", "mlflow_tracking_uri": "--mlflow-tracking-uri"}
+                         "drift_windows": "--drift-windows", "mlflow_tracking_uri": "--mlflow-tracking-uri",
+                         "alerts_port": "--alerts-port", "public_read": "--public-read"}
 
 
 def _default_identity() -> str:
@@ -119,6 +124,12 @@ class DaemonConfig(BaseModel):
     slack_retries: int = Field(4, ge=0, le=20)
     slack_backoff_s: float = Field(0.5, ge=0.0, le=60.0)
     api_tokens: dict[str, str] = Field(default_factory=dict)
+    # bearer tokens Alertmanager sends (`http_config.authorization`); none: the alert route answers 503
+    alert_tokens: list[str] = Field(default_factory=list)
+    # reads (/api/*, /console/api/*, /docs) without a token or console session: only for loopback demos
+    public_read: bool = False
+    # the alert route on its own port (then not on `port`), for a NetworkPolicy that admits Alertmanager only
+    alerts_port: int | None = Field(None, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     shutdown_timeout_s: float = Field(30.0, ge=0.0, le=3600.0)
 
@@ -142,6 +153,13 @@ class DaemonConfig(BaseModel):
     @classmethod
     def _tokens(cls, v: Any) -> Any:
         return parse_api_tokens(v) if isinstance(v, str) else v
+
+    @field_validator("alert_tokens", mode="before")
+    @classmethod
+    def _alert_tokens(cls, v: Any) -> Any:
+        from opsmedic.daemon.edge import parse_alert_tokens
+
+        return parse_alert_tokens(v) if isinstance(v, str) else v
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -211,7 +229,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def _env_value(field: str, raw: str) -> Any:
-    if field in ("fresh", "leader_election"):
+    if field in ("fresh", "leader_election", "public_read"):
         low = raw.strip().lower()
         if low in _TRUE:
             return True
@@ -242,8 +260,8 @@ def load_daemon_config(cli: Mapping[str, Any] | None = None, env: Mapping[str, s
         field = str(err["loc"][0]) if err["loc"] else ""
         where = origin.get(field) or ENV.get(field) or "daemon configuration"
         msg = str(err["msg"]).removeprefix("Value error, ")
-        if field == "api_tokens":  # never echo a secret back into the logs
-            raise ConfigError(msg, f"setting api_tokens ({where})") from None
+        if field in ("api_tokens", "alert_tokens"):  # never echo a secret back into the logs
+            raise ConfigError(msg, f"setting {field} ({where})") from None
         got = values.get(field)
         shown = f" (got {got!r})" if got is not None and field in values else ""
         raise ConfigError(msg + shown, f"setting {field} ({where})") from None

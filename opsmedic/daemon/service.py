@@ -15,10 +15,13 @@ Threads, and who touches what:
 - **HTTP handlers** (uvicorn's event loop and thread pool) read copies of the driver's dictionaries and
   write only the approval store (thread- and process-safe); they never take the driver's lock, so
   `/healthz` answers while a graph step runs.
-- **alert intake**: webhook bodies are validated in the handler (a malformed one is a 400 naming the
-  field), then queued on a bounded queue (full: 429, Alertmanager retries) that one thread drains into
-  the `AlertIngestor`. Each tick the loop turns new firing alerts on resources the cluster has into
-  incidents, unless an incident already covers the resource.
+- **alert intake**: webhook bodies (authenticated and size-limited by `opsmedic.daemon.edge`) are
+  validated in the handler (a malformed one is a 400 naming the field), stored in the intake table
+  (`opsmedic.daemon.intake`, committed before the 202), then queued on a bounded queue (full: 429,
+  Alertmanager retries) that one thread drains into the `AlertIngestor`. Each tick the loop turns new
+  firing alerts on resources the cluster has into incidents, unless an incident already covers the
+  resource, and then marks the rows it has handled; rows a killed daemon left unmarked are ingested
+  again at start, in arrival order.
 - **the Slack notifier** and **the lease renewer** run their own threads (see `slack` and `leader`).
 
 Leadership: only the leader starts or resumes graphs; a standby runs the monitor (its detectors stay warm)
@@ -159,7 +162,22 @@ class DaemonService:
             self.world.close()  # a bad policy or election setting: release the database before failing
             raise
         self.ingestor: AlertIngestor = AlertIngestor(clock=self.world.clock.now)
-        self.alert_queue: queue.Queue[WebhookPayload] = queue.Queue(maxsize=config.alerts_queue_max)
+        self.alert_queue: queue.Queue[tuple[int, WebhookPayload]] = queue.Queue(maxsize=config.alerts_queue_max)
+        from opsmedic.daemon.intake import AlertIntake
+
+        try:
+            self.intake = AlertIntake(self.database)
+        except BaseException:
+            self.driver.close()
+            self.world.close()
+            raise
+        self._intake_lock = threading.Lock()
+        self._intake_known: set[int] = set()  # ids queued or ingested in this process and not yet marked
+        self._intake_ingested: list[int] = []  # ingested since the last tick took them
+        self._intake_backlog = True  # rows a previous process left unprocessed: ingested at start
+        self._intake_handled: list[int] = []  # handled by a tick, to be marked (at most once a second)
+        self._intake_marked_at = 0.0
+        self.alerts_replayed = 0
         self.slack = self._build_slack()
         self.metrics.add_reader(self._scrape)
 
@@ -175,7 +193,8 @@ class DaemonService:
                              in_cluster=c.kubeconfig is None and in_cluster(_environ()), namespace=c.namespace,
                              poll_interval_s=c.poll_interval_s or 10.0, read_timeout_s=c.read_timeout_s,
                              prometheus_url=c.prometheus_url, drift_windows=c.drift_windows, send=self._notice,
-                             mlflow_tracking_uri=c.mlflow_tracking_uri)
+                             mlflow_tracking_uri=c.mlflow_tracking_uri,
+                             ca_bundle=getattr(self.settings, "ca_bundle", None))
         from sandbox.scenario import load_scenario
 
         path = c.scenario or default_scenario()
@@ -207,7 +226,8 @@ class DaemonService:
                               api_url=self.config.slack_api_url, db_path=self.database, decide=self._slack_decide,
                               approval_view=self.approval_view, escalation_view=self.escalation_view,
                               retries=self.config.slack_retries, backoff_s=self.config.slack_backoff_s,
-                              on_decision=self._wake.set, chat=self._slack_chat)
+                              on_decision=self._wake.set, chat=self._slack_chat,
+                              ca_bundle=getattr(self.settings, "ca_bundle", None))
 
     def _notice(self, kind: str, text: str) -> None:
         if self.slack is not None:
@@ -250,6 +270,8 @@ class DaemonService:
                           extra={"timeout_s": timeout})
         if self._alert_thread is not None:
             self._alert_thread.join(timeout=max(1.0, timeout / 2))
+        if self._loop_thread is None or not self._loop_thread.is_alive():
+            self._guarded("mark", self._mark_alerts)  # what the last ticks handled is processed: say so
         self.acting = False
         self.metrics.leader.set(0)
         self.leadership.stop()
@@ -259,6 +281,7 @@ class DaemonService:
             self.world.close()
         finally:
             self.driver.close()
+            self.intake.close()
             if self._checkpoints is not None:
                 self._checkpoints.close()
         log.info("daemon stopped", extra={"ticks": self.ticks})
@@ -332,6 +355,8 @@ class DaemonService:
         self.latest_snapshot = snap
         d = self.driver
         opened = d.monitor.observe(snap, self.world.tick_s)
+        with self._intake_lock:  # what the ingestor holds now is what this tick acts on
+            handled, self._intake_ingested = self._intake_ingested, []
         self._poll_alert_events()
         if self.acting:
             for inc in opened:
@@ -344,6 +369,9 @@ class DaemonService:
             for inc in opened:
                 log.info("standby saw an incident (the leader handles it)",
                          extra={"incident_id": inc.id, "resource": inc.resource})
+        self._intake_handled.extend(handled)
+        if self._intake_handled and time.monotonic() - self._intake_marked_at >= 1.0:
+            self._mark_alerts()  # one write a second, not one a tick: the intake's inserts share the lock
         self._after_work()
         self.ticks += 1
         self.metrics.ticks.inc()
@@ -379,6 +407,7 @@ class DaemonService:
     def _promote(self) -> None:
         t0 = time.perf_counter()
         adopted = self._resync()
+        self._intake_backlog = True  # alerts stored but not processed (a dead leader's, or ours before a crash)
         self.acting = True
         log.info("acting as leader", extra={"identity": self.leadership.identity, "adopted": adopted,
                                             "ms": round((time.perf_counter() - t0) * 1000, 1)})
@@ -596,11 +625,11 @@ class DaemonService:
     # --------------------------------------------------------------------------------------- alerts
 
     def submit_alerts(self, body: bytes) -> AlertSubmit:
-        """Validate a webhook body and queue it (see the module docstring for the status codes)."""
-        from tools.alertmanager import parse_webhook
+        """Validate a webhook body, store it, queue it (see the module docstring for the status codes)."""
+        from tools.alertmanager import parse_webhook_checked
 
         try:
-            payload = parse_webhook(body)
+            payload, sanitized = parse_webhook_checked(body)
         except PayloadError as exc:
             self.alerts_malformed += 1
             self.metrics.alerts_refused.labels(reason="malformed").inc()
@@ -609,32 +638,98 @@ class DaemonService:
                 and self.config.leader_election_on()):
             self.metrics.alerts_refused.labels(reason="standby").inc()
             return AlertSubmit(503, {"error": "this replica is a standby; the leader takes alerts (retry)"}, 1)
-        try:
-            self.alert_queue.put_nowait(payload)
-        except queue.Full:
+        if self.alert_queue.full():
             self.metrics.alerts_refused.labels(reason="queue_full").inc()
             return AlertSubmit(429, {"error": "alert queue full; retry later",
                                      "queue_max": self.config.alerts_queue_max}, 1)
-        return AlertSubmit(202, {"accepted": len(payload.alerts)})
+        try:  # durable before the 202: a daemon killed after answering ingests it when it comes back
+            row_id = self.intake.add(payload.model_dump_json())
+        except ToolError as exc:
+            self.metrics.alerts_refused.labels(reason="database").inc()
+            log.warning("alert not stored; answered 503", extra={"error": str(exc)[:300]})
+            return AlertSubmit(503, {"error": "the alert could not be stored; retry"}, 1)
+        with self._intake_lock:
+            self._intake_known.add(row_id)
+        try:
+            self.alert_queue.put_nowait((row_id, payload))
+        except queue.Full:  # filled up since the check: it is stored, the alert thread reads it from there
+            with self._intake_lock:
+                self._intake_known.discard(row_id)
+                self._intake_backlog = True
+        out: dict[str, Any] = {"accepted": len(payload.alerts), "stored": row_id}
+        if sanitized:
+            out["sanitized"] = sanitized
+            out["note"] = ("lone surrogates or control characters in some strings were replaced by U+FFFD "
+                           f"({sanitized} string(s))")
+        return AlertSubmit(202, out)
+
+    def _ingest_row(self, row_id: int, payload: WebhookPayload) -> None:
+        try:
+            self.ingestor.ingest(payload)
+        except Exception:
+            self.metrics.loop_errors.labels(stage="alerts").inc()
+            log.exception("alert ingestion failed", extra={"row": row_id})
+        with self._intake_lock:
+            self._intake_ingested.append(row_id)
+
+    def _load_backlog(self) -> None:
+        """Stored rows not yet processed and not in this process's hands: after a crash, or a full queue."""
+        from pydantic import ValidationError
+
+        from tools.alertmanager import WebhookPayload
+
+        try:
+            rows = self.intake.pending(limit=500)
+        except ToolError as exc:
+            log.warning("alert backlog not read; will retry", extra={"error": str(exc)[:300]})
+            return
+        with self._intake_lock:
+            rows = [r for r in rows if r.id not in self._intake_known]
+            self._intake_known.update(r.id for r in rows)
+            if len(rows) < 500:
+                self._intake_backlog = False
+        for r in rows:
+            try:
+                payload = WebhookPayload.model_validate_json(r.body)
+            except ValidationError:  # stored by another version of opsmedic: counted, never retried forever
+                log.warning("stored alert unreadable; marked processed", extra={"row": r.id})
+                with self._intake_lock:
+                    self._intake_ingested.append(r.id)
+                continue
+            self.alerts_replayed += 1
+            self._ingest_row(r.id, payload)
+        if rows:
+            log.info("stored alerts ingested", extra={"rows": len(rows)})
 
     def _alerts_run(self) -> None:
         while True:
+            if self._intake_backlog and self.acting and not self._stop.is_set():
+                self._load_backlog()  # the leader's job: a standby's rows would only be counted
             try:
-                payload = self.alert_queue.get(timeout=0.2)
+                row_id, payload = self.alert_queue.get(timeout=0.2)
             except queue.Empty:
                 if self._stop.is_set():
                     return  # the queue is drained: accepted alerts are never dropped at shutdown
                 continue
             try:
-                self.ingestor.ingest(payload)
-            except Exception:
-                self.metrics.loop_errors.labels(stage="alerts").inc()
-                log.exception("alert ingestion failed")
+                self._ingest_row(row_id, payload)
             finally:
                 self.alert_queue.task_done()
 
+    def _mark_alerts(self) -> None:
+        ids, self._intake_handled = self._intake_handled, []
+        self._intake_marked_at = time.monotonic()
+        if not ids:
+            return
+        try:
+            self.intake.mark(ids)
+        except ToolError as exc:  # not marked: ingested again after a restart, which is harmless
+            log.warning("alert rows not marked processed", extra={"error": str(exc)[:300]})
+        with self._intake_lock:
+            self._intake_known.difference_update(ids)
+
     def alerts_idle(self) -> bool:
-        return self.alert_queue.unfinished_tasks == 0
+        return self.alert_queue.unfinished_tasks == 0 and not (self._intake_backlog and self.acting)
 
     def _poll_alert_events(self) -> None:
         # drained every tick, leader or not: an undrained event queue would drop (and count lost) events
@@ -891,7 +986,9 @@ class DaemonService:
             "loop": {"ticks": self.ticks, "last_tick_age_s": None if age is None else round(age, 3),
                      "last_tick_ms": self.last_tick_ms, "stale_after_s": stale_after},
             "alerts": {"queue": self.alert_queue.qsize(), "queue_max": self.config.alerts_queue_max,
-                       "idle": self.alerts_idle(), "malformed": self.alerts_malformed, **self.ingestor.stats()},
+                       "idle": self.alerts_idle(), "malformed": self.alerts_malformed,
+                       "replayed": self.alerts_replayed, "unmarked": len(self._intake_known),
+                       **self.ingestor.stats()},
             "slack": None if self.slack is None else {"posting": self.slack.posting,
                                                       "queued": self.slack.pending_jobs()},
         }

@@ -35,6 +35,7 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -56,7 +57,8 @@ log = logging.getLogger("opsmedic.daemon.slack")
 
 APPROVE_ACTION = "opsmedic_approve"
 REJECT_ACTION = "opsmedic_reject"
-REPLAY_WINDOW_S = 60 * 5 + 60  # Slack's 5-minute timestamp window, plus a margin for clock skew
+SIGNATURE_WINDOW_S = 60 * 5  # slack-sdk's verifier accepts timestamps within 5 minutes of now, either way
+REPLAY_WINDOW_S = SIGNATURE_WINDOW_S + 60  # a seen key outlives its timestamp's validity by this margin
 MAX_QUEUE = 10_000
 _SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
@@ -280,16 +282,21 @@ class SlackStore(Store):
         self._db.create_schema(_SCHEMA, what="Slack tables")
         self._last_prune = 0.0
 
-    def first_seen(self, key: str, now: float | None = None) -> bool:
+    def first_seen(self, key: str, now: float | None = None, ts: float | None = None) -> bool:
         """Record a request signature; False when it was recorded before (a replay). Atomic across
-        processes: an insert that does nothing on the primary key's conflict, and says whether it inserted."""
+        processes: an insert that does nothing on the primary key's conflict, and says whether it inserted.
+
+        A key is kept until its request's timestamp `ts` has left the signature window (`seen_at` holds the
+        later of `ts` and receipt): a request stamped up to 5 minutes ahead (clock skew) stays valid for up
+        to 10 minutes after receipt, and so must its key, or a replay then would be dispatched again."""
         now = time.time() if now is None else now
+        stamp = max(now, ts) if ts is not None and math.isfinite(ts) else now
         with self._db.transaction(lock="opsmedic_slack_seen") as conn:
             if now - self._last_prune > 60:
                 conn.execute("DELETE FROM opsmedic_slack_seen WHERE seen_at < ?", (now - REPLAY_WINDOW_S,))
                 self._last_prune = now
             row = conn.execute("INSERT INTO opsmedic_slack_seen (key, seen_at) VALUES (?, ?) "
-                               "ON CONFLICT (key) DO NOTHING RETURNING key", (key, now)).fetchone()
+                               "ON CONFLICT (key) DO NOTHING RETURNING key", (key, stamp)).fetchone()
             return row is not None
 
     def get(self, key: str) -> PostedMessage | None:
@@ -335,8 +342,11 @@ class _ProportionalJitter:
 
 
 def make_web_client(token: str | None, base_url: str, *, retries: int, backoff_s: float,
-                    timeout_s: int = 10) -> WebClient:
-    """The real slack-sdk WebClient with retry handlers for 5xx, 429 and connection errors."""
+                    timeout_s: int = 10, ca_bundle: str | Path | None = None) -> WebClient:
+    """The real slack-sdk WebClient with retry handlers for 5xx, 429 and connection errors. Certificates
+    are verified (against `ca_bundle`, `OPSMEDIC_CA_BUNDLE`, when given; else the system's store)."""
+    import ssl
+
     from slack_sdk import WebClient
     from slack_sdk.http_retry.builtin_handlers import (
         ConnectionErrorRetryHandler,
@@ -349,7 +359,9 @@ def make_web_client(token: str | None, base_url: str, *, retries: int, backoff_s
     handlers = [ServerErrorRetryHandler(max_retry_count=retries, interval_calculator=calc),
                 RateLimitErrorRetryHandler(max_retry_count=retries),
                 ConnectionErrorRetryHandler(max_retry_count=retries, interval_calculator=calc)]
-    return WebClient(token=token, base_url=base_url, timeout=timeout_s, retry_handlers=handlers)  # type: ignore[arg-type]
+    context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    return WebClient(token=token, base_url=base_url, timeout=timeout_s, retry_handlers=handlers,
+                     ssl=context)  # type: ignore[arg-type]
 
 
 Decide = Callable[[str, str, str, str | None], ApprovalRequest]  # (request id, approve|reject, user, digest)
@@ -378,7 +390,8 @@ class SlackApprovals:
                  db_path: str | Path, decide: Decide, approval_view: Callable[[str], ApprovalView | None],
                  escalation_view: Callable[[str], EscalationView | None], retries: int = 4,
                  backoff_s: float = 0.5, on_decision: Callable[[], None] | None = None,
-                 chat: Callable[[str, str], str | None] | None = None) -> None:
+                 chat: Callable[[str, str], str | None] | None = None,
+                 ca_bundle: str | Path | None = None) -> None:
         self.signing_secret = signing_secret
         self.channel = channel
         self.counters = SlackCounters()
@@ -388,7 +401,7 @@ class SlackApprovals:
         self._on_decision = on_decision
         self._chat = chat
         self.store = SlackStore(db_path)
-        self.client = make_web_client(bot_token, api_url, retries=retries, backoff_s=backoff_s)
+        self.client = make_web_client(bot_token, api_url, retries=retries, backoff_s=backoff_s, ca_bundle=ca_bundle)
         self._retry_base_s = max(0.2, backoff_s)
         self.posting = bool(bot_token and channel)
         self.app: App | None = self._build_app() if signing_secret else None
@@ -484,7 +497,11 @@ class SlackApprovals:
         if not ok:
             self.counters.refused_signature += 1
             return "invalid or expired signature"
-        if not self.store.first_seen(f"{ts}:{sig}"):
+        try:
+            stamp: float | None = float(ts)
+        except ValueError:
+            stamp = None
+        if not self.store.first_seen(f"{ts}:{sig}", ts=stamp):
             self.counters.refused_replay += 1
             return "replayed request"
         return None

@@ -417,7 +417,8 @@ class KubeWorld:
     def __init__(self, *, kubeconfig: Path | None, context: str | None, in_cluster: bool, namespace: str,
                  poll_interval_s: float, read_timeout_s: float = 10.0, prometheus_url: str | None = None,
                  drift_windows: Path | None = None, send: Callable[[str, str], None] | None = None,
-                 env: Mapping[str, str] | None = None, mlflow_tracking_uri: str | None = None) -> None:
+                 env: Mapping[str, str] | None = None, mlflow_tracking_uri: str | None = None,
+                 ca_bundle: Path | None = None) -> None:
         from tools.k8s_backend import KubernetesBackend, KubernetesTelemetry
         from tools.k8s_client import build_api_client
         from tools.pagerduty import pager_from_env
@@ -445,7 +446,7 @@ class KubeWorld:
         if prometheus_url:
             from tools.prometheus_source import PrometheusSource
 
-            telemetry = CompositeTelemetry(cluster, PrometheusSource(prometheus_url))
+            telemetry = CompositeTelemetry(cluster, PrometheusSource(prometheus_url, ca_bundle=ca_bundle))
         self._bounded = TimeoutTelemetry(telemetry, read_timeout_s)
         self.telemetry: TelemetrySource = self._bounded
         self.drift: DriftTelemetry | None = None

@@ -150,3 +150,25 @@ def test_fleet_heatmap_renders_10000_gpus(fake_source: FakeSource, browser_conte
         assert not errors, errors
     finally:
         server.stop()
+
+
+def test_without_public_reads_the_console_asks_for_a_token_first(tmp_path: Path, browser_context_factory: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from playwright.sync_api import expect
+
+    monkeypatch.setenv("OPSMEDIC_PUBLIC_READ", "false")  # a daemon off loopback: reads need a session
+    d = ConsoleDaemon(tmp_path).start()
+    try:
+        page = browser_context_factory().new_page()
+        page.goto(f"{d.url}/console/incidents")
+        dialog = page.locator("#signin-dialog")
+        expect(dialog).to_be_visible(timeout=TIMEOUT_MS)
+        expect(page.locator("#page")).to_contain_text("Sign in to see the console")
+        expect(page.locator("#incident-list")).to_have_count(0)
+        dialog.get_by_label("API token").fill(API_TOKEN)
+        dialog.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#who")).to_have_text(f"Signed in as {APPROVER}", timeout=TIMEOUT_MS)
+        expect(page.locator("#incident-list")).to_be_visible(timeout=TIMEOUT_MS)
+    finally:
+        d.stop()
+        d.service.stop()

@@ -34,6 +34,9 @@ APPROVER = "U0OPSMEDIC"  # on call in the default policy
 API_TOKEN = "tok-approver-0123456789abcdef"
 API_TOKEN_OTHER = "tok-stranger-0123456789abcdef"
 API_TOKENS = f"{API_TOKEN}:{APPROVER},{API_TOKEN_OTHER}:UNOBODY"
+ALERT_TOKEN = "alertmanager-0123456789abcdef"  # what Alertmanager's http_config.authorization sends
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}  # reads and API approvals
+ALERT_AUTH = {"Authorization": f"Bearer {ALERT_TOKEN}", "Content-Type": "application/json"}
 TWO_PERSON_POLICY = HERE / "two_person_policy.yaml"
 
 
@@ -123,7 +126,8 @@ class InProcessDaemon:
         if slack is not None:
             overrides.update(slack_signing_secret=SECRET, slack_bot_token=BOT_TOKEN)
         self.settings = load_settings(**overrides)
-        cfg: dict[str, Any] = {"port": 0, "speed": speed, "api_tokens": API_TOKENS, "slack_backoff_s": 0.05,
+        cfg: dict[str, Any] = {"port": 0, "speed": speed, "api_tokens": API_TOKENS, "alert_tokens": ALERT_TOKEN,
+                               "slack_backoff_s": 0.05,
                                "slack_retries": 4, "shutdown_timeout_s": 10.0}
         if slack is not None:
             cfg.update(slack_channel=CHANNEL, slack_api_url=slack.url)
@@ -144,6 +148,8 @@ class InProcessDaemon:
         return self
 
     def client(self, **kw: Any) -> httpx.Client:
+        """A client that reads with the approver's API token (alert posts pass `headers=ALERT_AUTH`)."""
+        kw.setdefault("headers", AUTH)
         return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 10.0), **kw)
 
     def stop(self) -> None:
@@ -229,6 +235,7 @@ class DaemonProcess:
 def daemon_env(tmp: Path, slack_url: str | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMEDIC_")}
     env.update({"OPSMEDIC_DATABASE_URL": f"sqlite:///{tmp / 'opsmedic.db'}", "OPSMEDIC_API_TOKENS": API_TOKENS,
+                "OPSMEDIC_ALERT_TOKENS": ALERT_TOKEN,
                 "OPSMEDIC_RETRIEVAL": "false",
                 "OPSMEDIC_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"})
     if slack_url is not None:
@@ -243,3 +250,47 @@ def copy_policy(src: Path, dst_dir: Path) -> Path:
     dst = dst_dir / src.name
     shutil.copy(src, dst)
     return dst
+
+
+def alert_survives_sigkill(workdir: Path, procs: list[DaemonProcess], env: dict[str, str], database: str) -> None:
+    """Post an alert, SIGKILL the daemon before its next tick, restart it: the stored alert becomes one
+    incident, its row is marked processed, and a further restart hands it out no more."""
+    from opsmedic.daemon.bench import webhook_body
+    from opsmedic.daemon.intake import AlertIntake
+
+    def rows() -> list[tuple[int, bool]]:
+        with AlertIntake(database) as intake:
+            pending = {r.id for r in intake.pending()}
+            total = intake.counts()["stored"]
+        return [(i, i in pending) for i in range(1, total + 1)]
+
+    # speed 2: a tick every 5 s of wall time, and the scenario's own fault (t=2m) a minute away
+    d = DaemonProcess(workdir, env, ["--port", "0", "--speed", "2"])
+    procs.append(d)
+    d.start()
+    alert = {"status": "firing", "labels": {"alertname": "GpuXid", "Hostname": "node-3", "gpu": "5", "xid": "79"},
+             "annotations": {"summary": "XID 79 on node-3 GPU 5"}, "startsAt": "2025-01-01T00:00:00Z",
+             "fingerprint": "dead1"}
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
+        ticks = wait_until(lambda: c.get("/readyz").json()["loop"]["ticks"] or None, 20.0, what="a first tick")
+        wait_until(lambda: c.get("/readyz").json()["loop"]["ticks"] > ticks, 20.0, what="the next tick")
+        r = c.post("/alerts/alertmanager", content=webhook_body([alert]), headers=ALERT_AUTH)
+        assert r.status_code == 202
+    assert d.kill(signal.SIGKILL) == -signal.SIGKILL  # a crash just after the 202, before the next tick
+    assert rows() == [(1, True)]  # stored, not yet processed: only the database has it
+
+    d.start()
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
+        def from_alert() -> list[dict[str, Any]]:
+            return [x for x in c.get("/api/incidents").json() if x["source"] == "alertmanager"]
+
+        incs = wait_until(from_alert, 30.0, what="the stored alert to become an incident after the restart")
+        assert len(incs) == 1 and incs[0]["resource"] == "node-3/gpu-5"
+        wait_until(lambda: rows() == [(1, False)], 20.0, what="the row marked processed")
+        assert c.get("/readyz").json()["alerts"]["replayed"] == 1
+    assert d.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
+    d.start()  # a processed row is never handed out again
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
+        wait_until(lambda: c.get("/readyz").status_code == 200, 20.0, what="readiness")
+        assert c.get("/readyz").json()["alerts"]["replayed"] == 0
+        assert len([x for x in c.get("/api/incidents").json() if x["source"] == "alertmanager"]) == 1

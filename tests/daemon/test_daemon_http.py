@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_testkit import API_TOKEN, API_TOKEN_OTHER, APPROVER, wait_until
+from daemon_testkit import ALERT_AUTH, API_TOKEN, API_TOKEN_OTHER, APPROVER, wait_until
 
 from opsmedic.daemon.bench import storm_alerts, webhook_body
 from opsmedic.domain import ApprovalStatus
@@ -78,7 +78,7 @@ def test_api_approvals_need_a_token_and_an_allowed_approver(make_daemon: Any) ->
     d = make_daemon()
     _incident_waiting(d)
     req = d.pending()[0]
-    with d.client() as c:
+    with d.client(headers={}) as c:  # no token by default: each request says which it sends
         url = f"/api/approvals/{req.id}"
         assert c.post(url, json={"decision": "approve"}).status_code == 401
         assert c.post(url, json={"decision": "approve"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -138,10 +138,10 @@ def test_malformed_webhooks_are_400_naming_the_field_and_the_loop_keeps_running(
     with d.client() as c:
         ticks = d.service.ticks
         for body, field in BAD_WEBHOOKS:
-            r = c.post("/alerts/alertmanager", content=body, headers={"Content-Type": "application/json"})
+            r = c.post("/alerts/alertmanager", content=body, headers=ALERT_AUTH)
             assert r.status_code == 400, body
             assert r.json()["field"] == field, (body, r.json())
-        ok = c.post("/alerts/alertmanager", content=webhook_body(storm_alerts(2, 2)))
+        ok = c.post("/alerts/alertmanager", content=webhook_body(storm_alerts(2, 2)), headers=ALERT_AUTH)
         assert ok.status_code == 202 and ok.json()["accepted"] == 4
         wait_until(lambda: d.service.ticks > ticks + 5, 10.0, what="the loop to keep ticking")
         assert c.get("/readyz").status_code == 200
@@ -158,10 +158,10 @@ def test_a_full_alert_queue_answers_429_with_retry_after(tmp_path: Any) -> None:
     server = ThreadedServer(create_app(d.service, manage_lifecycle=False)).start()  # nobody drains the queue
     try:
         with httpx.Client(base_url=server.url) as c:
-            codes = [c.post("/alerts/alertmanager", content=webhook_body(storm_alerts(1, 1))).status_code
-                     for _ in range(3)]
+            codes = [c.post("/alerts/alertmanager", content=webhook_body(storm_alerts(1, 1)),
+                            headers=ALERT_AUTH).status_code for _ in range(3)]
             assert codes == [202, 202, 429]
-            r = c.post("/alerts/alertmanager", content=webhook_body(storm_alerts(1, 1)))
+            r = c.post("/alerts/alertmanager", content=webhook_body(storm_alerts(1, 1)), headers=ALERT_AUTH)
             assert r.headers["Retry-After"] == "1" and "full" in r.json()["error"]
     finally:
         server.stop()
@@ -175,7 +175,7 @@ def test_an_alert_about_a_known_gpu_opens_one_incident(make_daemon: Any) -> None
              "startsAt": "2025-01-01T00:00:00Z", "fingerprint": "f00d"}
     with d.client() as c:
         for _ in range(3):  # Alertmanager re-notifies: still one incident
-            assert c.post("/alerts/alertmanager", content=webhook_body([alert])).status_code == 202
+            assert c.post("/alerts/alertmanager", content=webhook_body([alert]), headers=ALERT_AUTH).status_code == 202
 
         def opened() -> list[dict[str, Any]]:
             return [x for x in c.get("/api/incidents").json() if x["source"] == "alertmanager"]

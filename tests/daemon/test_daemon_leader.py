@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_testkit import DaemonProcess, daemon_env, wait_until
+from daemon_testkit import AUTH, DaemonProcess, daemon_env, wait_until
 
 from opsmedic.daemon.leader import LeaseLeadership
 from policies.audit import AuditLog
@@ -138,11 +138,11 @@ def test_two_daemons_one_acts_and_the_other_takes_over_without_repeating(
     lurl, surl = daemons[leader].url, daemons[standby].url
 
     def acted() -> list[dict[str, Any]] | None:
-        incs = httpx.get(lurl + "/api/incidents", timeout=5.0).json()
+        incs = httpx.get(lurl + "/api/incidents", timeout=5.0, headers=AUTH).json()
         return incs if incs and "cordon_node@node-2" in incs[0]["actions"] else None
 
     incs = wait_until(acted, 20.0, what="the leader to act")
-    assert httpx.get(surl + "/api/incidents", timeout=5.0).json() == []  # the standby started nothing
+    assert httpx.get(surl + "/api/incidents", timeout=5.0, headers=AUTH).json() == []  # the standby started nothing
     assert _status(surl)["role"] == "standby" and roles()[leader] == "leader"
     executed_before = _executions(work)
 
@@ -153,7 +153,7 @@ def test_two_daemons_one_acts_and_the_other_takes_over_without_repeating(
     assert took <= LEASE_S + 1.5, f"take-over took {took:.2f}s for a {LEASE_S}s lease"
 
     # the new leader adopted the same incident from the shared checkpointer: no second incident
-    adopted = httpx.get(surl + "/api/incidents", timeout=5.0).json()
+    adopted = httpx.get(surl + "/api/incidents", timeout=5.0, headers=AUTH).json()
     assert [x["id"] for x in adopted] == [incs[0]["id"]]
     time.sleep(1.5)  # several ticks as leader: nothing already done may run again
     after = _executions(work)
@@ -194,8 +194,8 @@ def test_an_api_server_that_hangs_skips_ticks_and_the_daemon_recovers(
     d.start()
     cluster_go.set()
     url = d.url
-    incs = wait_until(lambda: [x for x in httpx.get(url + "/api/incidents", timeout=5).json() if x["actions"]], 20.0,
-                      what="the daemon to act")
+    incs = wait_until(lambda: [x for x in httpx.get(url + "/api/incidents", timeout=5, headers=AUTH).json()
+                               if x["actions"]], 20.0, what="the daemon to act")
     before = _executions(work)
     with api.lock:  # the API server stops answering (every request blocks on the simulator's lock)
         wait_until(lambda: _status(url).get("source", {}).get("ok") is False, 10.0, what="the read to time out")
@@ -204,7 +204,7 @@ def test_an_api_server_that_hangs_skips_ticks_and_the_daemon_recovers(
         time.sleep(1.0)
     wait_until(lambda: httpx.get(url + "/readyz", timeout=5).status_code == 200, 15.0, what="recovery")
     time.sleep(1.0)
-    assert [x["id"] for x in httpx.get(url + "/api/incidents", timeout=5).json()] == [incs[0]["id"]]
+    assert [x["id"] for x in httpx.get(url + "/api/incidents", timeout=5, headers=AUTH).json()] == [incs[0]["id"]]
     after = _executions(work)
     assert all(after.get(k) == v for k, v in before.items()) and all(n == 1 for n in after.values()), (before, after)
     assert "opsmedic_daemon_source_errors_total" in httpx.get(url + "/metrics", timeout=5).text

@@ -13,8 +13,10 @@ import pg
 import pytest
 from daemon_testkit import (
     APPROVER,
+    AUTH,
     CHANNEL,
     DaemonProcess,
+    alert_survives_sigkill,
     approval_messages,
     button_value,
     click_body,
@@ -61,7 +63,7 @@ def test_a_daemon_on_postgres_survives_sigkill_during_an_approval_and_acts_once(
     assert not (workdir / "opsmedic.db").exists()  # nothing shared went to a SQLite file
 
     d.start()
-    with httpx.Client(base_url=d.url, timeout=10.0) as c:
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 20.0, what="readiness after the restart")
         incidents = c.get("/api/incidents").json()
         assert len(incidents) == 1 and incidents[0]["waiting"] == "approval"  # adopted from Postgres
@@ -83,3 +85,9 @@ def test_a_daemon_on_postgres_survives_sigkill_during_an_approval_and_acts_once(
         assert log.verify().ok
         execs = [e for e in log.entries(kinds=["execution"]) if e.payload["action"]["name"] == "drain_node"]
     assert len(execs) == 1
+
+
+def test_an_accepted_alert_survives_sigkill_on_postgres(
+        workdir: Path, daemon_processes: list[DaemonProcess], pg_url: str) -> None:
+    alert_survives_sigkill(workdir, daemon_processes, daemon_env(workdir, None, OPSMEDIC_DATABASE_URL=pg_url),
+                           pg_url)

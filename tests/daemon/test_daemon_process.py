@@ -13,8 +13,10 @@ import httpx
 import pytest
 from daemon_testkit import (
     APPROVER,
+    AUTH,
     CHANNEL,
     DaemonProcess,
+    alert_survives_sigkill,
     approval_messages,
     button_value,
     click_body,
@@ -67,7 +69,7 @@ def test_sigkill_during_an_approval_wait_then_restart_resumes_and_acts_once(
     assert d.kill(signal.SIGKILL) == -signal.SIGKILL  # no shutdown code runs: a crash
 
     d.start()  # same database, same scenario: the world and the waiting graph come back
-    with httpx.Client(base_url=d.url, timeout=10.0) as c:
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 20.0, what="readiness after the restart")
         incidents = c.get("/api/incidents").json()
         assert len(incidents) == 1 and incidents[0]["waiting"] == "approval"  # adopted, not a second incident
@@ -96,14 +98,14 @@ def test_sigterm_stops_gracefully_and_a_restart_picks_up_the_wait(
     d = DaemonProcess(workdir, daemon_env(workdir, None), ["--port", "0", "--speed", "100"])
     daemon_processes.append(d)
     d.start()
-    with httpx.Client(base_url=d.url, timeout=10.0) as c:
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
         wait_until(lambda: c.get("/api/approvals").json(), 30.0, what="an approval request")
     # uvicorn re-raises a captured SIGTERM once its graceful shutdown is done, so the status says so
     assert d.kill(signal.SIGTERM) in (0, -signal.SIGTERM)
     msgs = [x.get("msg") for x in d.lines()]
     assert "daemon stopping" in msgs and "daemon stopped" in msgs
     d.start()
-    with httpx.Client(base_url=d.url, timeout=10.0) as c:
+    with httpx.Client(base_url=d.url, timeout=10.0, headers=AUTH) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 20.0, what="readiness")
         incidents = c.get("/api/incidents").json()
         assert len(incidents) == 1 and incidents[0]["waiting"] == "approval"
@@ -113,6 +115,13 @@ def test_sigterm_stops_gracefully_and_a_restart_picks_up_the_wait(
         assert r.status_code == 200
         wait_until(lambda: c.get("/api/incidents").json()[0]["outcome"] == "resolved", 30.0, what="resolution")
     assert _drains(workdir / "opsmedic.db") == (1, 1, 1)
+
+
+@pytest.mark.slow
+def test_an_accepted_alert_survives_sigkill_and_is_processed_once(
+        workdir: Path, daemon_processes: list[DaemonProcess]) -> None:
+    alert_survives_sigkill(workdir, daemon_processes, daemon_env(workdir, None),
+                           f"sqlite:///{workdir / 'opsmedic.db'}")
 
 
 @pytest.mark.parametrize("args,env,needle", [

@@ -273,3 +273,61 @@ def test_webhook_route_accepts_good_and_names_the_field_of_bad_payloads() -> Non
         post=lambda b: client.post("/alerts/alertmanager", content=b).raise_for_status(),
     )
     assert result["alerts_lost"] == 0 and result["incidents"] == 3 + 1  # + the fp-1 alert above
+
+
+# ------------------------------------------------------------------------------------------ hygiene
+
+
+def test_lone_surrogates_and_control_characters_are_replaced_and_counted() -> None:
+    from tools.alertmanager import parse_webhook_checked
+
+    a = alert()
+    a["annotations"] = {"summary": "\ud800 gpu \u0000 gone\u001b[31m", "description": "tab\tand\nnewline kept"}
+    raw = json.dumps(payload(a), ensure_ascii=True).encode()
+    p, changed = parse_webhook_checked(raw)
+    assert changed == 1
+    summary = p.alerts[0].annotations["summary"]
+    assert "\ud800" not in summary and "\u0000" not in summary and summary.count("\ufffd") == 3
+    assert p.alerts[0].annotations["description"] == "tab\tand\nnewline kept"
+    summary.encode("utf-8")  # storable
+
+
+@pytest.mark.parametrize("raw,where", [
+    (b'{"version": "4", "x": NaN}', "body"),
+    (b'{"version": "4", "x": Infinity}', "body"),
+    (b'{"version": "4", "x": 1e999}', "body"),
+    (b'{"version": "4", "x": "\xff"}', "body"),
+    (b'{"a":' * 40 + b"1" + b"}" * 40, "body"),
+    (b"[" * 100_000, "body"),
+])
+def test_non_json_numbers_bad_bytes_and_deep_nesting_are_refused(raw: bytes, where: str) -> None:
+    with pytest.raises(PayloadError) as exc:
+        parse_webhook(raw)
+    assert exc.value.where == where
+
+
+def test_a_nan_or_infinite_value_annotation_never_becomes_a_signal_value() -> None:
+    for text in ("NaN", "inf", "-Infinity", "1e999"):
+        a = alert()
+        a["labels"].pop("xid", None)
+        a["annotations"] = {"value": text}
+        ing = AlertIngestor()
+        ing.ingest_bytes(body(payload(a)))
+        assert [s.value for s in ing.active_signals()] == [None]
+
+
+def test_unicode_is_kept_as_sent() -> None:
+    a = alert()
+    a["annotations"] = {"summary": "Grüße 🚀 東京 مرحبا"}
+    ing = AlertIngestor()
+    ing.ingest_bytes(json.dumps(payload(a), ensure_ascii=False).encode())
+    assert ing.active_signals()[0].detail == "Grüße 🚀 東京 مرحبا"
+
+
+def test_the_webhook_app_can_require_a_token() -> None:
+    client = TestClient(webhook_app(AlertIngestor(), tokens=["tok-0123456789abcdef"]))
+    assert client.post("/alerts/alertmanager", content=body(payload(alert()))).status_code == 401
+    assert client.post("/alerts/alertmanager", content=body(payload(alert())),
+                       headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.post("/alerts/alertmanager", content=body(payload(alert())),
+                       headers={"Authorization": "Bearer tok-0123456789abcdef"}).status_code == 200

@@ -336,3 +336,37 @@ def test_unreadable_answers_and_refused_connections(fake_prometheus: Callable[..
     closed.close()
     with pytest.raises(TransientToolError, match="unreachable"):
         PrometheusSource(url, timeout_s=1, attempts=2, backoff_s=0.01).snapshot()
+
+
+def _self_signed(tmp: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 signed by itself (openssl), and its key."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = str(tmp / "ca.pem"), str(tmp / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_prometheus_certificates_are_verified_against_the_ca_bundle(
+        fake_prometheus: Callable[..., Any], tmp_path: Any) -> None:
+    import ssl
+
+    from opsmedic.errors import ConfigError
+
+    cert, key = _self_signed(tmp_path)
+    fake = fake_prometheus(lambda q: (200, vector([])))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    fake.server.socket = ctx.wrap_socket(fake.server.socket, server_side=True)
+    url = fake.url.replace("http://", "https://")
+    # an unknown issuer is refused: a man in the middle cannot feed the monitor a healthy-looking GPU
+    with pytest.raises(TransientToolError, match="unreachable"):
+        PrometheusSource(url, attempts=1, timeout_s=5.0).query("up")
+    assert PrometheusSource(url, attempts=1, timeout_s=5.0, ca_bundle=cert).query("up") == []
+    with pytest.raises(ConfigError, match="CA bundle"):
+        PrometheusSource(url, ca_bundle=tmp_path / "missing.pem")

@@ -327,6 +327,20 @@ async function boot() {
   const page = document.body.dataset.page;
   const ctx = { root, page, incident: document.body.dataset.incident || null, session };
   try { await loadSession(); } catch (e) { toast(`Cannot reach the daemon: ${e.message}`, "error"); }
+  // A daemon without public reads serves its data to signed-in users only: ask for the token first, and
+  // mount the page once signed in.
+  if (!session.signedIn) {
+    try { await api("/console/api/overview"); } catch (e) {
+      if (e.status === 401) {
+        root.replaceChildren(h("p", { class: "muted" },
+          "Sign in to see the console: this daemon shows its incidents, approvals and audit log to signed-in users only."));
+        root.setAttribute("aria-busy", "false");
+        session.listeners.push(() => { if (session.signedIn) window.location.reload(); });
+        openSignIn();
+        return;
+      }
+    }
+  }
   let mod;
   try {
     mod = await import(`./pages/${page}.js`);
