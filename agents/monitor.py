@@ -142,7 +142,7 @@ class Monitor:
                                   labels={"node": p.node or ""}))
             # framebuffer growth: the mean of the pod's GPUs, so one leak is one signal
             # (looked up by id: scanning every GPU for every pod made a 10,000-GPU tick quadratic)
-            pod_gpus = [g for gid in p.gpus if (g := gpu_by_id.get(gid)) is not None]
+            pod_gpus = [found for gid in p.gpus if (found := gpu_by_id.get(gid)) is not None]
             mems = [g.mem_used_mib for g in pod_gpus if g.mem_used_mib is not None]
             total = next((g.mem_total_mib for g in pod_gpus if g.mem_total_mib), None)
             if mems and total and p.phase == "Running":
