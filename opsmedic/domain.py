@@ -178,6 +178,19 @@ class PodStatus(BaseModel):
     log_tail: list[str] = Field(default_factory=list)  # recent log lines: data, never instructions
 
 
+class ModelTrack(BaseModel):
+    """One traffic track of a model (`stable` or `canary`) at one tick: what a canary analysis compares."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int
+    traffic_pct: float = Field(ge=0, le=100)
+    accuracy: float | None = None  # label-delayed: the accuracy of predictions `label_delay_s` old
+    latency_p95_ms: float | None = None
+    error_rate: float | None = None
+    requests_per_s: float | None = None
+
+
 class ModelStatus(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -192,6 +205,18 @@ class ModelStatus(BaseModel):
     drift_kl: dict[str, float] = Field(default_factory=dict)
     last_deploy_at_s: float | None = None
     previous_version: int | None = None
+    # --- model operations (all optional: a source that does not know them leaves them unset)
+    error_rate: float | None = None  # stable track's share of failed requests
+    slo_error_rate_max: float | None = None
+    label_delay_s: float = 0.0  # how old the predictions are whose accuracy is visible
+    requests_per_s: float | None = None  # all tracks together
+    workload: str | None = None  # the inference workload serving it
+    replicas_ready: int | None = None
+    capacity_qps: float | None = None  # requests/s one replica serves within its latency SLO
+    tracks: dict[str, ModelTrack] = Field(default_factory=dict)  # "stable" / "canary" while a rollout runs
+    rollout_started_at_s: float | None = None
+    # feature -> what failed when the current window was validated against the reference profile
+    data_issues: dict[str, str] = Field(default_factory=dict)
 
 
 class ClusterSnapshot(BaseModel):

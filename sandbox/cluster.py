@@ -22,6 +22,7 @@ from opsmedic.domain import (
     ClusterSnapshot,
     GpuSample,
     ModelStatus,
+    ModelTrack,
     NodeStatus,
     PodStatus,
     VerificationResult,
@@ -30,6 +31,8 @@ from opsmedic.errors import PermanentToolError
 from sandbox.nvml_profile import TraceRow, profiles
 from sandbox.scenario import (
     BadDeployParams,
+    CanaryParams,
+    ConceptDriftParams,
     CrashloopParams,
     DriftParams,
     EccParams,
@@ -37,8 +40,11 @@ from sandbox.scenario import (
     LeakParams,
     LogInjectionParams,
     NvlinkParams,
+    PipelineBreakParams,
+    RolloutSpec,
     Scenario,
     SpikeParams,
+    SurgeParams,
     ThermalParams,
     XidParams,
     place_pods,
@@ -138,6 +144,27 @@ class SimVersion:
     accuracy: float
     latency_ms: float
     drift_robust: bool = False
+    error_rate: float = 0.0
+    concept: float = 0.0  # how far into a concept drift the labels it learned from were (0: before, 1: after)
+    learned_breakage: bool = False  # trained on rows of a broken feature pipeline
+
+
+# How much accuracy a broken feature costs per share of broken values (SCENARIOS.md: "accuracy drops").
+PIPELINE_ACCURACY_COST = {"nulls": 0.12, "out_of_range": 0.15, "type_change": 0.2}
+LEARNED_BREAKAGE_COST = 0.08  # a version trained on broken rows, once the pipeline is fixed
+
+
+@dataclass
+class TrackMetrics:
+    """One traffic track (`stable` or `canary`) of a model at one tick."""
+
+    version: int
+    share: float  # of requests, 0..1
+    accuracy_true: float
+    accuracy: float | None  # what the monitor can see: predictions `label_delay` old
+    latency_ms: float
+    error_rate: float
+    rps: float
 
 
 @dataclass
@@ -158,6 +185,27 @@ class SimModel:
     bad_versions: set[int] = field(default_factory=set)  # rolled back from: never a rollback target again
     accuracy_now: float | None = None
     latency_now: float | None = None
+    # --- model operations (SCENARIOS.md: error rate, label delay, canary, concept drift, pipelines, load)
+    slo_error_rate: float | None = None
+    label_delay: float = 0.0
+    rollout: RolloutSpec | None = None
+    canary: int | None = None  # the version rolling out, if any
+    canary_step: int = 0
+    canary_next_at: float = 0.0
+    rollout_started_at: float | None = None
+    aborted: set[int] = field(default_factory=set)
+    concept: tuple[float, float, float] | None = None  # (start, over, accuracy drop when complete)
+    pipeline: tuple[str, str, float] | None = None  # (feature, kind, fraction) of a broken feature pipeline
+    retrain_started_at: float | None = None
+    capacity_qps: float = 100.0  # per replica
+    base_rps: float = 0.0
+    surges: list[tuple[float, float, float]] = field(default_factory=list)  # (start, end, multiplier)
+    accuracy_true: float | None = None
+    error_rate_now: float | None = None
+    rps_now: float | None = None
+    load_ratio: float | None = None  # requests / (ready replicas x capacity)
+    tracks: dict[str, TrackMetrics] = field(default_factory=dict)
+    acc_history: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (t, {track: true acc})
 
 
 @dataclass(frozen=True)
@@ -214,12 +262,18 @@ class Simulator:
                 self.models[w.model_name] = SimModel(
                     name=w.model_name, workload=w.name, versions=versions, serving=cur,
                     previous=cur - 1 if cur > 1 else None, slo_accuracy=acc_slo, slo_latency=lat_slo,
+                    slo_error_rate=slo.error_rate_max if slo else None,
+                    label_delay=slo.label_delay if slo else 0.0, rollout=w.rollout,
+                    capacity_qps=w.capacity, base_rps=0.5 * w.capacity * w.replicas,
                 )
         for pod, (node, idxs) in place_pods(scenario).items():
             self._bind(self.pods[pod], node, [f"{node}/gpu-{i}" for i in idxs])
             p = self.pods[pod]
             p.state, p.ready_at, p.started_at = "Running", 0.0, 0.0
         self._applied: set[tuple[int, int]] = set()  # (fault index, repetition)
+        # Model-operations noise has its own stream, so that adding it left every older scenario's draws
+        # (GPU readings, accuracy noise) exactly where they were.
+        self.mrng = random.Random(f"{scenario.seed}:models")
         self._update_models(0.0)
 
     # ------------------------------------------------------------------------------------- clock
@@ -296,6 +350,8 @@ class Simulator:
             pod = self.pods[f.target]
             pod.stalled = True
             pod.log.append("NCCL watchdog: collective operation has not completed (waiting)")
+        elif isinstance(p, CanaryParams):
+            self._start_canary(self.models[f.target], p)
         elif isinstance(p, BadDeployParams):
             m = self.models[f.target]
             cur = m.versions[m.serving]
@@ -303,8 +359,19 @@ class Simulator:
             m.versions[v] = SimVersion(
                 v, p.accuracy if p.accuracy is not None else cur.accuracy,
                 p.latency_p95_ms if p.latency_p95_ms is not None else cur.latency_ms,
+                error_rate=p.error_rate if p.error_rate is not None else cur.error_rate,
+                concept=cur.concept,
             )
             self._serve(m, v, f"deploy of version {v}")
+        elif isinstance(p, ConceptDriftParams):
+            m = self.models[f.target]
+            m.concept = (f.at, max(p.over, 1e-6), max(0.0, m.versions[m.serving].accuracy - p.accuracy))
+        elif isinstance(p, PipelineBreakParams):
+            self.models[f.target].pipeline = (p.feature, p.kind, p.fraction)
+        elif isinstance(p, SurgeParams):
+            m = self._model_of_workload(f.target)
+            end = f.at + p.for_ if p.for_ is not None else math.inf
+            m.surges.append((f.at, end, p.multiplier))
         elif isinstance(p, DriftParams):
             m = self.models[f.target]
             m.drift_target[p.feature] = p.psi
@@ -470,6 +537,69 @@ class Simulator:
         ramp = min(1.0, max(0.0, self.now - m.drift_start) / 600.0)
         return {f: target * ramp for f, target in m.drift_target.items()}, m.versions[m.serving].drift_robust
 
+    def concept_level(self, model: str, at: float) -> float:
+        """How far a concept drift has moved the input-label relation at time `at` (0 before, 1 done)."""
+        m = self.models[model]
+        if m.concept is None:
+            return 0.0
+        start, over, _ = m.concept
+        return min(1.0, max(0.0, (at - start) / over))
+
+    def _true_accuracy(self, m: SimModel, ver: SimVersion, acc: float) -> float:
+        """`acc` (the version's accuracy with data drift) less what concept drift and a broken pipeline
+        cost it now."""
+        if m.concept is not None:
+            acc -= m.concept[2] * abs(self.concept_level(m.name, self.now) - ver.concept)
+        if m.pipeline is not None:
+            _, kind, fraction = m.pipeline
+            acc -= PIPELINE_ACCURACY_COST[kind] * fraction
+        if ver.learned_breakage:
+            acc -= LEARNED_BREAKAGE_COST
+        return acc
+
+    def load(self, m: SimModel) -> float:
+        """Requests per second the workload receives now (base x any surge)."""
+        mult = 1.0
+        for start, end, k in m.surges:
+            if start <= self.now < end:
+                mult *= k
+        return m.base_rps * mult
+
+    @staticmethod
+    def latency_factor(ratio: float) -> float:
+        """Latency p95 multiplier at a load ratio (requests / capacity): flat up to capacity, where the
+        SLO still holds, then queueing makes it climb."""
+        return 1.0 if ratio <= 1.0 else 1.0 + 4.0 * (ratio - 1.0)
+
+    def _visible_accuracy(self, m: SimModel, track: str) -> float | None:
+        """The accuracy labels can confirm now: that of predictions `label_delay` old."""
+        if not m.acc_history:
+            return None
+        if m.label_delay <= 0:
+            return m.acc_history[-1][1].get(track)
+        cutoff = self.now - m.label_delay
+        seen = [h for h in m.acc_history if h[0] <= cutoff + 1e-9]
+        row = seen[-1] if seen else m.acc_history[0]
+        return row[1].get(track)
+
+    def _step_canary(self, m: SimModel) -> None:
+        if m.canary is None or m.rollout is None or self.now < m.canary_next_at:
+            return
+        m.canary_step += 1
+        m.canary_next_at = self.now + m.rollout.step_every
+        pct = m.rollout.steps[min(m.canary_step, len(m.rollout.steps) - 1)]
+        if pct >= 100:
+            v, m.canary = m.canary, None
+            # SCENARIOS.md: a canary that reaches 100 % is not a deploy for the model_*_regression causes
+            self._serve(m, v, "canary reached 100 %", deploy=False)
+        else:
+            self._event("model", f"{m.name} canary v{m.canary} now takes {pct:g} % of requests")
+
+    def canary_share(self, m: SimModel) -> float:
+        if m.canary is None or m.rollout is None:
+            return 0.0
+        return m.rollout.steps[min(m.canary_step, len(m.rollout.steps) - 1)] / 100.0
+
     def _update_models(self, dt: float) -> None:
         for m in self.models.values():
             if m.retrain_done_at is not None and self.now >= m.retrain_done_at:
@@ -478,32 +608,77 @@ class Simulator:
                 base = max(x.accuracy for x in m.versions.values() if not x.drift_robust or True)
                 acc = round(min(0.99, max(base, 0.94) + self.rng.uniform(0.0, 0.01)), 4)
                 lat = m.versions[m.serving].latency_ms
-                m.versions[v] = SimVersion(v, acc, lat, drift_robust=True)
+                started = m.retrain_started_at if m.retrain_started_at is not None else self.now
+                m.versions[v] = SimVersion(v, acc, lat, drift_robust=True,
+                                           concept=self.concept_level(m.name, started - m.label_delay),
+                                           learned_breakage=m.pipeline is not None)
                 m.history.append(f"{self.now:.0f}s: version {v} trained on recent data (accuracy {acc:.3f})")
                 self._event("model", f"{m.name} version {v} registered by retraining")
+            self._step_canary(m)
             robust = m.versions[m.serving].drift_robust
             levels, _ = self.feature_drift(m.name)
             for feat, level in levels.items():
                 val = 0.02 if robust else max(0.02, level)
                 m.drift_psi[feat] = round(val * self.rng.uniform(0.92, 1.08), 4)
+            if m.pipeline is not None:
+                # a broken feature's drift score jumps (its missing / impossible values fall outside every
+                # reference bin), whatever the version
+                feat, kind, fraction = m.pipeline
+                m.drift_psi[feat] = round(max(m.drift_psi.get(feat, 0.0), 4.0 * fraction)
+                                          * self.mrng.uniform(0.95, 1.05), 4)
             ready = [
                 p for p in self.pods.values()
                 if p.workload == m.workload and p.state == "Running" and not p.app_error
             ]
             ver = m.versions[m.serving]
             if not ready:
-                m.accuracy_now = m.latency_now = None
+                m.accuracy_now = m.latency_now = m.accuracy_true = m.error_rate_now = None
+                m.rps_now = m.load_ratio = None
+                m.tracks = {}
                 continue
             acc = ver.accuracy
             if m.drift_start is not None and not robust and m.drift_target:
                 hours = max(0.0, self.now - m.drift_start) / 3600.0
                 strength = max(m.drift_target.values()) / 0.35
                 acc -= min(0.2, 0.022 * hours * strength)
-            m.accuracy_now = round(acc + self.rng.uniform(-0.003, 0.003), 4)
+            acc_noise = self.rng.uniform(-0.003, 0.003)
+            stable_true = round(self._true_accuracy(m, ver, acc) + acc_noise, 4)
             slow = max(
                 (1.6 if any(self._clock_factor(self.gpus[g]) < 1 for g in p.gpus) else 1.0) for p in ready
             )
-            m.latency_now = round(ver.latency_ms * slow * self.rng.uniform(0.96, 1.04), 2)
+            lat_noise = self.rng.uniform(0.96, 1.04)
+            load = self.load(m)
+            ratio = load / (m.capacity_qps * len(ready))
+            lf = self.latency_factor(ratio)
+            share = self.canary_share(m)
+            trues = {"stable": stable_true}
+            tracks = {"stable": TrackMetrics(
+                version=m.serving, share=1.0 - share, accuracy_true=stable_true, accuracy=None,
+                latency_ms=round(ver.latency_ms * slow * lat_noise * lf, 2),
+                error_rate=round(ver.error_rate * self.mrng.uniform(0.9, 1.1), 5), rps=round(load * (1 - share), 2),
+            )}
+            if m.canary is not None and share > 0:
+                cv = m.versions[m.canary]
+                c_true = round(self._true_accuracy(m, cv, cv.accuracy) + self.mrng.uniform(-0.003, 0.003), 4)
+                trues["canary"] = c_true
+                tracks["canary"] = TrackMetrics(
+                    version=m.canary, share=share, accuracy_true=c_true, accuracy=None,
+                    latency_ms=round(cv.latency_ms * slow * self.mrng.uniform(0.96, 1.04) * lf, 2),
+                    error_rate=round(cv.error_rate * self.mrng.uniform(0.9, 1.1), 5), rps=round(load * share, 2),
+                )
+            m.acc_history.append((self.now, trues))
+            keep = self.now - m.label_delay - 2 * self.tick
+            while len(m.acc_history) > 2 and m.acc_history[1][0] <= keep:
+                m.acc_history.pop(0)
+            for name, tr in tracks.items():
+                tr.accuracy = self._visible_accuracy(m, name)
+            m.tracks = tracks
+            m.accuracy_true = stable_true
+            m.accuracy_now = tracks["stable"].accuracy
+            m.latency_now = tracks["stable"].latency_ms
+            m.error_rate_now = tracks["stable"].error_rate
+            m.rps_now = round(load, 2)
+            m.load_ratio = round(ratio, 4)
 
     # ------------------------------------------------------------------------------ scheduling
 
@@ -665,8 +840,96 @@ class Simulator:
         g.reset_until = self.now + RESET_S
         return True, f"{t} reset started (nvidia-smi -r)"
 
+    def _model_of_workload(self, workload: str) -> SimModel:
+        m = next((x for x in self.models.values() if x.workload == workload), None)
+        if m is None:
+            raise PermanentToolError(f"{workload!r} is not an inference workload")
+        return m
+
+    def scale_workload(self, workload: str, replicas: int) -> str:
+        """Set a workload's replica count, as its controller would: new replicas (the next ordinals) are
+        placed by the contract's rule (lowest-numbered node with room, its lowest free GPUs); scaling down
+        removes the highest ordinals. Refused, with nothing changed, when the new replicas do not all fit
+        on free healthy GPUs of schedulable nodes."""
+        pods = sorted((p for p in self.pods.values() if p.workload == workload),
+                      key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+        if not pods:
+            raise PermanentToolError(f"workload {workload!r} not found")
+        if replicas < 0:
+            raise PermanentToolError(f"cannot scale {workload} to {replicas} replicas")
+        live = [p for p in pods if p.state != "Deleted"]
+        have = len(live)
+        if replicas == have:
+            return f"{workload} already has {replicas} replica(s)"
+        if replicas < have:
+            for p in live[replicas:]:
+                self._unbind(p)
+                p.state, p.paused, p.reason = "Deleted", True, None
+            self._event("pod", f"{workload} scaled down from {have} to {replicas}")
+            return f"{workload} scaled from {have} to {replicas} replica(s)"
+        need, per = replicas - have, pods[0].gpus_needed
+        fits = sum(len(self._free_gpus(n)) // per for n in self.nodes if self._schedulable(n))
+        if fits < need:
+            raise PermanentToolError(
+                f"cannot scale {workload} from {have} to {replicas}: {need} more replica(s) of {per} GPU(s) "
+                f"each, but free healthy GPUs fit only {fits}; escalate for capacity")
+        template = pods[0]
+        by_name = {p.name: p for p in pods}
+        for i in range(replicas):
+            name = f"{workload}-{i}"
+            pod = by_name.get(name)
+            if pod is not None and pod.state != "Deleted":
+                continue
+            if pod is None:
+                pod = self.pods[name] = SimPod(
+                    name=name, workload=workload, kind=template.kind, gpus_needed=per,
+                    checkpoint_every=template.checkpoint_every, base_mem_mib=template.base_mem_mib)
+            pod.state, pod.paused, pod.reason = "Pending", False, None
+            self._try_schedule(pod)
+        self._event("pod", f"{workload} scaled up from {have} to {replicas}")
+        return f"{workload} scaled from {have} to {replicas} replica(s)"
+
     def _do_scale_deployment(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
-        raise PermanentToolError("scale_deployment: not supported by the sandbox for fixed-size scenarios")
+        if params.get("replicas") is None:
+            raise PermanentToolError(f"scale_deployment {t}: `replicas` is required")
+        want = int(params["replicas"])
+        before = sum(1 for p in self.pods.values() if p.workload == t and p.state != "Deleted")
+        detail = self.scale_workload(t, want)
+        return before != want, detail
+
+    def abort_rollout(self, model: str) -> str:
+        """Abort a canary rollout: all traffic back to the stable version; the canary version stays
+        registered, unserved, and never resumes."""
+        m = self._model(model)
+        if m.canary is None:
+            raise PermanentToolError(f"{model} has no canary rollout in progress")
+        v, m.canary = m.canary, None
+        m.aborted.add(v)
+        m.canary_step = 0
+        m.history.append(f"{self.now:.0f}s: canary version {v} aborted; stable v{m.serving} takes all traffic")
+        self._event("model", f"{model} canary v{v} aborted: all traffic back to v{m.serving}")
+        return f"{model} canary version {v} aborted: 100 % of requests on stable version {m.serving}"
+
+    def _do_abort_rollout(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+        m = self._model(t)
+        if m.canary is None and m.aborted:
+            return False, f"{t} rollout already aborted; stable version {m.serving} serves all traffic"
+        return True, self.abort_rollout(t)
+
+    def _start_canary(self, m: SimModel, p: CanaryParams) -> None:
+        cur = m.versions[m.serving]
+        v = p.version or max(m.versions) + 1
+        m.versions[v] = SimVersion(
+            v, p.accuracy if p.accuracy is not None else cur.accuracy,
+            p.latency_p95_ms if p.latency_p95_ms is not None else cur.latency_ms,
+            error_rate=p.error_rate if p.error_rate is not None else cur.error_rate,
+            drift_robust=cur.drift_robust, concept=cur.concept,
+        )
+        m.canary, m.canary_step, m.rollout_started_at = v, 0, self.now
+        m.canary_next_at = self.now + (m.rollout.step_every if m.rollout else 0.0)
+        share = self.canary_share(m)
+        m.history.append(f"{self.now:.0f}s: canary version {v} starts at {share:.0%} of requests")
+        self._event("model", f"{m.name} canary v{v} starts at {share:.0%} of requests")
 
     def _do_pause_job(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
         pods = [p for p in self.pods.values() if p.workload == t]
@@ -687,9 +950,10 @@ class Simulator:
             self._try_schedule(p)
         return True, f"{t} resumed"
 
-    def _serve(self, m: SimModel, version: int, why: str) -> None:
+    def _serve(self, m: SimModel, version: int, why: str, *, deploy: bool = True) -> None:
         m.previous, m.serving = m.serving, version
-        m.last_deploy_at = self.now
+        if deploy:
+            m.last_deploy_at = self.now
         m.history.append(f"{self.now:.0f}s: serving version {version} ({why})")
         self._event("model", f"{m.name} now serves version {version} ({why})")
 
@@ -726,6 +990,7 @@ class Simulator:
         if m.retrain_done_at is not None:
             return False, f"{t} retraining already running"
         m.retrain_done_at = self.now + RETRAIN_S
+        m.retrain_started_at = self.now
         return True, f"{t} retraining started on the last 24h of data"
 
     def _do_promote_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
@@ -801,6 +1066,17 @@ class Simulator:
         if a.name == "promote_model":
             m = self.models[t]
             return m.serving == max(m.versions), f"{t} serves version {m.serving}"
+        if a.name == "abort_rollout":
+            m = self.models[t]
+            ok = m.canary is None
+            return ok, (f"{t}: all traffic on stable version {m.serving}" if ok
+                        else f"{t}: canary version {m.canary} still takes traffic")
+        if a.name == "scale_deployment":
+            pods = [p for p in self.pods.values() if p.workload == t and p.state != "Deleted"]
+            want = a.params.get("replicas")
+            ready = sum(1 for p in pods if self._pod_healthy(p))
+            ok = want is not None and len(pods) == int(want) and ready == len(pods)
+            return ok, f"{t}: {ready}/{len(pods)} replica(s) ready (want {want})"
         if a.name in ("pause_job",):
             return all(p.node is None for p in self.pods.values() if p.workload == t), f"{t} paused"
         if a.name in ("resume_job",):
@@ -813,25 +1089,39 @@ class Simulator:
         return True, "done"
 
     def _model_meets_slo(self, m: SimModel) -> bool:
+        """Every track that receives traffic meets the SLO (latency, error rate, and the true accuracy:
+        SCENARIOS.md judges recovery on it, not on the label-delayed figure)."""
         if m.accuracy_now is None or m.latency_now is None:
             return False
-        if m.slo_accuracy is not None and m.accuracy_now < m.slo_accuracy:
-            return False
-        return not (m.slo_latency is not None and m.latency_now > m.slo_latency)
+        tracks: list[TrackMetrics | None] = [tr for tr in m.tracks.values() if tr.share > 0] or [None]
+        for tr in tracks:
+            acc = tr.accuracy_true if tr is not None else m.accuracy_now
+            lat = tr.latency_ms if tr is not None else m.latency_now
+            err = tr.error_rate if tr is not None else 0.0
+            if m.slo_accuracy is not None and acc < m.slo_accuracy:
+                return False
+            if m.slo_latency is not None and lat > m.slo_latency:
+                return False
+            if m.slo_error_rate is not None and err > m.slo_error_rate:
+                return False
+        return True
 
     def recovered(self) -> tuple[bool, list[str]]:
         """SCENARIOS.md: every workload has all its replicas Running on healthy GPUs, and every
         inference workload meets its SLO."""
         problems = []
         for pod in self.pods.values():
+            if pod.state == "Deleted":  # scaled away: not a replica any more
+                continue
             if not self._pod_healthy(pod):
                 where = f" on {pod.node}" if pod.node else ""
                 problems.append(f"{pod.name} is {pod.state}{where} ({pod.reason or 'not ready'})")
         for m in self.models.values():
             if not self._model_meets_slo(m):
                 problems.append(
-                    f"{m.name} misses its SLO: accuracy {m.accuracy_now} (min {m.slo_accuracy}), "
-                    f"p95 {m.latency_now} ms (max {m.slo_latency})"
+                    f"{m.name} misses its SLO: accuracy {m.accuracy_true} (min {m.slo_accuracy}), "
+                    f"p95 {m.latency_now} ms (max {m.slo_latency}), error rate {m.error_rate_now} "
+                    f"(max {m.slo_error_rate})"
                 )
         return not problems, problems
 
@@ -852,7 +1142,7 @@ class Simulator:
             util, power, sm, reasons = row.util, row.power_w * self.power_scale, row.sm_clock_mhz, row.reasons
         elif running and pod is not None and pod.kind == "inference":
             row = self._row(self.prof.load)
-            util = round(row.util * 0.55)
+            util = round(row.util * 0.55 * self._util_factor(pod.workload))
             power = (95.0 + (row.power_w - 95.0) * 0.5) * self.power_scale
             sm, reasons = 1980.0, 0
         else:
@@ -893,6 +1183,14 @@ class Simulator:
             xids=xids, processes=[g.pod] if g.pod and pod is not None and pod.state != "Pending" else [],
         )
 
+    def _util_factor(self, workload: str) -> float:
+        """GPU utilisation of an inference replica scales with its load; 1 at the base load (half of
+        capacity), so utilisation rises toward 100 % as requests outgrow the replicas."""
+        m = next((x for x in self.models.values() if x.workload == workload), None)
+        if m is None or m.load_ratio is None:
+            return 1.0
+        return max(1.0, min(100.0 / 55.0, m.load_ratio / 0.5))
+
     def snapshot(self) -> ClusterSnapshot:
         gpus = [self._gpu_sample(g) for g in self.gpus.values() if self.nodes[g.node].ready(self.now)]
         nodes = [
@@ -923,6 +1221,17 @@ class Simulator:
                 accuracy=m.accuracy_now, latency_p95_ms=m.latency_now, slo_accuracy_min=m.slo_accuracy,
                 slo_latency_p95_ms=m.slo_latency, drift_psi=dict(m.drift_psi),
                 last_deploy_at_s=m.last_deploy_at, previous_version=m.previous,
+                error_rate=m.error_rate_now, slo_error_rate_max=m.slo_error_rate, label_delay_s=m.label_delay,
+                requests_per_s=m.rps_now, workload=m.workload, capacity_qps=m.capacity_qps,
+                replicas_ready=sum(1 for p in self.pods.values()
+                                   if p.workload == m.workload and p.state == "Running" and not p.app_error),
+                tracks={
+                    name: ModelTrack(version=tr.version, traffic_pct=round(tr.share * 100, 3),
+                                     accuracy=tr.accuracy, latency_p95_ms=tr.latency_ms,
+                                     error_rate=tr.error_rate, requests_per_s=tr.rps)
+                    for name, tr in m.tracks.items()
+                } if m.rollout is not None else {},
+                rollout_started_at_s=m.rollout_started_at,
             )
             for m in self.models.values()
         ]

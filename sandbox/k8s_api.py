@@ -807,6 +807,17 @@ class SandboxKubeAPI:
         if replicas == current:
             return
         spec_w = self._workloads[w]
+        if spec_w.kind == "inference":
+            # The simulator places new replicas by the contract's rule, or refuses (nothing changed, a 422)
+            # when the free GPUs cannot hold them.
+            live = [p.name for p in self.sim.pods.values() if p.workload == w and p.state != "Deleted"]
+            self.sim.scale_workload(w, replicas)
+            self._desired[w] = replicas
+            self._sts_generation[w] += 1
+            for name in live:
+                if self.sim.pods[name].state == "Deleted":
+                    self._incarnation[name] = self._incarnation.get(name, 0) + 1
+            return
         self._desired[w] = replicas
         self._sts_generation[w] += 1
         pods = sorted(
