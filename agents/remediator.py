@@ -8,6 +8,7 @@ are executed (by `agents.graph`) only after it allows them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from knowledge.runbooks import Runbook, RunbookStep
@@ -41,7 +42,27 @@ def _workload_of(resource: str, snap: ClusterSnapshot) -> str | None:
     pod = snap.pod(resource)
     if pod is not None:
         return pod.workload
-    return resource if snap.model(resource) is not None else None
+    if any(m.workload == resource for m in snap.models) or any(p.workload == resource for p in snap.pods):
+        return resource  # the diagnosis named the workload itself (capacity_saturation)
+    m = snap.model(resource)
+    if m is not None:
+        return m.workload or resource
+    return None
+
+
+# Scale out to where each replica serves this share of its capacity: headroom for the next minute of growth.
+SCALE_TARGET_UTILISATION = 0.8
+
+
+def _replicas_for(workload: str, snap: ClusterSnapshot) -> int | None:
+    """Replicas that bring requests per replica under SCALE_TARGET_UTILISATION x capacity; never fewer than
+    one more than now. The sandbox (or the cluster) refuses the scale whole if the GPUs are not free."""
+    m = next((x for x in snap.models if x.workload == workload), None)
+    if m is None or not m.requests_per_s or not m.capacity_qps:
+        return None
+    now = len([p for p in snap.pods if p.workload == workload])
+    need = math.ceil(m.requests_per_s / (m.capacity_qps * SCALE_TARGET_UTILISATION))
+    return max(need, now + 1)
 
 
 def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: ClusterSnapshot) -> list[Action]:
@@ -72,6 +93,10 @@ def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: Cluster
         targets = [w] if w else []
     if step.action in ("notify", "escalate"):
         params = {"message": f"{diag.root_cause} on {res}: {diag.summary}"[:4000]}
+    if step.action == "scale_deployment" and params.get("replicas") is None and targets:
+        replicas = _replicas_for(targets[0], snap)
+        if replicas is not None:
+            params = {**params, "replicas": replicas}
     if step.action == "rollback_model" and not params.get("to_version"):
         m = snap.model(res)
         if m is not None and m.previous_version is not None:

@@ -68,6 +68,8 @@ class DecisionContext(BaseModel):
     model_stage: str | None = None
     emergency_override: bool = False
     now_wall: datetime | None = None  # for freeze windows; None: `now_s` read as epoch seconds (UTC)
+    # model -> why its input data fails validation: retraining it would learn the breakage
+    retrain_blocked: dict[str, str] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,12 @@ class PolicyEngine:
         checks.extend(self._freeze(action, ctx, exempt))
         checks.append(self._cooldown(action, ctx))
         checks.append(self._rate_limit(action, ctx))
+        if name == "retrain_model" and action.target in ctx.retrain_blocked:
+            checks.append(RuleCheck(
+                "data_validation.retrain_blocked", "deny",
+                f"retraining {action.target} is blocked: its current input data fails validation "
+                f"({ctx.retrain_blocked[action.target][:300]}); a model retrained on it would learn the "
+                f"breakage. The block lifts when the data validates again."))
 
         if p.approval_needed(name):
             checks.append(RuleCheck(f"{prefix}.approval", "needs_approval",
