@@ -60,9 +60,19 @@ def _replicas_for(workload: str, snap: ClusterSnapshot) -> int | None:
     m = next((x for x in snap.models if x.workload == workload), None)
     if m is None or not m.requests_per_s or not m.capacity_qps:
         return None
-    now = len([p for p in snap.pods if p.workload == workload])
-    need = math.ceil(m.requests_per_s / (m.capacity_qps * SCALE_TARGET_UTILISATION))
-    return max(need, now + 1)
+    pods = [p for p in snap.pods if p.workload == workload]
+    now = len(pods)
+    need = max(now + 1, math.ceil(m.requests_per_s / (m.capacity_qps * SCALE_TARGET_UTILISATION)))
+    # bounded by what free GPUs hold (each replica as large as the existing ones): asking for more is refused
+    per = max(1, len(pods[0].gpus)) if pods and pods[0].gpus else 1
+    used = {g for p in snap.pods for g in p.gpus}
+    free_by_node: dict[str, int] = {}
+    for g in snap.gpus:
+        node = snap.node(g.node)
+        if g.present and g.gpu not in used and node is not None and node.ready and not node.unschedulable:
+            free_by_node[g.node] = free_by_node.get(g.node, 0) + 1
+    fits = sum(n // per for n in free_by_node.values())
+    return min(need, now + fits) if fits else need
 
 
 def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: ClusterSnapshot) -> list[Action]:
