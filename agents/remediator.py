@@ -72,7 +72,7 @@ def _replicas_for(workload: str, snap: ClusterSnapshot) -> int | None:
         if g.present and g.gpu not in used and node is not None and node.ready and not node.unschedulable:
             free_by_node[g.node] = free_by_node.get(g.node, 0) + 1
     fits = sum(n // per for n in free_by_node.values())
-    return min(need, now + fits) if fits else need
+    return min(need, now + fits) if fits else 0
 
 
 def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: ClusterSnapshot) -> list[Action]:
@@ -105,6 +105,10 @@ def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: Cluster
         params = {"message": f"{diag.root_cause} on {res}: {diag.summary}"[:4000]}
     if step.action == "scale_deployment" and params.get("replicas") is None and targets:
         replicas = _replicas_for(targets[0], snap)
+        if replicas == 0:
+            # no free GPU holds another replica: the bound is reached, a human must find capacity
+            why = f"{diag.root_cause} on {targets[0]}: scaling out needs GPUs and none is free; {diag.summary}"
+            return [validate_action(Action(name="escalate", target=targets[0], params={"message": why[:4000]}))]
         if replicas is not None:
             params = {**params, "replicas": replicas}
     if step.action == "rollback_model" and not params.get("to_version"):

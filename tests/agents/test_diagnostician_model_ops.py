@@ -128,3 +128,13 @@ def test_accuracy_drop_after_a_deploy_is_still_a_regression() -> None:
 def test_error_rate_after_a_deploy_is_a_quality_regression() -> None:
     m = status(error_rate=0.05, last_deploy_at_s=950.0)
     assert find(incident("slo_error_rate"), snapshot(m)).root_cause == "model_quality_regression"
+
+
+def test_no_free_gpu_turns_the_scale_into_an_escalation() -> None:
+    m = status(requests_per_s=300.0, latency_p95_ms=80.0)
+    snap = snapshot(m, util=97.0, gpus=2)  # both GPUs serve the replicas
+    f = find(incident("slo_latency"), snap)
+    rb = RunbookCatalog.bundled().for_cause(f.root_cause)
+    p = remediator.plan(incident("slo_latency"), to_diagnosis(f, ["x"]), rb, snap)
+    assert [s.action.key for s in p.steps] == ["escalate@fraud-svc"]
+    assert "none is free" in p.steps[0].action.params["message"]
