@@ -91,8 +91,9 @@ def _fault(kind: str, rng: random.Random, gpn: int, at: str) -> tuple[dict[str, 
         exp.update(root_cause="data_drift", resource="svc-m", actions=["retrain_model@svc-m"],
                    forbidden=["rollback_model", *HARDWARE])
     elif kind == "canary_bad":
-        bad = rng.choice([{"error_rate": rng.choice([0.03, 0.08, 0.2])}, {"latency_p95_ms": rng.choice([100, 160])},
-                          {"accuracy": rng.choice([0.8, 0.86])}])
+        bad: dict[str, Any] = rng.choice([{"error_rate": rng.choice([0.03, 0.08, 0.2])},
+                                          {"latency_p95_ms": rng.choice([100, 160])},
+                                          {"accuracy": rng.choice([0.8, 0.86])}])
         f.update(type="model_canary", target="svc-m", params={"version": 9, **bad})
         exp.update(root_cause="canary_regression", resource="svc-m", actions=["abort_rollout@svc-m"],
                    forbidden=["retrain_model", "promote_model", *MODEL_NEVER])
