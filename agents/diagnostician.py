@@ -210,14 +210,15 @@ def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
                        f"{inc.resource}: inputs are malformed, not shifted ({what})"[:500], evidence,
                        query="feature pipeline broken nulls out of range type change data validation failed")
     # 3. Saturation: an SLO breach while each replica gets more requests than it serves and its GPUs are busy.
-    if m is not None and m.requests_per_s and m.replicas_ready and m.capacity_qps:
-        per = m.requests_per_s / m.replicas_ready
+    replicas = len([p for p in snap.pods if m is not None and p.workload == m.workload]) if m is not None else 0
+    if m is not None and m.requests_per_s and m.capacity_qps and (replicas or m.replicas_ready):
+        per = m.requests_per_s / (replicas or m.replicas_ready or 1)
         util = _workload_util(m, snap)
         if per > m.capacity_qps and (breach_l or breach_e or "load_over_capacity" in kinds) \
                 and (util is None or util >= SATURATED_UTIL_PCT) and not (breach_q and not breach_l):
             evidence.append(Evidence(
                 kind="capacity", resource=m.workload or m.name, value=round(per, 2),
-                detail=f"{m.requests_per_s:.0f} requests/s over {m.replicas_ready} ready replica(s): "
+                detail=f"{m.requests_per_s:.0f} requests/s over {replicas or m.replicas_ready} replica(s): "
                        f"{per:.0f} per replica against a capacity of {m.capacity_qps:.0f}; GPU utilisation "
                        + (f"{util:.0f}%" if util is not None else "unknown")))
             return Finding("capacity_saturation", m.workload or inc.resource, 0.9,

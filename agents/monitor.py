@@ -141,7 +141,8 @@ class Monitor:
                 self._steps.pop(p.name, None)
         for m in snap.models:
             labels = {"version": str(m.serving_version)}
-            out.extend(self._model_ops_signals(m, t))
+            degraded = any(p.workload == m.workload and not (p.phase == "Running" and p.ready) for p in snap.pods)
+            out.extend(self._model_ops_signals(m, t, degraded=degraded))
             if (m.accuracy is not None and m.slo_accuracy_min is not None and m.accuracy < m.slo_accuracy_min
                     and not self._accuracy_settling(m, t)):
                 out.append(Signal(kind="slo_accuracy", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
@@ -171,8 +172,10 @@ class Monitor:
 
     # ------------------------------------------------------------------------- model operations
 
-    def _model_ops_signals(self, m: ModelStatus, t: float) -> list[Signal]:
-        """Error rate, load against capacity, canary analysis and data validation for one model."""
+    def _model_ops_signals(self, m: ModelStatus, t: float, *, degraded: bool = False) -> list[Signal]:
+        """Error rate, load against capacity, canary analysis and data validation for one model. While a
+        replica of its workload is failing, requests per ready replica say nothing about the load (the pod's
+        own incident explains it), so the load detector waits."""
         out: list[Signal] = []
         model = ResourceKind.model
         labels = {"version": str(m.serving_version)}
@@ -181,7 +184,7 @@ class Monitor:
                               value=m.error_rate, threshold=m.slo_error_rate_max, labels=labels,
                               detail=f"{m.name} v{m.serving_version} error rate {m.error_rate:.3%} "
                                      f"> SLO {m.slo_error_rate_max:.3%}"))
-        sig = self._load_signal(m, t)
+        sig = None if degraded else self._load_signal(m, t)
         if sig is not None:
             out.append(sig)
         sig = self._canary_signal(m, t)
