@@ -144,6 +144,7 @@ def generate(seed: int, n: int) -> list[dict[str, Any]]:
         if exp["incident"]:
             exp["detect_within"] = {"data_drift": "30m", "concept_drift": "1h",
                                     "pipeline_break": "15m"}.get(kind, "10m")
+        seed_ = rng.randint(1, 10**6)  # drawn in the order the generator always drew them: same old scenarios
         svc: dict[str, Any] = {
             "name": "svc-m", "kind": "inference", "replicas": 2, "gpus_per_replica": 1, "model": "svc-m",
             "current_version": rng.randint(2, 6), "slo": {"latency_p95_ms": 80, "accuracy_min": 0.9}}
@@ -156,7 +157,7 @@ def generate(seed: int, n: int) -> list[dict[str, Any]]:
             svc["capacity_qps"] = rng.choice([50, 100, 200])
         out.append({
             "name": f"random-{seed}-{i}-{kind.replace('_', '-')}", "description": "generated",
-            "seed": rng.randint(1, 10**6),
+            "seed": seed_,
             "cluster": {"nodes": nodes, "gpus_per_node": gpn, "gpu_model": model},
             "workloads": [
                 {"name": "train-a", "kind": "training", "replicas": 1, "gpus_per_replica": gpn,
