@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from opsmedic import xids
 from opsmedic.domain import (
     ACTION_NAMES,
     CLOCK_REASON_HW_THERMAL,
@@ -62,10 +63,19 @@ GUARD_RULE = "corroboration.uncorroborated_alert"
 
 ClaimVerdict = Literal["corroborated", "contradicted", "uncorroborated"]
 
-# XIDs by what they leave behind in NVML after the event itself has passed (SCENARIOS.md's catalogue).
-_OFF_BUS_XIDS = frozenset({79, 160})
-_ECC_XIDS = frozenset({48, 63, 64, 92, 94, 95, 140})
-_NVLINK_XIDS = frozenset({74})
+
+
+# XIDs by what they leave behind in NVML after the event itself has passed, asked of NVIDIA's catalog
+# (`opsmedic.xids`, the one copy): off the bus (RESTART_BM), ECC family, NVLink family.
+def _off_bus(x: int | None) -> bool:
+    return x is not None and xids.effect(x) == "restart_bm"
+
+
+def _family(x: int | None) -> str | None:
+    e = xids.entry(x) if x is not None else None
+    return e.family if e is not None else None
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Alert names that tools.alertmanager.ALERT_KINDS does not map arrive as `alert_<snake_case>`; what they
 # claim is read off the name, so that the right telemetry is checked (the verdict rests on telemetry only).
@@ -222,11 +232,11 @@ def _xid_check(x: int | None, gpu: str, g: GpuSample | None, s: MonitorSettings)
     if (x is None and g.xids) or (x is not None and x in g.xids):
         return "corroborated", f"NVML reports XID {x if x is not None else g.xids[0]} on {gpu}"
     if not g.present:
-        return ("corroborated", seen) if x is None or x in _OFF_BUS_XIDS else ("uncorroborated", seen)
-    if x in _ECC_XIDS and (g.ecc_dbe_volatile or g.remap_pending or g.remap_failure
+        return ("corroborated", seen) if x is None or _off_bus(x) else ("uncorroborated", seen)
+    if _family(x) == "ecc" and (g.ecc_dbe_volatile or g.remap_pending or g.remap_failure
                            or (x == 92 and g.ecc_sbe_volatile)):
         return "corroborated", seen + f" (ECC: {g.ecc_dbe_volatile or 0} DBE, remap pending {g.remap_pending})"
-    if x in _NVLINK_XIDS and (g.nvlink_crc_errors or g.nvlink_replay_errors):
+    if _family(x) == "nvlink" and (g.nvlink_crc_errors or g.nvlink_replay_errors):
         return "corroborated", seen + f" (NVLink CRC errors {g.nvlink_crc_errors})"
     return ("contradicted" if healthy else "uncorroborated"), seen
 

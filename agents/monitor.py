@@ -90,7 +90,7 @@ class XidGate:
         labels = {"node": node, "xid": str(xid), "bucket": what.entry.immediate_action if what.entry else "UNLISTED"}
         if recovery is not None:
             labels["recovery"] = recovery
-        detail = f"{what.describe()} on {gpu_id}"
+        detail = what.describe(gpu_id)
         counts = True
         if xid_catalog.is_ignorable(xid):
             seen = self._seen[gpu_id]

@@ -84,9 +84,10 @@ class XidEntry(BaseModel):
     family: Family | None = None
     what: str | None = None
 
-    def describe(self) -> str:
+    def describe(self, where: str | None = None) -> str:
         name = self.what or self.mnemonic.replace("_", " ").lower() or "no mnemonic"
-        return f"XID {self.code} ({name}; catalog: {self.immediate_action})"
+        on = f" on {where}" if where else ""
+        return f"XID {self.code}{on} ({name}; catalog: {self.immediate_action})"
 
 
 class XidCatalog(BaseModel):
@@ -115,8 +116,12 @@ class XidReading:
     def listed(self) -> bool:
         return self.entry is not None
 
-    def describe(self) -> str:
-        text = self.entry.describe() if self.entry else f"XID {self.code} (not in NVIDIA's XID catalog)"
+    def describe(self, where: str | None = None) -> str:
+        """`XID 79 on node-1/gpu-3 (GPU has fallen off the bus; catalog: RESTART_BM)`: the code and where it
+        happened first, as engineers (and the chat's evidence answers) quote it."""
+        on = f" on {where}" if where else ""
+        text = (self.entry.describe(where) if self.entry
+                else f"XID {self.code}{on} (not in NVIDIA's XID catalog)")
         return text + (f"; XID 154 requires {self.recovery}" if self.recovery not in (None, "none") else "")
 
 
