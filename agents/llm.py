@@ -112,6 +112,7 @@ class LlmConfig:
     price_out_per_mtok: float = 0.0
     down_cooldown_s: float = 30.0  # after a connection failure, skip the endpoint this long
     temperature: float = 0.0
+    ca_bundle: str | None = None  # OPSMEDIC_CA_BUNDLE: a private CA for the endpoint; certificates always verified
 
     @classmethod
     def from_env(cls, base_url: str, model: str) -> LlmConfig:
@@ -125,6 +126,7 @@ class LlmConfig:
             wall_budget_s=_env_float("OPSMEDIC_LLM_WALL_BUDGET_S", 60.0),
             price_in_per_mtok=_env_float("OPSMEDIC_LLM_PRICE_IN_PER_MTOK", 0.0),
             price_out_per_mtok=_env_float("OPSMEDIC_LLM_PRICE_OUT_PER_MTOK", 0.0),
+            ca_bundle=os.environ.get("OPSMEDIC_CA_BUNDLE") or None,
         )
 
 
@@ -303,12 +305,21 @@ class Llm:
             if self._chat is None:
                 from langchain_openai import ChatOpenAI
 
+                extra: dict[str, Any] = {}
+                if self.config.ca_bundle:
+                    import ssl
+
+                    import httpx
+
+                    # a private CA replaces the system's store; verification itself is never switched off
+                    context = ssl.create_default_context(cafile=self.config.ca_bundle)
+                    extra["http_client"] = httpx.Client(verify=context, timeout=self.config.request_timeout_s)
                 # retries are ours (tenacity, bounded by the wall-time budget), so the client makes none
                 self._chat = ChatOpenAI(
                     model=self.config.model, base_url=self.config.base_url,
                     api_key=self.config.api_key or "not-set",  # type: ignore[arg-type]
                     timeout=self.config.request_timeout_s, max_retries=0, temperature=self.config.temperature,
-                    max_completion_tokens=self.config.max_completion_tokens, stream_usage=True,
+                    max_completion_tokens=self.config.max_completion_tokens, stream_usage=True, **extra,
                 )
             return self._chat
 

@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_model: str | None = None
     ca_bundle: Path | None = Field(
-        default=None, description="PEM file of the certificate authorities every HTTPS client (Prometheus, Slack) "
-        "trusts instead of the system's; certificates are always verified")
+        default=None, description="PEM file of the certificate authorities every HTTPS client (Prometheus, Slack, "
+        "PagerDuty, the LLM endpoint) trusts instead of the system's; certificates are always verified")
     slack_signing_secret: SecretStr | None = None
     slack_bot_token: SecretStr | None = None
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)

@@ -23,6 +23,7 @@ The routing key is a secret: it is never put in an error message or a log line.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -99,7 +100,7 @@ class PagerDutyEvents:
 
     def __init__(self, routing_key: str | SecretStr, *, url: str = DEFAULT_URL, source: str = "opsmedic",
                  timeout_s: float = 10.0, attempts: int = 4, backoff_s: float = 0.5, max_backoff_s: float = 8.0,
-                 verify: bool | str = True) -> None:
+                 verify: bool | str | ssl.SSLContext = True) -> None:
         import httpx
 
         key = routing_key.get_secret_value() if isinstance(routing_key, SecretStr) else routing_key
@@ -232,6 +233,14 @@ def pager_from_env(env: Mapping[str, str]) -> PagerDutyEvents | None:
         return None
     # bounded so that a pager that is down holds a graph step for seconds, not minutes (at most about
     # 3 x 5 s plus 1.5 s of backoff); the step is then retried from its checkpoint
+    ca_bundle = env.get("OPSMEDIC_CA_BUNDLE", "").strip()
+    verify: bool | ssl.SSLContext = True
+    if ca_bundle:  # a private CA replaces the system's store; verification is never switched off
+        try:
+            verify = ssl.create_default_context(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot read the CA bundle {ca_bundle}: {exc}",
+                              "setting ca_bundle (OPSMEDIC_CA_BUNDLE)") from None
     return PagerDutyEvents(key, url=env.get(ENV_URL, "").strip() or DEFAULT_URL,
                            source=env.get(ENV_SOURCE, "").strip() or "opsmedic",
-                           timeout_s=5.0, attempts=3, backoff_s=0.5, max_backoff_s=2.0)
+                           timeout_s=5.0, attempts=3, backoff_s=0.5, max_backoff_s=2.0, verify=verify)

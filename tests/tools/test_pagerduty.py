@@ -106,3 +106,13 @@ def test_configuration_from_the_environment_names_what_is_wrong() -> None:
     p = pager_from_env({"OPSMEDIC_PAGERDUTY_ROUTING_KEY": KEY})
     assert p is not None and p.url == "https://events.pagerduty.com/v2/enqueue"
     p.close()
+
+
+def test_a_private_ca_bundle_is_used_and_a_missing_one_named() -> None:
+    import certifi
+
+    with pytest.raises(ConfigError, match="OPSMEDIC_CA_BUNDLE"):
+        pager_from_env({"OPSMEDIC_PAGERDUTY_ROUTING_KEY": KEY, "OPSMEDIC_CA_BUNDLE": "/nonexistent/ca.pem"})
+    p = pager_from_env({"OPSMEDIC_PAGERDUTY_ROUTING_KEY": KEY, "OPSMEDIC_CA_BUNDLE": certifi.where()})
+    assert p is not None
+    p.close()
