@@ -198,6 +198,8 @@ class PolicyEngine:
         checks.extend(self._freeze(action, ctx, exempt))
         checks.append(self._cooldown(action, ctx))
         checks.extend(self._rate_limit(action, ctx))
+        if name == "scale_deployment" and ap.max_replicas is not None:
+            checks.append(self._max_replicas(action, ap.max_replicas, prefix))
         if name == "retrain_model" and action.target in ctx.retrain_blocked:
             checks.append(RuleCheck(
                 "data_validation.retrain_blocked", "deny",
@@ -293,6 +295,16 @@ class PolicyEngine:
                 out.append(RuleCheck(rule, "deny", f"freeze window {w.name} is active: no changes until it "
                                                    f"ends unless declared an emergency."))
         return out
+
+    @staticmethod
+    def _max_replicas(action: Action, limit: int, prefix: str) -> RuleCheck:
+        want = action.params.get("replicas")
+        if isinstance(want, int) and want > limit:
+            return RuleCheck(f"{prefix}.max_replicas", "deny",
+                             f"{action.target} would get {want} replicas, past the policy's maximum of {limit}: "
+                             "more capacity than that is a person's decision.")
+        return RuleCheck(f"{prefix}.max_replicas", "pass",
+                         f"{want} replicas is within the policy's maximum of {limit}.")
 
     def _cooldown(self, action: Action, ctx: DecisionContext) -> RuleCheck:
         rule = f"actions.{action.name}.cooldown"

@@ -248,6 +248,9 @@ class ActionPolicy(_Strict):
     enabled: bool = True
     # the pager's severity for this action (PagerDuty Events API v2); only `escalate` pages today
     severity: Literal["critical", "error", "warning", "info"] | None = None
+    # scale_deployment only: the most replicas opsmedic may set on its own; past it the step is denied and a
+    # person is paged (the free GPUs bound it too, in the backend)
+    max_replicas: int | None = Field(default=None, ge=1, le=100_000)
 
     @field_validator("rate_limit")
     @classmethod
@@ -503,6 +506,9 @@ def _cross_check(policy: Policy) -> list[tuple[tuple[str | int, ...], str]]:
                              f"unknown action {name!r}; expected one of: {', '.join(ACTION_NAMES)}"))
             continue
         refs_ok(ap.approvers, ("actions", name, "approvers"))
+        if ap.max_replicas is not None and name != "scale_deployment":
+            problems.append((("actions", name, "max_replicas"),
+                             "max_replicas bounds scale_deployment only; remove it here"))
         if policy.approval_needed(name):
             approvers = policy.approvers_for(name)
             if not approvers:

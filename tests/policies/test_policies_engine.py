@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from policy_helpers import act, make_ctx, policy_from
 
 from opsmedic.domain import Action, Risk, Verdict
+from opsmedic.errors import PolicyError
 from policies import DecisionContext, HistoryEntry, PolicyEngine
 
 ONCALL = ["U0OPSMEDIC", "eval-approver"]
@@ -359,3 +361,22 @@ def test_retraining_a_model_whose_inputs_fail_validation_is_denied(engine: Polic
     # another model, or another action on this one, is untouched
     assert engine.decide(act("retrain_model", "other"), ctx).verdict == Verdict.needs_approval
     assert engine.decide(act("notify", "fraud-model", message="x"), ctx).verdict == Verdict.allow
+
+
+def test_scaling_past_the_policys_maximum_is_denied_so_a_person_decides() -> None:
+    from policies.model import parse_policy
+
+    policy = parse_policy({"actions": {"scale_deployment": {"max_replicas": 4}}})
+    engine = PolicyEngine(policy)
+    within = engine.decide(act("scale_deployment", "fraud-model", replicas=4), make_ctx())
+    past = engine.decide(act("scale_deployment", "fraud-model", replicas=5), make_ctx())
+    assert within.verdict == Verdict.allow
+    assert past.verdict == Verdict.deny and past.rule == "actions.scale_deployment.max_replicas"
+    assert "past the policy's maximum of 4" in " ".join(past.reasons)
+
+
+def test_max_replicas_is_refused_on_any_other_action() -> None:
+    from policies.model import parse_policy
+
+    with pytest.raises(PolicyError, match="max_replicas bounds scale_deployment only"):
+        parse_policy({"actions": {"drain_node": {"max_replicas": 4}}})
