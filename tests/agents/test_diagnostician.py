@@ -432,3 +432,14 @@ def test_node_disk_pressure_set_on_the_simulator_is_diagnosed_by_its_runbooks_si
     assert rb is not None
     plan = remediator.plan(inc, diagnostician.to_diagnosis(f, [rb.id]), rb, snap)
     assert [s.action.key for s in plan.steps] == ["cordon_node@node-1", "escalate@node-1"]
+
+
+def test_the_diagnosis_bench_group_runs_the_signature_matcher_over_the_library() -> None:
+    """A smoke test of `opsmedic bench --only diagnosis` (figures are measured there, never asserted here)."""
+    from opsmedic.bench import GROUPS, bench_diagnosis
+
+    assert GROUPS["diagnosis"] == ("opsmedic.bench", "bench_diagnosis")
+    figures = bench_diagnosis(repeats=1)
+    assert {"diagnosis_ms_p50", "diagnosis_ms_p95", "diagnosis_signature_ms_p95"} <= set(figures)
+    assert figures["diagnosis_signature_hits"] == 2  # the unlisted XID on a replaying link, the full disk
+    assert figures["diagnosis_signed_runbooks"] >= 2
