@@ -16,6 +16,12 @@ An optional ``signature`` says when a runbook applies — signal kinds, XID code
 metric conditions over the GPU's latest sample — so that a failure mode can be added with a runbook file
 alone: the diagnostician matches the library's signatures where its own rules find nothing known (see
 ``agents.diagnostician.match_signatures``). Signal kinds, buckets and metric fields are validated at load.
+
+Root causes are the runbooks' own labels: the contract's (``opsmedic.domain.RootCause``, each needing a
+primary runbook) and any the library adds, validated at load (spelled like the contract's, not a near-miss of
+one) and registered so that a diagnosis may carry them. ``lint`` reports signatures that tie (identical, or
+one implying the other at equal specificity), own labels that no signature diagnoses, and runbooks that can
+drive no plan.
 """
 
 from __future__ import annotations

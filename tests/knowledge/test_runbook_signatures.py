@@ -1,6 +1,7 @@
 """Runbook signatures: validated at load (unknown signals, metrics, buckets), overlaps reported by the linter,
 matched by the diagnostician where its rules find nothing known (most specific wins, ties reported), and a
-runbook added as a file is matched and planned with no code change — down to a sandbox run."""
+runbook added as a file is matched and planned with no code change — down to a sandbox run, and with a root-cause
+label of its own that no code names."""
 
 from __future__ import annotations
 
