@@ -44,7 +44,7 @@ _CONFIG_FAILURES = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageN
 class Finding:
     """The deterministic verdict before runbooks are attached."""
 
-    root_cause: RootCause
+    root_cause: str  # a contract label (opsmedic.domain.RootCause) or one the runbook library declares
     resource: str
     confidence: float
     summary: str
@@ -75,6 +75,19 @@ def xid_readings(sigs: Sequence[Signal], sample: GpuSample | None) -> list[xid_c
 
 
 def diagnose_gpu(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    """The GPU rules. Kept as code, not signatures, because a signature matches one failure mode alone, and
+    these rules decide between several on one GPU at once:
+    - precedence (`_GPU_PRECEDENCE`): a GPU with XID 79 and a high temperature has fallen off the bus; the most
+      severe fault explains the rest, and specificity (the signature matcher's tie-break) is not severity;
+    - XID 154 overrides the bucket of the XID it accompanies (`xid_readings`): a relation between two
+      signals' values, which a signature's any-of XID list cannot state;
+    - an application fault resolves to the pod on the GPU, or to `healthy` when no process was using it,
+      which reads the snapshot's pods, not the GPU sample a signature's metrics test;
+    - the remap-failure variant (an uncorrectable ECC error whose row remapping failed: a reset will not help)
+      is a disjunction across a signal, XID 64 and a sample flag.
+    Thermal throttle and NVLink errors stay here for the same precedence reason: as signatures they would only
+    be consulted where the rules find nothing known, so a hot GPU with an application XID would lose its
+    thermal verdict (SCENARIOS.md ranks thermal above an application fault)."""
     gpu = inc.resource
     sigs = [s for s in inc.signals if s.resource == gpu]
     kinds = {s.kind for s in sigs}
@@ -139,6 +152,10 @@ def diagnose_gpu(inc: Incident, snap: ClusterSnapshot) -> Finding:
 
 
 def diagnose_pod(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    """The pod rules. Kept as code: the verdict is an ordered choice with a fallback (a leak explains the
+    restarts it causes; a stall is Running-but-idle; any other pod not ready is a crash loop), and a signature
+    only adds where the rules find nothing known, so it cannot be the fallback. The image-pull variant reads
+    the pod's waiting reason, a field of the pod's status that no signature part tests."""
     pod = snap.pod(inc.resource)
     kinds = {s.kind for s in inc.signals}
     evidence = [_ev(s) for s in inc.signals]
@@ -162,8 +179,17 @@ def diagnose_pod(inc: Incident, snap: ClusterSnapshot) -> Finding:
 
 
 def diagnose_node(inc: Incident, snap: ClusterSnapshot) -> Finding:
+    """The node rule. Kept as code: it counts how many nodes went NotReady at once (one broken node, or a
+    partition / control-plane fault across several), a judgement across resources where a signature tests
+    one resource's signals. A node incident without NotReady (DiskPressure, ...) is left to the runbooks'
+    signatures: `unknown` here, so the signature matcher runs."""
     nodes = sorted({s.resource for s in inc.signals if s.kind == "node_not_ready"})
     evidence = [_ev(s) for s in inc.signals]
+    if not nodes:
+        kinds = ", ".join(sorted({s.kind for s in inc.signals}))
+        return Finding("unknown", inc.resource, 0.3,
+                       f"{inc.resource}: node signals that match no rule ({kinds})", evidence,
+                       query=f"node {kinds}")
     if inc.resource_kind == ResourceKind.cluster or len(nodes) > 1:
         return Finding("node_not_ready", inc.resource, 0.7,
                        f"{len(nodes)} nodes NotReady at once ({', '.join(nodes)}): a network partition or a "

@@ -148,6 +148,9 @@ class Monitor:
             if not n.ready:
                 out.append(Signal(kind="node_not_ready", resource=n.name, resource_kind=ResourceKind.node,
                                   at_s=t, detail=f"{n.name} is NotReady: the kubelet stopped reporting"))
+            if "DiskPressure" in n.conditions:
+                out.append(Signal(kind="node_disk_pressure", resource=n.name, resource_kind=ResourceKind.node,
+                                  at_s=t, detail=f"{n.name} reports DiskPressure: its disk is nearly full"))
         util_by_gpu = {g.gpu: g.util_pct for g in snap.gpus}
         gpu_by_id = {g.gpu: g for g in snap.gpus}
         for p in snap.pods:

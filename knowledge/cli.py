@@ -54,7 +54,8 @@ def lint_command(
     where = str(folder) if folder is not None else "bundled runbooks"
     idle = unreachable(load_runbooks(folder).runbooks)
     if idle:  # a note, not a failure: these are still cited by retrieval
-        print(f"note: {len(idle)} runbook(s) can drive no plan (not primary, no signature, named by no rule): "
+        print(f"note: {len(idle)} runbook(s) can drive no plan (no signature, named by no rule, not the primary "
+              "picked for any of their causes): "
               + ", ".join(idle), file=out)
     if problems:
         print(f"{len(problems)} problem(s) in {where}; {count} runbook(s) valid", file=out)
@@ -120,7 +121,8 @@ def search_command(
 
     Exit 0 with results, 1 when nothing matched, 2 on bad input (empty query, top_k < 1, unknown label).
     """
-    from opsmedic.domain import ROOT_CAUSES, ResourceKind
+    from knowledge.runbooks import load_runbooks
+    from opsmedic.domain import ResourceKind, known_root_causes
 
     out = out or sys.stdout
     err = err or sys.stderr
@@ -130,9 +132,15 @@ def search_command(
     if top_k < 1:
         print("error: --top must be at least 1", file=err)
         return 2
-    if root_cause is not None and root_cause not in ROOT_CAUSES:
-        print(f"error: unknown root cause {root_cause!r}; expected one of {', '.join(ROOT_CAUSES)}", file=err)
-        return 2
+    if root_cause is not None:
+        try:
+            load_runbooks(folder)  # the library's own labels are valid filters too
+        except OpsmedicError as exc:
+            return _fail(exc, err)
+        if root_cause not in known_root_causes():
+            print(f"error: unknown root cause {root_cause!r}; expected one of {', '.join(known_root_causes())}",
+                  file=err)
+            return 2
     if resource_kind is not None and resource_kind not in {k.value for k in ResourceKind}:
         print(f"error: unknown resource kind {resource_kind!r}", file=err)
         return 2

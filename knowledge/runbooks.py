@@ -16,20 +16,28 @@ An optional ``signature`` says when a runbook applies — signal kinds, XID code
 metric conditions over the GPU's latest sample — so that a failure mode can be added with a runbook file
 alone: the diagnostician matches the library's signatures where its own rules find nothing known (see
 ``agents.diagnostician.match_signatures``). Signal kinds, buckets and metric fields are validated at load.
+
+Root causes are the runbooks' own labels: the contract's (``opsmedic.domain.RootCause``, each needing a
+primary runbook) and any the library adds, validated at load (spelled like the contract's, not a near-miss of
+one) and registered so that a diagnosis may carry them. ``lint`` reports signatures that tie (identical, or
+one implying the other at equal specificity), own labels that no signature diagnoses, and runbooks that can
+drive no plan.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
 from collections.abc import Iterable
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,7 +47,15 @@ from pydantic import (
     model_validator,
 )
 
-from opsmedic.domain import ROOT_CAUSES, ActionName, GpuSample, ResourceKind, Risk, RootCause
+from opsmedic.domain import (
+    ROOT_CAUSE_LABEL_RE,
+    ROOT_CAUSES,
+    ActionName,
+    GpuSample,
+    ResourceKind,
+    Risk,
+    register_root_causes,
+)
 from opsmedic.errors import RunbookError
 from opsmedic.safe_yaml import compose_and_load
 from opsmedic.xids import Bucket
@@ -71,6 +87,23 @@ _ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _FRONT = "---"
 
 
+def _root_cause_label(label: str) -> str:
+    """A runbook's root-cause label: one of the contract's (SCENARIOS.md) or the library's own. An own label
+    must be spelled like the contract's and must not be a near-miss of one: `gpu_uncorectable_ecc` would
+    silently start a new cause that no rule and no scenario uses."""
+    if label in ROOT_CAUSES:
+        return label
+    if not ROOT_CAUSE_LABEL_RE.match(label):
+        raise ValueError(f"root cause {label!r} must be lower-case words joined by '_' ([a-z0-9_]+)")
+    near = difflib.get_close_matches(label, ROOT_CAUSES, n=1, cutoff=0.9)
+    if near:
+        raise ValueError(f"root cause {label!r} is not a contract label; did you mean {near[0]!r}?")
+    return label
+
+
+RootCauseName = Annotated[str, AfterValidator(_root_cause_label)]
+
+
 class RunbookStep(BaseModel):
     """One ordered step of a runbook: a whitelisted action on a placeholder target."""
 
@@ -98,7 +131,7 @@ class RunbookStep(BaseModel):
 SIGNAL_KINDS: frozenset[str] = frozenset({
     "gpu_xid", "gpu_lost", "ecc_dbe", "remap_failure", "gpu_temp_high", "nvlink_errors", "fb_memory_growth",
     "training_stalled", "pod_not_ready", "pod_oom_killed", "pod_unreachable", "node_not_ready", "slo_accuracy",
-    "slo_latency", "drift_psi", "drift_kl",
+    "slo_latency", "drift_psi", "drift_kl", "node_disk_pressure",
 })
 # numeric fields of a GPU sample a metric condition may test
 METRIC_FIELDS: frozenset[str] = frozenset(
@@ -131,6 +164,14 @@ class MetricCondition(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.metric} {self.op} {self.value:g}"
+
+    def implies(self, other: MetricCondition) -> bool:
+        """Whenever this condition holds, ``other`` holds too (same metric, same direction, at least as strict)."""
+        if self.metric != other.metric or self.op[0] != other.op[0]:
+            return False
+        if self.value == other.value:
+            return self.op == other.op or len(other.op) == 2  # x > v implies x >= v
+        return self.value > other.value if self.op[0] == ">" else self.value < other.value
 
 
 class Signature(BaseModel):
@@ -169,6 +210,25 @@ class Signature(BaseModel):
         return (tuple(sorted(set(self.signals))), tuple(sorted(set(self.xids))),
                 tuple(sorted(set(self.xid_buckets))), tuple(sorted(str(m) for m in self.metrics)))
 
+    def implies(self, other: Signature, bucket_of: dict[int, str] | None = None) -> bool:
+        """Every incident this signature matches, ``other`` matches too: its signals and metric conditions are
+        among (or implied by) ours, and its XID codes / buckets admit every code ours admits. ``bucket_of``
+        maps codes to catalog buckets, so that ``xids: [119]`` is known to imply ``xid_buckets: [RESET_GPU]``."""
+        if not set(other.signals) <= set(self.signals):
+            return False
+        if not all(any(m.implies(o) for m in self.metrics) for o in other.metrics):
+            return False
+        if other.xids and not (self.xids and set(self.xids) <= set(other.xids)):
+            return False
+        if other.xid_buckets:
+            buckets = set(other.xid_buckets)
+            by_bucket = bool(self.xid_buckets) and set(self.xid_buckets) <= buckets
+            by_code = bool(self.xids) and bucket_of is not None and all(
+                bucket_of.get(c) in buckets for c in self.xids)
+            if not (by_bucket or by_code):
+                return False
+        return True
+
 
 class _FrontMatter(BaseModel):
     """The YAML front-matter exactly as written; unknown keys are refused (typos would be silent)."""
@@ -180,7 +240,8 @@ class _FrontMatter(BaseModel):
     # primary: the runbook the remediator should use for its root cause(s); neighbours cite the same labels
     # but describe rarer variants. The retriever ranks primaries first among equals.
     primary: bool = False
-    root_causes: list[RootCause] = Field(min_length=1)
+    # the contract's labels or the library's own (validated by shape and near-misses; registered at load)
+    root_causes: list[RootCauseName] = Field(min_length=1)
     resource_kind: ResourceKind
     severity: Severity
     signals: list[str] = Field(min_length=1)
@@ -348,6 +409,8 @@ def _parse(text: str, source: str) -> Runbook:
     if not body.strip():
         raise _Problem(closing_line, "the Markdown body after the front-matter is empty")
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    # a valid runbook's labels become known, so a diagnosis may carry them (opsmedic.domain.RootCauseLabel)
+    register_root_causes(fm.root_causes)
     return Runbook(**fm.model_dump(), body=body.strip() + "\n", path=source, content_hash=digest)
 
 
@@ -431,27 +494,73 @@ def coverage_problems(runbooks: Iterable[Runbook], folder: str = "runbooks") -> 
 
 
 def signature_problems(runbooks: Iterable[Runbook], folder: str = "runbooks") -> list[RunbookProblem]:
-    """Two runbooks with the same signature: which one applies would depend on file order."""
-    seen: dict[tuple[Any, ...], str] = {}
+    """Two runbooks whose signatures tie whenever the narrower one matches: the same signature, or one whose
+    conditions imply the other's at equal specificity. The diagnostician reports such a tie and decides
+    nothing, so the library should not hold one (which applies would otherwise depend on file order)."""
+    from opsmedic import xids as xid_catalog
+
+    bucket_of: dict[int, str] = {
+        c: e.immediate_action for c in xid_catalog.codes() if (e := xid_catalog.entry(c)) is not None}
+    signed = sorted((rb for rb in runbooks if rb.signature is not None), key=lambda r: r.id)
     out = []
-    for rb in sorted(runbooks, key=lambda r: r.id):
-        if rb.signature is None:
-            continue
-        other = seen.setdefault(rb.signature.key(), rb.id)
-        if other != rb.id:
-            out.append(RunbookProblem(file=rb.path or folder, line=0,
-                                      message=f"{rb.id}: its signature overlaps {other}'s exactly"))
+    for i, rb in enumerate(signed):
+        sig = rb.signature
+        assert sig is not None
+        for other in signed[:i]:
+            osig = other.signature
+            assert osig is not None
+            if sig.key() == osig.key():
+                out.append(RunbookProblem(file=rb.path or folder, line=0,
+                                          message=f"{rb.id}: its signature overlaps {other.id}'s exactly"))
+            elif sig.specificity == osig.specificity and (
+                sig.implies(osig, bucket_of) or osig.implies(sig, bucket_of)
+            ):
+                narrow, broad = (rb, other) if sig.implies(osig, bucket_of) else (other, rb)
+                out.append(RunbookProblem(
+                    file=rb.path or folder, line=0,
+                    message=(f"{rb.id}: its signature overlaps {other.id}'s: whenever {narrow.id} matches, "
+                             f"{broad.id} matches with the same specificity ({sig.specificity}), a tie")))
     return out
 
 
+def _drives_a_plan(rb: Runbook, runbooks: list[Runbook]) -> bool:
+    """The remediator's choice (agents.runbook_source.RunbookCatalog.for_cause): a runbook drives a plan when
+    a signature or a rule names it, or when it is the first primary (by id) for one of its causes."""
+    if rb.signature is not None or rb.id in HINTED:
+        return True
+    for rc in rb.root_causes:
+        first = min((r for r in runbooks if rc in r.root_causes), key=lambda r: (not r.primary, r.id))
+        if first.id == rb.id and rb.primary:
+            return True
+    return False
+
+
 def unreachable(runbooks: Iterable[Runbook]) -> list[str]:
-    """Runbooks that can never drive a plan: neither primary for a cause, nor a variant a rule names, nor
-    matched by a signature. They are still cited by retrieval (``opsmedic runbooks lint`` lists them)."""
-    return sorted(rb.id for rb in runbooks if not rb.primary and rb.signature is None and rb.id not in HINTED)
+    """Runbooks that can never drive a plan: no signature, named by no rule, and not the primary the
+    remediator picks for any of their causes. They are still cited by retrieval (``opsmedic runbooks lint``
+    lists them as a note)."""
+    rbs = list(runbooks)
+    return sorted(rb.id for rb in rbs if not _drives_a_plan(rb, rbs))
 
 
 # Variant runbooks the diagnostician's rules name directly (its `runbook_hint`s): reachable without a signature.
 HINTED: frozenset[str] = frozenset({"gpu-row-remap-failure", "image-pull-backoff"})
+
+
+def label_problems(runbooks: Iterable[Runbook], folder: str = "runbooks") -> list[RunbookProblem]:
+    """A label of the library's own (not the contract's) is only ever diagnosed through a signature: one that
+    no signed runbook declares can never be a diagnosis, which is a mistake in the library."""
+    rbs = list(runbooks)
+    signed = {rc for rb in rbs if rb.signature is not None for rc in rb.root_causes[:1]}
+    out = []
+    for rb in sorted(rbs, key=lambda r: r.id):
+        for rc in rb.root_causes:
+            if rc not in ROOT_CAUSES and rc not in signed:
+                out.append(RunbookProblem(
+                    file=rb.path or folder, line=0,
+                    message=(f"{rb.id}: root cause {rc!r} is the library's own label, but no runbook's signature "
+                             "diagnoses it (a signed runbook must list it first)")))
+    return out
 
 
 def lint(
@@ -466,6 +575,7 @@ def lint(
     loaded = load_runbooks(folder)
     problems = list(loaded.problems)
     problems.extend(signature_problems(loaded.runbooks, name))
+    problems.extend(label_problems(loaded.runbooks, name))
     if require_coverage if require_coverage is not None else folder is None:
         problems.extend(coverage_problems(loaded.runbooks, name))
     return problems

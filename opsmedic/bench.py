@@ -45,6 +45,57 @@ def bench_decision_and_sim(repeats: int = 3) -> dict[str, Any]:
     }
 
 
+def bench_diagnosis(repeats: int = 20) -> dict[str, Any]:
+    """Diagnosis time (wall ms per incident) with the signature matcher over the full bundled library: every
+    catalogued XID plus an unlisted one on a GPU, and the incidents only a runbook's signature explains (a
+    replaying PCIe link, a node's DiskPressure). `diagnosis_signature_ms_p95` is the share where the rules find
+    nothing known and every signature in the library is tested."""
+    from agents import diagnostician
+    from knowledge.runbooks import load_runbooks
+    from opsmedic import xids
+    from opsmedic.domain import ClusterSnapshot, GpuSample, Incident, NodeStatus, PodStatus, ResourceKind, Signal
+
+    runbooks = load_runbooks().runbooks
+    gpu = "node-0/gpu-1"
+    sample = GpuSample(gpu=gpu, node="node-0", index=1, temp_c=60.0, util_pct=90.0, pcie_replay_counter=5000)
+    snap = ClusterSnapshot(
+        at_s=600.0, gpus=[sample],
+        nodes=[NodeStatus(name="node-0", ready=True, gpus=8),
+               NodeStatus(name="node-1", ready=True, gpus=8, conditions=["DiskPressure"])],
+        pods=[PodStatus(name="job-0", workload="job", kind="training", node="node-0", gpus=[gpu], phase="Running",
+                        ready=True)],
+        models=[])
+
+    def inc(resource: str, kind: ResourceKind, *sigs: tuple[str, float | None]) -> Incident:
+        return Incident(id="bench", resource=resource, resource_kind=kind, opened_at_s=600.0, signals=[
+            Signal(kind=k, resource=resource, resource_kind=kind, at_s=600.0, value=v) for k, v in sigs])
+
+    by_rules = [inc(gpu, ResourceKind.gpu, ("gpu_xid", float(c))) for c in xids.codes()]
+    by_signature = [inc(gpu, ResourceKind.gpu, ("gpu_xid", 250.0)),
+                    inc("node-1", ResourceKind.node, ("node_disk_pressure", None))]
+    times: list[float] = []
+    sig_times: list[float] = []
+    matched = 0
+    for _ in range(repeats):
+        for i in [*by_rules, *by_signature]:
+            t0 = time.perf_counter()
+            f = diagnostician.find(i, snap, runbooks)
+            ms = (time.perf_counter() - t0) * 1000.0
+            times.append(ms)
+            if i in by_signature:
+                sig_times.append(ms)
+                matched += f.runbook_hint is not None
+    return {
+        "diagnosis_ms_p50": round(statistics.median(times), 3),
+        "diagnosis_ms_p95": round(_pct(times, 0.95), 3),
+        "diagnosis_signature_ms_p95": round(_pct(sig_times, 0.95), 3),
+        "diagnosis_runbooks": len(runbooks),
+        "diagnosis_signed_runbooks": sum(1 for r in runbooks if r.signature is not None),
+        "diagnosis_signature_hits": matched,
+        "diagnoses_measured": len(times),
+    }
+
+
 def _optional(module: str, fn: str) -> Callable[[], dict[str, Any]] | None:
     try:
         mod = __import__(module, fromlist=[fn])
@@ -64,6 +115,7 @@ GROUPS: dict[str, tuple[str, str] | None] = {
     "actions": ("tools.k8s_bench", "bench_actions"),
     "daemon": ("opsmedic.daemon.bench", "bench_daemon_load"),
     "chat": ("opsmedic.chat.bench", "bench_chat"),
+    "diagnosis": ("opsmedic.bench", "bench_diagnosis"),
 }
 
 

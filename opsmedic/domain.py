@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # --------------------------------------------------------------------------------------------------
 # Vocabularies (SCENARIOS.md)
@@ -42,6 +44,36 @@ RootCause = Literal[
     "healthy",
 ]
 ROOT_CAUSES: tuple[str, ...] = RootCause.__args__  # type: ignore[attr-defined]
+
+# Root causes are the runbooks' own labels: `RootCause` above is the contract's core set (scenario files use
+# only these, and every one of them needs a primary runbook), and a runbook library may declare more. The
+# runbook loader registers the labels of every runbook it validates, so that a diagnosis may carry a label the
+# loaded library knows and nothing else. Registration only adds: a label once known stays known in a process.
+ROOT_CAUSE_LABEL_RE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
+_LIBRARY_ROOT_CAUSES: set[str] = set()
+
+
+def register_root_causes(labels: Iterable[str]) -> None:
+    """Make labels that a validated runbook library declares known (the runbook loader calls this)."""
+    for label in labels:
+        if not ROOT_CAUSE_LABEL_RE.match(label):
+            raise ValueError(f"root-cause label {label!r} must be lower-case words joined by '_'")
+        _LIBRARY_ROOT_CAUSES.add(label)
+
+
+def known_root_causes() -> tuple[str, ...]:
+    """The contract's labels, then the loaded runbook libraries' own labels (sorted)."""
+    return ROOT_CAUSES + tuple(sorted(_LIBRARY_ROOT_CAUSES - set(ROOT_CAUSES)))
+
+
+def _known_root_cause(label: str) -> str:
+    if label not in ROOT_CAUSES and label not in _LIBRARY_ROOT_CAUSES:
+        raise ValueError(f"unknown root cause {label!r}: neither a contract label nor one a loaded runbook declares")
+    return label
+
+
+# a root cause as a diagnosis carries it: a contract label or one the loaded runbook library declares
+RootCauseLabel = Annotated[str, AfterValidator(_known_root_cause)]
 
 ActionName = Literal[
     "restart_pod",
@@ -159,6 +191,8 @@ class NodeStatus(BaseModel):
     cordoned_by: str | None = None  # incident id when opsmedic cordoned it
     gpus: int = 0
     taints: list[str] = Field(default_factory=list)
+    # node conditions other than Ready that are True (kubelet's DiskPressure, MemoryPressure, PIDPressure)
+    conditions: list[str] = Field(default_factory=list)
 
 
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
@@ -294,7 +328,7 @@ class Evidence(BaseModel):
 
 
 class Diagnosis(BaseModel):
-    root_cause: RootCause
+    root_cause: RootCauseLabel
     resource: str
     confidence: float = Field(ge=0.0, le=1.0)
     summary: str

@@ -44,6 +44,8 @@ RECOVERIES: tuple[str, ...] = get_args(Recovery)
 #   event        anything else (contact support, check mechanicals, unlisted codes): an event only
 Effect = Literal["restart_app", "reset_gpu", "restart_bm", "ecc_dbe", "nvlink", "node_reboot", "ignore", "event"]
 Family = Literal["ecc", "nvlink"]
+# the GPU families the catalog's "Applies to" columns name
+GpuFamily = Literal["A100", "H100", "B100", "GB200"]
 
 RECOVERY_XID = 154
 # SCENARIOS.md: "43 and 45 behave the same [as RESTART_APP] here (the catalog: IGNORE, and cleanup after
@@ -83,11 +85,17 @@ class XidEntry(BaseModel):
     fatal: bool
     family: Family | None = None
     what: str | None = None
+    # the catalog page's columns: where the code applies, what to investigate if it recurs, and the driver
+    # release from which it also raises XID 154 (data for people and the console; no rule keys on them)
+    gpus: list[GpuFamily] = Field(default_factory=list)
+    investigatory: str | None = None
+    xid154_linkage: str | None = None
 
     def describe(self, where: str | None = None) -> str:
         name = self.what or self.mnemonic.replace("_", " ").lower() or "no mnemonic"
         on = f" on {where}" if where else ""
-        return f"XID {self.code}{on} ({name}; catalog: {self.immediate_action})"
+        inv = f", then {self.investigatory}" if self.investigatory and not self.investigatory.startswith("N/A") else ""
+        return f"XID {self.code}{on} ({name}; catalog: {self.immediate_action}{inv})"
 
 
 class XidCatalog(BaseModel):

@@ -109,6 +109,7 @@ class SimNode:
     down_since: float | None = None
     unschedulable: bool = False
     cordoned_by: str | None = None
+    disk_pressure: bool = False  # the kubelet's DiskPressure condition (no scenario fault sets it; tests do)
 
     def ready(self, now: float) -> bool:
         return self.kubelet_up or (self.down_since is not None and now - self.down_since < NODE_MONITOR_GRACE_S)
@@ -1247,6 +1248,7 @@ class Simulator:
                 gpus=self.scenario.cluster.gpus_per_node,
                 taints=(["node.kubernetes.io/unschedulable"] if n.unschedulable else [])
                 + ([] if n.ready(self.now) else ["node.kubernetes.io/unreachable"]),
+                conditions=["DiskPressure"] if n.disk_pressure else [],
             )
             for n in self.nodes.values()
         ]

@@ -331,7 +331,8 @@ class SandboxKubeAPI:
         pressure = [
             {
                 "type": t,
-                "status": "False" if ready else "Unknown",
+                # DiskPressure is True where a test set it on the simulator's node (SimNode.disk_pressure)
+                "status": ("True" if t == "DiskPressure" and n.disk_pressure else "False") if ready else "Unknown",
                 "reason": f"KubeletHas{r}",
                 "message": f"kubelet has {m}",
                 "lastHeartbeatTime": heartbeat,

@@ -1138,6 +1138,9 @@ class KubernetesTelemetry:
             cordoned_by=by,
             gpus=int(gpus) if str(gpus).isdigit() else 0,
             taints=taints,
+            # the kubelet's pressure conditions that are True (DiskPressure drives the node-disk-pressure runbook)
+            conditions=[c.type for c in ((n.status.conditions or []) if n.status else [])
+                        if c.type != "Ready" and c.status == "True"],
         )
 
     def _pod(self, p: Any, node_ready_by_name: dict[str, bool]) -> PodStatus:

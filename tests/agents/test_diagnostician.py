@@ -398,3 +398,48 @@ def test_log_injection_end_to_end_changes_nothing(
     assert [(i.resource, i.diagnosis_resource) for i in injected.incidents] == [
         (i.resource, i.diagnosis_resource) for i in plain.incidents
     ]
+
+
+def test_node_disk_pressure_set_on_the_simulator_is_diagnosed_by_its_runbooks_signature(
+    catalog: RunbookCatalog,
+) -> None:
+    """No scenario fault sets DiskPressure (the contract has none): the test sets the node condition on the
+    simulator, and the sandbox's telemetry, the monitor, the signature matcher and the runbook do the rest."""
+    from agents.monitor import Monitor
+    from sandbox.cluster import Simulator
+    from sandbox.scenario import parse_scenario
+
+    sim = Simulator(parse_scenario({
+        "name": "disk-pressure", "description": "a node's disk fills up", "seed": 3,
+        "cluster": {"nodes": 2, "gpus_per_node": 2},
+        "workloads": [{"name": "chat", "kind": "inference", "replicas": 1, "gpus_per_replica": 1}],
+        "faults": [], "duration": "10m", "expect": {"incident": True},
+    }))
+    mon = Monitor()
+    sim.step()
+    assert mon.observe(sim.snapshot(), sim.tick) == []
+    sim.nodes["node-1"].disk_pressure = True
+    sim.step()
+    snap = sim.snapshot()
+    assert snap.node("node-1").conditions == ["DiskPressure"]  # type: ignore[union-attr]
+    opened = mon.observe(snap, sim.tick)
+    assert [(i.resource, [s.kind for s in i.signals]) for i in opened] == [("node-1", ["node_disk_pressure"])]
+    inc = opened[0]
+    assert find(inc, snap).root_cause == "unknown"  # no rule knows DiskPressure: never "node_not_ready"
+    f = find(inc, snap, catalog.all())
+    assert (f.root_cause, f.resource, f.runbook_hint) == ("node_disk_pressure", "node-1", "node-disk-pressure")
+    rb = catalog.for_cause(f.root_cause, f.runbook_hint)
+    assert rb is not None
+    plan = remediator.plan(inc, diagnostician.to_diagnosis(f, [rb.id]), rb, snap)
+    assert [s.action.key for s in plan.steps] == ["cordon_node@node-1", "escalate@node-1"]
+
+
+def test_the_diagnosis_bench_group_runs_the_signature_matcher_over_the_library() -> None:
+    """A smoke test of `opsmedic bench --only diagnosis` (figures are measured there, never asserted here)."""
+    from opsmedic.bench import GROUPS, bench_diagnosis
+
+    assert GROUPS["diagnosis"] == ("opsmedic.bench", "bench_diagnosis")
+    figures = bench_diagnosis(repeats=1)
+    assert {"diagnosis_ms_p50", "diagnosis_ms_p95", "diagnosis_signature_ms_p95"} <= set(figures)
+    assert figures["diagnosis_signature_hits"] == 2  # the unlisted XID on a replaying link, the full disk
+    assert figures["diagnosis_signed_runbooks"] >= 2

@@ -124,7 +124,11 @@ def test_content_hash_changes_with_content(tmp_path: Path) -> None:
     ("mutate", "line", "fragment"),
     [
         (lambda t: t.replace("action: restart_pod", "action: reboot_node"), 9, "unknown value 'reboot_node'"),
-        (lambda t: t.replace("root_causes: [pod_crashloop]", "root_causes: [cosmic_rays]"), 4, "cosmic_rays"),
+        # a label of the library's own is allowed (see test_runbook_signatures); a near-miss of a contract label
+        # or a badly spelled one is not
+        (lambda t: t.replace("root_causes: [pod_crashloop]", "root_causes: [pod_crashlop]"), 4,
+         "did you mean 'pod_crashloop'"),
+        (lambda t: t.replace("root_causes: [pod_crashloop]", "root_causes: [Cosmic-Rays]"), 4, "lower-case"),
         (
             lambda t: t.replace("severity: warning", "severity: warning\nowner: team-x"),
             7,

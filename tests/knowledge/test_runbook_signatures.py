@@ -1,6 +1,7 @@
 """Runbook signatures: validated at load (unknown signals, metrics, buckets), overlaps reported by the linter,
 matched by the diagnostician where its rules find nothing known (most specific wins, ties reported), and a
-runbook added as a file is matched and planned with no code change — down to a sandbox run."""
+runbook added as a file is matched and planned with no code change — down to a sandbox run, and with a root-cause
+label of its own that no code names."""
 
 from __future__ import annotations
 
@@ -167,3 +168,108 @@ expect:
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     report = json.loads(out.stdout)
     assert report["passed"] == 1, (report["results"][0]["failures"], out.stderr[-2000:])
+
+
+# ---------------------------------------------------------------------------- the runbooks' own labels
+
+NEW_LABEL = """---
+id: gpu-pcie-degraded-xid250
+title: XID 250 with a replaying PCIe link - a new failure mode, a new label
+root_causes: [gpu_pcie_degraded]
+resource_kind: gpu
+severity: warning
+signals:
+  - xid 250 with PCIe replays
+actions:
+  - {action: cordon_node, target: node, risk: low, why: "keep new work off a GPU whose link is degrading"}
+  - {action: escalate, target: gpu, risk: low, why: "reseat the GPU; the fixture's own procedure"}
+signature:
+  signals: [gpu_xid]
+  xids: [250]
+  metrics:
+    - {metric: pcie_replay_counter, op: ">", value: 100}
+---
+
+# A new label (fixture)
+Reseat the GPU.
+"""
+
+
+def test_a_runbook_file_with_a_new_root_cause_label_is_matched_diagnosed_and_planned(
+    tmp_path: Path, bundled: list  # type: ignore[type-arg]
+) -> None:
+    """No code names `gpu_pcie_degraded`: the label is the runbook's own, validated and made known at load."""
+    from pydantic import ValidationError
+
+    from opsmedic.domain import ROOT_CAUSES, Diagnosis, known_root_causes
+
+    with pytest.raises(ValidationError, match="unknown root cause 'gpu_never_declared'"):
+        Diagnosis(root_cause="gpu_never_declared", resource=GPU, confidence=0.5, summary="s")
+    path = tmp_path / "gpu-pcie-degraded-xid250.md"
+    path.write_text(NEW_LABEL)
+    rb = load_runbook(path)
+    assert "gpu_pcie_degraded" not in ROOT_CAUSES and "gpu_pcie_degraded" in known_root_causes()
+    catalog = RunbookCatalog([*bundled, rb])
+    snap = snapshot(pcie_replay_counter=5000)
+    f = diagnostician.find(incident(250), snap, catalog.all())
+    # more specific than pcie-link-degraded's own signature (a replay counter alone), so it wins
+    assert (f.root_cause, f.runbook_hint) == ("gpu_pcie_degraded", "gpu-pcie-degraded-xid250")
+    chosen = catalog.for_cause(f.root_cause, f.runbook_hint)
+    assert chosen is not None and chosen.id == rb.id
+    diag = diagnostician.to_diagnosis(f, [chosen.id])
+    assert diag.root_cause == "gpu_pcie_degraded"
+    plan = remediator.plan(incident(250), diag, chosen, snap)
+    assert [s.action.key for s in plan.steps] == ["cordon_node@node-0", f"escalate@{GPU}"]
+    assert lint(tmp_path, require_coverage=False) == []
+
+
+def test_scenario_files_keep_the_contracts_labels(bundled: list) -> None:  # type: ignore[type-arg]
+    """A library label is not a scenario label: `expect.root_cause` is validated against SCENARIOS.md alone."""
+    from sandbox.scenario import parse_scenario
+
+    base = {"name": "s", "description": "d", "seed": 1, "cluster": {"nodes": 1, "gpus_per_node": 1},
+            "workloads": [], "faults": [], "duration": "5m"}
+    parse_scenario({**base, "expect": {"incident": True, "root_cause": "gpu_reset_required"}})
+    with pytest.raises(Exception, match="root_cause"):
+        parse_scenario({**base, "expect": {"incident": True, "root_cause": "node_disk_pressure"}})
+
+
+def test_lint_reports_signatures_that_overlap_without_being_identical(tmp_path: Path) -> None:
+    files = {
+        "narrow-one": "signature:\n  xids: [250]\n",
+        "wide-one": "signature:\n  xids: [250, 251]\n",  # admits every code narrow-one does, same specificity
+        "hot-one": "signature:\n  metrics: [{metric: temp_c, op: '>', value: 90}]\n",
+        "warm-one": "signature:\n  metrics: [{metric: temp_c, op: '>=', value: 80}]\n",  # implied by hot-one
+        "reset-bucket": "signature:\n  xid_buckets: [RESET_GPU]\n",
+        "gsp-code": "signature:\n  xid_buckets: [RESTART_BM]\n  xids: [119]\n",  # more specific: no tie
+    }
+    for rid, sig in files.items():
+        (tmp_path / f"{rid}.md").write_text(runbook_text(rid, sig))
+    problems = sorted(p.message for p in lint(tmp_path))
+    assert problems == [
+        "warm-one: its signature overlaps hot-one's: whenever hot-one matches, warm-one matches with the same "
+        "specificity (1), a tie",
+        "wide-one: its signature overlaps narrow-one's: whenever narrow-one matches, wide-one matches with the "
+        "same specificity (2), a tie",
+    ]
+
+
+def test_lint_reports_a_label_nothing_can_diagnose_and_a_shadowed_primary(tmp_path: Path) -> None:
+    lonely = runbook_text("lonely-one", "").replace("[unknown]", "[gpu_lonely_label]")
+    (tmp_path / "lonely-one.md").write_text(lonely)
+    first = runbook_text("a-first", "").replace("title: t\n", "title: t\nprimary: true\n")
+    second = runbook_text("b-second", "").replace("title: t\n", "title: t\nprimary: true\n")
+    (tmp_path / "a-first.md").write_text(first)
+    (tmp_path / "b-second.md").write_text(second)
+    assert [p.message for p in lint(tmp_path)] == [
+        "lonely-one: root cause 'gpu_lonely_label' is the library's own label, but no runbook's signature "
+        "diagnoses it (a signed runbook must list it first)"]
+    # b-second is primary for `unknown` too, but the remediator always picks a-first: it drives no plan
+    assert unreachable(load_runbooks(tmp_path).runbooks) == ["b-second", "lonely-one"]
+
+
+def test_node_disk_pressure_has_a_signature_and_its_own_label(bundled: list) -> None:  # type: ignore[type-arg]
+    rb = next(r for r in bundled if r.id == "node-disk-pressure")
+    assert rb.signature is not None and rb.signature.signals == ["node_disk_pressure"]
+    assert rb.root_causes == ["node_disk_pressure"]
+    assert "node-disk-pressure" not in unreachable(bundled)

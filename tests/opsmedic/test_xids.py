@@ -83,3 +83,16 @@ def test_only_the_catalog_module_keeps_an_xid_table() -> None:
                 if table.search(line) and not line.lstrip().startswith("#"):
                     offenders.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_the_catalog_carries_the_pages_gpu_families_and_investigatory_buckets() -> None:
+    """Transcribed from NVIDIA's catalog page ("Applies to", "Investigatory Action", "Xid 154 linkage")."""
+    e119, e74, e136, e1 = (xids.entry(c) for c in (119, 74, 136, 1))
+    assert e119 is not None and e119.gpus == ["A100", "H100", "B100", "GB200"]
+    assert e119.investigatory == "INVESTIGATE_SW" and "INVESTIGATE_SW" in e119.describe()
+    assert e74 is not None and e74.gpus == ["A100", "H100"]  # NVLink 4 and older; 144-150 on Blackwell
+    assert e136 is not None and e136.gpus == ["H100"]
+    assert e1 is not None and e1.gpus == [] and e1.investigatory == "N/A; Unused"
+    assert {c for c in xids.codes() if (e := xids.entry(c)) and e.xid154_linkage} >= {48, 62, 63, 64, 79, 94, 95}
+    assert {xids.entry(c).investigatory for c in range(144, 151)} == {"WORKFLOW_NVLINK5_ERR"}  # type: ignore[union-attr]
+    assert len([c for c in xids.codes() if xids.entry(c).gpus]) == 99  # type: ignore[union-attr]

@@ -309,6 +309,7 @@ def test_connection_refused_is_transient_and_not_remembered(tmp_path: Path) -> N
 
 def test_telemetry_snapshot_matches_the_simulator(env: Env) -> None:
     env.sim.nodes["node-2"].kubelet_up, env.sim.nodes["node-2"].down_since = False, env.sim.now
+    env.sim.nodes["node-0"].disk_pressure = True  # the kubelet's DiskPressure condition reaches NodeStatus
     env.sim.pods["trainer-1"].log.append("NCCL watchdog: collective operation has not completed (waiting)")
     env.run("cordon_node", "node-1", key="inc-5:a")
     env.steps(6)
@@ -327,6 +328,7 @@ def test_telemetry_snapshot_matches_the_simulator(env: Env) -> None:
             n.gpus,
         )
         assert set(n.taints) <= set(g.taints)
+        assert g.conditions == n.conditions == (["DiskPressure"] if n.name == "node-0" else [])
     for p in want.pods:
         g = got.pod(p.name)
         assert g is not None
