@@ -58,6 +58,7 @@ from opsmedic.domain import (
     Evidence,
     Incident,
     PlannedAction,
+    known_root_causes,
 )
 from opsmedic.errors import ToolError
 from tools.registry import ACTION_TOOLS, validate_action
@@ -540,7 +541,7 @@ def read_tools(snap: ClusterSnapshot, runbooks: RunbookSourceLike | None) -> dic
     def search(a: _SearchArg) -> Any:
         if runbooks is None:
             return "no runbook source"
-        rc = a.root_cause if a.root_cause in ROOT_CAUSES else None
+        rc = a.root_cause if a.root_cause in known_root_causes() else None
         hits = [rb for rb, _ in runbooks.search(a.query, top_k=3, root_cause=rc)]
         if not hits and rc is not None and (rb := runbooks.for_cause(rc)) is not None:
             hits = [rb]
@@ -711,7 +712,7 @@ def validate_diagnosis(proposal: DiagnosisProposal, deterministic: Diagnosis, sn
                        incident: Incident, known_runbooks: set[str] | None = None) -> tuple[Diagnosis | None, str]:
     """(diagnosis to use, reason). None = rejected. The fault signatures decide the root cause and where it
     is; the model may explain them, add evidence and cite further runbooks."""
-    if proposal.root_cause not in ROOT_CAUSES:
+    if proposal.root_cause not in known_root_causes():  # the contract's labels and the library's own
         return None, f"unknown root-cause label {proposal.root_cause!r}"
     if not resource_exists(proposal.resource, snap, incident):
         return None, f"resource {proposal.resource!r} does not exist in the cluster"
