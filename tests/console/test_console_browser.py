@@ -5,6 +5,8 @@ incident appears in the console by itself (Server-Sent Events), an approver sign
 drain on the approvals page, and the incident page — open in another tab — updates to executed and
 verified without a reload. Screenshots of every page (the incident in light and dark) go to
 docs/screenshots/. A second test renders a 1,250-node x 8-GPU fleet and measures the heatmap's draw time.
+A third runs the canary-error-abort scenario and opens the model page once the canary is aborted: both
+tracks, their traffic share, error and request rates over time with the abort marked (models-canary.png).
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_testkit import API_TOKEN, APPROVER, ConsoleDaemon, FakeSource, fleet_snapshot, fraud_model, make_app
+from console_testkit import (
+    API_TOKEN,
+    APPROVER,
+    ConsoleDaemon,
+    FakeSource,
+    fleet_snapshot,
+    fraud_model,
+    make_app,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +161,42 @@ def test_fleet_heatmap_renders_10000_gpus(fake_source: FakeSource, browser_conte
         assert not errors, errors
     finally:
         server.stop()
+
+
+def test_the_model_page_shows_the_canary_and_its_abort(tmp_path: Path, browser_context_factory: Any,
+                                                      screenshots: Path) -> None:
+    from playwright.sync_api import expect
+
+    from opsmedic.cli import bundled_scenarios
+
+    d = ConsoleDaemon(tmp_path, scenario=bundled_scenarios()["canary-error-abort"]).start()
+    try:
+        page = browser_context_factory().new_page()
+        errors = _watch_errors(page)
+        page.goto(f"{d.url}/console/models")
+        card = page.locator("article.model-card", has_text="fraud-model")
+        # while the canary takes its first step, both tracks are in the table
+        expect(card.locator("tr[data-track=canary]")).to_contain_text("v4", timeout=TIMEOUT_MS)
+        expect(card.locator("tr[data-track=stable]")).to_contain_text("v3")
+        # then the analysis fails, the rollout is aborted: the page updates by itself (the live stream)
+        expect(card.locator("header")).to_contain_text("canary aborted", timeout=TIMEOUT_MS)
+        expect(card.locator("#history-fraud-model tr[data-action=abort_rollout]")).to_contain_text("done")
+        for metric in ("traffic_pct", "error_rate_pct", "requests_per_s", "accuracy"):
+            expect(card.locator(f"figure.chart[data-metric={metric}] canvas")).to_be_visible()
+        expect(card.locator(".mark-legend")).to_contain_text("action executed")
+        expect(card).to_contain_text("passes validation")
+        # some readings after the abort (traffic back on stable), then the picture
+        source = d.app.state.console.source
+        wait_until(lambda: source.now() > 330.0 or None, 30.0, what="readings after the abort")
+        page.reload()
+        expect(card.locator("header")).to_contain_text("canary aborted", timeout=TIMEOUT_MS)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(screenshots / "models-canary.png"), full_page=True)
+        page.close()
+        assert not errors, errors
+    finally:
+        d.stop()
+        d.service.stop()
 
 
 def test_without_public_reads_the_console_asks_for_a_token_first(tmp_path: Path, browser_context_factory: Any,
