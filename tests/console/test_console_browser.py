@@ -205,6 +205,41 @@ def test_the_model_page_shows_the_canary_and_its_abort(tmp_path: Path, browser_c
         d.service.stop()
 
 
+def test_the_model_page_shows_a_live_canary_failed_checks_and_the_retrain_block(fake_source: FakeSource,
+                                                                               browser_context_factory: Any) -> None:
+    from playwright.sync_api import expect
+
+    from opsmedic.daemon.server import ThreadedServer
+    from opsmedic.domain import Action, ModelTrack, PolicyDecision, Risk
+
+    tracks = {"stable": ModelTrack(version=3, traffic_pct=90.0, accuracy=0.95, latency_p95_ms=27.0, error_rate=0.0,
+                                   requests_per_s=90.0),
+              "canary": ModelTrack(version=4, traffic_pct=10.0, accuracy=0.95, latency_p95_ms=27.0, error_rate=0.08,
+                                   requests_per_s=10.0)}
+    fake_source.snap = fleet_snapshot(2, 2, at_s=200.0, models=[fraud_model(
+        versions=[1, 2, 3, 4], error_rate=0.0, slo_error_rate_max=0.01, requests_per_s=100.0, tracks=tracks,
+        data_issues={"amount": "null share 0.31 > reference 0.00", "hour": "type str, reference int"})])
+    denied = PolicyDecision(action=Action(name="retrain_model", target="fraud-model"), verdict="deny", risk=Risk.high,
+                            rule="data_validation.retrain_blocked", reasons=["its current window failed validation"])
+    fake_source.audit.append("decision", denied.model_dump(mode="json"), incident_id="inc-p-1", sim_s=190.0)
+    server = ThreadedServer(make_app(fake_source)).start()
+    try:
+        page = browser_context_factory().new_page()
+        errors = _watch_errors(page)
+        page.goto(f"{server.url}/console/models")
+        card = page.locator("article.model-card", has_text="fraud-model")
+        expect(card.locator("header")).to_contain_text("canary v4 at 10 %", timeout=TIMEOUT_MS)
+        expect(card.locator("tr[data-track=canary] .badge-failed")).to_have_text("8.00 %")  # over its SLO
+        expect(card.locator("tr[data-track=stable]")).to_contain_text("90 %")
+        expect(card.locator("#validation-fraud-model")).to_contain_text("null share 0.31")
+        expect(card.locator("[data-retrain=blocked]")).to_contain_text("data_validation.retrain_blocked")
+        expect(card).to_contain_text("retrain_model denied")
+        page.close()
+        assert not errors, errors
+    finally:
+        server.stop()
+
+
 def test_without_public_reads_the_console_asks_for_a_token_first(tmp_path: Path, browser_context_factory: Any,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from playwright.sync_api import expect

@@ -33,9 +33,15 @@ function tracksTable(m) {
       h("th", { scope: "col" }, x)))),
     h("tbody", {}, names.sort().reverse().map((n) => {
       const t = m.tracks[n];
+      // a track's reading outside the model's SLO is flagged where it stands (the canary's own failure)
+      const flag = (text, bad) => (bad ? badge("failed", text) : text);
+      const over = (v, lim, above) => v !== null && v !== undefined && lim !== null && lim !== undefined && (above ? v > lim : v < lim);
       return h("tr", { dataset: { track: n } }, h("th", { scope: "row" }, n), h("td", {}, `v${t.version}`),
-        h("td", {}, `${fmtNum(t.traffic_pct, 0)} %`), h("td", {}, num(t.accuracy, 3)), h("td", {}, num(t.latency_p95_ms, 1, " ms")),
-        h("td", {}, pct(t.error_rate)), h("td", {}, num(t.requests_per_s, 0)));
+        h("td", {}, `${fmtNum(t.traffic_pct, 0)} %`),
+        h("td", {}, flag(num(t.accuracy, 3), over(t.accuracy, m.slo_accuracy_min, false))),
+        h("td", {}, flag(num(t.latency_p95_ms, 1, " ms"), over(t.latency_p95_ms, m.slo_latency_p95_ms, true))),
+        h("td", {}, flag(pct(t.error_rate), over(t.error_rate, m.slo_error_rate_max, true))),
+        h("td", {}, num(t.requests_per_s, 0)));
     }))));
 }
 
