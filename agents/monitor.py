@@ -308,9 +308,19 @@ class Monitor:
         self._canary_verdict[m.name] = "fail" if failed else "pass"
         if not failed:
             return None
+        # the window's figures beside the SLO's, so that the audit record alone explains the verdict
+        figures = {f"{track}_{name}": f"{v:.4g}" for track, vals in (("canary", (c_acc, c_lat, c_err)),
+                                                                     ("stable", (s_acc, s_lat, s_err)))
+                   for name, v in zip(("accuracy", "latency_p95_ms", "error_rate"), vals, strict=True)
+                   if v is not None}
+        figures.update({k: f"{v:g}" for k, v in (("slo_accuracy_min", m.slo_accuracy_min),
+                                                 ("slo_latency_p95_ms", m.slo_latency_p95_ms),
+                                                 ("slo_error_rate_max", m.slo_error_rate_max)) if v is not None})
         return Signal(kind="canary_analysis_failed", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
                       value=canary.traffic_pct, labels={"canary_version": str(canary.version),
-                                                        "stable_version": str(stable.version)},
+                                                        "stable_version": str(stable.version),
+                                                        "window_s": f"{span:.0f}", "requests": f"{requests:.0f}",
+                                                        **figures},
                       detail=f"{m.name} canary v{canary.version} at {canary.traffic_pct:g} % fails analysis over "
                              f"{span:.0f}s and {requests:.0f} requests: " + "; ".join(failed))
 

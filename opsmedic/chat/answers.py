@@ -30,7 +30,7 @@ VERB = {"cordon_node": "cordoned", "uncordon_node": "uncordoned", "drain_node": 
         "reset_gpu": "reset", "restart_pod": "restarted", "reschedule_pod": "rescheduled",
         "rollback_model": "rolled back", "retrain_model": "retrained", "promote_model": "promoted",
         "pause_job": "paused", "resume_job": "resumed", "scale_deployment": "scaled", "escalate": "escalated",
-        "notify": "notified"}
+        "notify": "notified", "abort_rollout": "aborted"}
 
 
 @dataclass

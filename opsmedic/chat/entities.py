@@ -39,6 +39,7 @@ _ACTION_WORDS: list[tuple[str, str]] = [
     (r"retrain(?:ed|ing)?", "retrain_model"),
     (r"promot(?:e|ed|ion|ing)", "promote_model"),
     (r"escalat(?:e|ed|ion|ing)|pag(?:e|ed|ing)", "escalate"),
+    (r"abort(?:ed|ing|s)?", "abort_rollout"),
 ]
 _ACTION_RE = [(re.compile(rf"\b(?:{w})\b"), a) for w, a in _ACTION_WORDS]
 

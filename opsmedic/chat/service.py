@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.chat import answers, oncall
+from opsmedic.chat import answers, canary, oncall
 from opsmedic.chat.actions import audit_payload, request_action
 from opsmedic.chat.intents import Intent
 from opsmedic.chat.records import Records
@@ -250,6 +250,11 @@ def _reply_to(intent: Intent, question: str, user: str, role: str, ctx: ChatCont
 def _facts(intent: Intent, records: Records, ctx: ChatContext) -> answers.Answer:
     snap = ctx.snapshot()
     k = intent.kind
+    if k in ("why", "incident", "status", "evidence") and canary.asks_about_canary(intent.text, intent.action):
+        # "why was the canary of fraud-model aborted?", "what happened to the canary": the analysis's
+        # figures, the decision and the abort, in order (the why / incident answers tell less of it)
+        subject = intent.subject if intent.subject and not intent.subject.startswith("chat-") else None
+        return canary.canary_answer(records, subject)
     if k == "help":
         return answers.help_answer()
     if k == "approvals":

@@ -18,7 +18,9 @@ Layer: interfaces (`opsmedic.console`). Everything lives under `/console`:
 `GET /console/api/incidents[/{id}]`  incidents; one with its timeline, plan, decisions, approvals, plots
 `GET /console/api/approvals`         pending and recently decided requests
 `POST /console/api/approvals/{id}`   approve / reject (signed-in approver, CSRF) -> the graph resumes
-`GET /console/api/models`            models, serving versions, SLOs, rollback and retrain history
+`GET /console/api/models`            models, serving versions, SLOs, traffic tracks (stable / canary) and
+                                     their series, the last failed canary analysis, data validation and
+                                     the retrain block, marks (faults, aborts, rollbacks), action history
 `GET /console/api/audit`             the audit log (search, filter) with the chain's verification
 ===================================  ==============================================================
 

@@ -5,7 +5,9 @@ Layer: interfaces (`opsmedic.console`). Snapshots carry only the present; the co
 - a **ring buffer** of the last `capacity` snapshots' per-GPU readings (temperature, FB memory used,
   utilisation, power) as one float32 array — 10,000 GPUs x 4 metrics x 200 rows is 32 MB, and the number
   of rows shrinks when the fleet is larger so that memory stays bounded (`max_cells`);
-- per-model readings (accuracy, latency p95, worst drift PSI) in a deque per model;
+- per-model readings (accuracy, latency p95, worst drift PSI) in a deque per model, and, where the source
+  reports them, per-track readings (`stable` / `canary`: traffic share, error rate, requests per second) for
+  the model page's rollout plots;
 - **pinned series**: when an incident opens, the history of its resource is copied out of the ring and then
   extended at every snapshot (bounded by `pin_max` points), so that its plot keeps the moments before the
   fault long after the ring has moved on.
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from opsmedic.domain import ClusterSnapshot, ResourceKind
+from opsmedic.domain import ClusterSnapshot, ModelStatus, ResourceKind
 
 GPU_METRICS: tuple[str, ...] = ("temp_c", "mem_used_mib", "util_pct", "power_w")
 MODEL_METRICS: tuple[str, ...] = ("accuracy", "latency_p95_ms", "drift_psi")
@@ -47,6 +49,14 @@ LABELS: dict[str, tuple[str, str]] = {
 }
 
 F32 = npt.NDArray[np.float32]
+
+TRACKS: tuple[str, ...] = ("stable", "canary")
+# per-track plots on the model page: (name, label, unit, how a track's reading becomes the plotted value)
+TRACK_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("traffic_pct", "Traffic share", "%"),
+    ("error_rate_pct", "Error rate", "%"),
+    ("requests_per_s", "Requests per second", "req/s"),
+)
 
 
 @dataclass
@@ -85,6 +95,24 @@ def _model_point(snap: ClusterSnapshot, name: str) -> dict[str, float] | None:
     return {"accuracy": _f(m.accuracy), "latency_p95_ms": _f(m.latency_p95_ms), "drift_psi": drift}
 
 
+def _track_point(m: ModelStatus) -> tuple[float, ...] | None:
+    """(stable traffic, err, rps, canary traffic, err, rps): NaN where unknown; None when the source reports no
+    model-operations reading at all (no tracks, no error rate, no request rate)."""
+    if not m.tracks and m.error_rate is None and m.requests_per_s is None:
+        return None
+    out: list[float] = []
+    for name in TRACKS:
+        tr = m.tracks.get(name)
+        if tr is None and name == "stable":  # no rollout: the model's own readings are the stable track's
+            out += [100.0, _f(None if m.error_rate is None else 100.0 * m.error_rate), _f(m.requests_per_s)]
+        elif tr is None:  # no canary: it takes no traffic, and has no error or request rate to plot
+            out += [0.0, float("nan"), float("nan")]
+        else:
+            out += [tr.traffic_pct, _f(None if tr.error_rate is None else 100.0 * tr.error_rate),
+                    _f(tr.requests_per_s)]
+    return tuple(out)
+
+
 class MetricHistory:
     """Recent per-GPU and per-model readings, plus pinned series for incidents (see the module docstring)."""
 
@@ -99,6 +127,7 @@ class MetricHistory:
         self._t: npt.NDArray[np.float64] = np.zeros(0, dtype=np.float64)
         self._n = 0  # snapshots recorded since the last (re)allocation
         self._models: dict[str, deque[tuple[float, float, float, float]]] = {}
+        self._tracks: dict[str, deque[tuple[float, tuple[float, ...]]]] = {}
         self._pinned: dict[str, _Pinned] = {}
         self.last_at_s: float | None = None
 
@@ -159,6 +188,12 @@ class MetricHistory:
                 p = _model_point(snap, m.name)
                 assert p is not None
                 q.append((snap.at_s, p["accuracy"], p["latency_p95_ms"], p["drift_psi"]))
+                tp = _track_point(m)
+                if tp is not None:
+                    tq = self._tracks.get(m.name)
+                    if tq is None:
+                        tq = self._tracks[m.name] = deque(maxlen=self.capacity)
+                    tq.append((snap.at_s, tp))
             self.last_at_s = snap.at_s
             for pinned in self._pinned.values():
                 self._extend(pinned, snap)
@@ -283,7 +318,21 @@ class MetricHistory:
         return {"resource": resource, "kind": spec.kind, "t": [round(x, 3) for x in t], "metrics": metrics}
 
     def model_series(self, name: str) -> dict[str, Any]:
-        return self.series(name, ResourceKind.model)
+        """The model's series, plus `tracks` (when the source reports them): the time axis and, per metric
+        (traffic share, error rate, requests per second), one line per track — stable and canary."""
+        out = self.series(name, ResourceKind.model)
+        with self._lock:
+            q = list(self._tracks.get(name, ()))
+        if not q:
+            out["tracks"] = None
+            return out
+        groups = []
+        for k, (metric, label, unit) in enumerate(TRACK_METRICS):
+            lines = [{"track": track, "values": _clean(p[i * len(TRACK_METRICS) + k] for _, p in q)}
+                     for i, track in enumerate(TRACKS)]
+            groups.append({"name": metric, "label": label, "unit": unit, "lines": lines})
+        out["tracks"] = {"t": [round(t, 3) for t, _ in q], "metrics": groups}
+        return out
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

@@ -36,7 +36,8 @@ THERMAL_REASONS = CLOCK_REASON_SW_THERMAL | CLOCK_REASON_HW_THERMAL | CLOCK_REAS
 TEMP_DEGRADED_C = 87.0
 DRIFT_PSI = 0.2
 DRIFT_KL = 0.15
-MODEL_ACTIONS = frozenset({"rollback_model", "retrain_model", "promote_model", "scale_deployment"})
+MODEL_ACTIONS = frozenset({"rollback_model", "retrain_model", "promote_model", "scale_deployment", "abort_rollout"})
+RETRAIN_BLOCK_RULE = "data_validation.retrain_blocked"  # policies/engine.py: no retraining on rows that fail validation
 MAX_ATTENTION = 200
 
 
@@ -338,6 +339,10 @@ def slo_status(m: ModelStatus) -> dict[str, Any]:
         ok = m.latency_p95_ms is None or m.latency_p95_ms <= m.slo_latency_p95_ms
         checks.append({"name": "latency p95", "value": m.latency_p95_ms, "target": f"<= {m.slo_latency_p95_ms:g} ms",
                        "ok": ok})
+    if m.slo_error_rate_max is not None:
+        ok = m.error_rate is None or m.error_rate <= m.slo_error_rate_max
+        checks.append({"name": "error rate", "value": m.error_rate, "target": f"<= {m.slo_error_rate_max:.2%}",
+                       "ok": ok})
     psi = max(m.drift_psi.values()) if m.drift_psi else None
     kl = max(m.drift_kl.values()) if m.drift_kl else None
     drifting = (psi is not None and psi > DRIFT_PSI) or (kl is not None and kl > DRIFT_KL)
@@ -346,26 +351,73 @@ def slo_status(m: ModelStatus) -> dict[str, Any]:
     return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
 
+def _model_of(action: Mapping[str, Any], names: set[str]) -> str:
+    params = action.get("params") or {}
+    target = str(action.get("target", ""))
+    return target if target in names else str(params.get("model", target))
+
+
+def data_validation(m: ModelStatus, denials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The current window's validation against the reference profile, and the retrain block it implies (the
+    governor denies retrain_model while a check fails: a model retrained on broken rows learns the break)."""
+    failed = [{"feature": f, "check": why} for f, why in sorted(m.data_issues.items())]
+    reason = "; ".join(f"{x['feature']}: {x['check']}" for x in failed)
+    return {"ok": not failed, "failed": failed,
+            "retrain_block": {"blocked": bool(failed), "rule": RETRAIN_BLOCK_RULE, "reason": reason,
+                              "denials": denials}}
+
+
 def models_payload(source: ConsoleSource) -> dict[str, Any]:
     snap = source.snapshot()
     models = sorted(snap.models, key=lambda m: m.name) if snap is not None else []
     names = {m.name for m in models}
     history: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for e in source.audit.entries(kinds=["execution"]):
-        action = e.payload.get("action")
-        if not isinstance(action, dict) or action.get("name") not in MODEL_ACTIONS:
+    marks: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    denials: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    analyses: dict[str, dict[str, Any]] = {}
+    for e in source.audit.entries(kinds=["execution", "decision", "observation"]):
+        if e.kind == "observation":  # the last failed canary analysis of each model: why a canary was aborted
+            for sig in e.payload.get("signals") or []:
+                if isinstance(sig, dict) and sig.get("kind") == "canary_analysis_failed" \
+                        and sig.get("resource") in names:
+                    analyses[str(sig["resource"])] = {"seq": e.seq, "sim_s": sig.get("at_s", e.sim_s),
+                                                      "incident_id": e.incident_id, "detail": sig.get("detail", ""),
+                                                      "labels": sig.get("labels") or {}}
             continue
-        params = action.get("params") or {}
-        target = str(action.get("target", ""))
-        model = target if target in names else str(params.get("model", target))
+        action = e.payload.get("action")
+        if not isinstance(action, dict):
+            continue
+        model = _model_of(action, names)
+        if e.kind == "decision":  # a retrain the governor refused (the retrain block, a cooldown...)
+            if action.get("name") == "retrain_model" and e.payload.get("verdict") == "deny" and model in names:
+                denials[model].append({"seq": e.seq, "sim_s": e.sim_s, "incident_id": e.incident_id,
+                                       "rule": e.payload.get("rule"),
+                                       "reason": (e.payload.get("reasons") or [""])[0]})
+            continue
+        if action.get("name") not in MODEL_ACTIONS:
+            continue
         history.setdefault(model, []).append({
             "seq": e.seq, "at": e.at, "sim_s": e.sim_s, "incident_id": e.incident_id, "action": action.get("name"),
-            "params": params, "ok": e.payload.get("ok"), "detail": e.payload.get("detail", ""),
+            "params": action.get("params") or {}, "ok": e.payload.get("ok"), "detail": e.payload.get("detail", ""),
             "dry_run": e.payload.get("dry_run", False)})
+        if model in names and e.sim_s is not None and not e.payload.get("dry_run"):
+            # the plots mark what was done to the model when (an abort, a rollback, a scale-out)
+            ok = bool(e.payload.get("ok"))
+            marks[model].append({"at_s": e.sim_s, "kind": "action" if ok else "failed",
+                                 "label": str(action.get("name")) if ok else f"{action.get('name')} failed"})
+    for f in source.injected_faults():
+        if f.target in names:
+            marks[f.target].append({"at_s": f.at_s, "kind": "fault", "label": f"fault: {f.type}"})
+    for inc in source.incidents().values():
+        if inc.resource in names:
+            marks[inc.resource].append({"at_s": inc.opened_at_s, "kind": "opened", "label": "incident opened"})
     out = []
     for m in models:
         out.append({**m.model_dump(mode="json"), "slo": slo_status(m),
-                    "history": sorted(history.get(m.name, []), key=lambda h: -int(h["seq"]))})
+                    "history": sorted(history.get(m.name, []), key=lambda h: -int(h["seq"])),
+                    "marks": sorted(marks[m.name], key=lambda x: float(x["at_s"])),
+                    "validation": data_validation(m, denials[m.name]),
+                    "canary_analysis": analyses.get(m.name)})
     return {"at_s": snap.at_s if snap is not None else None, "models": out}
 
 

@@ -1,6 +1,6 @@
 """Fixtures for the chat tests: the guard that refuses real model requests (autouse), a clean chat
 environment, and opsmedic databases produced by really running scenarios — a finished XID 79 run (as
-`opsmedic demo` leaves it) and one paused on a pending approval."""
+`opsmedic demo` leaves it), one paused on a pending approval, and an aborted canary."""
 
 from __future__ import annotations
 
@@ -103,5 +103,18 @@ def no_room_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     db = tmp_path_factory.mktemp("no-room") / "opsmedic.db"
     result = run_scenario(load_scenario(REPO / "tests" / "scenarios" / "xid79-no-room-to-move.yaml"), db_path=db)
+    assert result.passed, result.failures
+    return db
+
+
+@pytest.fixture(scope="session")
+def canary_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A canary's records: canary-error-abort, whose canary fails its analysis and is aborted."""
+    from opsmedic.cli import bundled_scenarios
+    from opsmedic.evaluation import run_scenario
+    from sandbox.scenario import load_scenario
+
+    db = tmp_path_factory.mktemp("canary") / "opsmedic.db"
+    result = run_scenario(load_scenario(bundled_scenarios()["canary-error-abort"]), db_path=db)
     assert result.passed, result.failures
     return db

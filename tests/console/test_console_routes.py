@@ -249,6 +249,80 @@ def test_models_show_slo_status_and_rollback_history(client: TestClient, fake_so
     assert "series" in m
 
 
+def _canary_model(at_s: float, *, canary_pct: float | None, canary_err: float = 0.08, **kw: Any) -> Any:
+    from opsmedic.domain import ModelTrack
+
+    stable_pct = 100.0 - (canary_pct or 0.0)
+    tracks = {"stable": ModelTrack(version=3, traffic_pct=stable_pct, accuracy=0.95, latency_p95_ms=27.0,
+                                   error_rate=0.0, requests_per_s=stable_pct)}
+    if canary_pct is not None:
+        tracks["canary"] = ModelTrack(version=4, traffic_pct=canary_pct, accuracy=0.95, latency_p95_ms=27.0,
+                                      error_rate=canary_err, requests_per_s=canary_pct)
+    return fleet_snapshot(2, 2, at_s=at_s, models=[fraud_model(
+        versions=[1, 2, 3, 4], error_rate=0.0, slo_error_rate_max=0.01, requests_per_s=100.0, tracks=tracks,
+        workload="fraud-model", **kw)])
+
+
+def test_the_model_page_shows_both_tracks_the_abort_and_the_retrain_block(client: TestClient,
+                                                                          fake_source: FakeSource) -> None:
+    from opsmedic.console.source import FaultMark
+    from opsmedic.domain import PolicyDecision, Risk
+
+    console = client.app.state.console  # type: ignore[attr-defined]
+    fake_source.faults = [FaultMark(at_s=120.0, type="model_canary", target="fraud-model")]
+    # before the rollout, the canary's first step (it fails one request in twelve), the abort, after it
+    for t, pct in ((110.0, None), (130.0, 10.0), (160.0, 10.0), (190.0, None), (220.0, None)):
+        fake_source.snap = _canary_model(t, canary_pct=pct)
+        console.step()
+    fake_source.audit.append("observation", {"resource": "fraud-model", "signals": [{
+        "kind": "canary_analysis_failed", "resource": "fraud-model", "at_s": 180.0,
+        "detail": "fraud-model canary v4 at 10 % fails analysis over 60s and 700 requests: error rate 8.00% vs "
+                  "stable 0.00%", "labels": {"canary_error_rate": "0.08", "slo_error_rate_max": "0.01"}}]},
+        incident_id="inc-c-1", sim_s=180.0)
+    abort = ActionResult(action=Action(name="abort_rollout", target="fraud-model"), ok=True,
+                         detail="Rollout fraud-model status.abort=true", at_s=180.0)
+    fake_source.audit.append("execution", abort.model_dump(mode="json"), incident_id="inc-c-1", sim_s=180.0)
+    # a broken pipeline later: the current window fails validation, and the governor refuses a retrain
+    fake_source.snap = _canary_model(250.0, canary_pct=None, data_issues={"amount": "null share 0.31 > 0.05"})
+    console.step()
+    denied = PolicyDecision(action=Action(name="retrain_model", target="fraud-model"), verdict="deny", risk=Risk.high,
+                            rule="data_validation.retrain_blocked", reasons=["its current window failed validation"])
+    fake_source.audit.append("decision", denied.model_dump(mode="json"), incident_id="inc-c-2", sim_s=250.0)
+
+    r = client.get("/console/api/models", headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert r.status_code == 200, r.text
+    m = r.json()["models"][0]
+    assert {c["name"]: c["ok"] for c in m["slo"]["checks"]}["error rate"] is True
+    assert m["tracks"]["stable"]["traffic_pct"] == 100.0 and "canary" not in m["tracks"]
+    tracks = m["series"]["tracks"]
+    # the fixture's first snapshot (t=100, no model-operations readings) has no point here
+    assert tracks["t"] == [110.0, 130.0, 160.0, 190.0, 220.0, 250.0]
+    by = {g["name"]: {ln["track"]: ln["values"] for ln in g["lines"]} for g in tracks["metrics"]}
+    assert by["traffic_pct"]["stable"] == [100.0, 90.0, 90.0, 100.0, 100.0, 100.0]
+    assert by["traffic_pct"]["canary"] == [0.0, 10.0, 10.0, 0.0, 0.0, 0.0]
+    assert by["error_rate_pct"]["canary"] == [None, 8.0, 8.0, None, None, None]  # in percent; none without a canary
+    assert by["requests_per_s"]["canary"][1] == 10.0
+    marks = [(x["at_s"], x["kind"], x["label"]) for x in m["marks"]]
+    assert marks == [(120.0, "fault", "fault: model_canary"), (180.0, "action", "abort_rollout")]
+    assert m["history"][0]["action"] == "abort_rollout" and m["history"][0]["incident_id"] == "inc-c-1"
+    assert m["canary_analysis"]["seq"] == 1 and "8.00% vs stable 0.00%" in m["canary_analysis"]["detail"]
+    v = m["validation"]
+    assert v["ok"] is False and v["failed"] == [{"feature": "amount", "check": "null share 0.31 > 0.05"}]
+    block = v["retrain_block"]
+    assert block["blocked"] is True and block["rule"] == "data_validation.retrain_blocked"
+    assert [d["seq"] for d in block["denials"]] == [3] and block["denials"][0]["incident_id"] == "inc-c-2"
+
+
+def test_a_model_without_model_operations_readings_has_no_track_plots(client: TestClient,
+                                                                      fake_source: FakeSource) -> None:
+    fake_source.snap = fleet_snapshot(2, 2, at_s=300.0, models=[fraud_model()])
+    client.app.state.console.step()  # type: ignore[attr-defined]
+    m = client.get("/console/api/models").json()["models"][0]
+    assert m["series"]["tracks"] is None and m["series"]["t"]
+    assert m["validation"]["ok"] is True and m["validation"]["retrain_block"]["blocked"] is False
+    assert m["canary_analysis"] is None and m["marks"] == []
+
+
 def test_audit_search_and_a_broken_chain(client: TestClient, fake_source: FakeSource, tmp_path: Path) -> None:
     fake_source.request_approval()
     for i in range(5):

@@ -70,9 +70,10 @@ function axisValues(t0IsEpoch) {
   return (u, splits) => splits.map((v) => (t0IsEpoch ? new Date(v * 1000).toLocaleTimeString() : fmtTime(v)));
 }
 
-// One uPlot chart of `values` over `t`, with `marks`, in `container`. Returns the uPlot instance, with
-// `update(t, values, marks)` for new readings.
-export function lineChart(container, { t, values, label, unit, marks = [], color = "--chart-line", height = 210 }) {
+// One uPlot chart of `values` over `t` (or of several `lines`: [{label, values, color}], e.g. a model's
+// stable and canary tracks), with `marks`, in `container`. Returns the uPlot instance, with
+// `update(t, values or lines' values, marks)` for new readings.
+export function lineChart(container, { t, values, lines = null, label, unit, marks = [], color = "--chart-line", height = 210 }) {
   const uPlot = window.uPlot;
   const epoch = t.length > 0 && t[0] > 1e9;
   const text = cssVar("--text-muted");
@@ -87,8 +88,14 @@ export function lineChart(container, { t, values, label, unit, marks = [], color
     st.xmax = Math.max(...(xs.length ? [xs[xs.length - 1]] : [1]), ...st.marks.map((m) => m.at_s));
   };
   const xs = [...t];
-  const ys = [...values];
+  const many = Array.isArray(lines);
+  const ys = many ? lines.map((l) => [...l.values]) : [[...values]];
   bounds(xs);
+  const dataSeries = many
+    ? lines.map((l) => ({ label: unit ? `${l.label} (${unit})` : l.label, stroke: cssVar(l.color) || stroke, width: 2,
+      spanGaps: false, points: { show: xs.length < 40 }, value: (u, v) => fmt(v) }))
+    : [{ label: unit ? `${label} (${unit})` : label, stroke, width: 2, spanGaps: false, points: { show: xs.length < 40 },
+      value: (u, v) => fmt(v) }];
   const opts = {
     width, height,
     title: "",
@@ -110,12 +117,11 @@ export function lineChart(container, { t, values, label, unit, marks = [], color
     ],
     series: [
       { label: "time", value: (u, v) => (v === null || v === undefined ? "–" : (epoch ? new Date(v * 1000).toLocaleTimeString() : fmtTime(v))) },
-      { label: unit ? `${label} (${unit})` : label, stroke, width: 2, spanGaps: false, points: { show: xs.length < 40 },
-        value: (u, v) => fmt(v) },
+      ...dataSeries,
     ],
     plugins: [marksPlugin(st)],
   };
-  const plot = new uPlot(opts, [xs, ys], container);
+  const plot = new uPlot(opts, [xs, ...ys], container);
   const ro = new ResizeObserver(() => {
     const w = Math.floor(container.getBoundingClientRect().width);
     if (w > 0 && Math.abs(w - plot.width) > 2) plot.setSize({ width: w, height });
@@ -127,7 +133,7 @@ export function lineChart(container, { t, values, label, unit, marks = [], color
   plot.update = (t2, values2, marks2) => {
     if (marks2) st.marks = marks2;
     bounds(t2);
-    plot.setData([[...t2], [...values2]]);
+    plot.setData([[...t2], ...(many ? values2.map((v) => [...v]) : [[...values2]])]);
   };
   return plot;
 }
