@@ -239,6 +239,12 @@ class SandboxKubeAPI:
         self._store: dict[tuple[str, str, str], JSON] = {}  # (storage key, namespace, name) -> object
         self._node_extra: dict[str, _NodeExtra] = {n: _NodeExtra() for n in sim.nodes}
         self._incarnation: dict[str, int] = {}
+        # a re-created pod is a new pod: its restartCount and its log start afresh (the simulator keeps one
+        # SimPod per name, so the API remembers where the new incarnation's counters begin)
+        self._restart_base: dict[str, int] = {}
+        self._log_base: dict[str, int] = {}
+        self._template_anns: dict[str, dict[str, str]] = {}  # workload -> its pod template's annotations
+        self._restart_at: dict[str, str] = {}  # Rollout -> spec.restartAt (`kubectl argo rollouts restart`)
         self._terminating: dict[str, _Terminating] = {}
         self._pod_annotations: dict[str, dict[str, str]] = {}  # what clients set on pods (by pod name)
         self._sts_meta: dict[str, dict[str, dict[str, str]]] = {}
@@ -484,6 +490,38 @@ class SandboxKubeAPI:
 
     # --------------------------------------------------------------------------------------- pods
 
+    def _event(self, type_: str, reason: str, involved: JSON, message: str, *, component: str) -> None:
+        """Record a core/v1 Event as the component that did it would (kubelet, node controller, ...):
+        `kubectl get events` and `kubectl describe` show what happened to the object."""
+        now = self._now()
+        ns = involved.get("namespace") or "default"
+        body: JSON = {
+            "metadata": {"generateName": f"{involved.get('name', 'cluster')}.", "namespace": ns},
+            "involvedObject": {"apiVersion": "v1", **involved},
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": component},
+            "reportingComponent": component,
+        }
+        res = BY_PATH[("", "v1", "events")]
+        self._put_stored("events", ns, self._new_meta_obj(res, ns, body))
+
+    def _new_incarnation(self, name: str) -> None:
+        """The controller made a new pod of this name: a new uid, restartCount 0, an empty log."""
+        self._incarnation[name] = self._incarnation.get(name, 0) + 1
+        pod = self.sim.pods.get(name)
+        if pod is not None:
+            self._restart_base[name] = pod.restarts
+            self._log_base[name] = len(pod.log)
+
+    def pod_log(self, pod: SimPod) -> list[str]:
+        """The log of the pod's current incarnation (what `kubectl logs` shows)."""
+        return list(pod.log[self._log_base.get(pod.name, 0):])
+
     def _live_pods(self) -> list[SimPod]:
         return [p for p in self.sim.pods.values() if p.state != "Deleted" and not p.paused]
 
@@ -500,8 +538,8 @@ class SandboxKubeAPI:
             if pod is None or pod.node is None or self._node_ready(pod.node):
                 del self._terminating[name]
                 if pod is not None and pod.state != "Deleted":
-                    self._incarnation[name] = self._incarnation.get(name, 0) + 1
                     self.sim.execute(Action(name="restart_pod", target=name))
+                    self._new_incarnation(name)
 
     def pod_labels(self, pod: SimPod) -> dict[str, str]:
         return {
@@ -621,7 +659,7 @@ class SandboxKubeAPI:
                 "image": image,
                 "imageID": f"{image}@sha256:{'0' * 64}",
                 "ready": ready,
-                "restartCount": pod.restarts,
+                "restartCount": max(0, pod.restarts - self._restart_base.get(pod.name, 0)),
                 "started": pod.state == "Running",
             }
             if pod.state == "Running":
@@ -678,13 +716,13 @@ class SandboxKubeAPI:
             self._terminating.setdefault(pod.name, _Terminating(self.sim.now, grace))
             return self.render_pod(pod)
         self._terminating.pop(pod.name, None)
-        self._incarnation[pod.name] = self._incarnation.get(pod.name, 0) + 1
         if on_lost_node:
             self.sim.execute(Action(name="reschedule_pod", target=pod.name, params={"force": True}))
         elif evict:
             self.sim.execute(Action(name="reschedule_pod", target=pod.name))
         else:
             self.sim.execute(Action(name="restart_pod", target=pod.name))
+        self._new_incarnation(pod.name)
         return rendered
 
     def _evict(self, ns: str, name: str, body: Any, dry_run: bool) -> JSON:
@@ -768,7 +806,7 @@ class SandboxKubeAPI:
                 "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": {LABEL_WORKLOAD: w}},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": self._template_meta(w, labels),
                     "spec": {
                         "containers": [
                             {
@@ -836,7 +874,7 @@ class SandboxKubeAPI:
             self._sts_generation[w] += 1
             for name in live:
                 if self.sim.pods[name].state == "Deleted":
-                    self._incarnation[name] = self._incarnation.get(name, 0) + 1
+                    self._new_incarnation(name)
             return
         self._desired[w] = replicas
         self._sts_generation[w] += 1
@@ -856,9 +894,10 @@ class SandboxKubeAPI:
                     if self.sim.gpus[gid].pod == p.name:
                         self.sim.gpus[gid].pod = None
                 p.node, p.gpus, p.state, p.paused = None, [], "Deleted", True
-                self._incarnation[p.name] = self._incarnation.get(p.name, 0) + 1
+                self._new_incarnation(p.name)
             elif i < replicas and p.state == "Deleted":
                 p.state, p.paused, p.reason = "Pending", False, None
+                self._new_incarnation(p.name)
         template = pods[0] if pods else None
         for i in range(len(pods), replicas):
             name = f"{w}-{i}"
@@ -900,6 +939,33 @@ class SandboxKubeAPI:
         if spec_w.model_name:
             labels[LABEL_MODEL] = spec_w.model_name
         return labels
+
+    def _template_meta(self, w: str, labels: dict[str, str]) -> JSON:
+        anns = self._template_anns.get(w)
+        return {"labels": labels, **({"annotations": dict(anns)} if anns else {})}
+
+    def _template_patched(self, w: str, before: JSON, after: JSON) -> None:
+        """A change to the pod template's annotations (`kubectl rollout restart` sets
+        `kubectl.kubernetes.io/restartedAt` there) is a new revision: the controller replaces every pod."""
+        tmpl = ((after.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        anns = {str(k): str(v) for k, v in (tmpl.get("annotations") or {}).items() if v is not None}
+        old = ((before["spec"].get("template") or {}).get("metadata") or {}).get("annotations") or {}
+        if anns == old:
+            return
+        self._template_anns[w] = anns
+        self._sts_generation[w] += 1
+        self._restart_pods(w)
+
+    def _restart_pods(self, w: str) -> None:
+        """Replace every running pod of the workload (the simulator re-creates each in place)."""
+        for pod in self._sts_pods(w):
+            if pod.name in self._terminating:
+                continue
+            self.sim.execute(Action(name="restart_pod", target=pod.name))
+            self._new_incarnation(pod.name)
+        self._event("Normal", "Restarted", {"kind": "Rollout" if self._is_rollout(w) else "StatefulSet",
+                                            "name": w, "namespace": self.namespace},
+                    f"restarted all pods of {w}", component="statefulset-controller")
 
     def _owner_ref(self, w: str) -> JSON:
         if self._is_rollout(w):
@@ -991,7 +1057,7 @@ class SandboxKubeAPI:
                 "replicas": self._desired[w],
                 "selector": {"matchLabels": {LABEL_WORKLOAD: w}},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": self._template_meta(w, labels),
                     "spec": {
                         "containers": [
                             {
@@ -1007,8 +1073,9 @@ class SandboxKubeAPI:
                 },
                 "strategy": {"canary": {"steps": steps}},
                 "revisionHistoryLimit": 10,
+                **({"restartAt": self._restart_at[w]} if w in self._restart_at else {}),
             },
-            "status": status,
+            "status": {**status, **({"restartedAt": self._restart_at[w]} if w in self._restart_at else {})},
         }
         return self._stamp(f"rollout/{w}", obj)
 
@@ -1067,12 +1134,18 @@ class SandboxKubeAPI:
             spec = dict(after.get("spec") or {})
             replicas = spec.pop("replicas", obj["spec"]["replicas"])
             self._scale_body({"spec": {"replicas": replicas}}, name)
-            if spec != {k: v for k, v in obj["spec"].items() if k != "replicas"}:
+            restart_at = spec.pop("restartAt", None)
+            if restart_at is not None and not isinstance(restart_at, str):
+                raise invalid("Rollout", "argoproj.io", name, [("spec.restartAt", "Invalid value: not a time")])
+            if isinstance(spec.get("template"), dict):  # the pod template's annotations may change
+                spec["template"] = {**spec["template"], "metadata": obj["spec"]["template"]["metadata"]}
+            if spec != {k: v for k, v in obj["spec"].items() if k not in ("replicas", "restartAt")}:
                 raise invalid(
                     "Rollout",
                     "argoproj.io",
                     name,
-                    [("spec", "Forbidden: the opsmedic sandbox changes only spec.replicas of a Rollout")],
+                    [("spec", "Forbidden: the opsmedic sandbox changes only spec.replicas, spec.restartAt and "
+                              "the pod template's annotations of a Rollout")],
                 )
             if dry_run:
                 return after
@@ -1083,6 +1156,13 @@ class SandboxKubeAPI:
                 "annotations": dict(meta.get("annotations") or {}),
             }
             self._scale_sts(w, replicas)  # status in a patch of the main resource is ignored, as upstream
+            self._template_patched(w, obj, after)
+            if restart_at is not None and restart_at != self._restart_at.get(w):
+                # what the Argo Rollouts controller does for spec.restartAt: every pod re-created, then
+                # status.restartedAt set to it
+                self._restart_at[w] = restart_at
+                self._sts_generation[w] += 1
+                self._restart_pods(w)
             return self.render_rollout(w)
         raise ApiError(
             405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
@@ -1476,7 +1556,8 @@ class SandboxKubeAPI:
                 if sub == "log" and method == "GET":
                     pod = self._pod(ns, name)
                     tail = int(q["tailLines"]) if q.get("tailLines", "").isdigit() else None
-                    lines = pod.log[-tail:] if tail else pod.log
+                    lines = self.pod_log(pod)
+                    lines = lines[-tail:] if tail else lines
                     return PlainTextResponse("".join(line + "\n" for line in lines))
                 if sub == "eviction":
                     if method != "POST":
@@ -1670,6 +1751,7 @@ class SandboxKubeAPI:
                 "annotations": dict(meta.get("annotations") or {}),
             }
             self._scale_sts(w, replicas)
+            self._template_patched(w, obj, after)
             return self.render_sts(w)
         raise ApiError(
             405, "MethodNotAllowed", "the server does not allow this method on the requested resource"

@@ -44,7 +44,8 @@ def test_a_kubernetes_world_rolls_a_model_back_in_mlflow(tmp_path: Path) -> None
     assert registry.serving_version("fraud-model") == bad == 3
 
     sim = Simulator(load_scenario(REPO / "sandbox" / "scenarios" / "node-not-ready.yaml"))
-    url, stop_api = serve_in_thread(SandboxKubeAPI(sim))
+    api = SandboxKubeAPI(sim)
+    url, stop_api = serve_in_thread(api)
     world = KubeWorld(kubeconfig=write_kubeconfig(url, tmp_path / "kubeconfig"), context=None, in_cluster=False,
                       namespace="default", poll_interval_s=1.0, env={}, mlflow_tracking_uri=uri)
     try:
@@ -53,8 +54,16 @@ def test_a_kubernetes_world_rolls_a_model_back_in_mlflow(tmp_path: Path) -> None
         res = world.backend.execute(rollback, idempotency_key="inc-1:rollback")
         assert res.ok and res.changed, res.detail
         assert registry.serving_version("fraud-model") == 2  # `champion` moved back on the registry
+        # serving follows the registry: the model's StatefulSet was rolled, and verification waits for it
+        assert "StatefulSet fraud-model in default restarted" in res.detail
+        check = world.backend.verify(rollback)
+        assert not check.ok and "updated replica(s) ready" in check.detail
+        for _ in range(5):
+            with api.lock:
+                sim.step()
         check = world.backend.verify(rollback)
         assert check.ok, check.detail
+        assert "rolled out" in check.detail
         again = world.backend.execute(rollback, idempotency_key="inc-1:rollback")
         assert again.ok and not again.changed
     finally:
