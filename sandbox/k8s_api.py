@@ -207,6 +207,10 @@ STORED = {
 }
 
 
+# Job entry points the sandbox's kubelet runs for real (`python -m <module>`; see `_kubelet_job`)
+JOB_ENTRY_POINTS = frozenset({"tools.train_job"})
+
+
 @dataclass
 class _NodeExtra:
     """What clients set on a node that the simulator does not model."""
@@ -1624,7 +1628,65 @@ class SandboxKubeAPI:
             obj["metadata"]["resourceVersion"] = ""
             return obj
         self._put_stored(self._storage(res), ns, obj)
+        if res.plural == "jobs":
+            self._kubelet_job(ns, obj)
         return self._get_stored(res, ns, obj["metadata"]["name"])
+
+    def _kubelet_job(self, ns: str, job: JSON) -> None:
+        """Play the kubelet for a Job whose container runs an entry point the sandbox knows (`python -m
+        tools.train_job`, the retraining Job): its `main` runs for real, on a thread, with the container's
+        environment, and the Job's status follows (active, then Complete or Failed) as the Job controller
+        would write it. Any other Job is stored only (it has no pods in the simulator)."""
+        spec = job.get("spec") or {}
+        containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+        if spec.get("suspend") or len(containers) != 1:
+            return
+        c = containers[0]
+        cmd = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+        module = cmd[2] if len(cmd) >= 3 and cmd[0].rsplit("/", 1)[-1].startswith("python") and cmd[1] == "-m" \
+            else None
+        if module not in JOB_ENTRY_POINTS:
+            return
+        env = {str(e.get("name")): str(e.get("value", "")) for e in c.get("env") or [] if isinstance(e, dict)}
+        name = job["metadata"]["name"]
+        key = (self._storage(BY_PATH[("batch", "v1", "jobs")]), ns, name)
+        self._job_status(key, {"active": 1, "startTime": self._now_wall()})
+
+        def run() -> None:
+            import importlib
+
+            lines: list[str] = []
+            try:
+                code = int(importlib.import_module(module).main(cmd[3:], env, lines.append))
+            except Exception as exc:  # the container crashed: its Job fails, the API goes on
+                code, lines = 1, [*lines, f"{type(exc).__name__}: {exc}"]
+            with self.lock:
+                now = self._now_wall()
+                if code == 0:
+                    cond = {"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
+                    self._job_status(key, {"active": None, "succeeded": 1, "completionTime": now,
+                                           "conditions": [cond]})
+                else:
+                    cond = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                            "message": "Job has reached the specified backoff limit", "lastProbeTime": now,
+                            "lastTransitionTime": now}
+                    self._job_status(key, {"active": None, "failed": 1, "conditions": [cond]})
+                self._event("Normal" if code == 0 else "Warning", "Completed" if code == 0 else "BackoffLimitExceeded",
+                            {"kind": "Job", "apiVersion": "batch/v1", "name": name, "namespace": ns},
+                            "; ".join(lines)[-1000:] or f"exit code {code}", component="job-controller")
+
+        threading.Thread(target=run, name=f"sandbox-job-{name}", daemon=True).start()
+
+    def _job_status(self, key: tuple[str, str, str], status: JSON) -> None:
+        obj = self._store.get(key)
+        if obj is None:
+            return  # deleted meanwhile
+        merged = {**(obj.get("status") or {}), **status}
+        obj["status"] = {k: v for k, v in merged.items() if v is not None}
+        self._put_stored(key[0], key[1], obj)
+
+    def _now_wall(self) -> str:
+        return rfc3339(dt.datetime.now(dt.UTC))
 
     def _node_request(
         self, method: str, name: str, sub: str | None, ctype: str, body: Any, dry_run: bool

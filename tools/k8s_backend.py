@@ -319,6 +319,10 @@ class KubernetesBackend:
             return self._in(self.serving.for_model(action.target).namespace), action
         return self._in("default"), action  # node actions: their events go to `default`, as kubectl's do
 
+    def _cluster_lister(self, crd: tuple[str, str, str], selector: str) -> Callable[[], Any]:
+        group, version, plural = crd
+        return lambda: self.custom.list_cluster_custom_object(group, version, plural, field_selector=selector)
+
     def _namespace_of(self, what: str, name: str) -> str:
         sel = f"metadata.name={name}"
         listers: list[tuple[str, Callable[[], Any]]]
@@ -330,9 +334,8 @@ class KubernetesBackend:
                 ("deployment", lambda: self.apps.list_deployment_for_all_namespaces(field_selector=sel)),
                 ("job", lambda: self.batch.list_job_for_all_namespaces(field_selector=sel)),
             ]
-            for kind, (group, version, plural) in (("rollout", ARGO_ROLLOUTS), ("inferenceservice", KSERVE_ISVC)):
-                listers.append((kind, lambda g=group, v=version, p=plural: self.custom.list_cluster_custom_object(
-                    g, v, p, field_selector=sel)))
+            for kind, crd in (("rollout", ARGO_ROLLOUTS), ("inferenceservice", KSERVE_ISVC)):
+                listers.append((kind, self._cluster_lister(crd, sel)))
         found: set[str] = set()
         for kind, fn in listers:
             try:

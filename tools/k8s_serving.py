@@ -213,7 +213,7 @@ class ServingApi:
         if w.kind in ("statefulset", "deployment"):
             fn = (self.apps.patch_namespaced_stateful_set if w.kind == "statefulset"
                   else self.apps.patch_namespaced_deployment)
-            body = {"spec": {"template": {"metadata": {"annotations": anns}}}}
+            body: dict[str, Any] = {"spec": {"template": {"metadata": {"annotations": anns}}}}
             self.caller.call(f"restart {w.title}", fn, w.name, ns, body, **opts)
             return f"{w.title} in {ns} restarted (pod template annotation {ANN_RESTARTED_AT}={at})"
         if w.kind == "rollout":
@@ -307,8 +307,8 @@ def rollout_status(w: ServingWorkload) -> tuple[bool, str]:
     gen = _int((w.obj.get("metadata") or {}).get("generation"))
     seen = _int(st.get("observedGeneration"))  # a string in Argo's status
     if w.kind == "inferenceservice":
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
-        return ready, f"{w.title}: Ready={ready}"
+        up = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+        return up, f"{w.title}: Ready={up}"
     if gen and seen < gen:
         return False, f"{w.title}: waiting for the controller to observe generation {gen} (seen {seen})"
     updated = _int(st.get("updatedReplicas"))
