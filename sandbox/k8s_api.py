@@ -94,6 +94,7 @@ from sandbox.k8s_patch import (
     route_not_found,
     selector_from_match_labels,
 )
+from sandbox.k8s_table import to_table, wants_table
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)  # simulated second 0, as a wall-clock time
 SERVER_VERSION = {
@@ -249,6 +250,7 @@ class SandboxKubeAPI:
         self._log_base: dict[str, int] = {}
         self._template_anns: dict[str, dict[str, str]] = {}  # workload -> its pod template's annotations
         self._restart_at: dict[str, str] = {}  # Rollout -> spec.restartAt (`kubectl argo rollouts restart`)
+        self._faults_seen = 0  # simulator events already turned into API Events
         self._terminating: dict[str, _Terminating] = {}
         self._pod_annotations: dict[str, dict[str, str]] = {}  # what clients set on pods (by pod name)
         self._sts_meta: dict[str, dict[str, dict[str, str]]] = {}
@@ -459,6 +461,10 @@ class SandboxKubeAPI:
             self.sim.execute(
                 Action(name="cordon_node" if unsched else "uncordon_node", target=name, params=params)
             )
+            self._event("Normal", "NodeNotSchedulable" if unsched else "NodeSchedulable",
+                        {"kind": "Node", "name": name, "uid": name},
+                        f"Node {name} status is now: {'NodeNotSchedulable' if unsched else 'NodeSchedulable'}",
+                        component="kubelet")
         extra.taints = [copy.deepcopy(t) for t in taints if t.get("key") not in SYSTEM_TAINTS]
         base = {
             "kubernetes.io/hostname",
@@ -501,7 +507,8 @@ class SandboxKubeAPI:
         ns = involved.get("namespace") or "default"
         body: JSON = {
             "metadata": {"generateName": f"{involved.get('name', 'cluster')}.", "namespace": ns},
-            "involvedObject": {"apiVersion": "v1", **involved},
+            "involvedObject": {"apiVersion": {"StatefulSet": "apps/v1", "Rollout": "argoproj.io/v1alpha1",
+                                              "Job": "batch/v1"}.get(str(involved.get("kind")), "v1"), **involved},
             "reason": reason,
             "message": message[:1024],
             "type": type_,
@@ -513,6 +520,35 @@ class SandboxKubeAPI:
         }
         res = BY_PATH[("", "v1", "events")]
         self._put_stored("events", ns, self._new_meta_obj(res, ns, body))
+
+    def _sync_fault_events(self) -> None:
+        """The simulator's faults since the last request, as Warning events on the object they hit (what the
+        kubelet, the node controller or a node problem detector would record), so `kubectl get events` and
+        `kubectl describe` show them."""
+        events = self.sim.events
+        for ev in events[self._faults_seen:]:
+            if ev.kind != "fault":
+                continue
+            kind_, _, rest = ev.detail.partition(" on ")
+            target = rest.split(" ", 1)[0]
+            node = target.split("/", 1)[0]
+            if node in self.sim.nodes:
+                involved: JSON = {"kind": "Node", "name": node, "uid": node}
+            elif target in self.sim.pods:
+                involved = {"kind": "Pod", "name": target, "namespace": self.namespace}
+            elif target in self._workloads:
+                kind = "Rollout" if self._is_rollout(target) else "StatefulSet"
+                involved = {"kind": kind, "name": target, "namespace": self.namespace}
+            else:
+                m = self.sim.models.get(target)
+                w = getattr(m, "workload", None) if m is not None else None
+                if not w:
+                    continue
+                involved = {"kind": "Rollout" if self._is_rollout(w) else "StatefulSet", "name": w,
+                            "namespace": self.namespace}
+            reason = "".join(p.title() for p in kind_.split("_")) or "Fault"
+            self._event("Warning", reason, involved, ev.detail, component="opsmedic-sandbox")
+        self._faults_seen = len(events)
 
     def _new_incarnation(self, name: str) -> None:
         """The controller made a new pod of this name: a new uid, restartCount 0, an empty log."""
@@ -580,7 +616,7 @@ class SandboxKubeAPI:
         spec: JSON = {
             "containers": [
                 {
-                    "name": pod.kind,
+                    "name": pod.workload,  # the `container` label of the exporter's metrics
                     "image": image,
                     "imagePullPolicy": "IfNotPresent",
                     "resources": {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}},
@@ -643,7 +679,7 @@ class SandboxKubeAPI:
                 if ready
                 else {
                     "reason": "ContainersNotReady",
-                    "message": f"containers with unready status: [{pod.kind}]",
+                    "message": f"containers with unready status: [{pod.workload}]",
                 }
             )
             conds += [
@@ -659,7 +695,7 @@ class SandboxKubeAPI:
             ]
             status["startTime"] = t0
             cs: JSON = {
-                "name": pod.kind,
+                "name": pod.workload,  # the `container` label of the exporter's metrics
                 "image": image,
                 "imageID": f"{image}@sha256:{'0' * 64}",
                 "ready": ready,
@@ -680,7 +716,7 @@ class SandboxKubeAPI:
                 }
                 if pod.state == "CrashLoop":
                     cs["state"]["waiting"]["message"] = (
-                        f"back-off restarting failed container {pod.kind} in pod {pod.name}"
+                        f"back-off restarting failed container {pod.workload} in pod {pod.name}"
                     )
                     cs["lastState"] = {
                         "terminated": {"exitCode": 1, "reason": "Error", "startedAt": t0, "finishedAt": t0}
@@ -720,6 +756,8 @@ class SandboxKubeAPI:
             self._terminating.setdefault(pod.name, _Terminating(self.sim.now, grace))
             return self.render_pod(pod)
         self._terminating.pop(pod.name, None)
+        self._event("Normal", "Killing", {"kind": "Pod", "name": pod.name, "namespace": self.namespace},
+                    f"Stopping container {pod.workload}" + (" (evicted)" if evict else ""), component="kubelet")
         if on_lost_node:
             self.sim.execute(Action(name="reschedule_pod", target=pod.name, params={"force": True}))
         elif evict:
@@ -814,7 +852,7 @@ class SandboxKubeAPI:
                     "spec": {
                         "containers": [
                             {
-                                "name": spec_w.kind,
+                                "name": w,
                                 "image": f"registry.opsmedic.local/{w}:latest",
                                 "resources": {
                                     "limits": {"nvidia.com/gpu": gpus},
@@ -1065,7 +1103,7 @@ class SandboxKubeAPI:
                     "spec": {
                         "containers": [
                             {
-                                "name": spec_w.kind,
+                                "name": w,
                                 "image": f"registry.opsmedic.local/{w}:v{canary_version or model.serving}",
                                 "resources": {
                                     "limits": {"nvidia.com/gpu": gpus},
@@ -1426,6 +1464,10 @@ class SandboxKubeAPI:
             return PlainTextResponse("ok")
         if parts == ["version"]:
             return JSONResponse(SERVER_VERSION)
+        if parts and parts[0] == "openapi":
+            # a 404 (kubectl then suggests --validate=false itself), with a Status that says why
+            raise ApiError(404, "NotFound", "the opsmedic sandbox API serves no OpenAPI schema: use "
+                                                  "`kubectl apply --validate=false` (client-side apply works)")
         if parts and parts[0] == "api":
             if parts == ["api"]:
                 return JSONResponse(
@@ -1543,6 +1585,7 @@ class SandboxKubeAPI:
             raise bad_request(f'unsupported dry run directive "{q["dryRun"]}": only "All" is supported')
         code = 200
         with self.lock:
+            self._sync_fault_events()
             if name is None:
                 if method == "GET" and q.get("watch") in ("true", "1"):
                     return self._watch(res, ns, q)
@@ -1912,7 +1955,15 @@ class SandboxKubeAPI:
                 except json.JSONDecodeError as exc:
                     raise bad_request(f"the request body is not valid JSON: {exc}") from None
                 q = dict(request.query_params)
-                return self.handle(request.method, "/" + path, q, ctype, body)
+                resp = self.handle(request.method, "/" + path, q, ctype, body)
+                if (request.method == "GET" and wants_table(request.headers.get("accept", ""))
+                        and isinstance(resp, JSONResponse) and resp.status_code == 200):
+                    obj = json.loads(bytes(resp.body))
+                    if isinstance(obj, dict) and obj.get("kind") not in (None, "Status", "APIResourceList"):
+                        with self.lock:
+                            now = dt.datetime.fromisoformat(self._now().replace("Z", "+00:00"))
+                        return JSONResponse(to_table(obj, now=now, include=q.get("includeObject", "Metadata")))
+                return resp
             except ApiError as exc:
                 return JSONResponse(exc.status(), status_code=exc.code)
             except ToolError as exc:
