@@ -47,7 +47,18 @@ simulator's own rules apply (a cordoned node takes no pods, a GPU resets only wh
   outcome is published in `opsmedic.io/reset-gpu-<index>-status: <request-id>:<state>[:<message>]`
   with state accepted | in-progress | done | failed (the node-agent protocol, see tools/k8s_backend.py).
 
-Not served: protobuf, server-side apply, pod creation (pods belong to workloads). A watch is minimal: the
+* template annotations of a StatefulSet or Rollout (`kubectl rollout restart`'s `restartedAt`), or a
+  Rollout's `spec.restartAt` -> every pod of the workload re-created (`restart_pod` on each), generation +1.
+  A re-created pod (restart, eviction, delete) is a new pod: new uid, restartCount 0, an empty log.
+* a batch/v1 Job whose one container runs `python -m tools.train_job` (the retraining Job): the API's kubelet
+  runs that entry point for real on a thread with the container's env; the Job's status follows.
+
+Also: `kubectl get` Tables (`sandbox.k8s_table`), Events for faults (Warning, on the node, pod or workload
+hit), cordons (NodeNotSchedulable), pod deletions (Killing) and restarts, and container names equal to the
+metrics' `container` label (the workload's name).
+
+Not served: protobuf, server-side apply, OpenAPI (`kubectl apply --validate=false` works), events.k8s.io,
+pod creation (pods belong to workloads). A watch is minimal: the
 current objects as ADDED events, then a quiet stream until its timeout.
 """
 

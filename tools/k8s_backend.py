@@ -5,7 +5,9 @@ sandbox: in the demo, eval and tests it is pointed at `sandbox.k8s_api`, which s
 kube-apiserver). Implements `tools.backend.ActionBackend`; `KubernetesTelemetry` builds what it can of
 a `ClusterSnapshot` from the API, and `LeaseElector` (in `tools.k8s_lease`) elects the daemon's leader.
 
-What each action does (namespace: the backend's, `default` unless configured):
+What each action does (namespace: the backend's, `default` unless configured; with `*` -- every namespace --
+a pod or workload action goes to the namespace its object is in, found by name across namespaces, and a name
+found in several is refused; a target may also name it, `team-a/trainer-0`):
 
 =================  ====================================================================================
 cordon_node        patch spec.unschedulable=true + taint `opsmedic.io/cordoned=<incident>:NoSchedule` +

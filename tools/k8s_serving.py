@@ -1,7 +1,8 @@
 """Which Kubernetes object serves a model, how many GPUs are free for it, and how each kind is scaled.
 
 Layer: tools (imports `opsmedic.errors` and `tools.k8s_client`; never the sandbox). Used by
-`tools.k8s_backend` for `abort_rollout` and `scale_deployment`.
+`tools.k8s_backend` for `abort_rollout` and `scale_deployment`, and by `tools.k8s_models` to roll a model's
+serving workload after the registry moves.
 
 The model -> serving workload mapping: a model is served by the one object in the backend's namespace that
 carries the label `opsmedic.io/model: <model>`, among
@@ -15,6 +16,13 @@ Rollout                argoproj.io/v1alpha1 (Argo Rollouts)     `status.abort: t
 InferenceService       serving.kserve.io/v1beta1 (KServe)       `spec.predictor.canaryTrafficPercent: 0` /
                                                                 `spec.predictor.minReplicas`
 =====================  =======================================  ==========================================
+
+After the registry's serving alias moves (`rollback_model`, `promote_model`), `ServingApi.restart` rolls the
+workload so that its pods load the new version: `kubectl rollout restart` for a Deployment or StatefulSet
+(the pod template's `kubectl.kubernetes.io/restartedAt`), `kubectl argo rollouts restart` for a Rollout
+(`spec.restartAt`, no new canary); an InferenceService is refused (KServe resolves its storage URI itself).
+`rollout_status` says when the controller has finished, by `kubectl rollout status`'s rules. With the
+namespace `*` the lookups span every namespace and each workload is addressed in its own.
 
 No label, or the label on several objects, is an error naming the model and the objects: opsmedic acts on
 one workload it can name, never on a guess. A cluster without Argo Rollouts or KServe answers 404 for

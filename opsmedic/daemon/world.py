@@ -505,7 +505,8 @@ class KubeWorld:
 
     def describe(self) -> dict[str, Any]:
         out = {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s,
-               "pagerduty": self.notify.pager is not None, "mlflow": self.notify.models is not None}
+               "pagerduty": self.notify.pager is not None, "mlflow": self.notify.models is not None,
+               "retrain_jobs": getattr(self.notify.models, "retrain", None) is not None}
         if self.drift is not None:
             out["drift"] = self.drift.describe()
         return out

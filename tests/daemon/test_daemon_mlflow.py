@@ -107,6 +107,7 @@ def test_with_a_job_template_the_daemon_retrains_in_a_kubernetes_job(tmp_path: P
                       poll_interval_s=1.0, env={"OPSMEDIC_RETRAIN_JOB_TEMPLATE": str(template)},
                       mlflow_tracking_uri=uri)
     try:
+        assert world.describe()["retrain_jobs"] is True
         retrain = Action(name="retrain_model", target="fraud-model", params={})
         res = world.backend.execute(retrain, idempotency_key="inc-9:retrain")
         assert res.ok and res.changed and "Job default/opsmedic-retrain-fraud-model-" in res.detail, res.detail
