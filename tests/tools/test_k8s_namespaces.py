@@ -13,6 +13,7 @@ from k8s_world import three_node_scenario
 from kubernetes import client, config
 
 from opsmedic.domain import Action
+from opsmedic.errors import PermanentToolError
 from sandbox.cluster import Simulator
 from sandbox.k8s_api import SandboxKubeAPI, serve_in_thread, write_kubeconfig
 from sandbox.scenario import parse_scenario
@@ -73,3 +74,18 @@ def test_a_name_in_two_namespaces_is_refused_unless_qualified(api_client: Any) -
     assert every.verify(act("pause_job", "b/web")).ok
     missing = every.execute(act("restart_pod", "ghost-0"), idempotency_key="g")
     assert not missing.ok and "no pod named 'ghost-0' in any namespace" in missing.detail
+
+
+def test_serving_lookups_span_every_namespace_and_restart_in_the_workloads_own(api_client: Any) -> None:
+    from tools.k8s_client import KubeCaller
+    from tools.k8s_serving import ServingApi, rollout_status
+
+    serving = ServingApi(api_client, KubeCaller(), "*")
+    w = serving.for_model("fraud-model")
+    assert (w.title, w.namespace) == ("StatefulSet fraud-model", "team-a")
+    assert "in team-a restarted" in serving.restart(w, at="2026-12-02T05:00:00Z", cause="inc-5:rollback")
+    again = serving.refresh(w)
+    assert serving.restarted_for(again) == "inc-5:rollback"
+    assert not rollout_status(again)[0]  # its pods were re-created and are starting
+    with pytest.raises(PermanentToolError, match="in any namespace is labelled"):
+        serving.for_model("churn-model")
