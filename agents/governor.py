@@ -11,10 +11,36 @@ from __future__ import annotations
 from opsmedic.domain import Action, ClusterSnapshot, PolicyDecision
 from policies.engine import DecisionContext, HistoryEntry, PolicyEngine
 
+POD_ACTIONS = frozenset({"restart_pod", "reschedule_pod"})
+WORKLOAD_ACTIONS = frozenset({"scale_deployment", "pause_job", "resume_job"})
+MODEL_ACTIONS = frozenset({"rollback_model", "retrain_model", "promote_model", "abort_rollout"})
+
+
+def action_namespace(action: Action, snap: ClusterSnapshot) -> str | None:
+    """The Kubernetes namespace an action acts in, for the policy's `namespace` conditions: named in the
+    target (`team-a/trainer-0`), else the namespace the telemetry reports for the pod, or for the pods of
+    the workload (or of the model's serving workload). None when unknown (no namespace in the telemetry, a
+    node action, a name found in several namespaces): the engine then treats the condition as matching."""
+    target = action.target
+    if action.name in POD_ACTIONS | WORKLOAD_ACTIONS and "/" in target:
+        return target.split("/", 1)[0] or None
+    if action.name in POD_ACTIONS:
+        found = {p.namespace for p in snap.pods if p.name == target}
+    elif action.name in WORKLOAD_ACTIONS | MODEL_ACTIONS:
+        workload = target
+        if action.name in MODEL_ACTIONS:
+            model = next((m for m in snap.models if m.name == target), None)
+            workload = model.workload if model is not None and model.workload else target
+        found = {p.namespace for p in snap.pods if p.workload == workload}
+    else:
+        return None
+    return found.pop() if len(found) == 1 and None not in found else None
+
 
 def decision_context(
     snap: ClusterSnapshot, *, incident_id: str, now_s: float, history: list[HistoryEntry],
     actions_in_incident: int, requested_by: str = "opsmedic", proposed_by_model: bool = False,
+    action: Action | None = None,
 ) -> DecisionContext:
     out_nodes = sorted(n.name for n in snap.nodes if n.unschedulable or not n.ready)
     total_gpus = sum(n.gpus for n in snap.nodes)
@@ -31,6 +57,7 @@ def decision_context(
         # a model whose inputs fail validation (a broken feature pipeline) may not be retrained on them
         retrain_blocked={m.name: "; ".join(f"{f}: {why}" for f, why in sorted(m.data_issues.items()))
                          for m in snap.models if m.data_issues},
+        namespace=action_namespace(action, snap) if action is not None else None,
     )
 
 

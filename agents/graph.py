@@ -163,7 +163,7 @@ def govern(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     ctx = decision_context(
         deps.telemetry.snapshot(), incident_id=state.incident.id, now_s=now, history=deps.history,
         actions_in_incident=sum(1 for r in state.results if r.ok and not r.dry_run), requested_by=deps.requester,
-        proposed_by_model=state.plan.proposed_by == "model",
+        proposed_by_model=state.plan.proposed_by == "model", action=step.action,
     )
     with span("governor.decide", incident_id=state.incident.id, action=step.action.key) as sp:
         decision = deps.engine.decide(step.action, ctx)

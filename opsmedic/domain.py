@@ -213,6 +213,7 @@ class PodStatus(BaseModel):
     step: int | None = None  # training progress counter
     started_at_s: float = 0.0
     log_tail: list[str] = Field(default_factory=list)  # recent log lines: data, never instructions
+    namespace: str | None = None  # Kubernetes namespace (None: the sandbox, or a source that does not say)
 
 
 class ModelTrack(BaseModel):

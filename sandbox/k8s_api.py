@@ -47,7 +47,18 @@ simulator's own rules apply (a cordoned node takes no pods, a GPU resets only wh
   outcome is published in `opsmedic.io/reset-gpu-<index>-status: <request-id>:<state>[:<message>]`
   with state accepted | in-progress | done | failed (the node-agent protocol, see tools/k8s_backend.py).
 
-Not served: protobuf, server-side apply, pod creation (pods belong to workloads). A watch is minimal: the
+* template annotations of a StatefulSet or Rollout (`kubectl rollout restart`'s `restartedAt`), or a
+  Rollout's `spec.restartAt` -> every pod of the workload re-created (`restart_pod` on each), generation +1.
+  A re-created pod (restart, eviction, delete) is a new pod: new uid, restartCount 0, an empty log.
+* a batch/v1 Job whose one container runs `python -m tools.train_job` (the retraining Job): the API's kubelet
+  runs that entry point for real on a thread with the container's env; the Job's status follows.
+
+Also: `kubectl get` Tables (`sandbox.k8s_table`), Events for faults (Warning, on the node, pod or workload
+hit), cordons (NodeNotSchedulable), pod deletions (Killing) and restarts, and container names equal to the
+metrics' `container` label (the workload's name).
+
+Not served: protobuf, server-side apply, OpenAPI (`kubectl apply --validate=false` works), events.k8s.io,
+pod creation (pods belong to workloads). A watch is minimal: the
 current objects as ADDED events, then a quiet stream until its timeout.
 """
 
@@ -94,6 +105,7 @@ from sandbox.k8s_patch import (
     route_not_found,
     selector_from_match_labels,
 )
+from sandbox.k8s_table import to_table, wants_table
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)  # simulated second 0, as a wall-clock time
 SERVER_VERSION = {
@@ -207,6 +219,10 @@ STORED = {
 }
 
 
+# Job entry points the sandbox's kubelet runs for real (`python -m <module>`; see `_kubelet_job`)
+JOB_ENTRY_POINTS = frozenset({"tools.train_job"})
+
+
 @dataclass
 class _NodeExtra:
     """What clients set on a node that the simulator does not model."""
@@ -239,6 +255,13 @@ class SandboxKubeAPI:
         self._store: dict[tuple[str, str, str], JSON] = {}  # (storage key, namespace, name) -> object
         self._node_extra: dict[str, _NodeExtra] = {n: _NodeExtra() for n in sim.nodes}
         self._incarnation: dict[str, int] = {}
+        # a re-created pod is a new pod: its restartCount and its log start afresh (the simulator keeps one
+        # SimPod per name, so the API remembers where the new incarnation's counters begin)
+        self._restart_base: dict[str, int] = {}
+        self._log_base: dict[str, int] = {}
+        self._template_anns: dict[str, dict[str, str]] = {}  # workload -> its pod template's annotations
+        self._restart_at: dict[str, str] = {}  # Rollout -> spec.restartAt (`kubectl argo rollouts restart`)
+        self._faults_seen = 0  # simulator events already turned into API Events
         self._terminating: dict[str, _Terminating] = {}
         self._pod_annotations: dict[str, dict[str, str]] = {}  # what clients set on pods (by pod name)
         self._sts_meta: dict[str, dict[str, dict[str, str]]] = {}
@@ -450,6 +473,10 @@ class SandboxKubeAPI:
             self.sim.execute(
                 Action(name="cordon_node" if unsched else "uncordon_node", target=name, params=params)
             )
+            self._event("Normal", "NodeNotSchedulable" if unsched else "NodeSchedulable",
+                        {"kind": "Node", "name": name, "uid": name},
+                        f"Node {name} status is now: {'NodeNotSchedulable' if unsched else 'NodeSchedulable'}",
+                        component="kubelet")
         extra.taints = [copy.deepcopy(t) for t in taints if t.get("key") not in SYSTEM_TAINTS]
         base = {
             "kubernetes.io/hostname",
@@ -485,6 +512,68 @@ class SandboxKubeAPI:
 
     # --------------------------------------------------------------------------------------- pods
 
+    def _event(self, type_: str, reason: str, involved: JSON, message: str, *, component: str) -> None:
+        """Record a core/v1 Event as the component that did it would (kubelet, node controller, ...):
+        `kubectl get events` and `kubectl describe` show what happened to the object."""
+        now = self._now()
+        ns = involved.get("namespace") or "default"
+        body: JSON = {
+            "metadata": {"generateName": f"{involved.get('name', 'cluster')}.", "namespace": ns},
+            "involvedObject": {"apiVersion": {"StatefulSet": "apps/v1", "Rollout": "argoproj.io/v1alpha1",
+                                              "Job": "batch/v1"}.get(str(involved.get("kind")), "v1"), **involved},
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": component},
+            "reportingComponent": component,
+        }
+        res = BY_PATH[("", "v1", "events")]
+        self._put_stored("events", ns, self._new_meta_obj(res, ns, body))
+
+    def _sync_fault_events(self) -> None:
+        """The simulator's faults since the last request, as Warning events on the object they hit (what the
+        kubelet, the node controller or a node problem detector would record), so `kubectl get events` and
+        `kubectl describe` show them."""
+        events = self.sim.events
+        for ev in events[self._faults_seen:]:
+            if ev.kind != "fault":
+                continue
+            kind_, _, rest = ev.detail.partition(" on ")
+            target = rest.split(" ", 1)[0]
+            node = target.split("/", 1)[0]
+            if node in self.sim.nodes:
+                involved: JSON = {"kind": "Node", "name": node, "uid": node}
+            elif target in self.sim.pods:
+                involved = {"kind": "Pod", "name": target, "namespace": self.namespace}
+            elif target in self._workloads:
+                kind = "Rollout" if self._is_rollout(target) else "StatefulSet"
+                involved = {"kind": kind, "name": target, "namespace": self.namespace}
+            else:
+                m = self.sim.models.get(target)
+                w = getattr(m, "workload", None) if m is not None else None
+                if not w:
+                    continue
+                involved = {"kind": "Rollout" if self._is_rollout(w) else "StatefulSet", "name": w,
+                            "namespace": self.namespace}
+            reason = "".join(p.title() for p in kind_.split("_")) or "Fault"
+            self._event("Warning", reason, involved, ev.detail, component="opsmedic-sandbox")
+        self._faults_seen = len(events)
+
+    def _new_incarnation(self, name: str) -> None:
+        """The controller made a new pod of this name: a new uid, restartCount 0, an empty log."""
+        self._incarnation[name] = self._incarnation.get(name, 0) + 1
+        pod = self.sim.pods.get(name)
+        if pod is not None:
+            self._restart_base[name] = pod.restarts
+            self._log_base[name] = len(pod.log)
+
+    def pod_log(self, pod: SimPod) -> list[str]:
+        """The log of the pod's current incarnation (what `kubectl logs` shows)."""
+        return list(pod.log[self._log_base.get(pod.name, 0):])
+
     def _live_pods(self) -> list[SimPod]:
         return [p for p in self.sim.pods.values() if p.state != "Deleted" and not p.paused]
 
@@ -501,8 +590,8 @@ class SandboxKubeAPI:
             if pod is None or pod.node is None or self._node_ready(pod.node):
                 del self._terminating[name]
                 if pod is not None and pod.state != "Deleted":
-                    self._incarnation[name] = self._incarnation.get(name, 0) + 1
                     self.sim.execute(Action(name="restart_pod", target=name))
+                    self._new_incarnation(name)
 
     def pod_labels(self, pod: SimPod) -> dict[str, str]:
         return {
@@ -539,7 +628,7 @@ class SandboxKubeAPI:
         spec: JSON = {
             "containers": [
                 {
-                    "name": pod.kind,
+                    "name": pod.workload,  # the `container` label of the exporter's metrics
                     "image": image,
                     "imagePullPolicy": "IfNotPresent",
                     "resources": {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}},
@@ -602,7 +691,7 @@ class SandboxKubeAPI:
                 if ready
                 else {
                     "reason": "ContainersNotReady",
-                    "message": f"containers with unready status: [{pod.kind}]",
+                    "message": f"containers with unready status: [{pod.workload}]",
                 }
             )
             conds += [
@@ -618,11 +707,11 @@ class SandboxKubeAPI:
             ]
             status["startTime"] = t0
             cs: JSON = {
-                "name": pod.kind,
+                "name": pod.workload,  # the `container` label of the exporter's metrics
                 "image": image,
                 "imageID": f"{image}@sha256:{'0' * 64}",
                 "ready": ready,
-                "restartCount": pod.restarts,
+                "restartCount": max(0, pod.restarts - self._restart_base.get(pod.name, 0)),
                 "started": pod.state == "Running",
             }
             if pod.state == "Running":
@@ -639,7 +728,7 @@ class SandboxKubeAPI:
                 }
                 if pod.state == "CrashLoop":
                     cs["state"]["waiting"]["message"] = (
-                        f"back-off restarting failed container {pod.kind} in pod {pod.name}"
+                        f"back-off restarting failed container {pod.workload} in pod {pod.name}"
                     )
                     cs["lastState"] = {
                         "terminated": {"exitCode": 1, "reason": "Error", "startedAt": t0, "finishedAt": t0}
@@ -679,13 +768,15 @@ class SandboxKubeAPI:
             self._terminating.setdefault(pod.name, _Terminating(self.sim.now, grace))
             return self.render_pod(pod)
         self._terminating.pop(pod.name, None)
-        self._incarnation[pod.name] = self._incarnation.get(pod.name, 0) + 1
+        self._event("Normal", "Killing", {"kind": "Pod", "name": pod.name, "namespace": self.namespace},
+                    f"Stopping container {pod.workload}" + (" (evicted)" if evict else ""), component="kubelet")
         if on_lost_node:
             self.sim.execute(Action(name="reschedule_pod", target=pod.name, params={"force": True}))
         elif evict:
             self.sim.execute(Action(name="reschedule_pod", target=pod.name))
         else:
             self.sim.execute(Action(name="restart_pod", target=pod.name))
+        self._new_incarnation(pod.name)
         return rendered
 
     def _evict(self, ns: str, name: str, body: Any, dry_run: bool) -> JSON:
@@ -769,11 +860,11 @@ class SandboxKubeAPI:
                 "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": {LABEL_WORKLOAD: w}},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": self._template_meta(w, labels),
                     "spec": {
                         "containers": [
                             {
-                                "name": spec_w.kind,
+                                "name": w,
                                 "image": f"registry.opsmedic.local/{w}:latest",
                                 "resources": {
                                     "limits": {"nvidia.com/gpu": gpus},
@@ -837,7 +928,7 @@ class SandboxKubeAPI:
             self._sts_generation[w] += 1
             for name in live:
                 if self.sim.pods[name].state == "Deleted":
-                    self._incarnation[name] = self._incarnation.get(name, 0) + 1
+                    self._new_incarnation(name)
             return
         self._desired[w] = replicas
         self._sts_generation[w] += 1
@@ -857,9 +948,10 @@ class SandboxKubeAPI:
                     if self.sim.gpus[gid].pod == p.name:
                         self.sim.gpus[gid].pod = None
                 p.node, p.gpus, p.state, p.paused = None, [], "Deleted", True
-                self._incarnation[p.name] = self._incarnation.get(p.name, 0) + 1
+                self._new_incarnation(p.name)
             elif i < replicas and p.state == "Deleted":
                 p.state, p.paused, p.reason = "Pending", False, None
+                self._new_incarnation(p.name)
         template = pods[0] if pods else None
         for i in range(len(pods), replicas):
             name = f"{w}-{i}"
@@ -901,6 +993,33 @@ class SandboxKubeAPI:
         if spec_w.model_name:
             labels[LABEL_MODEL] = spec_w.model_name
         return labels
+
+    def _template_meta(self, w: str, labels: dict[str, str]) -> JSON:
+        anns = self._template_anns.get(w)
+        return {"labels": labels, **({"annotations": dict(anns)} if anns else {})}
+
+    def _template_patched(self, w: str, before: JSON, after: JSON) -> None:
+        """A change to the pod template's annotations (`kubectl rollout restart` sets
+        `kubectl.kubernetes.io/restartedAt` there) is a new revision: the controller replaces every pod."""
+        tmpl = ((after.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        anns = {str(k): str(v) for k, v in (tmpl.get("annotations") or {}).items() if v is not None}
+        old = ((before["spec"].get("template") or {}).get("metadata") or {}).get("annotations") or {}
+        if anns == old:
+            return
+        self._template_anns[w] = anns
+        self._sts_generation[w] += 1
+        self._restart_pods(w)
+
+    def _restart_pods(self, w: str) -> None:
+        """Replace every running pod of the workload (the simulator re-creates each in place)."""
+        for pod in self._sts_pods(w):
+            if pod.name in self._terminating:
+                continue
+            self.sim.execute(Action(name="restart_pod", target=pod.name))
+            self._new_incarnation(pod.name)
+        self._event("Normal", "Restarted", {"kind": "Rollout" if self._is_rollout(w) else "StatefulSet",
+                                            "name": w, "namespace": self.namespace},
+                    f"restarted all pods of {w}", component="statefulset-controller")
 
     def _owner_ref(self, w: str) -> JSON:
         if self._is_rollout(w):
@@ -992,11 +1111,11 @@ class SandboxKubeAPI:
                 "replicas": self._desired[w],
                 "selector": {"matchLabels": {LABEL_WORKLOAD: w}},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": self._template_meta(w, labels),
                     "spec": {
                         "containers": [
                             {
-                                "name": spec_w.kind,
+                                "name": w,
                                 "image": f"registry.opsmedic.local/{w}:v{canary_version or model.serving}",
                                 "resources": {
                                     "limits": {"nvidia.com/gpu": gpus},
@@ -1008,8 +1127,9 @@ class SandboxKubeAPI:
                 },
                 "strategy": {"canary": {"steps": steps}},
                 "revisionHistoryLimit": 10,
+                **({"restartAt": self._restart_at[w]} if w in self._restart_at else {}),
             },
-            "status": status,
+            "status": {**status, **({"restartedAt": self._restart_at[w]} if w in self._restart_at else {})},
         }
         return self._stamp(f"rollout/{w}", obj)
 
@@ -1068,12 +1188,18 @@ class SandboxKubeAPI:
             spec = dict(after.get("spec") or {})
             replicas = spec.pop("replicas", obj["spec"]["replicas"])
             self._scale_body({"spec": {"replicas": replicas}}, name)
-            if spec != {k: v for k, v in obj["spec"].items() if k != "replicas"}:
+            restart_at = spec.pop("restartAt", None)
+            if restart_at is not None and not isinstance(restart_at, str):
+                raise invalid("Rollout", "argoproj.io", name, [("spec.restartAt", "Invalid value: not a time")])
+            if isinstance(spec.get("template"), dict):  # the pod template's annotations may change
+                spec["template"] = {**spec["template"], "metadata": obj["spec"]["template"]["metadata"]}
+            if spec != {k: v for k, v in obj["spec"].items() if k not in ("replicas", "restartAt")}:
                 raise invalid(
                     "Rollout",
                     "argoproj.io",
                     name,
-                    [("spec", "Forbidden: the opsmedic sandbox changes only spec.replicas of a Rollout")],
+                    [("spec", "Forbidden: the opsmedic sandbox changes only spec.replicas, spec.restartAt and "
+                              "the pod template's annotations of a Rollout")],
                 )
             if dry_run:
                 return after
@@ -1084,6 +1210,13 @@ class SandboxKubeAPI:
                 "annotations": dict(meta.get("annotations") or {}),
             }
             self._scale_sts(w, replicas)  # status in a patch of the main resource is ignored, as upstream
+            self._template_patched(w, obj, after)
+            if restart_at is not None and restart_at != self._restart_at.get(w):
+                # what the Argo Rollouts controller does for spec.restartAt: every pod re-created, then
+                # status.restartedAt set to it
+                self._restart_at[w] = restart_at
+                self._sts_generation[w] += 1
+                self._restart_pods(w)
             return self.render_rollout(w)
         raise ApiError(
             405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
@@ -1343,6 +1476,10 @@ class SandboxKubeAPI:
             return PlainTextResponse("ok")
         if parts == ["version"]:
             return JSONResponse(SERVER_VERSION)
+        if parts and parts[0] == "openapi":
+            # a 404 (kubectl then suggests --validate=false itself), with a Status that says why
+            raise ApiError(404, "NotFound", "the opsmedic sandbox API serves no OpenAPI schema: use "
+                                                  "`kubectl apply --validate=false` (client-side apply works)")
         if parts and parts[0] == "api":
             if parts == ["api"]:
                 return JSONResponse(
@@ -1460,6 +1597,7 @@ class SandboxKubeAPI:
             raise bad_request(f'unsupported dry run directive "{q["dryRun"]}": only "All" is supported')
         code = 200
         with self.lock:
+            self._sync_fault_events()
             if name is None:
                 if method == "GET" and q.get("watch") in ("true", "1"):
                     return self._watch(res, ns, q)
@@ -1477,7 +1615,8 @@ class SandboxKubeAPI:
                 if sub == "log" and method == "GET":
                     pod = self._pod(ns, name)
                     tail = int(q["tailLines"]) if q.get("tailLines", "").isdigit() else None
-                    lines = pod.log[-tail:] if tail else pod.log
+                    lines = self.pod_log(pod)
+                    lines = lines[-tail:] if tail else lines
                     return PlainTextResponse("".join(line + "\n" for line in lines))
                 if sub == "eviction":
                     if method != "POST":
@@ -1544,7 +1683,65 @@ class SandboxKubeAPI:
             obj["metadata"]["resourceVersion"] = ""
             return obj
         self._put_stored(self._storage(res), ns, obj)
+        if res.plural == "jobs":
+            self._kubelet_job(ns, obj)
         return self._get_stored(res, ns, obj["metadata"]["name"])
+
+    def _kubelet_job(self, ns: str, job: JSON) -> None:
+        """Play the kubelet for a Job whose container runs an entry point the sandbox knows (`python -m
+        tools.train_job`, the retraining Job): its `main` runs for real, on a thread, with the container's
+        environment, and the Job's status follows (active, then Complete or Failed) as the Job controller
+        would write it. Any other Job is stored only (it has no pods in the simulator)."""
+        spec = job.get("spec") or {}
+        containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+        if spec.get("suspend") or len(containers) != 1:
+            return
+        c = containers[0]
+        cmd = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+        module = cmd[2] if len(cmd) >= 3 and cmd[0].rsplit("/", 1)[-1].startswith("python") and cmd[1] == "-m" \
+            else None
+        if module not in JOB_ENTRY_POINTS:
+            return
+        env = {str(e.get("name")): str(e.get("value", "")) for e in c.get("env") or [] if isinstance(e, dict)}
+        name = job["metadata"]["name"]
+        key = (self._storage(BY_PATH[("batch", "v1", "jobs")]), ns, name)
+        self._job_status(key, {"active": 1, "startTime": self._now_wall()})
+
+        def run() -> None:
+            import importlib
+
+            lines: list[str] = []
+            try:
+                code = int(importlib.import_module(module).main(cmd[3:], env, lines.append))
+            except Exception as exc:  # the container crashed: its Job fails, the API goes on
+                code, lines = 1, [*lines, f"{type(exc).__name__}: {exc}"]
+            with self.lock:
+                now = self._now_wall()
+                if code == 0:
+                    cond = {"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
+                    self._job_status(key, {"active": None, "succeeded": 1, "completionTime": now,
+                                           "conditions": [cond]})
+                else:
+                    cond = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                            "message": "Job has reached the specified backoff limit", "lastProbeTime": now,
+                            "lastTransitionTime": now}
+                    self._job_status(key, {"active": None, "failed": 1, "conditions": [cond]})
+                self._event("Normal" if code == 0 else "Warning", "Completed" if code == 0 else "BackoffLimitExceeded",
+                            {"kind": "Job", "apiVersion": "batch/v1", "name": name, "namespace": ns},
+                            "; ".join(lines)[-1000:] or f"exit code {code}", component="job-controller")
+
+        threading.Thread(target=run, name=f"sandbox-job-{name}", daemon=True).start()
+
+    def _job_status(self, key: tuple[str, str, str], status: JSON) -> None:
+        obj = self._store.get(key)
+        if obj is None:
+            return  # deleted meanwhile
+        merged = {**(obj.get("status") or {}), **status}
+        obj["status"] = {k: v for k, v in merged.items() if v is not None}
+        self._put_stored(key[0], key[1], obj)
+
+    def _now_wall(self) -> str:
+        return rfc3339(dt.datetime.now(dt.UTC))
 
     def _node_request(
         self, method: str, name: str, sub: str | None, ctype: str, body: Any, dry_run: bool
@@ -1671,6 +1868,7 @@ class SandboxKubeAPI:
                 "annotations": dict(meta.get("annotations") or {}),
             }
             self._scale_sts(w, replicas)
+            self._template_patched(w, obj, after)
             return self.render_sts(w)
         raise ApiError(
             405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
@@ -1769,7 +1967,15 @@ class SandboxKubeAPI:
                 except json.JSONDecodeError as exc:
                     raise bad_request(f"the request body is not valid JSON: {exc}") from None
                 q = dict(request.query_params)
-                return self.handle(request.method, "/" + path, q, ctype, body)
+                resp = self.handle(request.method, "/" + path, q, ctype, body)
+                if (request.method == "GET" and wants_table(request.headers.get("accept", ""))
+                        and isinstance(resp, JSONResponse) and resp.status_code == 200):
+                    obj = json.loads(bytes(resp.body))
+                    if isinstance(obj, dict) and obj.get("kind") not in (None, "Status", "APIResourceList"):
+                        with self.lock:
+                            now = dt.datetime.fromisoformat(self._now().replace("Z", "+00:00"))
+                        return JSONResponse(to_table(obj, now=now, include=q.get("includeObject", "Metadata")))
+                return resp
             except ApiError as exc:
                 return JSONResponse(exc.status(), status_code=exc.code)
             except ToolError as exc:

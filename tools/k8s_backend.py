@@ -5,7 +5,9 @@ sandbox: in the demo, eval and tests it is pointed at `sandbox.k8s_api`, which s
 kube-apiserver). Implements `tools.backend.ActionBackend`; `KubernetesTelemetry` builds what it can of
 a `ClusterSnapshot` from the API, and `LeaseElector` (in `tools.k8s_lease`) elects the daemon's leader.
 
-What each action does (namespace: the backend's, `default` unless configured):
+What each action does (namespace: the backend's, `default` unless configured; with `*` -- every namespace --
+a pod or workload action goes to the namespace its object is in, found by name across namespaces, and a name
+found in several is refused; a target may also name it, `team-a/trainer-0`):
 
 =================  ====================================================================================
 cordon_node        patch spec.unschedulable=true + taint `opsmedic.io/cordoned=<incident>:NoSchedule` +
@@ -57,6 +59,7 @@ graph's keys are `<incident>:<step>:<digest>`), sanitised to a label value.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 import re
@@ -96,6 +99,8 @@ K8S_ACTIONS = {
     "reset_gpu",
     "abort_rollout",
 }
+POD_ACTIONS = frozenset({"restart_pod", "reschedule_pod"})
+WORKLOAD_ACTIONS = frozenset({"scale_deployment", "pause_job", "resume_job"})
 ANN_MAX_REPLICAS = "opsmedic.io/max-replicas"
 MERGE_PATCH = "application/merge-patch+json"
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]")
@@ -206,6 +211,8 @@ class KubernetesBackend:
         self.serving = ServingApi(self.api_client, self.caller, namespace)
         self.custom = self.serving.custom
         self._involved: dict[str, dict[str, str]] = {}  # action key -> the object acted on, for its event
+        # a view of a backend for every namespace (`_in`) still waits for pods of every namespace in a drain
+        self._every_view = self.every_namespace
 
     # ------------------------------------------------------------------------------ the protocol
 
@@ -219,7 +226,8 @@ class KubernetesBackend:
         if action.name not in K8S_ACTIONS and self.fallback is not None:
             return self.fallback.execute(action, idempotency_key=idempotency_key, dry_run=dry_run)
         try:
-            changed, detail = self.apply(action, idempotency_key=idempotency_key, dry_run=dry_run)
+            view, local = self._resolve(action)
+            changed, detail = view.apply(local, idempotency_key=idempotency_key, dry_run=dry_run)
             result = ActionResult(
                 action=action,
                 ok=True,
@@ -230,7 +238,7 @@ class KubernetesBackend:
                 dry_run=dry_run,
             )
             if result.changed:
-                self._event(action, detail, incident_of(idempotency_key))
+                view._event(local, detail, incident_of(idempotency_key))
         except TransientToolError as exc:
             return ActionResult(
                 action=action,
@@ -270,10 +278,87 @@ class KubernetesBackend:
         if action.name not in K8S_ACTIONS and self.fallback is not None:
             return self.fallback.verify(action)
         try:
-            ok, detail = self._check(action)
+            view, local = self._resolve(action)
+            ok, detail = view._check(local)
         except ToolError as exc:
             ok, detail = False, f"cannot verify: {exc}"
         return VerificationResult(action=action, ok=ok, detail=detail, at_s=self._action_clock())
+
+    # ------------------------------------------------------------------------------ namespaces
+
+    @property
+    def every_namespace(self) -> bool:
+        return self.namespace in ("*", "")
+
+    def _in(self, namespace: str) -> KubernetesBackend:
+        """This backend addressing one namespace (the same client, results and retry policy)."""
+        if namespace == self.namespace:
+            return self
+        view = copy.copy(self)
+        view.namespace = namespace
+        view.serving = ServingApi(self.api_client, self.caller, namespace)
+        view.custom = view.serving.custom
+        return view
+
+    def _resolve(self, action: Action) -> tuple[KubernetesBackend, Action]:
+        """The backend for the namespace the action's object lives in, and the action with a bare name.
+
+        A pod or workload target may name its namespace (`team-a/trainer-0`). Otherwise a backend bound to
+        one namespace uses it, as it always did; a backend for every namespace (`*`) finds the object's
+        namespace (a name in several namespaces is refused: qualify it). Node actions are cluster-wide."""
+        if action.name in POD_ACTIONS | WORKLOAD_ACTIONS and "/" in action.target:
+            ns, _, name = action.target.partition("/")
+            if not ns or not name or "/" in name:
+                raise PermanentToolError(f"{action.target!r} is neither a name nor namespace/name")
+            return self._in(ns), action.model_copy(update={"target": name})
+        if not self.every_namespace:
+            return self, action
+        if action.name in POD_ACTIONS:
+            return self._in(self._namespace_of("pod", action.target)), action
+        if action.name in WORKLOAD_ACTIONS:
+            return self._in(self._namespace_of("workload", action.target)), action
+        if action.name == "abort_rollout":
+            return self._in(self.serving.for_model(action.target).namespace), action
+        return self._in("default"), action  # node actions: their events go to `default`, as kubectl's do
+
+    def _cluster_lister(self, crd: tuple[str, str, str], selector: str) -> Callable[[], Any]:
+        group, version, plural = crd
+        return lambda: self.custom.list_cluster_custom_object(group, version, plural, field_selector=selector)
+
+    def _namespace_of(self, what: str, name: str) -> str:
+        sel = f"metadata.name={name}"
+        listers: list[tuple[str, Callable[[], Any]]]
+        if what == "pod":
+            listers = [("pod", lambda: self.core.list_pod_for_all_namespaces(field_selector=sel))]
+        else:
+            listers = [
+                ("statefulset", lambda: self.apps.list_stateful_set_for_all_namespaces(field_selector=sel)),
+                ("deployment", lambda: self.apps.list_deployment_for_all_namespaces(field_selector=sel)),
+                ("job", lambda: self.batch.list_job_for_all_namespaces(field_selector=sel)),
+            ]
+            for kind, crd in (("rollout", ARGO_ROLLOUTS), ("inferenceservice", KSERVE_ISVC)):
+                listers.append((kind, self._cluster_lister(crd, sel)))
+        found: set[str] = set()
+        for kind, fn in listers:
+            try:
+                got: Any = self.caller.call(f"find {kind} {name} in every namespace", fn)
+            except KubePermanentError as exc:
+                if exc.status == 404:  # a CRD that is not installed
+                    continue
+                raise
+            items = got.get("items") or [] if isinstance(got, dict) else got.items or []
+            for item in items:
+                meta = item.get("metadata") or {} if isinstance(item, dict) else item.metadata
+                ns = meta.get("namespace") if isinstance(meta, dict) else meta.namespace
+                if ns:
+                    found.add(str(ns))
+        if not found:
+            raise PermanentToolError(f"no {what} named {name!r} in any namespace")
+        if len(found) > 1:
+            raise PermanentToolError(
+                f"{what} {name!r} exists in namespaces {', '.join(sorted(found))}: name it as "
+                f"namespace/{name}; opsmedic will not guess which")
+        return found.pop()
 
     def executed_keys(self) -> set[str]:
         return set(self._done)
@@ -1004,7 +1089,10 @@ class KubernetesBackend:
             left = [p.metadata.name for p in self._pods_on(t) if not _is_daemon_or_mirror(p)]
             if left:
                 return False, f"pods still on {t}: {', '.join(left)}"
-            listing = self.caller.call("list pods", self.core.list_namespaced_pod, self.namespace)
+            if self._every_view:
+                listing = self.caller.call("list pods", self.core.list_pod_for_all_namespaces)
+            else:
+                listing = self.caller.call("list pods", self.core.list_namespaced_pod, self.namespace)
             pods: list[Any] = listing.items
             waiting = [str(p.metadata.name) for p in pods or [] if not pod_ready(p)]
             if waiting:
@@ -1200,6 +1288,7 @@ class KubernetesTelemetry:
             step=int(step) if step and step.isdigit() else None,
             started_at_s=self._seconds(status.start_time),
             log_tail=log_tail,
+            namespace=meta.namespace,
         )
 
 

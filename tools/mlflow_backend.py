@@ -238,8 +238,10 @@ class MlflowModelBackend:
         self._c(self.client.set_model_version_tag, name, str(version), T_SERVED, reason)
 
     def _log_version(self, name: str, model: Any, *, run_name: str, params: Mapping[str, str],
-                     metrics: Mapping[str, float], tags: Mapping[str, str], description: str) -> int:
+                     metrics: Mapping[str, float], tags: Mapping[str, str], description: str,
+                     run_id: str | None = None) -> int:
         """One MLflow run with params and metrics, the model logged in it, and a new registered version.
+        `run_id`: an existing run to log into (a retraining Job's, created by whoever launched it).
 
         The same steps as `mlflow.sklearn.log_model` + `register_model`, through this backend's client."""
         import mlflow.sklearn
@@ -249,8 +251,14 @@ class MlflowModelBackend:
         from tools import mlflow_training
 
         exp = self._experiment()
-        run = self._c(self.client.create_run, exp, run_name=run_name, tags=dict(tags))
-        run_id = run.info.run_id
+        if run_id is None:
+            run = self._c(self.client.create_run, exp, run_name=run_name, tags=dict(tags))
+            run_id = run.info.run_id
+        else:
+            run = self._c(self.client.get_run, run_id)
+            exp = str(run.info.experiment_id)
+            for k, v in tags.items():
+                self._c(self.client.set_tag, run_id, k, v)
         try:
             logged = self._c(self.client.create_logged_model, exp, name="model", source_run_id=run_id,
                              params=mlflow_training.params(), tags=dict(tags), model_type="sklearn")
@@ -532,9 +540,30 @@ class MlflowModelBackend:
         return True, True, f"{t} rolled back from version {serving} to {to} (alias {self.alias!r})"
 
     def _retrain(self, action: Action, reg: RegisteredModel, key: str) -> tuple[bool, bool, str]:
+        return self.train_version(action.target, key=key, reg=reg)
+
+    def version_for_key(self, target: str, key: str) -> tuple[int, str, str] | None:
+        """(version, status, held-out accuracy tag) of the version an action (idempotency key) registered."""
+        for mv in self._versions(self.registered_name(target)):
+            if (mv.tags or {}).get(T_KEY) == key:
+                return int(mv.version), str(mv.status), str((mv.tags or {}).get(T_ACCURACY))
+        return None
+
+    def new_run(self, target: str, *, key: str, run_name: str) -> str:
+        """An MLflow run for a training that runs elsewhere (a Kubernetes Job); returns its id."""
+        run = self._c(self.client.create_run, self._experiment(), run_name=run_name,
+                      tags={T_MODEL: target, T_KEY: key, T_ORIGIN: "retrain"})
+        return str(run.info.run_id)
+
+    def train_version(self, target: str, *, key: str, run_id: str | None = None,
+                      reg: RegisteredModel | None = None) -> tuple[bool, bool, str]:
+        """Fit a new version on the model's recent data, evaluate it on the held-out set and register it
+        (not served). Used in process by `retrain_model`, and by `sandbox.train_job` inside a Job.
+        Returns (ok, changed, detail); a version already registered for `key` is not trained again."""
         from tools import mlflow_training
 
-        t = action.target
+        reg = reg if reg is not None else self._registered(target)
+        t = target
         versions = self._versions(reg.name)
         for mv in versions:  # registered before a crash that lost the result record
             if (mv.tags or {}).get(T_KEY) == key:
@@ -559,7 +588,8 @@ class MlflowModelBackend:
                   "data_window": str(RECENT_WINDOW + len(versions)), "serving_version": str(serving)}
         tags = {T_ORIGIN: "retrain", T_MODEL: t, T_KEY: key, T_ACCURACY: f"{acc:.4f}"}
         v = self._log_version(reg.name, model, run_name=f"retrain-{t}", params=params, metrics=metrics,
-                              tags=tags, description="retrained on recent data; not served until promoted")
+                              tags=tags, description="retrained on recent data; not served until promoted",
+                              run_id=run_id)
         drifted = ", ".join(f"{f} PSI {p:g}" for f, p in drift.items()) or "no drift"
         return True, True, (f"{t} version {v} trained on {len(recent)} recent rows ({drifted}): held-out "
                             f"accuracy {acc:.3f}{versus}; registered, not served until promoted")

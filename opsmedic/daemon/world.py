@@ -424,29 +424,50 @@ class KubeWorld:
         from tools.pagerduty import pager_from_env
 
         env = os.environ if env is None else env
-        # built first: a bad routing key fails the start before any connection is opened
-        models = None
-        if mlflow_tracking_uri:
-            from tools.mlflow_backend import MlflowModelBackend
-
-            models = MlflowModelBackend(mlflow_tracking_uri, clock=time.time)
-        self.notify = NotifyBackend(time.time, send, pager_from_env(env), models=models)
+        # built first: a bad routing key (or retraining template) fails the start before any connection
+        pager = pager_from_env(env)
+        retrain_template = (env.get("OPSMEDIC_RETRAIN_JOB_TEMPLATE") or "").strip() or None
 
         self.api_client = build_api_client(kubeconfig, context=context, in_cluster=in_cluster)
         self.name = f"kubernetes:{namespace}"
         self.namespace = namespace
         self.clock: Clock = WallClock()
-        # `*`: pods of every namespace are watched. Node actions (cordon, drain, reset) are cluster-wide
-        # already; pod and workload actions still address `action_namespace`: elsewhere they fail plainly
-        # and the incident escalates (the backend does not yet carry a pod's namespace in its target).
+        # `*`: every namespace. Node actions (cordon, drain, reset) are cluster-wide; a pod or workload
+        # action goes to the namespace its object is in (`KubernetesBackend` finds it, or the target names
+        # it as namespace/name).
         every = namespace == "*"
-        action_namespace = "default" if every else namespace
+        action_namespace = namespace
         cluster = KubernetesTelemetry(self.api_client, namespace=None if every else namespace)
         telemetry: TelemetrySource = cluster
+        metrics: TelemetrySource | None = None
         if prometheus_url:
             from tools.prometheus_source import PrometheusSource
 
-            telemetry = CompositeTelemetry(cluster, PrometheusSource(prometheus_url, ca_bundle=ca_bundle))
+            metrics = PrometheusSource(prometheus_url, ca_bundle=ca_bundle)
+            telemetry = CompositeTelemetry(cluster, metrics)
+        models: ActionBackend | None = None
+        if mlflow_tracking_uri:
+            from tools.k8s_client import KubeCaller
+            from tools.k8s_models import ClusterModelBackend
+            from tools.k8s_serving import ServingApi
+            from tools.mlflow_backend import MlflowModelBackend
+
+            registry = MlflowModelBackend(mlflow_tracking_uri, clock=time.time)
+            retrain = None
+            if retrain_template is not None:
+                from tools.k8s_retrain import RetrainJobs
+
+                retrain = RetrainJobs(self.api_client, retrain_template, tracking_uri=mlflow_tracking_uri,
+                                      namespace="default" if every else namespace, registry=registry)
+            # serving follows the registry: the model's workload is rolled after the alias moves, and
+            # verification waits for its rollout and (with Prometheus) for the SLO to hold again
+            models = ClusterModelBackend(registry, ServingApi(self.api_client, KubeCaller(), namespace),
+                                         metrics=metrics, retrain=retrain)
+        elif retrain_template is not None:
+            log.warning("OPSMEDIC_RETRAIN_JOB_TEMPLATE is set but no MLflow registry is configured "
+                        "(--mlflow-tracking-uri): retrain_model has no backend", extra={
+                            "template": retrain_template})
+        self.notify = NotifyBackend(time.time, send, pager, models=models)
         self._bounded = TimeoutTelemetry(telemetry, read_timeout_s)
         self.telemetry: TelemetrySource = self._bounded
         self.drift: DriftTelemetry | None = None
@@ -484,7 +505,8 @@ class KubeWorld:
 
     def describe(self) -> dict[str, Any]:
         out = {"kind": self.kind, "server": self.server, "namespace": self.namespace, "tick_s": self.tick_s,
-               "pagerduty": self.notify.pager is not None, "mlflow": self.notify.models is not None}
+               "pagerduty": self.notify.pager is not None, "mlflow": self.notify.models is not None,
+               "retrain_jobs": getattr(self.notify.models, "retrain", None) is not None}
         if self.drift is not None:
             out["drift"] = self.drift.describe()
         return out

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from opsmedic.daemon.config import load_daemon_config
+from opsmedic.domain import Action
 from opsmedic.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,14 +31,20 @@ def test_a_world_over_every_namespace_lists_pods_cluster_wide(tmp_path: Path) ->
     from sandbox.scenario import load_scenario
 
     sim = Simulator(load_scenario(REPO / "sandbox" / "scenarios" / "node-not-ready.yaml"))
-    url, stop_api = serve_in_thread(SandboxKubeAPI(sim))
+    url, stop_api = serve_in_thread(SandboxKubeAPI(sim, namespace="team-a"))
     world = KubeWorld(kubeconfig=write_kubeconfig(url, tmp_path / "kubeconfig"), context=None, in_cluster=False,
                       namespace="*", poll_interval_s=1.0, env={})
     try:
         snap = world.telemetry.snapshot()
         assert len(snap.pods) == 4 and len(snap.nodes) == 4
+        assert {p.namespace for p in snap.pods} == {"team-a"}  # the telemetry knows each pod's namespace
         assert world.describe()["namespace"] == "*" and world.thread_prefix == "daemon:k8s:*:"
-        assert world.backend.namespace == "default"  # type: ignore[attr-defined]  # pod actions' namespace
+        assert world.backend.namespace == "*"  # type: ignore[attr-defined]  # each action finds its own
+        pod = next(p for p in snap.pods if p.ready)
+        restart = Action(name="restart_pod", target=pod.name)
+        res = world.backend.execute(restart, idempotency_key="inc-ns:restart")
+        assert res.ok and res.changed, res.detail  # went to team-a, not to `default`
+        assert "re-creates it" in res.detail
     finally:
         world.close()
         stop_api()

@@ -399,8 +399,11 @@ def test_actions_are_recorded_as_events(env: Env) -> None:
         .list_namespaced_event("default", field_selector="involvedObject.name=node-1")
         .items
     )
-    assert [(e.reason, e.involved_object.kind) for e in events] == [("OpsmedicCordonNode", "Node")]
-    assert events[0].message.startswith("inc-77: node-1 cordoned")
+    mine = [e for e in events if e.source.component == "opsmedic"]
+    assert [(e.reason, e.involved_object.kind) for e in mine] == [("OpsmedicCordonNode", "Node")]
+    assert mine[0].message.startswith("inc-77: node-1 cordoned")
+    # the kubelet's own record of the cordon is there too, as on a cluster
+    assert [e.reason for e in events if e.source.component == "kubelet"] == ["NodeNotSchedulable"]
 
 
 def test_jobs_suspend_and_deployments_scale(env: Env) -> None:
@@ -519,7 +522,10 @@ def test_abort_rollout_is_the_argo_abort_and_sends_traffic_back(serving_env: Env
     other = env.run("abort_rollout", "scorer", key="inc-3:s0:a")
     assert other.ok and not other.changed and "already aborted" in other.detail
     events = env.backend.core.list_namespaced_event("default", field_selector="involvedObject.name=scorer").items
-    assert [(e.reason, e.involved_object.kind) for e in events] == [("OpsmedicAbortRollout", "Rollout")]
+    mine = [(e.reason, e.involved_object.kind) for e in events if e.source.component == "opsmedic"]
+    assert mine == [("OpsmedicAbortRollout", "Rollout")]
+    # the bad canary itself shows as a Warning event on the Rollout (the sandbox records faults)
+    assert any(e.type == "Warning" and e.reason == "ModelCanary" for e in events)
     plain = env.run("abort_rollout", "fraud-model")
     assert not plain.ok and "StatefulSet fraud-model, which has no canary" in plain.detail
 
