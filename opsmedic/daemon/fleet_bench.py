@@ -1,0 +1,150 @@
+"""`bench_fleet()`: the figures at fleet size — 1,250 nodes x 8 GPUs — measured on the code the daemon runs.
+
+Layer: interfaces (`opsmedic.daemon`); imports sandbox and agents. Three figures, each of one part:
+
+- `sim_speedup_10k_gpus`: simulated seconds per wall second of the sandbox stepping that fleet and building
+  its snapshot (`Simulator.step` + `Simulator.snapshot`), i.e. how fast eval and the sandbox daemon can run it.
+- `monitor_tick_ms_10k_gpus` (p50) and `_p95`: `agents.monitor.Monitor.observe` alone on those snapshots — the one
+  monitor that eval and the daemon run.
+- `daemon_tick_ms_10k_gpus_p50/_p95`: `DaemonService._tick`, one loop iteration of the daemon, from a snapshot
+  already read: leadership check, the monitor, grouping, incident dispatch (the XID opens an incident whose
+  graph runs inside the tick that opens it), resumption, the world's state write. The read (step and
+  snapshot) happens before the tick and is not in this figure; the reads of a real cluster are reported
+  apart (`k8s_read_ms_10k_gpus`, `prometheus_read_ms_10k_gpus`).
+
+The fleet is `fleet_scenario()`: 100 training jobs x 8 GPUs and 500 inference replicas, an XID 79 on one GPU
+among 10,000 at 2 minutes and a power-cap decoy on another node.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from opsmedic.domain import ClusterSnapshot
+    from sandbox.scenario import Scenario
+
+FLEET_SCENARIO: dict[str, Any] = {
+    "name": "fleet-10k-xid",
+    "description": "An XID 79 on one GPU among 10,000, with a power-cap decoy on another node.",
+    "seed": 16,
+    "cluster": {"nodes": 1250, "gpus_per_node": 8},
+    "workloads": [
+        {"name": "llama-ft", "kind": "training", "replicas": 100, "gpus_per_replica": 8, "checkpoint_every": "10m"},
+        {"name": "fraud-model", "kind": "inference", "replicas": 500, "gpus_per_replica": 1, "model": "fraud-model",
+         "current_version": 3, "slo": {"latency_p95_ms": 50, "accuracy_min": 0.90}},
+    ],
+    "placement": {"llama-ft-7": "node-700"},
+    "faults": [
+        {"at": "2m", "type": "gpu_xid", "target": "node-700/gpu-3", "params": {"xid": 79}},
+        {"at": "1m", "type": "power_cap_under_load", "target": "node-900"},
+    ],
+    "duration": "15m",
+    "expect": {"incident": True, "root_cause": "gpu_fell_off_bus", "resource": "node-700/gpu-3",
+               "actions": ["cordon_node@node-700", "drain_node@node-700"],
+               "forbidden": ["drain_node@node-900", "cordon_node@node-900", "reset_gpu"], "detect_within": "1m"},
+}
+
+
+def fleet_scenario() -> Scenario:
+    from sandbox.scenario import parse_scenario
+
+    return parse_scenario(FLEET_SCENARIO, "opsmedic.daemon.fleet_bench")
+
+
+def _pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 2)
+
+
+class _Preread:
+    """The telemetry source of the measured daemon: the snapshot read before the tick."""
+
+    def __init__(self) -> None:
+        self.snap: ClusterSnapshot | None = None
+
+    def snapshot(self) -> ClusterSnapshot:
+        assert self.snap is not None, "read() before the tick"
+        return self.snap
+
+
+def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, float]:
+    """`ticks` ticks (10 s each) of the fleet: the simulator, the monitor alone, then the daemon's tick.
+    `scenario` replaces the fleet (tests run a small one through the same code)."""
+    from agents.monitor import Monitor
+    from opsmedic.daemon.config import DaemonConfig
+    from opsmedic.daemon.service import DaemonService
+    from opsmedic.daemon.world import SandboxWorld
+    from opsmedic.settings import load_settings
+    from sandbox.cluster import Simulator
+
+    class _PrereadWorld(SandboxWorld):
+        """The sandbox world with its read taken out of the tick: `read()` steps the simulator and builds the
+        snapshot; the tick's `advance()` then only replays due actions, and its telemetry is that snapshot.
+        (The sandbox's drift feed is a read of its own: it is closed here.)"""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.drift.close()
+            self.preread = _Preread()
+            self.telemetry = self.preread
+
+        def read(self) -> None:
+            self.sim.step()
+            self.preread.snap = self.sim.snapshot()
+
+        def advance(self) -> None:
+            self._apply_due()
+
+    sc = scenario or fleet_scenario()
+    # 1. the simulator: step + snapshot, as eval and the sandbox daemon do every tick
+    sim = Simulator(sc)
+    snaps: list[ClusterSnapshot] = []
+    t0 = time.perf_counter()
+    for _ in range(ticks):
+        sim.step()
+        snaps.append(sim.snapshot())
+    sim_wall = time.perf_counter() - t0
+    # 2. the monitor alone, over the same snapshots (the XID at 2 minutes is among them)
+    mon = Monitor()
+    monitor_ms: list[float] = []
+    for snap in snaps:
+        t = time.perf_counter()
+        mon.observe(snap, sc.tick)
+        monitor_ms.append((time.perf_counter() - t) * 1000.0)
+    del snaps
+    # 3. the daemon's loop iteration on a sandbox world of that fleet, its reads done before each tick
+    with tempfile.TemporaryDirectory(prefix="opsmedic-bench-fleet-") as tmp:
+        folder = Path(tmp)
+        settings = load_settings(database_url=f"sqlite:///{folder / 'opsmedic.db'}", retrieval=False,
+                                 data_dir=folder / "data")
+        world = _PrereadWorld(sc, speed=1.0, db_path=folder / "opsmedic.db", fresh=True)
+        config = DaemonConfig.model_validate({"port": 0, "leader_election": False})
+        service = DaemonService(config, settings, world=world)
+        tick_ms: list[float] = []
+        try:
+            for i in range(ticks + 1):
+                world.read()  # outside the measured tick
+                t = time.perf_counter()
+                service._tick()
+                if i:  # the first tick promotes to leader (a resync of the database): once per process
+                    tick_ms.append((time.perf_counter() - t) * 1000.0)
+            opened = len(service.driver.monitor.incidents)
+        finally:
+            service.driver.close()
+            service.intake.close()
+            world.close()
+    return {
+        "sim_speedup_10k_gpus": round(ticks * sc.tick / sim_wall, 1),
+        "sim_tick_ms_10k_gpus": round(sim_wall / ticks * 1000.0, 1),
+        "monitor_tick_ms_10k_gpus": round(statistics.median(monitor_ms), 2),
+        "monitor_tick_ms_10k_gpus_p95": _pct(monitor_ms, 0.95),
+        "daemon_tick_ms_10k_gpus_p50": round(statistics.median(tick_ms), 2),
+        "daemon_tick_ms_10k_gpus_p95": _pct(tick_ms, 0.95),
+        "daemon_tick_ms_10k_gpus_max": round(max(tick_ms), 2),
+        "fleet_incidents_opened": float(opened),
+    }
