@@ -441,7 +441,9 @@ class KubeWorld:
         # and the incident escalates (the backend does not yet carry a pod's namespace in its target).
         every = namespace == "*"
         action_namespace = "default" if every else namespace
-        cluster = KubernetesTelemetry(self.api_client, namespace=None if every else namespace)
+        # watch-based caches of nodes and pods: a tick reads memory, not two lists of the whole cluster
+        cluster = KubernetesTelemetry(self.api_client, namespace=None if every else namespace, watch=True)
+        self._cluster = cluster
         telemetry: TelemetrySource = cluster
         if prometheus_url:
             from tools.prometheus_source import PrometheusSource
@@ -491,6 +493,7 @@ class KubeWorld:
 
     def close(self) -> None:
         self.notify.close()
+        self._cluster.close()
         if self.drift is not None:
             self.drift.close()  # closes the bounded reader under it too
         else:
