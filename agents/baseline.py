@@ -6,14 +6,19 @@ each firing once per resource:
 - any XID on a GPU -> cordon and drain the node;
 - GPU temperature > 85 C -> cordon and drain the node;
 - GPU utilisation < 5 % for 5 min on a training pod -> restart the pod;
-- any model SLO breach -> roll the model back;
+- any model SLO breach (accuracy, latency p95, or the service's error rate over all tracks) -> roll the
+  model back;
 - drift PSI > 0.1 -> retrain the model;
 - node NotReady -> drain it;
 - and the same for Alertmanager alerts, taken at their word (`observe_alerts`): a GPU alert (XID, ECC,
   temperature, fell off the bus, NVLink) -> cordon and drain its node; NotReady -> drain; a pod alert ->
   restart the pod; a model SLO alert -> roll back; a drift alert -> retrain.
 
-It has no hysteresis beyond its own rule windows, no diagnosis, no governor and no approvals.
+It has no hysteresis beyond its own rule windows, no diagnosis, no governor and no approvals. Where this
+harms: a canary's errors are diluted in the service-wide rate until it takes half the traffic, and then it
+rolls back the stable version instead of aborting the rollout; a request surge is "rolled back"; a broken
+feature pipeline's jumping drift score is "retrained" on the broken rows; concept drift is rolled back to
+an older version that learned the old relation too.
 """
 
 from __future__ import annotations
@@ -73,6 +78,12 @@ class BaselineAgent:
             breach = (m.accuracy is not None and m.slo_accuracy_min is not None and m.accuracy < m.slo_accuracy_min)
             slow = (m.latency_p95_ms is not None and m.slo_latency_p95_ms is not None
                     and m.latency_p95_ms > m.slo_latency_p95_ms)
+            # the service-wide error rate, as an alert rule on the request counters computes it
+            tracks = list(m.tracks.values())
+            err = (sum((tr.error_rate or 0.0) * tr.traffic_pct / 100.0 for tr in tracks) if tracks
+                   else m.error_rate)
+            failing = err is not None and m.slo_error_rate_max is not None and err > m.slo_error_rate_max
+            breach = breach or failing
             if breach or slow:
                 cause = "model_quality_regression" if breach else "model_latency_regression"
                 yield from self._fire(f"slo:{m.name}:{m.serving_version}", m.name, cause,

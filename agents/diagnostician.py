@@ -23,6 +23,7 @@ from opsmedic.domain import (
     Evidence,
     GpuSample,
     Incident,
+    ModelStatus,
     ResourceKind,
     RootCause,
     Signal,
@@ -173,6 +174,15 @@ def diagnose_node(inc: Incident, snap: ClusterSnapshot) -> Finding:
                    evidence, query="node NotReady kubelet stopped posting status pods unreachable")
 
 
+SATURATED_UTIL_PCT = 80.0  # the serving replicas' GPUs are busy: more requests than replicas, not a slow model
+
+
+def _workload_util(m: ModelStatus, snap: ClusterSnapshot) -> float | None:
+    gpus = {g for p in snap.pods if p.workload == m.workload and p.phase == "Running" for g in p.gpus}
+    utils = [g.util_pct for g in snap.gpus if g.gpu in gpus and g.util_pct is not None]
+    return sum(utils) / len(utils) if utils else None
+
+
 def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
     m = snap.model(inc.resource)
     kinds = {s.kind for s in inc.signals}
@@ -190,9 +200,44 @@ def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
     drift = any(k.startswith("drift_") for k in kinds)
     breach_q = "slo_accuracy" in kinds
     breach_l = "slo_latency" in kinds
-    if (breach_q or breach_l) and recent_deploy:
-        cause: RootCause = "model_quality_regression" if breach_q else "model_latency_regression"
-        what = "accuracy" if breach_q else "latency"
+    breach_e = "slo_error_rate" in kinds
+    # 1. A canary that fails its analysis: abort the rollout (the stable version is what serves).
+    if "canary_analysis_failed" in kinds or (m is not None and "canary" in m.tracks
+                                             and (breach_q or breach_l or breach_e)):
+        canary = m.tracks.get("canary") if m is not None else None
+        ver = canary.version if canary is not None else "?"
+        return Finding("canary_regression", inc.resource, 0.9,
+                       f"{inc.resource}: canary version {ver} is worse than stable or outside the SLO while it "
+                       f"rolls out", evidence, query="canary analysis failed abort rollout canary worse than stable")
+    # 2. Malformed inputs: validation failed against the reference profile. Checked before any drift
+    #    verdict: a broken pipeline moves drift scores too, and retraining on it would learn the breakage.
+    if "data_validation_failed" in kinds or (m is not None and m.data_issues):
+        issues = m.data_issues if m is not None else {}
+        what = "; ".join(f"{f}: {why}" for f, why in sorted(issues.items())) or "see the validation signal"
+        evidence.append(Evidence(kind="data_validation", resource=inc.resource, detail=what[:500]))
+        return Finding("feature_pipeline_broken", inc.resource, 0.9,
+                       f"{inc.resource}: inputs are malformed, not shifted ({what})"[:500], evidence,
+                       query="feature pipeline broken nulls out of range type change data validation failed")
+    # 3. Saturation: an SLO breach while each replica gets more requests than it serves and its GPUs are busy.
+    replicas = len([p for p in snap.pods if m is not None and p.workload == m.workload]) if m is not None else 0
+    if m is not None and m.requests_per_s and m.capacity_qps and (replicas or m.replicas_ready):
+        per = m.requests_per_s / (replicas or m.replicas_ready or 1)
+        util = _workload_util(m, snap)
+        if per > m.capacity_qps and (breach_l or breach_e or "load_over_capacity" in kinds) \
+                and (util is None or util >= SATURATED_UTIL_PCT) and not (breach_q and not breach_l):
+            evidence.append(Evidence(
+                kind="capacity", resource=m.workload or m.name, value=round(per, 2),
+                detail=f"{m.requests_per_s:.0f} requests/s over {replicas or m.replicas_ready} replica(s): "
+                       f"{per:.0f} per replica against a capacity of {m.capacity_qps:.0f}; GPU utilisation "
+                       + (f"{util:.0f}%" if util is not None else "unknown")))
+            return Finding("capacity_saturation", m.workload or inc.resource, 0.9,
+                           f"{m.workload or inc.resource}: {per:.0f} requests/s per replica exceed the capacity of "
+                           f"{m.capacity_qps:.0f}; the model is fine, there is too little of it", evidence,
+                           query="capacity saturation request surge scale out replicas latency")
+    if (breach_q or breach_l or breach_e) and recent_deploy:
+        cause: RootCause = "model_latency_regression" if breach_l and not (breach_q or breach_e) \
+            else "model_quality_regression"
+        what = "latency" if cause == "model_latency_regression" else ("accuracy" if breach_q else "error rate")
         ver = m.serving_version if m else "?"
         return Finding(cause, inc.resource, 0.9,
                        f"{inc.resource}: {what} broke its SLO right after version {ver} was deployed",
@@ -202,9 +247,22 @@ def diagnose_model(inc: Incident, snap: ClusterSnapshot) -> Finding:
                        f"{inc.resource}: live feature distribution drifted from the training data", evidence,
                        query="data drift PSI feature distribution shift retrain")
     if breach_q:
+        # 4. Accuracy decay with no deploy, no canary, no input drift and valid inputs: the input-label
+        #    relation moved (concept drift). The monitor reports it once the labelled accuracy has settled.
+        delay = m.label_delay_s if m is not None else 0.0
+        psi = max(m.drift_psi.values(), default=0.0) if m is not None else 0.0
+        evidence.append(Evidence(
+            kind="concept", resource=inc.resource, value=psi,
+            detail=f"largest feature PSI {psi:.3f} (under threshold); no deploy or canary in the window; "
+                   f"accuracy seen is of predictions {delay:.0f}s old (label delay)"))
+        return Finding("concept_drift", inc.resource, 0.8,
+                       f"{inc.resource}: accuracy decayed with stable inputs and no deploy: the relation between "
+                       f"inputs and labels changed; retrain on recent labelled data", evidence,
+                       query="concept drift accuracy decay inputs stable no deploy retrain recent labels")
+    if breach_e:
         return Finding("model_quality_regression", inc.resource, 0.6,
-                       f"{inc.resource}: accuracy below SLO with no recent deploy or drift", evidence,
-                       query="model accuracy below SLO")
+                       f"{inc.resource}: error rate above SLO with no recent deploy", evidence,
+                       query="model error rate above SLO")
     return Finding("model_latency_regression", inc.resource, 0.6,
                    f"{inc.resource}: latency above SLO with no recent deploy", evidence,
                    query="model latency p95 above SLO")

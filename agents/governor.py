@@ -28,6 +28,9 @@ def decision_context(
         incident_id=incident_id, now_s=now_s, requested_by=requested_by, total_nodes=len(snap.nodes),
         total_gpus=total_gpus, nodes_out_of_service=out_nodes, gpus_out_of_service=sorted(out_gpus),
         history=history, actions_in_incident=actions_in_incident, proposed_by_model=proposed_by_model,
+        # a model whose inputs fail validation (a broken feature pipeline) may not be retrained on them
+        retrain_blocked={m.name: "; ".join(f"{f}: {why}" for f, why in sorted(m.data_issues.items()))
+                         for m in snap.models if m.data_issues},
     )
 
 

@@ -27,10 +27,29 @@ from opsmedic.domain import (
     ClusterSnapshot,
     GpuSample,
     Incident,
+    ModelStatus,
+    ModelTrack,
     ResourceKind,
     Signal,
 )
 from opsmedic.settings import MonitorSettings
+
+# Model operations (SCENARIOS.md). Canary analysis in the manner of Argo Rollouts' AnalysisTemplates and
+# Flagger: the canary track is compared with the stable track and with the SLO over a window that must
+# hold a minimum number of canary requests; fewer requests is *inconclusive* (wait), never a pass.
+CANARY_WINDOW_S = 60.0
+CANARY_MIN_REQUESTS = 200.0
+CANARY_ACCURACY_MARGIN = 0.01  # "worse than stable": accuracy more than this lower,
+CANARY_LATENCY_RATIO = 1.10  # latency p95 more than 10 % higher,
+CANARY_ERROR_MARGIN = 0.002  # or error rate more than this higher
+# Accuracy decay with no deploy and no input drift (concept drift): labelled accuracy that is still falling
+# is a moving target, and a retrain on it would learn half the change; wait until the labelled accuracy
+# settles (bounded: after ACCURACY_MAX_WAIT_S the breach is reported anyway).
+ACCURACY_SETTLE_S = 300.0
+ACCURACY_SETTLE_DELTA = 0.01
+ACCURACY_MAX_WAIT_S = 1800.0
+RECENT_DEPLOY_S = 3600.0
+LOAD_CLEAR_RATIO = 0.9  # hysteresis: over capacity starts above 1.0 x capacity and ends below 0.9 x
 
 
 @dataclass
@@ -109,6 +128,12 @@ class Monitor:
 
     def __post_init__(self) -> None:
         self.xid_gate = XidGate(self.xid_ignore_count, self.xid_ignore_window_s)
+    _canary: dict[str, deque[tuple[float, ModelTrack, ModelTrack]]] = field(
+        default_factory=lambda: defaultdict(deque))  # model -> (t, canary, stable) samples
+    _canary_verdict: dict[str, str] = field(default_factory=dict)  # model -> pass | fail | inconclusive
+    _acc: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
+    _breach_since: dict[str, float] = field(default_factory=dict)
+    _over_capacity: set[str] = field(default_factory=set)
 
     # ------------------------------------------------------------------------------- detection
 
@@ -159,7 +184,10 @@ class Monitor:
                 self._steps.pop(p.name, None)
         for m in snap.models:
             labels = {"version": str(m.serving_version)}
-            if m.accuracy is not None and m.slo_accuracy_min is not None and m.accuracy < m.slo_accuracy_min:
+            degraded = any(p.workload == m.workload and not (p.phase == "Running" and p.ready) for p in snap.pods)
+            out.extend(self._model_ops_signals(m, t, degraded=degraded))
+            if (m.accuracy is not None and m.slo_accuracy_min is not None and m.accuracy < m.slo_accuracy_min
+                    and not self._accuracy_settling(m, t)):
                 out.append(Signal(kind="slo_accuracy", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
                                   value=m.accuracy, threshold=m.slo_accuracy_min, labels=labels,
                                   detail=f"{m.name} v{m.serving_version} accuracy {m.accuracy:.3f} "
@@ -184,6 +212,126 @@ class Monitor:
                                       value=kl, threshold=s.drift_kl, labels={"feature": feat},
                                       detail=f"{m.name} feature {feat!r} KL {kl:.2f} > {s.drift_kl}"))
         return out
+
+    # ------------------------------------------------------------------------- model operations
+
+    def _model_ops_signals(self, m: ModelStatus, t: float, *, degraded: bool = False) -> list[Signal]:
+        """Error rate, load against capacity, canary analysis and data validation for one model. While a
+        replica of its workload is failing, requests per ready replica say nothing about the load (the pod's
+        own incident explains it), so the load detector waits."""
+        out: list[Signal] = []
+        model = ResourceKind.model
+        labels = {"version": str(m.serving_version)}
+        if m.error_rate is not None and m.slo_error_rate_max is not None and m.error_rate > m.slo_error_rate_max:
+            out.append(Signal(kind="slo_error_rate", resource=m.name, resource_kind=model, at_s=t,
+                              value=m.error_rate, threshold=m.slo_error_rate_max, labels=labels,
+                              detail=f"{m.name} v{m.serving_version} error rate {m.error_rate:.3%} "
+                                     f"> SLO {m.slo_error_rate_max:.3%}"))
+        sig = None if degraded else self._load_signal(m, t)
+        if sig is not None:
+            out.append(sig)
+        sig = self._canary_signal(m, t)
+        if sig is not None:
+            out.append(sig)
+        if m.data_issues:
+            what = "; ".join(f"{f}: {why}" for f, why in sorted(m.data_issues.items()))
+            out.append(Signal(kind="data_validation_failed", resource=m.name, resource_kind=model, at_s=t,
+                              value=float(len(m.data_issues)), labels={"features": ",".join(sorted(m.data_issues))},
+                              detail=f"{m.name} current feature window fails validation against the reference "
+                                     f"profile: {what}"[:500]))
+        return out
+
+    def _load_signal(self, m: ModelStatus, t: float) -> Signal | None:
+        """Throughput against capacity, with hysteresis: over above 1.0 x capacity per replica, clear below
+        LOAD_CLEAR_RATIO x."""
+        if not m.requests_per_s or not m.replicas_ready or not m.capacity_qps:
+            self._over_capacity.discard(m.name)
+            return None
+        per = m.requests_per_s / m.replicas_ready
+        limit = m.capacity_qps * (LOAD_CLEAR_RATIO if m.name in self._over_capacity else 1.0)
+        if per <= limit:
+            self._over_capacity.discard(m.name)
+            return None
+        self._over_capacity.add(m.name)
+        return Signal(kind="load_over_capacity", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
+                      value=round(per, 2), threshold=m.capacity_qps,
+                      labels={"workload": m.workload or m.name, "replicas": str(m.replicas_ready)},
+                      detail=f"{m.workload or m.name}: {per:.0f} requests/s per replica over {m.replicas_ready} "
+                             f"replica(s), capacity {m.capacity_qps:.0f}")
+
+    def canary_verdict(self, model: str) -> str | None:
+        """The last canary analysis of `model`: pass, fail or inconclusive (None: no canary seen)."""
+        return self._canary_verdict.get(model)
+
+    def _canary_signal(self, m: ModelStatus, t: float) -> Signal | None:
+        canary, stable = m.tracks.get("canary"), m.tracks.get("stable")
+        hist = self._canary[m.name]
+        if canary is None or stable is None or canary.traffic_pct <= 0:
+            hist.clear()
+            self._canary_verdict.pop(m.name, None)
+            return None
+        if hist and hist[-1][1].version != canary.version:
+            hist.clear()
+        hist.append((t, canary, stable))
+        while hist and t - hist[0][0] > CANARY_WINDOW_S:
+            hist.popleft()
+        span = hist[-1][0] - hist[0][0]
+        dt = span / (len(hist) - 1) if len(hist) > 1 else 0.0
+        requests = sum((c.requests_per_s or 0.0) * dt for _, c, _ in hist)
+        if span < CANARY_WINDOW_S * 0.9 or requests < CANARY_MIN_REQUESTS:
+            self._canary_verdict[m.name] = "inconclusive"  # not enough data: wait, never promote
+            return None
+
+        def mean(values: list[float | None]) -> float | None:
+            known = [v for v in values if v is not None]
+            return sum(known) / len(known) if known else None
+
+        c_acc, s_acc = mean([c.accuracy for _, c, _ in hist]), mean([s.accuracy for _, _, s in hist])
+        c_lat, s_lat = mean([c.latency_p95_ms for _, c, _ in hist]), mean([s.latency_p95_ms for _, _, s in hist])
+        c_err, s_err = mean([c.error_rate for _, c, _ in hist]), mean([s.error_rate for _, _, s in hist])
+        failed: list[str] = []
+        if c_acc is not None and s_acc is not None and c_acc < s_acc - CANARY_ACCURACY_MARGIN:
+            failed.append(f"accuracy {c_acc:.3f} vs stable {s_acc:.3f}")
+        elif c_acc is not None and m.slo_accuracy_min is not None and c_acc < m.slo_accuracy_min:
+            failed.append(f"accuracy {c_acc:.3f} < SLO {m.slo_accuracy_min}")
+        if c_lat is not None and s_lat is not None and c_lat > s_lat * CANARY_LATENCY_RATIO:
+            failed.append(f"latency p95 {c_lat:.0f} ms vs stable {s_lat:.0f} ms")
+        elif c_lat is not None and m.slo_latency_p95_ms is not None and c_lat > m.slo_latency_p95_ms:
+            failed.append(f"latency p95 {c_lat:.0f} ms > SLO {m.slo_latency_p95_ms:.0f} ms")
+        if c_err is not None and s_err is not None and c_err > s_err + CANARY_ERROR_MARGIN:
+            failed.append(f"error rate {c_err:.2%} vs stable {s_err:.2%}")
+        elif c_err is not None and m.slo_error_rate_max is not None and c_err > m.slo_error_rate_max:
+            failed.append(f"error rate {c_err:.2%} > SLO {m.slo_error_rate_max:.2%}")
+        self._canary_verdict[m.name] = "fail" if failed else "pass"
+        if not failed:
+            return None
+        return Signal(kind="canary_analysis_failed", resource=m.name, resource_kind=ResourceKind.model, at_s=t,
+                      value=canary.traffic_pct, labels={"canary_version": str(canary.version),
+                                                        "stable_version": str(stable.version)},
+                      detail=f"{m.name} canary v{canary.version} at {canary.traffic_pct:g} % fails analysis over "
+                             f"{span:.0f}s and {requests:.0f} requests: " + "; ".join(failed))
+
+    def _accuracy_settling(self, m: ModelStatus, t: float) -> bool:
+        """True while an accuracy breach that neither a deploy, a canary, input drift nor broken inputs
+        explain is still falling: its labelled window has not caught up with the change yet."""
+        acc = m.accuracy
+        hist = self._acc[m.name]
+        if acc is None:
+            return False
+        hist.append((t, acc))
+        while hist and t - hist[0][0] > ACCURACY_SETTLE_S:
+            hist.popleft()
+        if m.slo_accuracy_min is None or acc >= m.slo_accuracy_min:
+            self._breach_since.pop(m.name, None)
+            return False
+        since = self._breach_since.setdefault(m.name, t)
+        deployed = m.last_deploy_at_s is not None and t - m.last_deploy_at_s <= RECENT_DEPLOY_S
+        drifting = any(math.isfinite(v) and v > self.settings.drift_psi for v in m.drift_psi.values())
+        if deployed or drifting or m.data_issues or "canary" in m.tracks:
+            return False
+        full = hist[-1][0] - hist[0][0] >= ACCURACY_SETTLE_S * 0.9
+        falling = max(a for _, a in hist) - acc > ACCURACY_SETTLE_DELTA
+        return (falling or not full) and t - since < ACCURACY_MAX_WAIT_S
 
     def _gpu_signals(self, g: GpuSample, t: float) -> list[Signal]:
         s = self.settings
@@ -301,6 +449,8 @@ class Monitor:
             "pod_unreachable": s.node_hold_s,
             "slo_accuracy": s.slo_hold_s,
             "slo_latency": s.slo_hold_s,
+            "slo_error_rate": s.slo_hold_s,
+            "load_over_capacity": s.slo_hold_s,
             "drift_psi": s.drift_hold_s,
             "drift_kl": s.drift_hold_s,
             "nvlink_errors": s.nvlink_hold_s,

@@ -8,6 +8,7 @@ are executed (by `agents.graph`) only after it allows them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from knowledge.runbooks import Runbook, RunbookStep
@@ -41,7 +42,37 @@ def _workload_of(resource: str, snap: ClusterSnapshot) -> str | None:
     pod = snap.pod(resource)
     if pod is not None:
         return pod.workload
-    return resource if snap.model(resource) is not None else None
+    if any(m.workload == resource for m in snap.models) or any(p.workload == resource for p in snap.pods):
+        return resource  # the diagnosis named the workload itself (capacity_saturation)
+    m = snap.model(resource)
+    if m is not None:
+        return m.workload or resource
+    return None
+
+
+# Scale out to where each replica serves this share of its capacity: headroom for the next minute of growth.
+SCALE_TARGET_UTILISATION = 0.8
+
+
+def _replicas_for(workload: str, snap: ClusterSnapshot) -> int | None:
+    """Replicas that bring requests per replica under SCALE_TARGET_UTILISATION x capacity; never fewer than
+    one more than now. The sandbox (or the cluster) refuses the scale whole if the GPUs are not free."""
+    m = next((x for x in snap.models if x.workload == workload), None)
+    if m is None or not m.requests_per_s or not m.capacity_qps:
+        return None
+    pods = [p for p in snap.pods if p.workload == workload]
+    now = len(pods)
+    need = max(now + 1, math.ceil(m.requests_per_s / (m.capacity_qps * SCALE_TARGET_UTILISATION)))
+    # bounded by what free GPUs hold (each replica as large as the existing ones): asking for more is refused
+    per = max(1, len(pods[0].gpus)) if pods and pods[0].gpus else 1
+    used = {g for p in snap.pods for g in p.gpus}
+    free_by_node: dict[str, int] = {}
+    for g in snap.gpus:
+        node = snap.node(g.node)
+        if g.present and g.gpu not in used and node is not None and node.ready and not node.unschedulable:
+            free_by_node[g.node] = free_by_node.get(g.node, 0) + 1
+    fits = sum(n // per for n in free_by_node.values())
+    return min(need, now + fits) if fits else 0
 
 
 def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: ClusterSnapshot,
@@ -75,6 +106,14 @@ def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: Cluster
         near = [r for r in diag.runbook_ids if r != step_runbook_id] if diag.root_cause == "unknown" else []
         params = {"message": (f"{diag.root_cause} on {res}: {diag.summary}"
                               + (f" Nearest runbooks: {', '.join(near)}." if near else ""))[:4000]}
+    if step.action == "scale_deployment" and params.get("replicas") is None and targets:
+        replicas = _replicas_for(targets[0], snap)
+        if replicas == 0:
+            # no free GPU holds another replica: the bound is reached, a human must find capacity
+            why = f"{diag.root_cause} on {targets[0]}: scaling out needs GPUs and none is free; {diag.summary}"
+            return [validate_action(Action(name="escalate", target=targets[0], params={"message": why[:4000]}))]
+        if replicas is not None:
+            params = {**params, "replicas": replicas}
     if step.action == "rollback_model" and not params.get("to_version"):
         m = snap.model(res)
         if m is not None and m.previous_version is not None:

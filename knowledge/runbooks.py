@@ -60,6 +60,7 @@ _ALLOWED_TARGETS: dict[str, frozenset[str]] = {
     "pause_job": frozenset({"workload", "pod"}),
     "resume_job": frozenset({"workload", "pod"}),
     "rollback_model": frozenset({"model"}),
+    "abort_rollout": frozenset({"model"}),
     "retrain_model": frozenset({"model"}),
     "promote_model": frozenset({"model"}),
     "notify": frozenset({"node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"}),

@@ -244,7 +244,9 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         raise InputError(f"{name!r} is not a whitelisted action", "policy explain") from None
     engine = PolicyEngine(load_policy(args.policy))
     ctx = DecisionContext(now_s=0.0, total_nodes=args.nodes, total_gpus=args.nodes * args.gpus_per_node,
-                          nodes_out_of_service=list(args.out or []))
+                          nodes_out_of_service=list(args.out or []),
+                          retrain_blocked={m: "its current window failed data validation"
+                                           for m in (getattr(args, "invalid_data", None) or [])})
     _print(engine.explain(action, ctx))
     return 0
 
@@ -389,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--nodes", type=int, default=8, help="cluster size to assume (default 8)")
     pe.add_argument("--gpus-per-node", type=int, default=8)
     pe.add_argument("--out", nargs="*", metavar="NODE", help="nodes already out of service")
+    pe.add_argument("--invalid-data", nargs="*", metavar="MODEL",
+                    help="models whose input data fails validation (retraining them is blocked)")
     pe.set_defaults(func=cmd_policy_explain)
 
     ap = sub.add_parser("approvals", help="pending approval requests")

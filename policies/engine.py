@@ -69,6 +69,8 @@ class DecisionContext(BaseModel):
     emergency_override: bool = False
     proposed_by_model: bool = False  # the step comes from an LLM investigation, not from a runbook
     now_wall: datetime | None = None  # for freeze windows; None: `now_s` read as epoch seconds (UTC)
+    # model -> why its input data fails validation: retraining it would learn the breakage
+    retrain_blocked: dict[str, str] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,12 @@ class PolicyEngine:
         checks.extend(self._freeze(action, ctx, exempt))
         checks.append(self._cooldown(action, ctx))
         checks.extend(self._rate_limit(action, ctx))
+        if name == "retrain_model" and action.target in ctx.retrain_blocked:
+            checks.append(RuleCheck(
+                "data_validation.retrain_blocked", "deny",
+                f"retraining {action.target} is blocked: its current input data fails validation "
+                f"({ctx.retrain_blocked[action.target][:300]}); a model retrained on it would learn the "
+                f"breakage. The block lifts when the data validates again."))
 
         if p.approval_needed(name):
             checks.append(RuleCheck(f"{prefix}.approval", "needs_approval",

@@ -689,7 +689,11 @@ class Simulator:
             )
             lat_noise = self.rng.uniform(0.96, 1.04)
             load = self.load(m)
-            ratio = load / (m.capacity_qps * len(ready))
+            # Capacity is that of the workload's replicas (its desired count): a replica that is down is the
+            # pod's or node's incident, and the load balancer's retries keep the SLO while it comes back;
+            # more requests than the replicas serve is saturation.
+            replicas = sum(1 for p in self.pods.values() if p.workload == m.workload and p.state != "Deleted")
+            ratio = load / (m.capacity_qps * max(1, replicas))
             lf = self.latency_factor(ratio)
             share = self.canary_share(m)
             trues = {"stable": stable_true}

@@ -437,6 +437,50 @@ class SnapshotCollector:
             for feat, value in sorted(m.drift_kl.items()):
                 kl.add_metric([m.name, feat], value)
         yield from (serving, previous, versions, acc, lat, slo_acc, slo_lat, deploy, psi, kl)
+        yield from SnapshotCollector._model_ops(snap)
+
+    @staticmethod
+    def _model_ops(snap: ClusterSnapshot) -> Iterator[Metric]:
+        """Model operations: error rate, load and capacity, the label delay, per-track (stable / canary)
+        figures while a rollout runs, and the features whose current window fails validation."""
+
+        def gauge(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=("model", *extra))
+
+        err = gauge("model_error_rate", "Share of failed requests of the stable track.")
+        slo_err = gauge("model_slo_error_rate_max", "Error-rate SLO (maximum share of failed requests).")
+        delay = gauge("model_label_delay_seconds", "How long after a prediction its label arrives.")
+        rps = gauge("model_requests_per_second", "Requests per second, all tracks.")
+        cap = gauge("model_capacity_qps_per_replica", "Requests per second one replica serves within its SLO.")
+        ready = gauge("model_ready_replicas", "Ready replicas of the serving workload.", "workload")
+        started = gauge("model_rollout_started_timestamp_seconds", "When the canary rollout in progress started.")
+        track = ("track", "version")
+        t_pct = gauge("model_track_traffic_percent", "Share of requests a track receives (%).", *track)
+        t_acc = gauge("model_track_accuracy", "Label-delayed accuracy of a track.", *track)
+        t_lat = gauge("model_track_latency_p95_ms", "95th percentile latency of a track (ms).", *track)
+        t_err = gauge("model_track_error_rate", "Share of failed requests of a track.", *track)
+        t_rps = gauge("model_track_requests_per_second", "Requests per second of a track.", *track)
+        invalid = gauge("model_feature_validation_failed",
+                        "1 while a feature's current window fails validation against the reference profile.",
+                        "feature", "issue")
+        for m in snap.models:
+            for fam, value in ((err, m.error_rate), (slo_err, m.slo_error_rate_max), (delay, m.label_delay_s),
+                               (rps, m.requests_per_s), (cap, m.capacity_qps),
+                               (started, m.rollout_started_at_s)):
+                if value is not None:
+                    fam.add_metric([m.name], float(value))
+            if m.replicas_ready is not None:
+                ready.add_metric([m.name, m.workload or m.name], float(m.replicas_ready))
+            for name, tr in sorted(m.tracks.items()):
+                labels = [m.name, name, str(tr.version)]
+                t_pct.add_metric(labels, tr.traffic_pct)
+                for fam, value in ((t_acc, tr.accuracy), (t_lat, tr.latency_p95_ms), (t_err, tr.error_rate),
+                                   (t_rps, tr.requests_per_s)):
+                    if value is not None:
+                        fam.add_metric(labels, float(value))
+            for feat, issue in sorted(m.data_issues.items()):
+                invalid.add_metric([m.name, feat, issue[:200]], 1.0)
+        yield from (err, slo_err, delay, rps, cap, ready, started, t_pct, t_acc, t_lat, t_err, t_rps, invalid)
 
 
 def build_registry(get_snapshot: Callable[[], ClusterSnapshot | None], **kwargs: Any) -> CollectorRegistry:

@@ -51,6 +51,13 @@ _WEIGHTS = np.array([1.0, 0.8, 1.0, 0.9, -0.9, 0.9])
 _SCALE = 5.0
 _INTERCEPT = -2.0
 
+# Concept drift (`current(..., concept=c)`): the label's weights move from `_WEIGHTS` toward these as `c`
+# goes from 0 to 1, while the features keep their distribution. Fraud now looks like small amounts at
+# risky merchants from young accounts: a model trained on the old relation loses accuracy, one trained on
+# rows labelled after the change regains it.
+_CONCEPT_WEIGHTS = np.array([-0.9, 0.8, 1.0, 0.9, -0.9, -0.4])
+CONCEPT_KEY = "__concept__"  # in a `drift` mapping: the concept-drift progress (0..1), not a feature
+
 # The labelling bug behind `mislabelled`: the signs of the amount and merchant-risk effects flipped.
 _BUGGY_SIGNS = np.array([-1.0, 1.0, -1.0, 1.0, 1.0, 1.0])
 
@@ -178,11 +185,13 @@ def _features(z: FloatArray) -> FloatArray:
     return x
 
 
-def _draw(rng: np.random.Generator, n: int, shifts: FloatArray, corrupt: float = 0.0) -> Dataset:
+def _draw(rng: np.random.Generator, n: int, shifts: FloatArray, corrupt: float = 0.0,
+          concept: float = 0.0) -> Dataset:
     if n < 1:
         raise ValueError("n must be at least 1")
     z = rng.standard_normal((n, len(FEATURES)))
-    logit = _INTERCEPT + _SCALE * (z @ _WEIGHTS)
+    weights = _WEIGHTS + min(1.0, max(0.0, concept)) * (_CONCEPT_WEIGHTS - _WEIGHTS)
+    logit = _INTERCEPT + _SCALE * (z @ weights)
     u = rng.random(n)
     if corrupt > 0.0:
         # The labelling bug: for a share of rows the label came from a rule with the amount and
@@ -203,14 +212,41 @@ def reference(seed: int, n: int = 10_000, *, window: int = 0) -> Dataset:
 def current(
     seed: int, n: int = 10_000, drift: Mapping[str, float] | None = None, *, window: int = 0
 ) -> Dataset:
-    """Today's data: `drift` maps a feature to the PSI it should show against `reference(seed, ...)`.
+    """Today's data: `drift` maps a feature to the PSI it should show against `reference(seed, ...)`, and
+    its `CONCEPT_KEY` entry, if any, to how far a concept drift has moved the labels (0..1; the features
+    are unchanged by it).
 
     Independent of `reference` (another random stream); without drift it has the reference's distribution.
     """
     shifts = np.zeros(len(FEATURES))
+    concept = 0.0
     for name, target in (drift or {}).items():
+        if name == CONCEPT_KEY:
+            concept = float(target)
+            continue
         shifts[_index(name)] = shift_for_psi(float(target))
-    return _draw(_rng(seed, CURRENT_STREAM, window), n, shifts)
+    return _draw(_rng(seed, CURRENT_STREAM, window), n, shifts, concept=concept)
+
+
+def break_feature(values: FloatArray, reference: FloatArray, kind: str, fraction: float, *,
+                  seed: int = 0) -> NDArray[np.object_] | FloatArray:
+    """One feature as a broken upstream pipeline delivers it: `fraction` of the values (fixed rows for a
+    seed) arrive null, outside every value seen in `reference` (ten times its maximum: a unit change), or
+    as text (another type). Noise-free and deterministic."""
+    if kind not in ("nulls", "out_of_range", "type_change"):
+        raise ValueError(f"unknown breakage {kind!r}; expected nulls, out_of_range or type_change")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError("fraction must be in (0, 1]")
+    rng = _rng(seed, 2, 7)
+    hit = rng.random(values.shape[0]) < fraction
+    if kind == "nulls":
+        return np.where(hit, np.nan, values)
+    if kind == "out_of_range":
+        top = float(np.max(reference))
+        return np.where(hit, top * 10.0 + 1.0 + np.abs(values), values)
+    out = values.astype(object)
+    out[hit] = [f"EUR {v:.2f}" for v in values[hit]]
+    return out
 
 
 def mislabelled(seed: int, n: int = 10_000, fraction: float = 0.5, *, window: int = 0) -> Dataset:

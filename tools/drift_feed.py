@@ -101,11 +101,13 @@ class SandboxWindowSource:
             drift = {f: v for f, v in drift.items() if v > 0}
             seed = data_seed(self.sim.scenario.seed, name)  # the rows the MLflow backend trains on
             shown = sorted((f, round(v, 6)) for f, v in drift.items())
-            key = f"sandbox:{seed}:{self.rows}:{'retrained' if retrained else 'original'}:{shown}"
-            out.append(FeatureWindow(name, key, self._loader(seed, drift, retrained)))
+            broken = getattr(self.sim.models[name], "pipeline", None)  # (feature, kind, fraction) or None
+            key = f"sandbox:{seed}:{self.rows}:{'retrained' if retrained else 'original'}:{shown}:{broken}"
+            out.append(FeatureWindow(name, key, self._loader(seed, drift, retrained, broken)))
         return out
 
-    def _loader(self, seed: int, drift: dict[str, float], retrained: bool) -> Callable[[], tuple[Frame, Frame]]:
+    def _loader(self, seed: int, drift: dict[str, float], retrained: bool,
+                broken: tuple[str, str, float] | None = None) -> Callable[[], tuple[Frame, Frame]]:
         def load() -> tuple[Frame, Frame]:
             from sandbox import model_data
 
@@ -114,10 +116,12 @@ class SandboxWindowSource:
             else:
                 ref = model_data.reference(seed, self.rows)
             cur = model_data.current(seed, self.rows, drift, window=1)
-            return (
-                {f: ref.column(f) for f in model_data.FEATURES},
-                {f: cur.column(f) for f in model_data.FEATURES},
-            )
+            current: dict[str, Any] = {f: cur.column(f) for f in model_data.FEATURES}
+            if broken is not None:
+                feature, kind, fraction = broken
+                current[feature] = model_data.break_feature(
+                    cur.column(feature), ref.column(feature), kind, fraction, seed=seed)
+            return {f: ref.column(f) for f in model_data.FEATURES}, current
 
         return load
 
@@ -212,6 +216,10 @@ class DriftTelemetry:
         self._cache_size = cache_size
         self._current: dict[str, str] = {}  # model -> key of the windows last seen
         self._reports: dict[str, DriftReport] = {}  # model -> latest report
+        # model -> {feature: what failed} from validating the current window against the reference's profile
+        self._issues: dict[str, dict[str, str]] = {}
+        self._issue_cache: dict[str, dict[str, str]] = {}  # window key -> issues
+        self.validate = True
         self._lock = threading.Lock()
         self.scored = 0
         self.failures = 0
@@ -231,10 +239,17 @@ class DriftTelemetry:
             self._update(w)
         with self._lock:
             reports = dict(self._reports)
-        if not reports:
+            issues = dict(self._issues)
+        if not reports and not issues:
             return snap
         models = [self._overlay(m, reports.get(m.name)) for m in snap.models]
+        models = [m.model_copy(update={"data_issues": issues[m.name]}) if issues.get(m.name) else m for m in models]
         return snap.model_copy(update={"models": models})
+
+    def issues(self, model: str) -> dict[str, str]:
+        """What the last validation of `model`'s current window found ({} when it passed or never ran)."""
+        with self._lock:
+            return dict(self._issues.get(model, {}))
 
     def report(self, model: str) -> DriftReport | None:
         with self._lock:
@@ -268,7 +283,11 @@ class DriftTelemetry:
         except Exception as exc:  # noqa: BLE001 - an unreadable window: that model keeps its last scores
             self._fail(f"{w.model}: {exc}")  # the same key is the same file: not retried until it changes
             return
-        fut = self.worker.submit(w.model, reference, current)
+        # Validate before any drift verdict: a broken pipeline moves drift scores too, and the monitor must
+        # know the window is malformed rather than shifted.
+        if self.validate:
+            self._validate(w, reference, current)
+        fut = self.worker.submit(w.model, reference, _numeric_columns(current))
         if not self.wait:
             model, key = w.model, w.key
             fut.add_done_callback(lambda f: self._done(model, key, f))
@@ -278,6 +297,23 @@ class DriftTelemetry:
         except Exception:  # noqa: BLE001, S110 - _done counts it
             pass
         self._done(w.model, w.key, fut)
+
+    def _validate(self, w: FeatureWindow, reference: Frame, current: Frame) -> None:
+        with self._lock:
+            cached = self._issue_cache.get(w.key)
+        if cached is None:
+            from tools.data_validation import validate_window
+
+            try:
+                cached = validate_window(reference, current, model=w.model).summary()
+            except Exception as exc:  # noqa: BLE001 - a validation that cannot run is not a verdict
+                self._fail(f"{w.model}: validation: {type(exc).__name__}: {exc}")
+                return
+        with self._lock:
+            self._issue_cache[w.key] = cached
+            while len(self._issue_cache) > self._cache_size:
+                self._issue_cache.pop(next(iter(self._issue_cache)))
+            self._issues[w.model] = cached
 
     def _done(self, model: str, key: str, fut: Future[DriftReport]) -> None:
         if fut.cancelled():  # superseded by a newer window of the same model
@@ -312,6 +348,22 @@ class DriftTelemetry:
         close = getattr(self.inner, "close", None)
         if callable(close):
             close()
+
+
+def _numeric_columns(frame: Frame) -> Frame:
+    """The drift engine scores numbers: a column that arrives as another type is scored on what parses as a
+    number (the rest counts as missing); validation has already reported the type change."""
+    import pandas as pd
+
+    if isinstance(frame, pd.DataFrame):
+        cols = {c: frame[c] for c in frame.columns}
+    else:
+        cols = dict(frame)
+    out: dict[str, Any] = {}
+    for name, values in cols.items():
+        series = values if isinstance(values, pd.Series) else pd.Series(values)
+        out[name] = series if pd.api.types.is_numeric_dtype(series.dtype) else pd.to_numeric(series, errors="coerce")
+    return pd.DataFrame(out) if isinstance(frame, pd.DataFrame) else out
 
 
 def drift_telemetry_from_settings(

@@ -367,6 +367,8 @@ class MlflowModelBackend:
         from sandbox import model_data
 
         for feature, value in drift.items():
+            if feature == model_data.CONCEPT_KEY and 0 <= value <= 1:  # concept-drift progress, not a feature
+                continue
             if feature not in model_data.FEATURES:
                 raise PermanentToolError(f"unknown feature {feature!r}; one of {model_data.FEATURES}")
             if value < 0:
@@ -374,6 +376,17 @@ class MlflowModelBackend:
         name = self.registered_name(target)
         payload = json.dumps({k: float(v) for k, v in sorted(drift.items())})
         self._c(self.client.set_registered_model_tag, name, T_DRIFT, payload)
+
+    def serve(self, target: str, version: int, reason: str) -> None:
+        """Point the serving alias at `version` (a canary that completed its rollout)."""
+        with self._lock:
+            reg = self._registered(target)
+            self._serve(reg.name, version, reason, self._serving_of(reg, self.alias))
+
+    def tag_version(self, target: str, version: int, key: str, value: str) -> None:
+        """Set one tag on a registered version (e.g. `opsmedic.aborted` on an aborted canary)."""
+        name = self.registered_name(target)
+        self._c(self.client.set_model_version_tag, name, str(version), key, value)
 
     def register_bad_version(self, target: str, version: int | None = None, accuracy: float | None = None,
                              latency_p95_ms: float | None = None, *, serve: bool = True) -> int:

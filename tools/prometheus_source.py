@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsmedic.domain import ClusterSnapshot, GpuSample, ModelStatus, NodeStatus, PodStatus
+from opsmedic.domain import ClusterSnapshot, GpuSample, ModelStatus, ModelTrack, NodeStatus, PodStatus
 from opsmedic.errors import ConfigError, PermanentToolError, ToolError, TransientToolError
 
 # DCGM field -> GpuSample attribute. The names are dcgm-exporter's (github.com/NVIDIA/dcgm-exporter,
@@ -105,6 +105,20 @@ SERVICE_METRICS = (
     "model_feature_psi",
     "model_feature_kl",
     "training_step_total",
+    # model operations (sandbox.exporter `_model_ops`)
+    "model_error_rate",
+    "model_slo_error_rate_max",
+    "model_label_delay_seconds",
+    "model_requests_per_second",
+    "model_capacity_qps_per_replica",
+    "model_ready_replicas",
+    "model_rollout_started_timestamp_seconds",
+    "model_track_traffic_percent",
+    "model_track_accuracy",
+    "model_track_latency_p95_ms",
+    "model_track_error_rate",
+    "model_track_requests_per_second",
+    "model_feature_validation_failed",
 )
 ALL_METRICS: tuple[str, ...] = (
     *DCGM_TO_FIELD,
@@ -457,8 +471,34 @@ class SnapshotBuilder:
                 "model_slo_accuracy_min",
                 "model_slo_latency_p95_ms",
                 "model_last_deploy_timestamp_seconds",
+                "model_error_rate",
+                "model_slo_error_rate_max",
+                "model_label_delay_seconds",
+                "model_requests_per_second",
+                "model_capacity_qps_per_replica",
+                "model_ready_replicas",
+                "model_rollout_started_timestamp_seconds",
             )
         }
+        track_metrics = {k: per_model(f"model_track_{k}") for k in
+                         ("traffic_percent", "accuracy", "latency_p95_ms", "error_rate", "requests_per_second")}
+        invalid = per_model("model_feature_validation_failed")
+
+        def tracks(model: str) -> dict[str, ModelTrack]:
+            out: dict[str, ModelTrack] = {}
+            for s in track_metrics["traffic_percent"].get(model, []):
+                name, ver = s.labels.get("track"), s.labels.get("version", "")
+                if not name or not ver.isdigit() or not 0 <= s.value <= 100:
+                    continue
+
+                def of(metric: str, track: str = name) -> float | None:
+                    got = [x.value for x in track_metrics[metric].get(model, []) if x.labels.get("track") == track]
+                    return got[0] if got else None
+
+                out[name] = ModelTrack(version=int(ver), traffic_pct=s.value, accuracy=of("accuracy"),
+                                       latency_p95_ms=of("latency_p95_ms"), error_rate=of("error_rate"),
+                                       requests_per_s=of("requests_per_second"))
+            return out
         versions, psi, kl = (
             per_model("model_version_info"),
             per_model("model_feature_psi"),
@@ -498,6 +538,18 @@ class SnapshotBuilder:
                     },
                     last_deploy_at_s=first("model_last_deploy_timestamp_seconds", name),
                     previous_version=int(prev) if prev is not None else None,
+                    error_rate=first("model_error_rate", name),
+                    slo_error_rate_max=first("model_slo_error_rate_max", name),
+                    label_delay_s=first("model_label_delay_seconds", name) or 0.0,
+                    requests_per_s=first("model_requests_per_second", name),
+                    capacity_qps=first("model_capacity_qps_per_replica", name),
+                    replicas_ready=int(ready) if (ready := first("model_ready_replicas", name)) is not None else None,
+                    workload=next((s.labels["workload"] for s in one["model_ready_replicas"].get(name, [])
+                                   if s.labels.get("workload")), None),
+                    rollout_started_at_s=first("model_rollout_started_timestamp_seconds", name),
+                    tracks=tracks(name),
+                    data_issues={s.labels["feature"]: s.labels.get("issue", "fails validation")
+                                 for s in invalid.get(name, []) if s.labels.get("feature") and s.value >= 1},
                 )
             )
         return models, skipped

@@ -146,3 +146,18 @@ def test_opsmedic_beats_the_baseline(baseline_results: dict[str, Any], eval_resu
     assert ops_passed > base_passed
     assert sum(r.unsafe_actions for r in baseline_results.values()) > 0
     assert sum(r.unsafe_actions for r in eval_results.values()) == 0
+
+
+def test_service_wide_error_rate_over_slo_rolls_back_even_during_a_canary() -> None:
+    from opsmedic.domain import ModelTrack
+
+    def canary(pct: float) -> dict[str, Any]:
+        return {"slo_error_rate_max": 0.01, "error_rate": 0.0, "tracks": {
+            "stable": ModelTrack(version=3, traffic_pct=100 - pct, error_rate=0.0),
+            "canary": ModelTrack(version=4, traffic_pct=pct, error_rate=0.08)}}
+
+    agent = BaselineAgent()
+    # at 10 % the canary's errors are diluted under the SLO: the script sees nothing
+    assert run(agent, snap(10, model=canary(10))) == []
+    # at 50 % it fires, and rolls back (the wrong tool during a canary: abort_rollout is the right one)
+    assert actions(run(agent, snap(20, model=canary(50)))) == ["rollback_model@m"]

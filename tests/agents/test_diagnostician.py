@@ -304,7 +304,7 @@ def model_incident(kinds: list[str], opened: float = 4000.0) -> Incident:
         (["drift_psi", "slo_accuracy"], None, "data_drift"),
         (["drift_kl"], None, "data_drift"),
         (["slo_accuracy", "drift_psi"], 100.0, "data_drift"),  # the deploy is over an hour old
-        (["slo_accuracy"], None, "model_quality_regression"),
+        (["slo_accuracy"], None, "concept_drift"),  # no deploy, no drift: the input-label relation moved
         (["slo_latency"], 100.0, "model_latency_regression"),
     ],
 )

@@ -162,3 +162,11 @@ def test_the_pod_runs_as_non_root_on_a_read_only_root_filesystem() -> None:
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["HOME"] in mounts and env["OPSMEDIC_DATA_DIR"] in mounts
     assert env["OPSMEDIC_DATABASE_URL"].removeprefix("sqlite:///").rsplit("/", 1)[0] in mounts
+
+
+def test_the_deployed_policy_is_the_default_policy() -> None:
+    """deploy/k8s/configmap-policy.yaml carries a copy of policies/default.yaml; the copy must not drift
+    (operators edit their own approvers after applying it)."""
+    repo = Path(__file__).resolve().parents[2]
+    cm = yaml.safe_load((repo / "deploy" / "k8s" / "configmap-policy.yaml").read_text(encoding="utf-8"))
+    assert cm["data"]["policy.yaml"] == (repo / "policies" / "default.yaml").read_text(encoding="utf-8")

@@ -37,6 +37,10 @@ PRIMARY_PLANS: dict[str, list[tuple[str, str]]] = {
     "model-quality-regression": [("rollback_model", "model")],
     "model-latency-regression": [("rollback_model", "model")],
     "data-drift-retrain": [("retrain_model", "model"), ("promote_model", "model")],
+    "canary-rollback": [("abort_rollout", "model"), ("notify", "model")],
+    "feature-pipeline-break": [("notify", "model")],
+    "concept-drift-accuracy-decay": [("retrain_model", "model"), ("promote_model", "model")],
+    "capacity-saturation-scale-out": [("scale_deployment", "workload")],
 }
 
 GOOD = """---

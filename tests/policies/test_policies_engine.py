@@ -348,3 +348,14 @@ def test_approval_request_is_bound_and_stable(engine: PolicyEngine) -> None:
     other = engine.approval_request(engine.decide(act("drain_node", "node-3"), ctx), ctx)
     assert other.id != req.id
 
+
+
+def test_retraining_a_model_whose_inputs_fail_validation_is_denied(engine: PolicyEngine) -> None:
+    ctx = make_ctx(retrain_blocked={"fraud-model": "amount: null share 0.60 (reference 0.00)"})
+    d = engine.decide(act("retrain_model", "fraud-model"), ctx)
+    assert d.verdict == Verdict.deny and d.rule == "data_validation.retrain_blocked"
+    assert "null share" in d.reasons[0] and "learn the breakage" in d.reasons[0]
+    assert "data_validation.retrain_blocked" in engine.explain(act("retrain_model", "fraud-model"), ctx)
+    # another model, or another action on this one, is untouched
+    assert engine.decide(act("retrain_model", "other"), ctx).verdict == Verdict.needs_approval
+    assert engine.decide(act("notify", "fraud-model", message="x"), ctx).verdict == Verdict.allow

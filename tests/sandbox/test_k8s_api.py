@@ -416,3 +416,14 @@ def test_pod_annotations_persist_and_labels_are_refused(env: Env) -> None:
     with pytest.raises(client.ApiException) as exc:
         env.core.patch_namespaced_pod("trainer-0", "default", {"metadata": {"labels": {"x": "y"}}})
     assert exc.value.status == 422
+
+
+def test_scaling_an_inference_workload_past_the_free_gpus_is_refused_whole(env: Env) -> None:
+    free = sum(1 for g in env.sim.gpus.values() if g.pod is None and g.healthy)
+    want = len([p for p in env.sim.pods.values() if p.workload == "fraud-model" and p.state != "Deleted"]) + free + 1
+    before = sorted(env.sim.pods)
+    with pytest.raises(client.ApiException) as exc:
+        env.apps.patch_namespaced_stateful_set_scale("fraud-model", "default", {"spec": {"replicas": want}})
+    assert exc.value.status == 422 and "escalate for capacity" in error(exc)["message"]
+    assert sorted(env.sim.pods) == before
+    assert env.apps.read_namespaced_stateful_set_scale("fraud-model", "default").spec.replicas == 2

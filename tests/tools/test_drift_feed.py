@@ -239,3 +239,26 @@ def test_directory_problems_name_the_file_and_skip_only_that_model(
     (tmp_path / "header-only.csv").write_text("amount,hour\n")
     with pytest.raises(WindowFileError, match=r"header-only\.csv: no rows"):
         read_window(tmp_path / "header-only.csv")
+
+
+def test_a_broken_pipeline_is_reported_as_failed_validation_before_any_drift_verdict() -> None:
+    from sandbox.scenario import parse_scenario
+
+    raw = {"name": "t", "description": "t", "seed": 3, "cluster": {"nodes": 1, "gpus_per_node": 2},
+           "workloads": [{"name": "fraud-model", "kind": "inference", "replicas": 1, "gpus_per_replica": 1,
+                          "model": "fraud-model", "current_version": 2}],
+           "faults": [{"at": "1m", "type": "feature_pipeline_break", "target": "fraud-model",
+                       "params": {"feature": "velocity_1h", "kind": "type_change", "fraction": 0.5}}],
+           "duration": "10m", "expect": {"incident": True}}
+    sim = Simulator(parse_scenario(raw))
+    tel = DriftTelemetry(sim, SandboxWindowSource(sim, rows=3000), engine="numpy", wait=True)
+    sim.step()
+    before = tel.snapshot().model("fraud-model")
+    assert before is not None and before.data_issues == {}
+    while sim.now < 70:
+        sim.step()
+    after = tel.snapshot().model("fraud-model")
+    assert after is not None and list(after.data_issues) == ["velocity_1h"]
+    assert "type" in after.data_issues["velocity_1h"] and tel.issues("fraud-model") == after.data_issues
+    assert tel.failures == 0  # the drift engine scored the text column as numbers-or-missing, without failing
+    tel.close()

@@ -284,3 +284,22 @@ def test_models_pods_and_nodes_fields_are_exported() -> None:
     )
     back = parse_exposition(render(snap))
     assert comparable(back) == comparable(snap)
+
+
+def test_model_operations_round_trip_through_the_exposition() -> None:
+    from opsmedic.domain import ModelTrack
+
+    m = ModelStatus(name="fraud", serving_version=3, versions=[3, 4], error_rate=0.001, slo_error_rate_max=0.01,
+                    label_delay_s=600.0, requests_per_s=300.0, capacity_qps=100.0, replicas_ready=2,
+                    workload="fraud-svc", rollout_started_at_s=120.0,
+                    tracks={"stable": ModelTrack(version=3, traffic_pct=90, accuracy=0.95, latency_p95_ms=27.0,
+                                                 error_rate=0.0, requests_per_s=270.0),
+                            "canary": ModelTrack(version=4, traffic_pct=10, accuracy=None, latency_p95_ms=80.0,
+                                                 error_rate=0.08, requests_per_s=30.0)},
+                    data_issues={"amount": "null share 0.60 (reference 0.00)"})
+    snap = ClusterSnapshot(at_s=10.0, gpus=[], nodes=[], pods=[], models=[m])
+    back = parse_exposition(render(snap)).model("fraud")
+    assert back is not None
+    for f in ("error_rate", "slo_error_rate_max", "label_delay_s", "requests_per_s", "capacity_qps",
+              "replicas_ready", "workload", "rollout_started_at_s", "tracks", "data_issues"):
+        assert getattr(back, f) == getattr(m, f), f
