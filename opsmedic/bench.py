@@ -60,6 +60,8 @@ GROUPS: dict[str, tuple[str, str] | None] = {
     "retrieval": ("knowledge.bench", "run_retrieval_bench"),
     # 1,250 nodes x 8 GPUs: the sandbox's speed, the monitor alone, and the daemon's loop iteration
     "fleet": ("opsmedic.daemon.fleet_bench", "bench_fleet"),
+    # the same fleet read from the sandbox Kubernetes API (watch caches) and from Prometheus (where installed)
+    "fleet_reads": ("opsmedic.daemon.fleet_bench", "bench_fleet_reads"),
     "alerts": ("tools.alertmanager", "bench_alert_storm"),
     "drift": ("tools.drift", "bench_drift"),
     "actions": ("tools.k8s_bench", "bench_actions"),

@@ -134,6 +134,7 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
                 if i:  # the first tick promotes to leader (a resync of the database): once per process
                     tick_ms.append((time.perf_counter() - t) * 1000.0)
             opened = len(service.driver.monitor.incidents)
+            rss = _rss_mib()  # the sandbox daemon at fleet size: its world (the simulator) included
         finally:
             service.driver.close()
             service.intake.close()
@@ -146,5 +147,146 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
         "daemon_tick_ms_10k_gpus_p50": round(statistics.median(tick_ms), 2),
         "daemon_tick_ms_10k_gpus_p95": _pct(tick_ms, 0.95),
         "daemon_tick_ms_10k_gpus_max": round(max(tick_ms), 2),
+        "daemon_rss_mib_10k_gpus": round(rss, 1),
         "fleet_incidents_opened": float(opened),
     }
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (Linux /proc; the peak where /proc is absent)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        import os
+
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_fleet_k8s(reads: int = 10, scenario: Scenario | None = None) -> dict[str, float]:
+    """`KubernetesTelemetry` against the sandbox Kubernetes API serving the fleet: the daemon's read
+    (watch-based caches: one list, then a watch) and, for comparison, listing nodes and pods every tick.
+    The simulator steps between reads (under the API's lock), so the watch streams real changes;
+    pod logs are read as the daemon reads them."""
+    import threading
+
+    from sandbox.cluster import Simulator
+    from sandbox.k8s_api import EPOCH, SandboxKubeAPI, serve_in_thread, write_kubeconfig
+    from tools.k8s_backend import KubernetesTelemetry
+    from tools.k8s_client import build_api_client
+
+    sc = scenario or fleet_scenario()
+    sim = Simulator(sc)
+    lock = threading.RLock()
+    api = SandboxKubeAPI(sim, lock=lock)
+    url, stop = serve_in_thread(api)
+    with tempfile.TemporaryDirectory(prefix="opsmedic-bench-k8s-") as tmp:
+        client = build_api_client(write_kubeconfig(url, Path(tmp) / "kubeconfig"))
+        watched = KubernetesTelemetry(client, epoch=EPOCH, clock=lambda: sim.now, watch=True)
+        listed = KubernetesTelemetry(client, epoch=EPOCH, clock=lambda: sim.now, logs=False)
+        try:
+            t = time.perf_counter()
+            first = watched.snapshot()
+            first_ms = (time.perf_counter() - t) * 1000.0
+            watch_ms: list[float] = []
+            list_ms: list[float] = []
+            for _ in range(reads):
+                with lock:
+                    sim.step()
+                time.sleep(0.5)  # the watch's poll picks the step up, as it would between 10 s ticks
+                t = time.perf_counter()
+                snap = watched.snapshot()
+                watch_ms.append((time.perf_counter() - t) * 1000.0)
+                t = time.perf_counter()
+                listed.snapshot()
+                list_ms.append((time.perf_counter() - t) * 1000.0)
+            assert len(snap.nodes) == len(first.nodes) == sc.cluster.nodes
+        finally:
+            watched.close()
+            client.close()
+            stop()
+    return {
+        "k8s_read_ms_10k_gpus": round(statistics.median(watch_ms), 2),
+        "k8s_read_ms_10k_gpus_p95": _pct(watch_ms, 0.95),
+        "k8s_first_read_ms_10k_gpus": round(first_ms, 1),  # the initial list, and every pod's log once
+        "k8s_list_read_ms_10k_gpus": round(statistics.median(list_ms), 1),  # listing every tick, no logs
+    }
+
+
+def bench_fleet_prometheus(reads: int = 5, scenario: Scenario | None = None,
+                           prometheus_bin: str | None = None) -> dict[str, float | str]:
+    """`PrometheusSource` against Debian's Prometheus scraping the sandbox exporter that serves the fleet.
+    Skipped (with the reason) where no `prometheus` binary is installed."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    from sandbox.cluster import Simulator
+    from sandbox.exporter import LatestSnapshot, serve
+    from tools.prometheus_source import PrometheusSource
+
+    binary = prometheus_bin or os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
+    if not binary:
+        return {"prometheus_skipped": "no prometheus binary (apt-get install prometheus, or PROMETHEUS_BIN)"}
+    sc = scenario or fleet_scenario()
+    sim = Simulator(sc)
+    sim.step()
+    latest = LatestSnapshot()
+    latest.set(sim.snapshot())
+    exporter = serve(latest)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with tempfile.TemporaryDirectory(prefix="opsmedic-bench-prom-") as tmp:
+        folder = Path(tmp)
+        (folder / "prometheus.yml").write_text(
+            "global: {scrape_interval: 15s, scrape_timeout: 14s}\n"
+            f"scrape_configs: [{{job_name: sandbox, static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]}}]\n")
+        log = (folder / "prometheus.log").open("wb")
+        proc = subprocess.Popen([binary, f"--config.file={folder / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            source = PrometheusSource(f"http://127.0.0.1:{port}", timeout_s=30.0, attempts=1)
+            deadline = time.monotonic() + 120.0
+            snap = None
+            while time.monotonic() < deadline:
+                try:
+                    snap = source.snapshot()
+                    if len(snap.gpus) >= sc.cluster.nodes * sc.cluster.gpus_per_node:
+                        break
+                except Exception:  # noqa: BLE001 - not up yet, or not scraped yet
+                    pass
+                time.sleep(1.0)
+            if snap is None or not snap.gpus:
+                return {"prometheus_skipped": "Prometheus did not scrape the exporter within 120 s"}
+            read_ms: list[float] = []
+            for _ in range(reads):
+                t = time.perf_counter()
+                snap = source.snapshot()
+                read_ms.append((time.perf_counter() - t) * 1000.0)
+            return {
+                "prometheus_read_ms_10k_gpus": round(statistics.median(read_ms), 1),
+                "prometheus_read_ms_10k_gpus_max": round(max(read_ms), 1),
+                "prometheus_gpus_read": float(len(snap.gpus)),
+                "prometheus_queries_per_read": round(source.queries / (reads + 1), 2) if source.queries else 0.0,
+            }
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+            exporter.close()
+
+
+def bench_fleet_reads() -> dict[str, float | str]:
+    """The reads of a real cluster at fleet size, apart from the tick: Kubernetes, then Prometheus."""
+    out: dict[str, float | str] = {}
+    out.update(bench_fleet_k8s())
+    out.update(bench_fleet_prometheus())
+    return out

@@ -4,8 +4,9 @@ fault in the fleet becomes one incident (a small fleet here; `opsmedic bench --o
 from __future__ import annotations
 
 import copy
+from typing import Any
 
-from opsmedic.daemon.fleet_bench import FLEET_SCENARIO, bench_fleet, fleet_scenario
+from opsmedic.daemon.fleet_bench import FLEET_SCENARIO, bench_fleet, bench_fleet_k8s, fleet_scenario
 from sandbox.scenario import parse_scenario
 
 
@@ -15,7 +16,7 @@ def test_the_fleet_scenario_is_ten_thousand_gpus_with_one_xid() -> None:
     assert [f.type for f in sc.faults] == ["gpu_xid", "power_cap_under_load"]
 
 
-def test_the_bench_runs_the_daemon_tick_over_a_fleet_and_opens_the_one_incident() -> None:
+def _small() -> dict[str, Any]:
     raw = copy.deepcopy(FLEET_SCENARIO)
     raw["cluster"] = {"nodes": 12, "gpus_per_node": 8}
     raw["workloads"][0]["replicas"] = 4
@@ -24,8 +25,18 @@ def test_the_bench_runs_the_daemon_tick_over_a_fleet_and_opens_the_one_incident(
     raw["faults"] = [{"at": "2m", "type": "gpu_xid", "target": "node-7/gpu-3", "params": {"xid": 79}},
                      {"at": "1m", "type": "power_cap_under_load", "target": "node-9"}]
     raw["expect"] = {"incident": True, "resource": "node-7/gpu-3"}
-    fig = bench_fleet(ticks=15, scenario=parse_scenario(raw))
+    return raw
+
+
+def test_the_bench_runs_the_daemon_tick_over_a_fleet_and_opens_the_one_incident() -> None:
+    fig = bench_fleet(ticks=15, scenario=parse_scenario(_small()))
     assert fig["fleet_incidents_opened"] == 1.0  # the XID, not the power-cap decoy
     for key in ("sim_speedup_10k_gpus", "monitor_tick_ms_10k_gpus", "daemon_tick_ms_10k_gpus_p50",
                 "daemon_tick_ms_10k_gpus_p95"):
         assert fig[key] > 0
+    assert fig["daemon_rss_mib_10k_gpus"] > 0
+
+
+def test_the_kubernetes_read_is_measured_through_the_watch_caches() -> None:
+    fig = bench_fleet_k8s(reads=2, scenario=parse_scenario(_small()))
+    assert fig["k8s_read_ms_10k_gpus"] > 0 and fig["k8s_list_read_ms_10k_gpus"] > 0
