@@ -77,7 +77,7 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
     `scenario` replaces the fleet (tests run a small one through the same code)."""
     from agents.monitor import Monitor
     from opsmedic.daemon.config import DaemonConfig
-    from opsmedic.daemon.service import DaemonService
+    from opsmedic.daemon.service import DaemonService, freeze_heap
     from opsmedic.daemon.world import SandboxWorld
     from opsmedic.settings import load_settings
     from sandbox.cluster import Simulator
@@ -101,8 +101,10 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
             self._apply_due()
 
     sc = scenario or fleet_scenario()
-    # 1. the simulator: step + snapshot, as eval and the sandbox daemon do every tick
+    # 1. the simulator: step + snapshot, as the sandbox daemon does every tick (its heap frozen at start,
+    # as `DaemonService.start` freezes it)
     sim = Simulator(sc)
+    freeze_heap()
     snaps: list[ClusterSnapshot] = []
     t0 = time.perf_counter()
     for _ in range(ticks):
@@ -116,7 +118,7 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
         t = time.perf_counter()
         mon.observe(snap, sc.tick)
         monitor_ms.append((time.perf_counter() - t) * 1000.0)
-    del snaps
+    del snaps, sim, mon  # the daemon below builds its own world: its memory is what is reported
     # 3. the daemon's loop iteration on a sandbox world of that fleet, its reads done before each tick
     with tempfile.TemporaryDirectory(prefix="opsmedic-bench-fleet-") as tmp:
         folder = Path(tmp)
@@ -125,6 +127,7 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
         world = _PrereadWorld(sc, speed=1.0, db_path=folder / "opsmedic.db", fresh=True)
         config = DaemonConfig.model_validate({"port": 0, "leader_election": False})
         service = DaemonService(config, settings, world=world)
+        freeze_heap()  # what `DaemonService.start` does before its first tick
         tick_ms: list[float] = []
         try:
             for i in range(ticks + 1):
