@@ -19,9 +19,8 @@ Kubernetes API serving the fleet, with listing every tick beside it; `prometheus
 the reason, where `prometheus` is not installed).
 
 Each tick figure comes with its CPU-clock twin (`*_cpu*`, `time.thread_time`): on a shared machine the wall
-figures also
-carry other processes' load; the CPU figures are what the code itself costs (graph steps that wait on a
-lock or the disk count in wall time only). `daemon_rss_mib_10k_gpus` is the process's resident memory after
+figures also carry other processes' load; the CPU figures are what the code itself costs (graph steps that
+wait on a lock or the disk count in wall time only). `daemon_rss_mib_10k_gpus` is the process's resident memory after
 the daemon's ticks, its simulated world included.
 
 The fleet is `fleet_scenario()`: 100 training jobs x 8 GPUs and 500 inference replicas, an XID 79 on one GPU
