@@ -246,29 +246,29 @@ def bench_fleet_prometheus(reads: int = 5, scenario: Scenario | None = None,
     import shutil
     import socket
     import subprocess
+    import sys
 
-    from sandbox.cluster import Simulator
-    from sandbox.exporter import LatestSnapshot, serve
     from tools.prometheus_source import PrometheusSource
 
     binary = prometheus_bin or os.environ.get("PROMETHEUS_BIN") or shutil.which("prometheus")
     if not binary:
         return {"prometheus_skipped": "no prometheus binary (apt-get install prometheus, or PROMETHEUS_BIN)"}
     sc = scenario or fleet_scenario()
-    sim = Simulator(sc)
-    sim.step()
-    latest = LatestSnapshot()
-    latest.set(sim.snapshot())
-    exporter = serve(latest)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    # The exporter runs in a process of its own, as a DCGM exporter runs beside the daemon: rendering
+    # 225,000 series takes seconds of CPU, which in this process would hold the GIL against the read.
+    exporter = subprocess.Popen([sys.executable, "-c", _EXPORTER, sc.model_dump_json()], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    assert exporter.stdout is not None and exporter.stdin is not None
+    exporter_port = int(exporter.stdout.readline().strip() or 0)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
     with tempfile.TemporaryDirectory(prefix="opsmedic-bench-prom-") as tmp:
         folder = Path(tmp)
         (folder / "prometheus.yml").write_text(
             # the exporter takes seconds to render 10,000 GPUs (~225,000 series): a scrape must not time out
             "global: {scrape_interval: 30s, scrape_timeout: 29s}\n"
-            f"scrape_configs: [{{job_name: sandbox, static_configs: [{{targets: ['127.0.0.1:{exporter.port}']}}]}}]\n")
+            f"scrape_configs: [{{job_name: sandbox, static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]}}]\n")
         log = (folder / "prometheus.log").open("wb")
         proc = subprocess.Popen([binary, f"--config.file={folder / 'prometheus.yml'}",
                                  f"--storage.tsdb.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
@@ -308,7 +308,27 @@ def bench_fleet_prometheus(reads: int = 5, scenario: Scenario | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
-            exporter.close()
+            exporter.stdin.close()  # the exporter's process ends when its stdin does
+            try:
+                exporter.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                exporter.kill()
+
+
+_EXPORTER = """
+import sys
+from sandbox.cluster import Simulator
+from sandbox.exporter import LatestSnapshot, serve
+from sandbox.scenario import Scenario
+sim = Simulator(Scenario.model_validate_json(sys.argv[1]))
+sim.step()
+latest = LatestSnapshot()
+latest.set(sim.snapshot())
+server = serve(latest)
+print(server.port, flush=True)
+sys.stdin.read()
+server.close()
+"""
 
 
 def bench_fleet_reads() -> dict[str, float | str]:
