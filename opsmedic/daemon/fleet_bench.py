@@ -113,25 +113,25 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
 
     sc = scenario or fleet_scenario()
     # 1. the simulator: step + snapshot, as the sandbox daemon does every tick (its heap frozen at start,
-    # as `DaemonService.start` freezes it)
+    # as `DaemonService.start` freezes it); 2. the monitor alone on each snapshot (the XID at 2 minutes is
+    # among them). One snapshot alive at a time, as in the daemon: holding them all would make every full
+    # collection walk them and bill it to whatever runs next.
     sim = Simulator(sc)
     freeze_heap()
-    snaps: list[ClusterSnapshot] = []
-    t0, c0 = time.perf_counter(), time.thread_time()
-    for _ in range(ticks):
-        sim.step()
-        snaps.append(sim.snapshot())
-    sim_wall, sim_cpu = time.perf_counter() - t0, time.thread_time() - c0
-    # 2. the monitor alone, over the same snapshots (the XID at 2 minutes is among them)
     mon = Monitor()
+    sim_wall = sim_cpu = 0.0
     monitor_ms: list[float] = []
     monitor_cpu: list[float] = []
-    for snap in snaps:
+    for _ in range(ticks):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        sim.step()
+        snap = sim.snapshot()
+        sim_wall, sim_cpu = sim_wall + time.perf_counter() - t0, sim_cpu + time.thread_time() - c0
         t, c = time.perf_counter(), time.thread_time()
         mon.observe(snap, sc.tick)
         monitor_ms.append((time.perf_counter() - t) * 1000.0)
         monitor_cpu.append((time.thread_time() - c) * 1000.0)
-    del snaps, sim, mon  # the daemon below builds its own world: its memory is what is reported
+    del snap, sim, mon  # the daemon below builds its own world: its memory is what is reported
     # 3. the daemon's loop iteration on a sandbox world of that fleet, its reads done before each tick
     with tempfile.TemporaryDirectory(prefix="opsmedic-bench-fleet-") as tmp:
         folder = Path(tmp)
