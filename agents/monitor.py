@@ -12,6 +12,18 @@ starts from what it opens). Three jobs, in order:
 
 A key with an open incident absorbs new signals; after the incident closes, the key only opens a new
 incident when its condition clears and then comes back (flapping suppression).
+
+**At fleet size** (10,000 GPUs, hundreds of pods: `opsmedic bench --only fleet`) nothing in a tick is
+quadratic — a pod's GPUs are looked up by id, never by scanning every GPU — and the per-GPU path is cut
+to what a reading can trigger. A GPU with no XID, present, without uncorrectable ECC errors or a failed
+remap, below the temperature threshold (a finite reading) and without the HW-thermal clock reason cannot
+raise any of the event or threshold detectors, so it skips them after one test of those fields; only its
+NVLink counter history is kept up to date, in place, because the rate detector needs every sample. The
+framebuffer-leak fit stops as soon as the history cannot rise often enough to count. These are exact
+short-cuts, not approximations: the same signals come out for every snapshot (the scenarios and
+`tests/agents` hold this). Per-object code was kept over a vectorised (numpy) monitor because every
+detector here has per-object state (hysteresis, histories, XID gating) and the scalar path is already a
+few microseconds per quiet GPU; building arrays from the snapshot's objects would cost about as much.
 """
 
 from __future__ import annotations
@@ -79,7 +91,7 @@ class KeyState:
 class XidGate:
     """Turns one XID event into a signal, read through NVIDIA's catalog (bucket, XID 154's recovery), and
     decides whether it counts: an XID the catalog says to IGNORE counts only at `count` events on one GPU
-    within `window_s`; below that it is only recorded. Shared by `Monitor` and `FleetMonitor`."""
+    within `window_s`; below that it is only recorded."""
 
     count: int = 3
     window_s: float = 3600.0
@@ -142,8 +154,20 @@ class Monitor:
         s = self.settings
         t = snap.at_s
         out: list[Signal] = []
+        temp_max = s.gpu_temp_c
+        hw = CLOCK_REASON_HW_THERMAL
+        nvlink = self._nvlink_signal
         for g in snap.gpus:
-            out.extend(self._gpu_signals(g, t))
+            temp = g.temp_c
+            # the quiet GPU (see the module docstring): nothing but its NVLink history can change anything
+            if (g.xids or not g.present or g.ecc_dbe_volatile or g.remap_failure
+                    or (temp is not None and not -math.inf < temp < temp_max)
+                    or (g.clock_event_reasons or 0) & hw):
+                out.extend(self._gpu_signals(g, t))
+            elif g.nvlink_crc_errors is not None:
+                x = nvlink(g, t)
+                if x is not None:
+                    out.append(x)
         for n in snap.nodes:
             if not n.ready:
                 out.append(Signal(kind="node_not_ready", resource=n.name, resource_kind=ResourceKind.node,
@@ -382,16 +406,30 @@ class Monitor:
             sig("gpu_temp_high", f"{g.gpu} at {temp} C" + (" with HW thermal slowdown" if hw_thermal else ""),
                 temp, s.gpu_temp_c, hw_slowdown=str(hw_thermal).lower())
         if g.nvlink_crc_errors is not None:
-            hist = self._nvlink[g.gpu]
-            hist.append((t, float(g.nvlink_crc_errors)))
-            while hist and t - hist[0][0] > s.nvlink_window_s:
-                hist.popleft()
-            if len(hist) >= 3 and hist[-1][0] > hist[0][0]:
-                rate = (hist[-1][1] - hist[0][1]) / (hist[-1][0] - hist[0][0]) * 60.0
-                if rate > s.nvlink_errors_per_min:
-                    sig("nvlink_errors", f"NVLink CRC errors on {g.gpu} climbing at {rate:.0f}/min",
-                        rate, s.nvlink_errors_per_min)
+            link = self._nvlink_signal(g, t)
+            if link is not None:
+                out.append(link)
         return out
+
+    def _nvlink_signal(self, g: GpuSample, t: float) -> Signal | None:
+        """Record the GPU's NVLink CRC counter; a signal when it climbs faster than the threshold."""
+        s = self.settings
+        hist = self._nvlink[g.gpu]
+        hist.append((t, float(g.nvlink_crc_errors or 0)))
+        window = s.nvlink_window_s
+        while hist and t - hist[0][0] > window:
+            hist.popleft()
+        if len(hist) < 3:
+            return None
+        (t0, v0), (t1, v1) = hist[0], hist[-1]
+        if t1 <= t0:
+            return None
+        rate = (v1 - v0) / (t1 - t0) * 60.0
+        if rate <= s.nvlink_errors_per_min:
+            return None
+        return Signal(kind="nvlink_errors", resource=g.gpu, resource_kind=ResourceKind.gpu, at_s=t, value=rate,
+                      threshold=s.nvlink_errors_per_min, labels={"node": g.node},
+                      detail=f"NVLink CRC errors on {g.gpu} climbing at {rate:.0f}/min")
 
     def _leak_signal(self, pod: str, t: float, mem: float, total: float) -> Signal | None:
         s = self.settings
@@ -406,15 +444,17 @@ class Monitor:
         full = len(hist) >= 3 and hist[-1][0] - hist[0][0] >= s.leak_window_s * 0.75
         if not full and len(hist) < 3:
             return None
-        xs = [h[0] for h in hist]
         ys = [h[1] for h in hist]
-        n = len(xs)
+        n = len(ys)
+        rises = sum(1 for a, b in zip(ys, ys[1:], strict=False) if b > a) / (n - 1)
+        if rises < 0.7:  # not rising often enough to count, whatever the slope (decided before fitting it)
+            return None
+        xs = [h[0] for h in hist]
         mx, my = sum(xs) / n, sum(ys) / n
         var = sum((x - mx) ** 2 for x in xs)
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-        rises = sum(1 for a, b in zip(ys, ys[1:], strict=False) if b > a) / (n - 1)
         gib_per_min = slope * 60.0 / 1024.0
-        if gib_per_min < s.leak_gib_per_min or rises < 0.7:
+        if gib_per_min < s.leak_gib_per_min:
             return None
         minutes_left = (total - mem) / 1024.0 / gib_per_min
         # A leak fast enough to fill the GPU before a whole window has been seen (8 GiB/min on a 24 GiB

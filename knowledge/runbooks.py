@@ -126,7 +126,7 @@ class RunbookStep(BaseModel):
         return self
 
 
-# The signal kinds the monitors emit (agents.monitor, agents.fleet_monitor, tools' sources): a signature that
+# The signal kinds the monitors emit (agents.monitor, tools' sources): a signature that
 # names another kind could never match, which the loader reports as an unknown signal.
 SIGNAL_KINDS: frozenset[str] = frozenset({
     "gpu_xid", "gpu_lost", "ecc_dbe", "remap_failure", "gpu_temp_high", "nvlink_errors", "fb_memory_growth",

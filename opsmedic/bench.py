@@ -109,7 +109,10 @@ GROUPS: dict[str, tuple[str, str] | None] = {
     "decision": None,
     "sim": None,
     "retrieval": ("knowledge.bench", "run_retrieval_bench"),
-    "monitor": ("agents.fleet_monitor", "bench_tick"),
+    # 1,250 nodes x 8 GPUs: the sandbox's speed, the monitor alone, and the daemon's loop iteration
+    "fleet": ("opsmedic.daemon.fleet_bench", "bench_fleet"),
+    # the same fleet read from the sandbox Kubernetes API (watch caches) and from Prometheus (where installed)
+    "fleet_reads": ("opsmedic.daemon.fleet_bench", "bench_fleet_reads"),
     "alerts": ("tools.alertmanager", "bench_alert_storm"),
     "drift": ("tools.drift", "bench_drift"),
     "actions": ("tools.k8s_bench", "bench_actions"),

@@ -58,8 +58,15 @@ hit), cordons (NodeNotSchedulable), pod deletions (Killing) and restarts, and co
 metrics' `container` label (the workload's name).
 
 Not served: protobuf, server-side apply, OpenAPI (`kubectl apply --validate=false` works), events.k8s.io,
-pod creation (pods belong to workloads). A watch is minimal: the
-current objects as ADDED events, then a quiet stream until its timeout.
+pod creation (pods belong to workloads).
+
+**Watches** stream what changed, as kube-apiserver's do: from `resourceVersion` (or, without one, every
+current object as ADDED first), ADDED / MODIFIED / DELETED events carrying their resourceVersions, and
+BOOKMARK events when asked for (`allowWatchBookmarks`), until `timeoutSeconds`. The simulated objects are
+computed, not stored, so changes are found by re-listing: every list and every watch poll (each
+`WATCH_POLL_S`) compares what it renders with what was last seen; an object that has disappeared becomes a
+tombstone with a resourceVersion of its own. Tombstones are kept up to `WATCH_HISTORY`; a watch from a
+resourceVersion older than the oldest one dropped answers 410 Gone (an ERROR event), and its client re-lists.
 """
 
 from __future__ import annotations
@@ -108,6 +115,9 @@ from sandbox.k8s_patch import (
 from sandbox.k8s_table import to_table, wants_table
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)  # simulated second 0, as a wall-clock time
+WATCH_POLL_S = 0.25  # how often an open watch re-lists to find changes
+WATCH_HISTORY = 10_000  # deletions remembered for watches that resume from a resourceVersion
+WATCH_BOOKMARK_S = 5.0
 SERVER_VERSION = {
     "major": "1",
     "minor": "30",
@@ -270,6 +280,10 @@ class SandboxKubeAPI:
         self._workloads = {w.name: w for w in sim.scenario.workloads}
         self._aborted: dict[str, int] = {}  # rollout -> the canary version it aborted (its status.abort)
         self._aborted_at: dict[str, float] = {}
+        # what lists and watches last saw, per resource: (namespace, name) -> (first resourceVersion, object)
+        self._seen_objects: dict[str, dict[tuple[str, str], tuple[int, JSON]]] = {}
+        self._tombstones: list[tuple[int, str, JSON]] = []  # (resourceVersion, resource, last object)
+        self._compacted_rv = 0  # deletions at or below this were forgotten: a watch from here gets 410
         for ns in (namespace, "default", "kube-system", "kube-public", "kube-node-lease"):
             if ("namespaces", "", ns) not in self._store:
                 self._put_stored(
@@ -309,7 +323,9 @@ class SandboxKubeAPI:
         extra = self._node_extra[name]
         cluster = self.sim.scenario.cluster
         ready = n.ready(self.sim.now)
-        healthy = sum(1 for g in self.sim.gpus.values() if g.node == name and g.healthy)
+        # by id, not by scanning every GPU: a list of 1,250 nodes would otherwise visit 10,000 GPUs per node
+        on_node = (self.sim.gpus.get(f"{name}/gpu-{i}") for i in range(cluster.gpus_per_node))
+        healthy = sum(1 for g in on_node if g is not None and g.healthy)
         taints = [t for t in extra.taints if t.get("key") not in SYSTEM_TAINTS]
         if n.unschedulable:
             taints.append({"key": TAINT_UNSCHEDULABLE, "effect": "NoSchedule", "timeAdded": self._now()})
@@ -1438,6 +1454,7 @@ class SandboxKubeAPI:
                 for (k, n, name) in sorted(self._store)
                 if k == self._storage(res) and (ns is None or n == ns)
             ]
+        self._note_listing(res, ns, items)
         label_sel, field_sel = q.get("labelSelector"), q.get("fieldSelector")
         out = []
         for obj in items:
@@ -1637,22 +1654,95 @@ class SandboxKubeAPI:
                 result, code = self._stored_request(res, method, ns or "", name, sub, ctype, body, q, dry_run)
         return JSONResponse(result, status_code=code)
 
-    def _watch(self, res: Res, ns: str | None, q: dict[str, str]) -> Response:
-        """A minimal watch: an ADDED event per current object, then the stream stays open, quiet, until
-        timeoutSeconds (default 60, at most 300) and ends, as a real watch ends at its timeout. Clients that
-        re-list after a watch ends (informers, kubectl get -w) see changes on their next round."""
+    def _note_listing(self, res: Res, ns: str | None, items: list[JSON]) -> None:
+        """Remember what a listing of `res` (in `ns`, or everywhere) rendered; an object seen before and
+        missing now was deleted: it becomes a tombstone with a new resourceVersion (see the module docstring)."""
+        seen = self._seen_objects.setdefault(res.plural, {})
+        now: set[tuple[str, str]] = set()
+        for obj in items:
+            meta = obj["metadata"]
+            key = (str(meta.get("namespace") or ""), str(meta["name"]))
+            now.add(key)
+            old = seen.get(key)
+            rv = int(meta.get("resourceVersion") or 0)
+            seen[key] = (old[0] if old is not None and old[1]["metadata"].get("uid") == meta.get("uid") else rv, obj)
+        for key in [k for k in seen if k not in now and (ns is None or k[0] == ns)]:
+            self._tombstone(res.plural, key, seen[key][1])
+
+    def _tombstone(self, plural: str, key: tuple[str, str], obj: JSON) -> None:
+        self._seen_objects.setdefault(plural, {}).pop(key, None)
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self._next_rv())
+        self._tombstones.append((self._rv, plural, obj))
+        if len(self._tombstones) > WATCH_HISTORY:
+            dropped = self._tombstones[: len(self._tombstones) - WATCH_HISTORY]
+            self._compacted_rv = max(self._compacted_rv, dropped[-1][0])
+            del self._tombstones[: len(dropped)]
+
+    def _watch_events(self, res: Res, ns: str | None, q: dict[str, str], since: int | None) -> tuple[list[str], int]:
+        """The events of `res` after resourceVersion `since` (None: every current object as ADDED), as
+        JSON lines, and the resourceVersion they bring the watcher to."""
         listing = self._list(res, ns, q)
-        lines = []
+        seen = self._seen_objects.get(res.plural, {})
+        events: list[tuple[int, str, JSON]] = []
         for item in listing["items"]:
-            item = {"kind": res.kind, "apiVersion": res.api_version, **item}
-            lines.append(json.dumps({"type": "ADDED", "object": item}) + "\n")
+            meta = item["metadata"]
+            rv = int(meta.get("resourceVersion") or 0)
+            if since is None:
+                events.append((rv, "ADDED", item))
+            elif rv > since:
+                first = seen.get((str(meta.get("namespace") or ""), str(meta["name"])), (rv, item))[0]
+                events.append((rv, "ADDED" if first > since else "MODIFIED", item))
+        if since is not None:
+            for rv, plural, obj in self._tombstones:
+                meta = obj["metadata"]
+                if (rv > since and plural == res.plural and (ns is None or meta.get("namespace") == ns)
+                        and match_labels(q.get("labelSelector"), meta.get("labels") or {})):
+                    events.append((rv, "DELETED", {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}))
+        events.sort(key=lambda e: e[0])
+        lines = [json.dumps({"type": kind, "object": {"kind": res.kind, "apiVersion": res.api_version, **obj}}) + "\n"
+                 for _, kind, obj in events]
+        return lines, self._rv
+
+    def _watch(self, res: Res, ns: str | None, q: dict[str, str]) -> Response:
+        """A watch (see the module docstring): changes after `resourceVersion`, polled every `WATCH_POLL_S`,
+        until timeoutSeconds (default 60, at most 300); a resourceVersion older than the remembered history
+        is answered with an ERROR event carrying 410 Gone, as kube-apiserver answers an expired one."""
+        raw_rv = q.get("resourceVersion", "")
+        since: int | None = int(raw_rv) if raw_rv.isdigit() and int(raw_rv) > 0 else None
+        bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         raw = q.get("timeoutSeconds", "")
         hold = min(300.0, float(raw)) if raw.isdigit() else 60.0
+        if since is not None and since < self._compacted_rv:
+            gone = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 410,
+                    "reason": "Expired", "message": f"too old resource version: {since} ({self._compacted_rv})"}
+            first = [json.dumps({"type": "ERROR", "object": gone}) + "\n"]
+            return StreamingResponse(iter([line.encode() for line in first]), media_type="application/json")
+        first, at = self._watch_events(res, ns, q, since)
+        sel = {k: v for k, v in q.items() if k in ("labelSelector", "fieldSelector")}
+
+        def bookmark(rv: int) -> bytes:
+            obj = {"kind": res.kind, "apiVersion": res.api_version, "metadata": {"resourceVersion": str(rv)}}
+            return (json.dumps({"type": "BOOKMARK", "object": obj}) + "\n").encode()
 
         async def stream() -> Any:
-            for line in lines:
+            nonlocal at
+            for line in first:
                 yield line.encode()
-            await asyncio.sleep(hold)
+            end = time.monotonic() + hold
+            marked = time.monotonic()
+            while time.monotonic() < end:
+                await asyncio.sleep(min(WATCH_POLL_S, max(0.0, end - time.monotonic())))
+                with self.lock:
+                    lines, now_rv = self._watch_events(res, ns, sel, at)
+                at = now_rv
+                for line in lines:
+                    yield line.encode()
+                if bookmarks and time.monotonic() - marked >= WATCH_BOOKMARK_S:
+                    marked = time.monotonic()
+                    yield bookmark(at)
+            if bookmarks:
+                yield bookmark(at)
 
         return StreamingResponse(stream(), media_type="application/json")
 
@@ -1924,6 +2014,7 @@ class SandboxKubeAPI:
                 raise conflict(res.plural, name, res.group)
             if not dry_run:
                 del self._store[(self._storage(res), ns, name)]
+                self._tombstone(res.plural, (ns, name), current)  # a stored deletion has its moment: now
             if res.plural in ("namespaces",):
                 return current, 200
             return {

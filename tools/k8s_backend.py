@@ -1172,7 +1172,13 @@ class KubernetesTelemetry:
 
     `epoch` turns API timestamps into opsmedic's seconds (the sandbox's `sandbox.k8s_api.EPOCH` makes them
     simulated seconds); `clock` gives the snapshot's `at_s`. With `logs=True` each pod's last `tail_lines`
-    log lines are read too (one request per pod)."""
+    log lines are read too: one request per pod whose object changed since its log was read, or whose log is
+    older than `log_max_age_s` (an unchanged healthy pod's log is not re-read every tick).
+
+    With `watch=True` (the daemon) nodes and pods come from `tools.k8s_informer.Informer` caches (list once,
+    then watch): a tick reads memory, not two lists of the whole cluster; a cache whose watch is broken is
+    re-listed on the tick's own thread, so that a cluster that cannot be read still fails the read. Call
+    `close()` to stop the watches."""
 
     def __init__(
         self,
@@ -1185,9 +1191,15 @@ class KubernetesTelemetry:
         logs: bool = True,
         tail_lines: int = 10,
         retry: RetryPolicy | None = None,
+        watch: bool = False,
+        log_max_age_s: float = 60.0,
     ) -> None:
         self.api_client = api_client or build_api_client(kubeconfig)
         self.core = client.CoreV1Api(self.api_client)
+        self.watch = watch
+        self.log_max_age_s = log_max_age_s
+        self._logs: dict[str, tuple[str, float, list[str]]] = {}  # pod uid -> (resourceVersion, read at, tail)
+        self._informers: tuple[Any, Any] | None = None
         self.namespace = namespace
         self.epoch = epoch or dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
         self._clock = clock or (lambda: (dt.datetime.now(dt.UTC) - self.epoch).total_seconds())
@@ -1202,7 +1214,33 @@ class KubernetesTelemetry:
             t = t.replace(tzinfo=dt.UTC)
         return (t - self.epoch).total_seconds()
 
+    def _cached(self) -> tuple[list[Any], list[Any]]:
+        from tools.k8s_informer import Informer
+
+        if self._informers is None:
+            nodes = Informer("nodes", self.core.list_node, caller=self.caller)
+            pods = (Informer("pods", self.core.list_namespaced_pod, self.namespace, caller=self.caller)
+                    if self.namespace else Informer("pods", self.core.list_pod_for_all_namespaces, caller=self.caller))
+            nodes.start()
+            pods.start()
+            self._informers = (nodes, pods)
+        out = []
+        for inf in self._informers:
+            if not inf.synced:
+                inf._relist()
+            out.append(inf.items())
+        return out[0], out[1]
+
+    def close(self) -> None:
+        if self._informers is not None:
+            for inf in self._informers:
+                inf.stop()
+            self._informers = None
+
     def snapshot(self) -> ClusterSnapshot:
+        if self.watch:
+            nodes_raw, pods_raw = self._cached()
+            return self._build(nodes_raw, pods_raw)
         nodes_raw = self.caller.call("list nodes", self.core.list_node).items or []
         if self.namespace:
             pods_raw = (
@@ -1210,6 +1248,9 @@ class KubernetesTelemetry:
             )
         else:
             pods_raw = self.caller.call("list pods", self.core.list_pod_for_all_namespaces).items or []
+        return self._build(nodes_raw, pods_raw)
+
+    def _build(self, nodes_raw: list[Any], pods_raw: list[Any]) -> ClusterSnapshot:
         nodes = [self._node(n) for n in nodes_raw]
         ready = {n.name: n.ready for n in nodes}
         pods = [self._pod(p, ready) for p in pods_raw]
@@ -1230,6 +1271,30 @@ class KubernetesTelemetry:
             conditions=[c.type for c in ((n.status.conditions or []) if n.status else [])
                         if c.type != "Ready" and c.status == "True"],
         )
+
+    def _log_tail(self, meta: Any) -> list[str]:
+        key = str(meta.uid or f"{meta.namespace}/{meta.name}")
+        rv = str(meta.resource_version or "")
+        now = time.monotonic()
+        cached = self._logs.get(key)
+        if cached is not None and cached[0] == rv and now - cached[1] < self.log_max_age_s:
+            return list(cached[2])
+        try:
+            text = self.caller.call(
+                f"logs of {meta.name}",
+                self.core.read_namespaced_pod_log,
+                meta.name,
+                meta.namespace,
+                tail_lines=self.tail_lines,
+            )
+            tail = [line for line in str(text or "").splitlines() if line][-self.tail_lines :]
+        except ToolError:
+            return []  # logs are evidence, not a reason to lose the snapshot
+        if len(self._logs) > 100_000:  # pods come and go: forget the oldest half rather than grow forever
+            for k in list(self._logs)[: len(self._logs) // 2]:
+                del self._logs[k]
+        self._logs[key] = (rv, now, tail)
+        return list(tail)
 
     def _pod(self, p: Any, node_ready_by_name: dict[str, bool]) -> PodStatus:
         meta, spec, status = p.metadata, p.spec, p.status
@@ -1263,17 +1328,7 @@ class KubernetesTelemetry:
             phase = "Unknown"
         log_tail: list[str] = []
         if self.logs and node:
-            try:
-                text = self.caller.call(
-                    f"logs of {meta.name}",
-                    self.core.read_namespaced_pod_log,
-                    meta.name,
-                    meta.namespace,
-                    tail_lines=self.tail_lines,
-                )
-                log_tail = [line for line in str(text or "").splitlines() if line][-self.tail_lines :]
-            except ToolError:
-                log_tail = []  # logs are evidence, not a reason to lose the snapshot
+            log_tail = self._log_tail(meta)
         step = anns.get(ANN_STEP)
         return PodStatus(
             name=meta.name,

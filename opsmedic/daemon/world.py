@@ -437,7 +437,9 @@ class KubeWorld:
         # it as namespace/name).
         every = namespace == "*"
         action_namespace = namespace
-        cluster = KubernetesTelemetry(self.api_client, namespace=None if every else namespace)
+        # watch-based caches of nodes and pods: a tick reads memory, not two lists of the whole cluster
+        cluster = KubernetesTelemetry(self.api_client, namespace=None if every else namespace, watch=True)
+        self._cluster = cluster
         telemetry: TelemetrySource = cluster
         metrics: TelemetrySource | None = None
         if prometheus_url:
@@ -513,6 +515,7 @@ class KubeWorld:
 
     def close(self) -> None:
         self.notify.close()
+        self._cluster.close()
         if self.drift is not None:
             self.drift.close()  # closes the bounded reader under it too
         else:

@@ -325,7 +325,7 @@ def test_unknown_paths_and_watch(env: Env) -> None:
     assert resp.status == 404 and resp.read() == b"404 page not found\n"  # plain text, as the real mux
 
 
-def test_watch_is_a_minimal_stream(env: Env) -> None:
+def test_a_watch_without_a_resource_version_starts_with_every_object_added(env: Env) -> None:
     from kubernetes import watch
 
     events = list(watch.Watch().stream(env.core.list_node, timeout_seconds=1))
@@ -334,6 +334,72 @@ def test_watch_is_a_minimal_stream(env: Env) -> None:
         ("ADDED", "node-1"),
         ("ADDED", "node-2"),
     ]
+
+
+def _lease(name: str) -> Any:
+    return client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=client.V1LeaseSpec(holder_identity="a"))
+
+
+def test_a_watch_from_a_list_streams_what_changed_with_resource_versions(env: Env) -> None:
+    from kubernetes import watch
+
+    nodes = env.core.list_node()
+    env.coord.create_namespaced_lease("default", _lease("gone-soon"))
+    leases = env.coord.list_namespaced_lease("default")
+    env.core.patch_node("node-1", {"spec": {"unschedulable": True}})
+    env.coord.delete_namespaced_lease("gone-soon", "default")
+    env.coord.create_namespaced_lease("default", _lease("new"))
+    node_events = list(watch.Watch().stream(env.core.list_node, resource_version=nodes.metadata.resource_version,
+                                            timeout_seconds=1))
+    assert [(e["type"], e["object"].metadata.name) for e in node_events] == [("MODIFIED", "node-1")]
+    assert node_events[0]["object"].spec.unschedulable is True
+    assert int(node_events[0]["object"].metadata.resource_version) > int(nodes.metadata.resource_version)
+    lease_events = list(watch.Watch().stream(env.coord.list_namespaced_lease, "default", timeout_seconds=1,
+                                             resource_version=leases.metadata.resource_version))
+    assert [(e["type"], e["object"].metadata.name) for e in lease_events] == [("DELETED", "gone-soon"),
+                                                                             ("ADDED", "new")]
+    rvs = [int(e["object"].metadata.resource_version) for e in lease_events]
+    assert rvs == sorted(rvs) and len(set(rvs)) == 2
+
+
+def test_an_open_watch_streams_changes_as_they_happen_and_bookmarks(env: Env) -> None:
+    import threading
+
+    from kubernetes import watch
+
+    nodes = env.core.list_node()
+    w = watch.Watch()
+    got: list[tuple[str, str | None]] = []
+
+    def watcher() -> None:
+        for e in w.stream(env.core.list_node, resource_version=nodes.metadata.resource_version,
+                          allow_watch_bookmarks=True, timeout_seconds=2):
+            got.append((e["type"], e["object"].metadata.name if e["type"] != "BOOKMARK" else None))
+
+    t = threading.Thread(target=watcher)
+    t.start()
+    env.core.patch_node("node-2", {"spec": {"unschedulable": True}})
+    t.join(timeout=10)
+    assert ("MODIFIED", "node-2") in got
+    assert got[-1] == ("BOOKMARK", None)  # the watch ends with a bookmark: where to resume from
+
+
+def test_a_watch_from_a_forgotten_resource_version_is_gone(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes import watch
+
+    import sandbox.k8s_api as k8s_api
+
+    monkeypatch.setattr(k8s_api, "WATCH_HISTORY", 1)
+    start = env.coord.list_namespaced_lease("default").metadata.resource_version
+    for name in ("a", "b"):
+        env.coord.create_namespaced_lease("default", _lease(name))
+        env.coord.list_namespaced_lease("default")
+        env.coord.delete_namespaced_lease(name, "default")
+        env.coord.list_namespaced_lease("default")
+    with pytest.raises(client.ApiException) as exc:
+        list(watch.Watch().stream(env.coord.list_namespaced_lease, "default", resource_version=start,
+                                  timeout_seconds=1))
+    assert exc.value.status == 410
 
 
 def test_kubeconfig_loads_with_the_official_loader(env: Env, tmp_path: Path) -> None:

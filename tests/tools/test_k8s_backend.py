@@ -307,6 +307,50 @@ def test_connection_refused_is_transient_and_not_remembered(tmp_path: Path) -> N
 # ------------------------------------------------------------------------------ telemetry and lease
 
 
+def test_the_watched_snapshot_follows_the_cluster_from_one_list(env: Env) -> None:
+    from tools.k8s_informer import wait_until
+
+    telemetry = KubernetesTelemetry(env.backend.api_client, epoch=EPOCH, clock=lambda: env.sim.now, watch=True)
+    try:
+        first = telemetry.snapshot()
+        listed = telemetry.snapshot()
+        assert first.nodes == listed.nodes and len(first.pods) == len(env.sim.snapshot().pods)
+        node = first.node("node-1")
+        assert node is not None and not node.unschedulable
+        env.run("cordon_node", "node-1", key="inc-9:a")
+
+        def cordoned() -> bool:
+            n = telemetry.snapshot().node("node-1")
+            return n is not None and n.unschedulable and n.cordoned_by == "inc-9"
+
+        assert wait_until(cordoned, 10.0)  # a MODIFIED event, not a new list
+        assert telemetry._informers is not None
+        nodes, pods = telemetry._informers
+        assert nodes.relists == 1 and nodes.events >= 1
+    finally:
+        telemetry.close()
+
+
+def test_an_informer_relists_when_its_resource_version_is_gone(env: Env) -> None:
+    from kubernetes import client as k8s
+
+    from tools.k8s_informer import Informer, wait_until
+
+    core = k8s.CoreV1Api(env.backend.api_client)
+    inf = Informer("nodes", core.list_node, watch_timeout_s=1)
+    try:
+        inf.start()
+        assert sorted(n.metadata.name for n in inf.items()) == ["node-0", "node-1", "node-2"]
+        env.api._compacted_rv = env.api._rv + 10**6  # the API forgets every resourceVersion we know
+        env.run("cordon_node", "node-1", key="inc-9:a")
+        assert wait_until(lambda: inf.expired >= 1 and inf.relists >= 2, 10.0)  # 410 Gone: list again
+        env.api._compacted_rv = 0
+        got = {n.metadata.name: n for n in inf.items()}
+        assert got["node-1"].spec.unschedulable is True  # the relist brought the change in
+    finally:
+        inf.stop()
+
+
 def test_telemetry_snapshot_matches_the_simulator(env: Env) -> None:
     env.sim.nodes["node-2"].kubelet_up, env.sim.nodes["node-2"].down_since = False, env.sim.now
     env.sim.nodes["node-0"].disk_pressure = True  # the kubelet's DiskPressure condition reaches NodeStatus

@@ -1,0 +1,42 @@
+"""opsmedic.daemon.fleet_bench: the fleet figures drive the daemon's own tick and the one monitor, and the
+fault in the fleet becomes one incident (a small fleet here; `opsmedic bench --only fleet` runs 10,000 GPUs)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from opsmedic.daemon.fleet_bench import FLEET_SCENARIO, bench_fleet, bench_fleet_k8s, fleet_scenario
+from sandbox.scenario import parse_scenario
+
+
+def test_the_fleet_scenario_is_ten_thousand_gpus_with_one_xid() -> None:
+    sc = fleet_scenario()
+    assert sc.cluster.nodes * sc.cluster.gpus_per_node == 10_000
+    assert [f.type for f in sc.faults] == ["gpu_xid", "power_cap_under_load"]
+
+
+def _small() -> dict[str, Any]:
+    raw = copy.deepcopy(FLEET_SCENARIO)
+    raw["cluster"] = {"nodes": 12, "gpus_per_node": 8}
+    raw["workloads"][0]["replicas"] = 4
+    raw["workloads"][1]["replicas"] = 20
+    raw["placement"] = {"llama-ft-1": "node-7"}
+    raw["faults"] = [{"at": "2m", "type": "gpu_xid", "target": "node-7/gpu-3", "params": {"xid": 79}},
+                     {"at": "1m", "type": "power_cap_under_load", "target": "node-9"}]
+    raw["expect"] = {"incident": True, "resource": "node-7/gpu-3"}
+    return raw
+
+
+def test_the_bench_runs_the_daemon_tick_over_a_fleet_and_opens_the_one_incident() -> None:
+    fig = bench_fleet(ticks=15, scenario=parse_scenario(_small()))
+    assert fig["fleet_incidents_opened"] == 1.0  # the XID, not the power-cap decoy
+    for key in ("sim_speedup_10k_gpus", "monitor_tick_ms_10k_gpus", "daemon_tick_ms_10k_gpus_p50",
+                "daemon_tick_ms_10k_gpus_p95"):
+        assert fig[key] > 0
+    assert fig["daemon_rss_mib_10k_gpus"] > 0
+
+
+def test_the_kubernetes_read_is_measured_through_the_watch_caches() -> None:
+    fig = bench_fleet_k8s(reads=2, scenario=parse_scenario(_small()))
+    assert fig["k8s_read_ms_10k_gpus"] > 0 and fig["k8s_list_read_ms_10k_gpus"] > 0
