@@ -1127,7 +1127,9 @@ class SandboxKubeAPI:
                 "replicas": self._desired[w],
                 "selector": {"matchLabels": {LABEL_WORKLOAD: w}},
                 "template": {
-                    "metadata": self._template_meta(w, labels),
+                    # the registry version the pods being rolled out serve (`tools.k8s_models.MODEL_VERSION_KEY`)
+                    "metadata": self._template_meta(
+                        w, {**labels, "opsmedic.io/model-version": str(canary_version or model.serving)}),
                     "spec": {
                         "containers": [
                             {

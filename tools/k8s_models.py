@@ -183,3 +183,64 @@ class ClusterModelBackend:
             close = getattr(inner, "close", None)
             if callable(close):
                 close()
+
+
+MODEL_VERSION_KEY = "opsmedic.io/model-version"  # on a serving pod template: the registry version it serves
+ABORTED_TAG = "opsmedic.aborted"  # on a registry version: its canary rollout was aborted (kept, never served)
+
+
+class VersionTagger(Protocol):
+    def tag_version(self, target: str, version: int, key: str, value: str) -> None: ...
+
+
+def canary_version(w: ServingWorkload) -> int | None:
+    """The registry version the workload's canary serves: the `opsmedic.io/model-version` label or annotation
+    on the pod template a Rollout is rolling out (or, on an InferenceService, on the object itself, whose
+    latest revision is the canary). None when the workload does not say."""
+    template = (w.spec.get("template") or {}).get("metadata") or {}
+    meta = {**(w.obj.get("metadata") or {}).get("labels", {}), **w.annotations} if w.kind == "inferenceservice" \
+        else {**(template.get("labels") or {}), **(template.get("annotations") or {})}
+    raw = meta.get(MODEL_VERSION_KEY)
+    try:
+        return int(str(raw)) if raw is not None else None
+    except ValueError:
+        return None
+
+
+class AbortTagging:
+    """The Kubernetes backend, with one thing added: after it aborted a canary, the registry version that canary
+    served is tagged `opsmedic.aborted=true` (as the sandbox's registry bridge does in eval), so that nobody
+    promotes it by mistake. The version is read from the workload before the abort (its pod template names
+    it, `opsmedic.io/model-version`); a workload that does not name it is aborted all the same, and the log
+    says the tag could not be written. A failed tag never fails the abort."""
+
+    def __init__(self, inner: ActionBackend, serving: ServingApi, registry: VersionTagger) -> None:
+        self.inner = inner
+        self.serving = serving
+        self.registry = registry
+
+    def execute(self, action: Action, *, idempotency_key: str, dry_run: bool = False) -> ActionResult:
+        version: int | None = None
+        if action.name == "abort_rollout" and not dry_run:
+            try:
+                version = canary_version(self.serving.for_model(action.target))
+            except ToolError:
+                version = None  # the abort itself will say what is wrong with the workload
+        result = self.inner.execute(action, idempotency_key=idempotency_key, dry_run=dry_run)
+        if action.name == "abort_rollout" and result.ok and not dry_run:
+            if version is None:
+                log.warning("canary aborted, but its workload names no registry version to tag",
+                            extra={"model": action.target, "label": MODEL_VERSION_KEY})
+            else:
+                try:
+                    self.registry.tag_version(action.target, version, ABORTED_TAG, "true")
+                except ToolError as exc:
+                    log.warning("canary aborted, but tagging its registry version failed",
+                                extra={"model": action.target, "version": version, "error": str(exc)})
+        return result
+
+    def verify(self, action: Action) -> VerificationResult:
+        return self.inner.verify(action)
+
+    def __getattr__(self, name: str) -> Any:  # lookup(), close() and the rest of the wrapped backend
+        return getattr(self.inner, name)

@@ -448,6 +448,7 @@ class KubeWorld:
             metrics = PrometheusSource(prometheus_url, ca_bundle=ca_bundle)
             telemetry = CompositeTelemetry(cluster, metrics)
         models: ActionBackend | None = None
+        abort_tagging: Callable[[ActionBackend], ActionBackend] | None = None
         if mlflow_tracking_uri:
             from tools.k8s_client import KubeCaller
             from tools.k8s_models import ClusterModelBackend
@@ -463,8 +464,14 @@ class KubeWorld:
                                       namespace="default" if every else namespace, registry=registry)
             # serving follows the registry: the model's workload is rolled after the alias moves, and
             # verification waits for its rollout and (with Prometheus) for the SLO to hold again
-            models = ClusterModelBackend(registry, ServingApi(self.api_client, KubeCaller(), namespace),
-                                         metrics=metrics, retrain=retrain)
+            serving = ServingApi(self.api_client, KubeCaller(), namespace)
+            models = ClusterModelBackend(registry, serving, metrics=metrics, retrain=retrain)
+
+            def abort_tagging(inner: ActionBackend) -> ActionBackend:
+                from tools.k8s_models import AbortTagging
+
+                # an aborted canary's registry version is tagged, as the eval's registry bridge does
+                return AbortTagging(inner, serving, registry)
         elif retrain_template is not None:
             log.warning("OPSMEDIC_RETRAIN_JOB_TEMPLATE is set but no MLflow registry is configured "
                         "(--mlflow-tracking-uri): retrain_model has no backend", extra={
@@ -484,6 +491,8 @@ class KubeWorld:
                             extra={"drift_windows": str(drift_windows)})
         self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=action_namespace,
                                                         fallback=self.notify)
+        if abort_tagging is not None:
+            self.backend = abort_tagging(self.backend)
         self.tick_s = float(poll_interval_s)
         self.interval_s = float(poll_interval_s)
         # one prefix per namespace: every replica watching it shares (and may resume) the same threads
