@@ -1193,11 +1193,16 @@ class KubernetesTelemetry:
         retry: RetryPolicy | None = None,
         watch: bool = False,
         log_max_age_s: float = 60.0,
+        stale_after_s: float = 3.0,
     ) -> None:
         self.api_client = api_client or build_api_client(kubeconfig)
         self.core = client.CoreV1Api(self.api_client)
         self.watch = watch
         self.log_max_age_s = log_max_age_s
+        # a watch cache that has heard nothing from the API server for this long is confirmed live with one
+        # small read before it is used: a hung API server must show as a failed read (the daemon then skips
+        # its ticks and says not ready), never as a quiet cluster read from memory
+        self.stale_after_s = stale_after_s
         self._logs: dict[str, tuple[str, float, list[str]]] = {}  # pod uid -> (resourceVersion, read at, tail)
         self._informers: tuple[Any, Any] | None = None
         self.namespace = namespace
@@ -1229,6 +1234,10 @@ class KubernetesTelemetry:
             if not inf.synced:
                 inf._relist()
             out.append(inf.items())
+        if any(inf.silent_for() > self.stale_after_s for inf in self._informers):
+            self.caller.call("probe the API server", self.core.list_node, limit=1)
+            for inf in self._informers:
+                inf.heard()
         return out[0], out[1]
 
     def close(self) -> None:

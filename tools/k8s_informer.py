@@ -58,6 +58,9 @@ class Informer:
         self.relists = 0
         self.events = 0
         self.expired = 0  # 410 Gone answers
+        # when the API server last answered this cache (a list, any event, a bookmark): a cache that has
+        # heard nothing for a while is confirmed live by its reader (`KubernetesTelemetry`) before it is used
+        self.last_heard = time.monotonic()
 
     def start(self) -> None:
         """List (raises `ToolError` when the API cannot be read), then watch in the background."""
@@ -86,8 +89,17 @@ class Informer:
             self.resource_version = listing.metadata.resource_version
         self.relists += 1
         self.synced = True
+        self.heard()
+
+    def heard(self) -> None:
+        """The API server answered (this cache's watch, or a probe its reader made)."""
+        self.last_heard = time.monotonic()
+
+    def silent_for(self) -> float:
+        return time.monotonic() - self.last_heard
 
     def _apply(self, event: dict[str, Any]) -> None:
+        self.heard()
         kind = event["type"]
         if kind == "BOOKMARK":
             rv = ((event.get("raw_object") or {}).get("metadata") or {}).get("resourceVersion")
