@@ -414,6 +414,17 @@ class KubernetesBackend:
     def _dry(self, dry_run: bool) -> dict[str, Any]:
         return {"dry_run": "All"} if dry_run else {}
 
+    def _patch_custom(self, what: str, crd: tuple[str, str, str], name: str, body: dict[str, Any], dry_run: bool,
+                      *, sub: str = "") -> None:
+        """A JSON merge patch of a custom resource (Argo Rollout, KServe InferenceService), or of its `status`
+        or `scale` subresource."""
+        group, version, plural = crd
+        patch = {"": self.custom.patch_namespaced_custom_object,
+                 "status": self.custom.patch_namespaced_custom_object_status,
+                 "scale": self.custom.patch_namespaced_custom_object_scale}[sub]
+        self.caller.call(what, patch, group, version, self.namespace, plural, name, body,
+                         _content_type=MERGE_PATCH, **self._dry(dry_run))
+
     def _node(self, name: str) -> Any:
         try:
             return self.caller.call(f"get node {name}", self.core.read_node, name)
@@ -734,36 +745,13 @@ class KubernetesBackend:
             top = predictor.get("maxReplicas")
             if isinstance(top, int) and 0 < top < want:
                 patch["maxReplicas"] = want  # KServe rejects minReplicas above maxReplicas
-            group, version, plural = KSERVE_ISVC
-            self.caller.call(
-                f"scale {w.title}",
-                self.custom.patch_namespaced_custom_object,
-                group,
-                version,
-                self.namespace,
-                plural,
-                w.name,
-                {"spec": {"predictor": patch}},
-                _content_type=MERGE_PATCH,
-                **self._dry(dry_run),
-            )
+            self._patch_custom(f"scale {w.title}", KSERVE_ISVC, w.name, {"spec": {"predictor": patch}},
+                               dry_run)
             what = f"{w.title} scaled from {have} to {want} replica(s) (spec.predictor.minReplicas)"
         else:
             body = {"spec": {"replicas": want}}
             if w.kind == "rollout":
-                group, version, plural = ARGO_ROLLOUTS
-                self.caller.call(
-                    f"scale {w.title}",
-                    self.custom.patch_namespaced_custom_object_scale,
-                    group,
-                    version,
-                    self.namespace,
-                    plural,
-                    w.name,
-                    body,
-                    _content_type=MERGE_PATCH,
-                    **self._dry(dry_run),
-                )
+                self._patch_custom(f"scale {w.title}", ARGO_ROLLOUTS, w.name, body, dry_run, sub="scale")
             else:
                 _, patch_scale = self._scale_api(w.kind)
                 self.caller.call(
@@ -837,37 +825,14 @@ class KubernetesBackend:
                     f"{w.title} (model {model}) has no update in progress (current pod hash {current} is "
                     "stable): nothing to abort"
                 )
-            group, version, plural = ARGO_ROLLOUTS
             body = {"status": {"abort": True}}
             try:
-                self.caller.call(
-                    f"abort {w.title}",
-                    self.custom.patch_namespaced_custom_object_status,
-                    group,
-                    version,
-                    self.namespace,
-                    plural,
-                    w.name,
-                    body,
-                    _content_type=MERGE_PATCH,
-                    **self._dry(dry_run),
-                )
+                self._patch_custom(f"abort {w.title}", ARGO_ROLLOUTS, w.name, body, dry_run, sub="status")
             except KubePermanentError as exc:
                 if exc.status != 404:
                     raise
                 # as `kubectl argo rollouts abort`: a Rollout CRD without the status subresource
-                self.caller.call(
-                    f"abort {w.title}",
-                    self.custom.patch_namespaced_custom_object,
-                    group,
-                    version,
-                    self.namespace,
-                    plural,
-                    w.name,
-                    body,
-                    _content_type=MERGE_PATCH,
-                    **self._dry(dry_run),
-                )
+                self._patch_custom(f"abort {w.title}", ARGO_ROLLOUTS, w.name, body, dry_run)
             what = (
                 f"aborted the canary of model {model}: {w.title} status.abort=true (the Argo Rollouts "
                 "controller sends all traffic back to the stable ReplicaSet)"
@@ -881,19 +846,8 @@ class KubernetesBackend:
                 raise PermanentToolError(
                     f"{w.title} (model {model}) has no canaryTrafficPercent: no canary rollout to abort"
                 )
-            group, version, plural = KSERVE_ISVC
-            self.caller.call(
-                f"abort {w.title}",
-                self.custom.patch_namespaced_custom_object,
-                group,
-                version,
-                self.namespace,
-                plural,
-                w.name,
-                {"spec": {"predictor": {"canaryTrafficPercent": 0}}},
-                _content_type=MERGE_PATCH,
-                **self._dry(dry_run),
-            )
+            self._patch_custom(f"abort {w.title}", KSERVE_ISVC, w.name,
+                               {"spec": {"predictor": {"canaryTrafficPercent": 0}}}, dry_run)
             what = (
                 f"aborted the canary of model {model}: {w.title} spec.predictor.canaryTrafficPercent "
                 f"{pct} -> 0 (KServe pins all traffic to the last rolled-out revision)"
