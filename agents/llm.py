@@ -708,6 +708,16 @@ def resource_exists(resource: str, snap: ClusterSnapshot, incident: Incident | N
             or snap.model(resource) is not None or any(p.workload == resource for p in snap.pods))
 
 
+def _unknown_step(i: int, action: str, target: str, snap: ClusterSnapshot, incident: Incident) -> str | None:
+    """Why a model's step names something that is not there (an action off the whitelist, a target not in
+    the cluster), or None: the first checks every proposed step meets, whoever proposed the plan."""
+    if action not in ACTION_TOOLS:
+        return f"step {i} {action}@{target}: {action!r} is not a whitelisted action"
+    if not resource_exists(target, snap, incident):
+        return f"step {i} {action}@{target}: target {target!r} does not exist in the cluster"
+    return None
+
+
 def validate_diagnosis(proposal: DiagnosisProposal, deterministic: Diagnosis, snap: ClusterSnapshot,
                        incident: Incident, known_runbooks: set[str] | None = None) -> tuple[Diagnosis | None, str]:
     """(diagnosis to use, reason). None = rejected. The fault signatures decide the root cause and where it
@@ -800,11 +810,8 @@ def _plan_problems(proposal: PlanProposal, deterministic: ActionPlan, runbook: R
     chosen: dict[str, PlannedAction] = {}
     for i, st in enumerate(proposal.steps, start=1):
         key = f"{st.action}@{st.target}"
-        if st.action not in ACTION_TOOLS:
-            problems.append(f"step {i} {key}: {st.action!r} is not a whitelisted action")
-            continue
-        if not resource_exists(st.target, snap, incident):
-            problems.append(f"step {i} {key}: target {st.target!r} does not exist in the cluster")
+        if (problem := _unknown_step(i, st.action, st.target, snap, incident)) is not None:
+            problems.append(problem)
             continue
         if st.action not in prescribed:
             rb = runbook.id if runbook is not None else "no runbook"
@@ -880,11 +887,8 @@ def validate_investigation(proposal: InvestigationProposal, deterministic: Actio
     chosen: list[PlannedAction] = []
     for i, st in enumerate(proposal.steps[:MAX_PLAN_STEPS], start=1):
         key = f"{st.action}@{st.target}"
-        if st.action not in ACTION_TOOLS:
-            problems.append(f"step {i} {key}: {st.action!r} is not a whitelisted action")
-            continue
-        if not resource_exists(st.target, snap, incident):
-            problems.append(f"step {i} {key}: target {st.target!r} does not exist in the cluster")
+        if (problem := _unknown_step(i, st.action, st.target, snap, incident)) is not None:
+            problems.append(problem)
             continue
         if st.target not in radius:
             problems.append(f"step {i} {key}: {st.target} is outside this incident (it may touch "
