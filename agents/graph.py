@@ -446,9 +446,10 @@ def _serde() -> JsonPlusSerializer:
 
 
 def _checkpoint_connection(path: str) -> sqlite3.Connection:
-    """The checkpointer's SQLite connection: WAL with synchronous=NORMAL. SQLite's default (a rollback
-    journal, synchronous=FULL) fsyncs the journal and the database on every checkpoint -- with
-    `durability="sync"` several per incident step, most of the time from incident to first decision. Under
+    """The checkpointer's SQLite connection: WAL with synchronous=NORMAL. SQLite's default synchronous=FULL
+    fsyncs on every commit (the file is in WAL already when the stores share it; alone, a rollback journal
+    fsyncs twice) -- with `durability="sync"` a checkpoint per LangGraph step, which was most of the time
+    from incident to first decision and the daemon's slow tick, the one that opens an incident. Under
     WAL, NORMAL still makes every committed checkpoint survive a crash of the process (the commit is in the
     WAL file before the call returns); only a power cut may lose the last few, and then the graph re-runs
     those steps from the previous checkpoint, which is safe because every side effect of a node is
