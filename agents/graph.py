@@ -445,6 +445,23 @@ def _serde() -> JsonPlusSerializer:
     return JsonPlusSerializer(allowed_msgpack_modules=_ALLOWED)
 
 
+def _checkpoint_connection(path: str) -> sqlite3.Connection:
+    """The checkpointer's SQLite connection: WAL with synchronous=NORMAL. SQLite's default synchronous=FULL
+    fsyncs on every commit (the file is in WAL already when the stores share it; alone, a rollback journal
+    fsyncs twice) -- with `durability="sync"` a checkpoint per LangGraph step, which was most of the time
+    from incident to first decision and the daemon's slow tick, the one that opens an incident. Under
+    WAL, NORMAL still makes every committed checkpoint survive a crash of the process (the commit is in the
+    WAL file before the call returns); only a power cut may lose the last few, and then the graph re-runs
+    those steps from the previous checkpoint, which is safe because every side effect of a node is
+    idempotent (audit dedupe keys, action idempotency keys in the execution ledger, whose store keeps
+    synchronous=FULL)."""
+    conn = sqlite3.connect(path, check_same_thread=False)
+    if path != ":memory:":
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
 def checkpointer_for(url_or_path: str | Path) -> BaseCheckpointSaver[str]:
     """A checkpointer on the database opsmedic's stores use: `SqliteSaver` for a path or `sqlite:///` URL,
     `PostgresSaver` (tables created by `.setup()` on first use) for a `postgresql://` URL. Both use the
@@ -454,7 +471,7 @@ def checkpointer_for(url_or_path: str | Path) -> BaseCheckpointSaver[str]:
         path = sqlite_path(url_or_path, OpsmedicError)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return SqliteSaver(sqlite3.connect(path, check_same_thread=False), serde=_serde())
+        return SqliteSaver(_checkpoint_connection(path), serde=_serde())
     import psycopg
     from langgraph.checkpoint.postgres import PostgresSaver
     from psycopg.rows import dict_row

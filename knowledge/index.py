@@ -31,6 +31,7 @@ import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,9 @@ RRF_K = 60
 # How many chunks / runbooks each side fetches before fusion; the corpus is small, so fetch generously.
 DENSE_CANDIDATES = 64
 SPARSE_CANDIDATES = 32
+
+
+_CACHED_SEARCHES = 256  # distinct (query, filter) pairs kept; the diagnostician asks a few dozen
 
 
 class RunbookHit(BaseModel):
@@ -162,6 +166,11 @@ class RunbookIndex:
         self._n_docs = 0
         # Qdrant local mode is not thread-safe; agents may search from several threads.
         self._lock = threading.RLock()
+        # Results by (collection, query, filters): a diagnosis's query is per kind of incident (the same
+        # text for every XID 79, every stalled job), and the ranking of a collection never changes --
+        # its name fingerprints every runbook and the embedder -- so a recurring incident's retrieval
+        # (an embedding plus a filtered scan, ~10-25 ms) is a dictionary look-up. Bounded, oldest out.
+        self._hits: OrderedDict[tuple[Any, ...], tuple[RunbookHit, ...]] = OrderedDict()
 
     # ------------------------------------------------------------------------------------------ open
     @classmethod
@@ -398,8 +407,27 @@ class RunbookIndex:
 
         ``root_cause`` / ``resource_kind`` keep only runbooks that list that label / have that kind; with a
         ``root_cause``, the primary runbooks of that cause rank first. ``mode`` is ``hybrid`` (default),
-        ``dense`` or ``sparse`` (the last two for evaluation).
+        ``dense`` or ``sparse`` (the last two for evaluation). A repeated search of the same collection
+        is answered from memory (see ``_hits``).
         """
+        args = (query, top_k, root_cause, resource_kind, primary_only, mode)
+        with self._lock:
+            # no collection yet (opened, neither built nor searched): the search below finds it
+            cached = self._hits.get((self._collection, *args)) if self._collection is not None else None
+            if cached is not None:
+                self._hits.move_to_end((self._collection, *args))
+                return list(cached)
+        hits = self._search(query, top_k=top_k, root_cause=root_cause, resource_kind=resource_kind,
+                            primary_only=primary_only, mode=mode)
+        with self._lock:
+            if self._collection is not None:
+                self._hits[(self._collection, *args)] = tuple(hits)
+                while len(self._hits) > _CACHED_SEARCHES:
+                    self._hits.popitem(last=False)
+        return hits
+
+    def _search(self, query: str, *, top_k: int, root_cause: str | None, resource_kind: str | None,
+                primary_only: bool, mode: str) -> list[RunbookHit]:
         from qdrant_client import models
 
         if mode not in ("hybrid", "dense", "sparse"):

@@ -1313,7 +1313,7 @@ class Simulator:
                 name=p.name, workload=p.workload, kind=p.kind, node=p.node, gpus=list(p.gpus),
                 phase=phase, ready=pod_ready, reason=reason, restarts=p.restarts,
                 step=int(p.step) if p.kind == "training" else None, started_at_s=float(p.started_at),
-                log_tail=p.log[-10:],
+                log_tail=p.log[-10:], namespace=None,  # every field, in order (see `_built`)
             )))
         models = [
             ModelStatus(

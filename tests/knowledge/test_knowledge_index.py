@@ -184,3 +184,25 @@ def test_rebuild_after_an_edit_reuses_stored_vectors(small_folder: Path, tmp_pat
         report = index.ensure_indexed(load_runbooks(small_folder).runbooks)
     assert report.rebuilt and report.points > 10
     assert emb.texts == 1  # only the edited section; every other chunk came from the stale collection
+
+
+def test_a_repeated_search_is_answered_from_memory_until_the_runbooks_change(small_folder: Path) -> None:
+    index = RunbookIndex.open(":memory:")
+    index.ensure_indexed(load_runbooks(small_folder).runbooks)
+    query = "GPU temperature 93 C, HW thermal slowdown"
+    first = index.search(query, top_k=3)
+    index._client.close()  # a second search that reached Qdrant now would fail
+    assert index.search(query, top_k=3) == first
+    # a filter is part of what a result answers: another filter is another search
+    with pytest.raises(Exception):  # noqa: B017 - whatever the closed client raises
+        index.search(query, top_k=3, root_cause="thermal_throttle")
+
+    fresh = RunbookIndex.open(":memory:")
+    fresh.ensure_indexed(load_runbooks(small_folder).runbooks)
+    assert fresh.search(query, top_k=3) == first
+    path = small_folder / "gpu-thermal-throttle.md"
+    path.write_text(path.read_text().replace("title: ", "title: Retitled ", 1))
+    fresh.ensure_indexed(load_runbooks(small_folder).runbooks)  # a new collection: not the cached answer
+    hit = next(h for h in fresh.search(query, top_k=3) if h.runbook.id == "gpu-thermal-throttle")
+    assert hit.runbook.title.startswith("Retitled ")
+    fresh.close()
