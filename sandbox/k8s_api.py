@@ -861,15 +861,7 @@ class SandboxKubeAPI:
         obj: JSON = {
             "kind": "StatefulSet",
             "apiVersion": "apps/v1",
-            "metadata": {
-                "name": w,
-                "namespace": self.namespace,
-                "uid": _uid("statefulset", w),
-                "generation": gen,
-                "creationTimestamp": self._time(0.0),
-                "labels": {**labels, **extra.get("labels", {})},
-                **({"annotations": dict(extra["annotations"])} if extra.get("annotations") else {}),
-            },
+            "metadata": self._workload_meta(w, "statefulset", gen, labels, extra),
             "spec": {
                 "replicas": self._desired[w],
                 "serviceName": w,
@@ -1010,6 +1002,18 @@ class SandboxKubeAPI:
             labels[LABEL_MODEL] = spec_w.model_name
         return labels
 
+    def _workload_meta(self, w: str, kind: str, gen: int, labels: dict[str, str], extra: JSON) -> JSON:
+        """A workload object's metadata (a StatefulSet or a Rollout): its labels and any a client patched on."""
+        return {
+            "name": w,
+            "namespace": self.namespace,
+            "uid": _uid(kind, w),
+            "generation": gen,
+            "creationTimestamp": self._time(0.0),
+            "labels": {**labels, **extra.get("labels", {})},
+            **({"annotations": dict(extra["annotations"])} if extra.get("annotations") else {}),
+        }
+
     def _template_meta(self, w: str, labels: dict[str, str]) -> JSON:
         anns = self._template_anns.get(w)
         return {"labels": labels, **({"annotations": dict(anns)} if anns else {})}
@@ -1114,15 +1118,7 @@ class SandboxKubeAPI:
         obj: JSON = {
             "kind": "Rollout",
             "apiVersion": "argoproj.io/v1alpha1",
-            "metadata": {
-                "name": w,
-                "namespace": self.namespace,
-                "uid": _uid("rollout", w),
-                "generation": gen,
-                "creationTimestamp": self._time(0.0),
-                "labels": {**labels, **extra.get("labels", {})},
-                **({"annotations": dict(extra["annotations"])} if extra.get("annotations") else {}),
-            },
+            "metadata": self._workload_meta(w, "rollout", gen, labels, extra),
             "spec": {
                 "replicas": self._desired[w],
                 "selector": {"matchLabels": {LABEL_WORKLOAD: w}},
