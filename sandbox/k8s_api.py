@@ -972,6 +972,16 @@ class SandboxKubeAPI:
                 base_mem_mib=template.base_mem_mib if template else 0.0,
             )  # Pending: the simulator's scheduler binds it on its next tick
 
+    def _scale_write(self, method: str, ctype: str, scale: JSON, body: Any, name: str, plural: str,
+                     group: str) -> int:
+        """The replica count a PUT or PATCH of a `/scale` subresource asks for, after the optimistic-concurrency
+        check a kube-apiserver makes (a stale resourceVersion is a 409)."""
+        new = body if method == "PUT" else apply_patch(ctype, scale, body)
+        rv = (new.get("metadata") or {}).get("resourceVersion") if isinstance(new, dict) else None
+        if rv not in (None, "", scale["metadata"]["resourceVersion"]):
+            raise conflict(plural, name, group)
+        return self._scale_body(new, name)
+
     def _scale_body(self, body: Any, name: str) -> int:
         if not isinstance(body, dict):
             raise bad_request("the request body must be an autoscaling/v1 Scale")
@@ -1174,11 +1184,7 @@ class SandboxKubeAPI:
             if method == "GET":
                 return scale
             if method in ("PUT", "PATCH"):
-                new = body if method == "PUT" else apply_patch(ctype, scale, body)
-                rv = (new.get("metadata") or {}).get("resourceVersion") if isinstance(new, dict) else None
-                if rv not in (None, "", scale["metadata"]["resourceVersion"]):
-                    raise conflict("rollouts", name, "argoproj.io")
-                replicas = self._scale_body(new, name)
+                replicas = self._scale_write(method, ctype, scale, body, name, "rollouts", "argoproj.io")
                 if dry_run:
                     scale["spec"]["replicas"] = replicas
                     return scale
@@ -1927,11 +1933,7 @@ class SandboxKubeAPI:
             if method == "GET":
                 return scale
             if method in ("PUT", "PATCH"):
-                new = body if method == "PUT" else apply_patch(ctype, scale, body)
-                rv = (new.get("metadata") or {}).get("resourceVersion") if isinstance(new, dict) else None
-                if rv not in (None, "", scale["metadata"]["resourceVersion"]):
-                    raise conflict("statefulsets", name, "apps")
-                replicas = self._scale_body(new, name)
+                replicas = self._scale_write(method, ctype, scale, body, name, "statefulsets", "apps")
                 if not dry_run:
                     self._scale_sts(w, replicas)
                     return self._scale_obj(self.render_sts(w), "statefulsets")
