@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from agents.corroboration import claim_kind
-from opsmedic.domain import Action, ClusterSnapshot, Signal
+from core.domain import Action, ClusterSnapshot, Signal
 
 # alert signal kinds (tools.alertmanager.ALERT_KINDS) the script acts on, by what it does
 _GPU_ALERTS = frozenset({"gpu_xid", "gpu_lost", "ecc_dbe", "remap_failure", "gpu_temp_high", "nvlink_errors"})

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from opsmedic import xids
-from opsmedic.domain import (
+from core import xids
+from core.domain import (
     ACTION_NAMES,
     CLOCK_REASON_HW_THERMAL,
     ClusterSnapshot,
@@ -49,7 +49,7 @@ from opsmedic.domain import (
     Signal,
     Verdict,
 )
-from opsmedic.settings import MonitorSettings
+from core.settings import MonitorSettings
 
 if TYPE_CHECKING:  # pragma: no cover
     from agents.diagnostician import Finding
@@ -66,7 +66,7 @@ ClaimVerdict = Literal["corroborated", "contradicted", "uncorroborated"]
 
 
 # XIDs by what they leave behind in NVML after the event itself has passed, asked of NVIDIA's catalog
-# (`opsmedic.xids`, the one copy): off the bus (RESTART_BM), ECC family, NVLink family.
+# (`core.xids`, the one copy): off the bus (RESTART_BM), ECC family, NVLink family.
 def _off_bus(x: int | None) -> bool:
     return x is not None and xids.effect(x) == "restart_bm"
 

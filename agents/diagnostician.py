@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agents import corroboration
-from knowledge.runbooks import Runbook
-from opsmedic import xids as xid_catalog
-from opsmedic.domain import (
+from core import xids as xid_catalog
+from core.domain import (
     ClusterSnapshot,
     Diagnosis,
     Evidence,
@@ -28,9 +27,10 @@ from opsmedic.domain import (
     RootCause,
     Signal,
 )
+from knowledge.runbooks import Runbook
 
 # Order of precedence when one GPU shows several signatures: the most severe explains the rest. What an XID
-# means comes from NVIDIA's XID catalog (`opsmedic.xids`, the one copy); XID 154's recovery outranks all:
+# means comes from NVIDIA's XID catalog (`core.xids`, the one copy); XID 154's recovery outranks all:
 # a GPU whose driver asks for a node reboot is not fixed by anything below it.
 _GPU_PRECEDENCE: list[RootCause] = [
     "node_reboot_required", "gpu_fell_off_bus", "gpu_uncorrectable_ecc", "gpu_reset_required", "nvlink_errors",
@@ -44,7 +44,7 @@ _CONFIG_FAILURES = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageN
 class Finding:
     """The deterministic verdict before runbooks are attached."""
 
-    root_cause: str  # a contract label (opsmedic.domain.RootCause) or one the runbook library declares
+    root_cause: str  # a contract label (core.domain.RootCause) or one the runbook library declares
     resource: str
     confidence: float
     summary: str

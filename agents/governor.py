@@ -8,7 +8,7 @@ executed-action history) and hands them to `policies.engine.PolicyEngine`.
 
 from __future__ import annotations
 
-from opsmedic.domain import Action, ClusterSnapshot, PolicyDecision
+from core.domain import Action, ClusterSnapshot, PolicyDecision
 from policies.engine import DecisionContext, HistoryEntry, PolicyEngine
 
 POD_ACTIONS = frozenset({"restart_pod", "reschedule_pod"})

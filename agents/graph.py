@@ -37,12 +37,12 @@ from agents import corroboration, diagnostician, remediator
 from agents.governor import decision_context
 from agents.llm import llm_diagnose, llm_investigate, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
+from core import domain
+from core.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
+from core.errors import ApprovalError, OpsmedicError, PolicyViolation
+from infra.db import is_postgres_url, lock_key, postgres_url, redact_url, sqlite_path
+from infra.tracing import METRICS, incident_root, span
 from knowledge.runbooks import Runbook
-from opsmedic import domain
-from opsmedic.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
-from opsmedic.errors import ApprovalError, OpsmedicError, PolicyViolation
-from opsmedic.telemetry_otel import METRICS, incident_root, span
-from policies._db import is_postgres_url, lock_key, postgres_url, redact_url, sqlite_path
 from policies.engine import HistoryEntry
 
 # How long an action's effect takes to show, and how long we wait for it at most (simulated seconds).
@@ -434,7 +434,7 @@ def build_graph() -> StateGraph[IncidentState, Deps, IncidentState, IncidentStat
 
 # Types the checkpointer may rebuild from msgpack: ours, and nothing else.
 _ALLOWED = [
-    ("opsmedic.domain", n) for n in (
+    ("core.domain", n) for n in (
         "Action", "ActionPlan", "ActionResult", "ApprovalRequest", "ApprovalStatus", "Diagnosis", "Evidence",
         "Incident", "PlannedAction", "PolicyDecision", "ResourceKind", "Risk", "Signal", "Verdict",
         "VerificationResult")

@@ -1,6 +1,6 @@
 """Optional LLM reasoning behind the diagnostician and the remediator — validated, bounded, never acting.
 
-Layer: agents. Imports `opsmedic.domain` / `opsmedic.settings`, `knowledge.runbooks`, `tools.registry`,
+Layer: agents. Imports `core.domain` / `core.settings`, `knowledge.runbooks`, `core.actions`,
 `agents.prompts` and `agents.remediator`; `langchain_openai` and `openai` are imported lazily, only when a
 model is configured and called. Off by default: `build_llm(settings)` is None unless both
 `OPSMEDIC_LLM_BASE_URL` and `OPSMEDIC_LLM_MODEL` are set, and every caller then keeps the deterministic path.
@@ -48,8 +48,8 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agents import prompts
-from knowledge.runbooks import Runbook
-from opsmedic.domain import (
+from core.actions import ACTION_TOOLS, validate_action
+from core.domain import (
     ROOT_CAUSES,
     Action,
     ActionPlan,
@@ -60,12 +60,12 @@ from opsmedic.domain import (
     PlannedAction,
     known_root_causes,
 )
-from opsmedic.errors import ToolError
-from tools.registry import ACTION_TOOLS, validate_action
+from core.errors import ToolError
+from knowledge.runbooks import Runbook
 
 if TYPE_CHECKING:
     from agents.diagnostician import Finding
-    from opsmedic.settings import Settings
+    from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _env_float(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        from opsmedic.errors import ConfigError
+        from core.errors import ConfigError
 
         raise ConfigError(f"expected a number, got {raw!r}", name) from None
 

@@ -33,8 +33,8 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from opsmedic import xids as xid_catalog
-from opsmedic.domain import (
+from core import xids as xid_catalog
+from core.domain import (
     CLOCK_REASON_HW_THERMAL,
     ClusterSnapshot,
     GpuSample,
@@ -44,7 +44,7 @@ from opsmedic.domain import (
     ResourceKind,
     Signal,
 )
-from opsmedic.settings import MonitorSettings
+from core.settings import MonitorSettings
 
 # Model operations (SCENARIOS.md). Canary analysis in the manner of Argo Rollouts' AnalysisTemplates and
 # Flagger: the canary track is compared with the stable track and with the SLO over a window that must

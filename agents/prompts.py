@@ -1,6 +1,6 @@
 """Prompt templates for the LLM behind the diagnostician, the remediator and the chat.
 
-Layer: agents (imports only `opsmedic.domain` and `knowledge.runbooks` types). Pure string building, no I/O.
+Layer: agents (imports only `core.domain` and `knowledge.runbooks` types). Pure string building, no I/O.
 
 The one rule every template follows: **untrusted text enters a prompt only as a delimited, escaped data
 block**. Telemetry, pod logs, alert text, runbook bodies, tool results and audit facts are wrapped as
@@ -21,14 +21,14 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from knowledge.runbooks import Runbook
-from opsmedic.domain import (
+from core.domain import (
     ROOT_CAUSES,
     ActionPlan,
     ClusterSnapshot,
     Diagnosis,
     Incident,
 )
+from knowledge.runbooks import Runbook
 
 # Bounds on how much of each kind of data enters a prompt: the token budget is per incident.
 MAX_BLOCK_CHARS = 6000

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from core.actions import validate_action
+from core.domain import Action, ActionPlan, ClusterSnapshot, Diagnosis, Incident, PlannedAction
 from knowledge.runbooks import Runbook, RunbookStep
-from opsmedic.domain import Action, ActionPlan, ClusterSnapshot, Diagnosis, Incident, PlannedAction
-from tools.registry import validate_action
 
 # Reschedule pods off a NotReady node by force: their kubelet is gone, so a graceful eviction never ends.
 _FORCE_ON_NOT_READY = {"force": True}

@@ -14,8 +14,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from knowledge.runbooks import Runbook
-from opsmedic.domain import (
+from core.domain import (
     ActionPlan,
     ActionResult,
     ApprovalRequest,
@@ -24,6 +23,7 @@ from opsmedic.domain import (
     PolicyDecision,
     VerificationResult,
 )
+from knowledge.runbooks import Runbook
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 from policies.engine import HistoryEntry, PolicyEngine

@@ -1,7 +1,7 @@
 """Runbook knowledge: loading and linting runbooks, local embeddings, the Qdrant index, hybrid retrieval.
 
-Layer: engines (next to ``policies`` and ``tools``). This package imports only ``opsmedic.domain``,
-``opsmedic.errors`` (and, through its callers, settings values passed in as plain arguments); the agents
+Layer: engines (next to ``policies`` and ``tools``). This package imports only ``core.domain``,
+``core.errors`` (and, through its callers, settings values passed in as plain arguments); the agents
 and the CLI import it, never the other way round.
 
 Heavy third-party modules (qdrant_client, onnxruntime, tokenizers) are imported lazily inside functions so

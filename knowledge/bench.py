@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.errors import RunbookError
+from core.errors import RunbookError
 
 if TYPE_CHECKING:
     from knowledge.index import RunbookIndex
@@ -33,7 +33,7 @@ def load_eval_set(path: str | Path | None = None) -> dict[str, list[tuple[str, s
     """{"queries": [(query, expected_id)], "heldout": [...], "paraphrase": [...]} from the YAML file."""
     import yaml
 
-    from opsmedic.safe_yaml import safe_load
+    from core.safe_yaml import safe_load
 
     p = Path(path) if path is not None else DEFAULT_EVAL
     if not p.is_file():

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from opsmedic.errors import InputError, OpsmedicError
+from core.errors import InputError, OpsmedicError
 
 if TYPE_CHECKING:
     from knowledge.embeddings import Embedder
@@ -121,8 +121,8 @@ def search_command(
 
     Exit 0 with results, 1 when nothing matched, 2 on bad input (empty query, top_k < 1, unknown label).
     """
+    from core.domain import ResourceKind, known_root_causes
     from knowledge.runbooks import load_runbooks
-    from opsmedic.domain import ResourceKind, known_root_causes
 
     out = out or sys.stdout
     err = err or sys.stderr

@@ -1,6 +1,6 @@
 """Sentence embeddings for runbook retrieval: a local ONNX model by default, or an OpenAI-compatible endpoint.
 
-Layer: engines (``knowledge``). Imports ``opsmedic.errors`` only; numpy, onnxruntime, tokenizers and httpx
+Layer: engines (``knowledge``). Imports ``core.errors`` only; numpy, onnxruntime, tokenizers and httpx
 are imported inside the functions that need them so that importing this module costs nothing.
 
 The default model is sentence-transformers' all-MiniLM-L6-v2 (384 dimensions, mean pooling, trained for
@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from opsmedic.errors import ConfigError, PermanentToolError, TransientToolError
+from core.errors import ConfigError, PermanentToolError, TransientToolError
 
 if TYPE_CHECKING:
     import numpy as np

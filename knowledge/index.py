@@ -1,6 +1,6 @@
 """The runbook index: Qdrant storage and hybrid (dense + BM25) retrieval with metadata filters.
 
-Layer: engines (``knowledge``). Imports ``opsmedic.errors`` and the sibling modules; ``qdrant_client`` is
+Layer: engines (``knowledge``). Imports ``core.errors`` and the sibling modules; ``qdrant_client`` is
 imported when an index is opened, never at module import.
 
 Storage: Qdrant through ``qdrant-client`` — local mode in a folder by default (the single-machine
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from core.errors import ConfigError, RunbookError
 from knowledge.embeddings import Embedder, default_embedder
 from knowledge.runbooks import Runbook
 from knowledge.text import (
@@ -49,7 +50,6 @@ from knowledge.text import (
     term_id,
     tokenize,
 )
-from opsmedic.errors import ConfigError, RunbookError
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient

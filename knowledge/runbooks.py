@@ -1,6 +1,6 @@
 """Runbook schema, loader and linter.
 
-Layer: engines (``knowledge``). Imports only ``opsmedic.domain``, ``opsmedic.errors`` and ``opsmedic.xids``.
+Layer: engines (``knowledge``). Imports only ``core.domain``, ``core.errors`` and ``core.xids``.
 
 A runbook is a Markdown file whose YAML front-matter (between two ``---`` lines at the top) carries the
 machine-readable part — above all the ordered ``actions`` from which the remediator builds its plan — and
@@ -17,7 +17,7 @@ metric conditions over the GPU's latest sample — so that a failure mode can be
 alone: the diagnostician matches the library's signatures where its own rules find nothing known (see
 ``agents.diagnostician.match_signatures``). Signal kinds, buckets and metric fields are validated at load.
 
-Root causes are the runbooks' own labels: the contract's (``opsmedic.domain.RootCause``, each needing a
+Root causes are the runbooks' own labels: the contract's (``core.domain.RootCause``, each needing a
 primary runbook) and any the library adds, validated at load (spelled like the contract's, not a near-miss of
 one) and registered so that a diagnosis may carry them. ``lint`` reports signatures that tie (identical, or
 one implying the other at equal specificity), own labels that no signature diagnoses, and runbooks that can
@@ -47,7 +47,7 @@ from pydantic import (
     model_validator,
 )
 
-from opsmedic.domain import (
+from core.domain import (
     ROOT_CAUSE_LABEL_RE,
     ROOT_CAUSES,
     ActionName,
@@ -56,9 +56,9 @@ from opsmedic.domain import (
     Risk,
     register_root_causes,
 )
-from opsmedic.errors import RunbookError
-from opsmedic.safe_yaml import compose_and_load
-from opsmedic.xids import Bucket
+from core.errors import RunbookError
+from core.safe_yaml import compose_and_load
+from core.xids import Bucket
 
 Target = Literal["node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"]
 Severity = Literal["info", "warning", "critical"]
@@ -409,7 +409,7 @@ def _parse(text: str, source: str) -> Runbook:
     if not body.strip():
         raise _Problem(closing_line, "the Markdown body after the front-matter is empty")
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    # a valid runbook's labels become known, so a diagnosis may carry them (opsmedic.domain.RootCauseLabel)
+    # a valid runbook's labels become known, so a diagnosis may carry them (core.domain.RootCauseLabel)
     register_root_causes(fm.root_causes)
     return Runbook(**fm.model_dump(), body=body.strip() + "\n", path=source, content_hash=digest)
 
@@ -497,7 +497,7 @@ def signature_problems(runbooks: Iterable[Runbook], folder: str = "runbooks") ->
     """Two runbooks whose signatures tie whenever the narrower one matches: the same signature, or one whose
     conditions imply the other's at equal specificity. The diagnostician reports such a tie and decides
     nothing, so the library should not hold one (which applies would otherwise depend on file order)."""
-    from opsmedic import xids as xid_catalog
+    from core import xids as xid_catalog
 
     bucket_of: dict[int, str] = {
         c: e.immediate_action for c in xid_catalog.codes() if (e := xid_catalog.entry(c)) is not None}

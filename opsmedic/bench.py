@@ -51,9 +51,9 @@ def bench_diagnosis(repeats: int = 20) -> dict[str, Any]:
     replaying PCIe link, a node's DiskPressure). `diagnosis_signature_ms_p95` is the share where the rules find
     nothing known and every signature in the library is tested."""
     from agents import diagnostician
+    from core import xids
+    from core.domain import ClusterSnapshot, GpuSample, Incident, NodeStatus, PodStatus, ResourceKind, Signal
     from knowledge.runbooks import load_runbooks
-    from opsmedic import xids
-    from opsmedic.domain import ClusterSnapshot, GpuSample, Incident, NodeStatus, PodStatus, ResourceKind, Signal
 
     runbooks = load_runbooks().runbooks
     gpu = "node-0/gpu-1"
@@ -124,7 +124,7 @@ GROUPS: dict[str, tuple[str, str] | None] = {
 
 def run_bench(only: str | None = None) -> dict[str, Any]:
     if only is not None and only not in GROUPS:
-        from opsmedic.errors import InputError
+        from core.errors import InputError
 
         raise InputError(f"unknown bench group {only!r}; expected one of {', '.join(GROUPS)}", "bench --only")
     out: dict[str, Any] = {}

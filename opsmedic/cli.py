@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from core.errors import InputError, OpsmedicError
 from opsmedic import __version__
-from opsmedic.errors import InputError, OpsmedicError
 
 # Telemetry of the libraries we use must never phone home.
 _QUIET = {
@@ -85,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _db_path_if_configured() -> Path | None:
-    from opsmedic.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings()
     # a postgresql:// URL: the run's stores go to Postgres (the driver reads the settings), scratch to a tmp dir
@@ -95,7 +95,7 @@ def _db_path_if_configured() -> Path | None:
 
 
 def _db_path(arg: str | None) -> Path:
-    from opsmedic.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings(database_url=arg) if arg else load_settings()
     return settings.sqlite_path()
@@ -104,7 +104,7 @@ def _db_path(arg: str | None) -> Path:
 def _db(arg: str | None) -> str | Path:
     """The database `--db` (or the settings) names, as the stores take it: the SQLite file's Path, or a
     `postgresql://` URL."""
-    from opsmedic.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings(database_url=arg) if arg else load_settings()
     return settings.database().location
@@ -231,7 +231,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from opsmedic.domain import Action
+    from core.domain import Action
     from policies.engine import DecisionContext, PolicyEngine
     from policies.model import load_policy
 
@@ -307,8 +307,8 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 def _index_location() -> str:
+    from core.settings import load_settings
     from knowledge.cli import default_index_location
-    from opsmedic.settings import load_settings
 
     settings = load_settings()
     return settings.qdrant_url or default_index_location(settings.data_dir)
@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        from opsmedic.telemetry_otel import setup_tracing_from_env
+        from infra.tracing import setup_tracing_from_env
 
         setup_tracing_from_env()  # OPSMEDIC_OTEL_EXPORTER=console|otlp: traces for this command (none otherwise)
         return int(args.func(args))

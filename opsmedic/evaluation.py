@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from opsmedic.domain import ActionResult, ApprovalStatus, ClusterSnapshot, Incident, Signal, Verdict
+from core.domain import ActionResult, ApprovalStatus, ClusterSnapshot, Incident, Signal, Verdict
 from sandbox.scenario import ExpectSpec, Scenario
 
 AgentName = Literal["opsmedic", "baseline"]
@@ -127,7 +127,7 @@ def _telemetry(sim: Any) -> Any:
     """What the monitor reads in a scenario run: the simulator directly or through its Prometheus exporter
     (setting `telemetry`), with the models' drift measured by Evidently over their feature windows rather
     than read off the simulator. The drift report is waited for: simulated time must not run ahead of it."""
-    from opsmedic.settings import load_settings
+    from core.settings import load_settings
 
     base = ExpositionTelemetry(sim) if load_settings().telemetry == "prometheus" else SimTelemetry(sim)
     if not sim.models:
@@ -186,7 +186,7 @@ def cluster_backend(sim: Any, workdir: Path) -> tuple[Any, Callable[[], None]]:
     official Kubernetes client talking HTTP to the sandbox's Kubernetes-compatible API, so the code that
     heals the sandbox is the code that heals a cluster; model and notification actions, which Kubernetes
     does not know, fall through to the sandbox backend."""
-    from opsmedic.settings import load_settings
+    from core.settings import load_settings
     from tools.sandbox_backend import SandboxBackend
 
     sandbox = SandboxBackend(sim)
@@ -205,8 +205,8 @@ def cluster_backend(sim: Any, workdir: Path) -> tuple[Any, Callable[[], None]]:
 
 def _drive_opsmedic(run: _Run, db_path: Path, narrate: Narrate | None, approver: Approver,
                     approval_timeout_s: float) -> None:
+    from agents.driver import IncidentDriver
     from agents.state import TimelineEntry
-    from opsmedic.driver import IncidentDriver
 
     sim = run.sim
 
@@ -312,7 +312,7 @@ MODEL_FAULTS = {"model_bad_deploy", "data_drift"}
 def _registry_bridge(run: _Run, db_path: Path) -> Any:
     """MLflow as the scenario's model registry, per the `model_registry` setting (mlflow, the default: for
     every scenario with models; auto: only when a fault touches a model; sandbox: never)."""
-    from opsmedic.settings import load_settings
+    from core.settings import load_settings
 
     mode = load_settings().model_registry
     sc = run.scenario
@@ -410,7 +410,7 @@ def _drive_baseline(run: _Run, narrate: Narrate | None) -> None:
 
 
 def _approval_actions() -> set[str]:
-    from opsmedic.domain import Action
+    from core.domain import Action
     from policies.engine import DecisionContext, PolicyEngine
 
     engine = PolicyEngine()

@@ -60,7 +60,7 @@ def watch(source: Any, *, interval_s: float, count: int, emit: Callable[[dict[st
     """Sample `source` every `interval_s` until `count` samples (0: until `stop`), feed the monitor and
     `emit` each incident it opens. Returns counts: samples, incidents, skipped (failed samples)."""
     from agents.monitor import Monitor
-    from opsmedic.settings import load_settings
+    from core.settings import load_settings
 
     monitor = Monitor(load_settings().monitor, id_prefix=f"gpu-{source.node}")
     stop = stop or threading.Event()
@@ -89,7 +89,7 @@ def watch(source: Any, *, interval_s: float, count: int, emit: Callable[[dict[st
 def cmd_gpu(args: argparse.Namespace, out: TextIO | None = None) -> int:
     import socket
 
-    from opsmedic.errors import InputError
+    from core.errors import InputError
 
     out = out or sys.stdout
     if args.interval < 0 or args.count < 0:

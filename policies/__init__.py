@@ -1,8 +1,8 @@
 """opsmedic's governor: the policy engine, approval requests and the hash-chained audit log.
 
 Where this sits: the engines layer. `agents` (the governor and remediator nodes) and the interfaces
-(`opsmedic.cli`, the daemon, chat) import it; it imports only `opsmedic.domain`, `opsmedic.errors`,
-`opsmedic.settings` and `tools.registry` (plus pydantic, PyYAML and the standard library), never agents,
+(`opsmedic.cli`, the daemon, chat) import it; it imports only `core.domain`, `core.errors`,
+`core.settings` and `core.actions` (plus pydantic, PyYAML and the standard library), never agents,
 knowledge or sandbox. Nothing in here calls an LLM: every decision is deterministic code.
 
 - `policies.model`     policy YAML schema, `load_policy` (the bundled `default.yaml` when no path is given)

@@ -4,7 +4,7 @@ Where this sits: the engines layer (`policies`). The governor files a request wh
 needs_approval; Slack buttons, `opsmedic approve`, the HTTP API or the scenario approver answer it; the
 remediator consumes it right before executing the action. Storage is SQLite by default or Postgres for a
 `postgresql://` URL (table `opsmedic_approvals`, shareable with the audit log and LangGraph's
-checkpointer; see `policies._db`), and every state change happens inside a serialised write transaction
+checkpointer; see `infra.db`), and every state change happens inside a serialised write transaction
 (SQLite's `BEGIN IMMEDIATE`, a per-table advisory lock on Postgres), so two processes answering or
 consuming the same request at once cannot both succeed.
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from opsmedic.domain import Action, ApprovalRequest, ApprovalStatus, Risk, canonical_json
-from opsmedic.errors import ApprovalError
-from policies._db import Conn, Db, Store
+from core.domain import Action, ApprovalRequest, ApprovalStatus, Risk, canonical_json
+from core.errors import ApprovalError
+from infra.db import Conn, Db, Store
 from policies.audit import AuditLog
 
 _SCHEMA = """

@@ -4,7 +4,7 @@ Where this sits: the engines layer (`policies`). The graph appends every observa
 action, every decision, approval, execution and verification; `opsmedic audit verify` and
 `opsmedic audit show --incident ID` read it back. Storage is SQLite by default or Postgres for a
 `postgresql://` URL (tables prefixed `opsmedic_`, so the database can be shared with the approval store and
-LangGraph's checkpointer; see `policies._db`). Appends are serialised across processes: SQLite's
+LangGraph's checkpointer; see `infra.db`). Appends are serialised across processes: SQLite's
 `BEGIN IMMEDIATE`, or on Postgres an advisory lock on the log held until the append commits.
 
 Chain format 2 (every entry written now) hashes bytes, not a re-parse of them. The payload is stored as
@@ -46,9 +46,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from opsmedic.domain import AuditEntry, canonical_json
-from opsmedic.errors import AuditError
-from policies._db import Db, Store
+from core.domain import AuditEntry, canonical_json
+from core.errors import AuditError
+from infra.db import Db, Store
 
 GENESIS_HASH = "0" * 64
 

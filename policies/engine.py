@@ -26,10 +26,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsmedic.domain import Action, ActionName, ApprovalRequest, PolicyDecision, ResourceKind, Risk, Verdict
-from opsmedic.errors import ToolError
+from core.actions import ACTION_TOOLS, validate_action
+from core.domain import Action, ActionName, ApprovalRequest, PolicyDecision, ResourceKind, Risk, Verdict
+from core.errors import ToolError
 from policies.model import Condition, Policy, format_duration, load_policy
-from tools.registry import ACTION_TOOLS, validate_action
 
 Outcome = Literal["pass", "deny", "needs_approval", "skip"]
 

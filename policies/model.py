@@ -1,7 +1,7 @@
 """The policy schema: what a policy YAML file may say, validated by pydantic, and how it is loaded.
 
-Where this sits: the engines layer (`policies`), above `opsmedic.domain` / `opsmedic.errors` and
-`tools.registry`, below `agents` and the CLI. It performs file I/O only in `load_policy`; everything else is
+Where this sits: the engines layer (`policies`), above `core.domain` / `core.errors` and
+`core.actions`, below `agents` and the CLI. It performs file I/O only in `load_policy`; everything else is
 pure. Every model forbids unknown keys, because a typo in a safety policy (`aproval: true`) silently
 ignored would be worse than a refusal to start.
 
@@ -32,10 +32,10 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from opsmedic.domain import ACTION_NAMES, ActionName, Risk
-from opsmedic.errors import PolicyError
-from opsmedic.safe_yaml import compose_and_load
-from tools.registry import ACTION_TOOLS
+from core.actions import ACTION_TOOLS
+from core.domain import ACTION_NAMES, ActionName, Risk
+from core.errors import PolicyError
+from core.safe_yaml import compose_and_load
 
 DEFAULT_POLICY_LABEL = "policies/default.yaml"
 GROUP_PREFIX = "group:"

@@ -1,6 +1,6 @@
 """The simulated GPU cluster: nodes, GPUs, pods, models, faults and the effects of actions.
 
-Layer: sandbox (imports `opsmedic.domain`, `opsmedic.errors` and its own modules only). The simulator
+Layer: sandbox (imports `core.domain`, `core.errors` and its own modules only). The simulator
 advances a simulated clock in ticks; every random draw comes from one `random.Random(seed)`, so the same
 scenario and seed give the same run. GPU readings are sampled from a real H100 NVML trace
 (`nvml_profile`), and actions change the world the way a real cluster would: a cordoned node takes no new
@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from opsmedic import xids
-from opsmedic.domain import (
+from core import xids
+from core.domain import (
     CLOCK_REASON_HW_THERMAL,
     CLOCK_REASON_SW_POWER_CAP,
     Action,
@@ -30,7 +30,7 @@ from opsmedic.domain import (
     PodStatus,
     VerificationResult,
 )
-from opsmedic.errors import PermanentToolError
+from core.errors import PermanentToolError
 from sandbox.nvml_profile import TraceRow, profiles
 from sandbox.scenario import (
     BadDeployParams,

@@ -1,6 +1,6 @@
 """Prometheus exposition of a (simulated) cluster: DCGM exporter, kube-state-metrics and service metrics.
 
-Layer: sandbox. Imports `opsmedic.domain` and `prometheus_client` only. A `SnapshotCollector` wraps a
+Layer: sandbox. Imports `core.domain` and `prometheus_client` only. A `SnapshotCollector` wraps a
 callable that returns the latest `ClusterSnapshot` and renders it, at every scrape, under the metric names
 and labels that a real GPU cluster exposes, so that a real Prometheus server (and `tools.prometheus_source`)
 reads the sandbox exactly as it would read production:
@@ -32,7 +32,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from opsmedic.domain import ClusterSnapshot, GpuSample
+from core.domain import ClusterSnapshot, GpuSample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MODEL_NAME = "NVIDIA H100 80GB HBM3"

@@ -1,6 +1,6 @@
 """A Kubernetes-compatible REST API over the simulated cluster, for the official `kubernetes` client.
 
-Layer: sandbox (imports `opsmedic.domain`, `opsmedic.errors`, its own modules, and FastAPI/uvicorn to
+Layer: sandbox (imports `core.domain`, `core.errors`, its own modules, and FastAPI/uvicorn to
 serve). The code that heals a real cluster (`tools.k8s_backend`) is pointed at this API in the demo,
 the eval and the tests, so it must answer what kube-apiserver answers: JSON objects with the fields the
 client's strict models require, `Status` errors with the right code and reason, resourceVersions, dry
@@ -93,8 +93,8 @@ import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from opsmedic.domain import Action
-from opsmedic.errors import ToolError
+from core.domain import Action
+from core.errors import ToolError
 from sandbox.cluster import SimPod, Simulator
 from sandbox.k8s_patch import (
     JSON,

@@ -1,6 +1,6 @@
 """The scenario contract (SCENARIOS.md) as pydantic models, and the loader that enforces it.
 
-Layer: sandbox (imports only `opsmedic.domain` and `opsmedic.errors`). A scenario that breaks the
+Layer: sandbox (imports only `core.domain` and `core.errors`). A scenario that breaks the
 contract is rejected with a `ScenarioError` naming the file, the key and what was expected; nothing is
 silently ignored (unknown keys, fault types, labels or targets are all errors).
 """
@@ -14,9 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from opsmedic.domain import ACTION_NAMES, RootCause
-from opsmedic.errors import ScenarioError
-from opsmedic.safe_yaml import safe_load
+from core.domain import ACTION_NAMES, RootCause
+from core.errors import ScenarioError
+from core.safe_yaml import safe_load
 
 _NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d))+$")

@@ -7,7 +7,7 @@ export DO_NOT_TRACK=true MLFLOW_ENABLE_TELEMETRY=false HF_HUB_OFFLINE=1
 V=.venv/bin
 status=0
 echo "== ruff"; $V/ruff check . || status=1
-echo "== mypy"; $V/mypy -p agents -p tools -p policies -p knowledge -p sandbox -p opsmedic || status=1
+echo "== mypy"; $V/mypy -p core -p infra -p agents -p tools -p policies -p knowledge -p sandbox -p opsmedic || status=1
 echo "== import-linter"; $V/lint-imports --no-cache || status=1
 echo "== pytest"
 $V/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,5 +1,5 @@
 """Every tool the agents may call: read tools (telemetry) and action tools, declared in one registry.
 
-Layer: engines and adapters. Imports only `opsmedic.domain`, `opsmedic.errors` and (for the sandbox
+Layer: engines and adapters. Imports only `core.domain`, `core.errors` and (for the sandbox
 backend) `sandbox`.
 """

@@ -1,6 +1,6 @@
 """Alertmanager webhook (payload version 4) ingestion: alerts in, de-duplicated `Signal`s out.
 
-Layer: tools (read adapter). Imports `opsmedic.domain`, `opsmedic.errors` and pydantic; FastAPI only inside
+Layer: tools (read adapter). Imports `core.domain`, `core.errors` and pydantic; FastAPI only inside
 `webhook_app` (the daemon mounts its own route and calls `AlertIngestor.ingest_bytes`).
 
 - `parse_webhook(body)` validates the JSON body against the v4 schema (prometheus.io/docs/alerting/latest/
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from opsmedic.domain import ResourceKind, Signal
-from opsmedic.errors import PayloadError
+from core.domain import ResourceKind, Signal
+from core.errors import PayloadError
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastapi import FastAPI

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
+from core.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
 
 
 class ActionBackend(Protocol):

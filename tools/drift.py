@@ -1,6 +1,6 @@
 """Data drift per feature (PSI and KL divergence) with Evidently, off the monitor's hot path.
 
-Layer: tools (read adapter). Imports `opsmedic.domain`, `opsmedic.settings`, numpy and pandas; Evidently
+Layer: tools (read adapter). Imports `core.domain`, `core.settings`, numpy and pandas; Evidently
 (its stat-test registry, `evidently.legacy.calculations.stattests`, which its `ValueDrift` metric runs on) is
 imported lazily, with `DO_NOT_TRACK` set first (see `_no_tracking`) so that it never phones home. Its import costs
 seconds, which is one reason `DriftWorker` runs reports in a thread pool and the monitor only reads the
@@ -40,8 +40,8 @@ import numpy.typing as npt
 import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsmedic.domain import ResourceKind, Signal
-from opsmedic.settings import MonitorSettings
+from core.domain import ResourceKind, Signal
+from core.settings import MonitorSettings
 
 Engine = Literal["evidently", "numpy"]
 Binning = Literal["quantile", "equal_width"]

@@ -1,6 +1,6 @@
 """Drift in the monitor's loop: feature windows in, Evidently scores out, laid over the telemetry snapshot.
 
-Layer: tools (read adapter). Imports `opsmedic.domain`, `opsmedic.settings`, `tools.drift` and, lazily,
+Layer: tools (read adapter). Imports `core.domain`, `core.settings`, `tools.drift` and, lazily,
 `sandbox.model_data` (for the sandbox's windows) and pandas (for window files).
 
 The monitor already turns a model's `drift_psi` / `drift_kl` into signals with thresholds and hysteresis;
@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opsmedic.domain import ClusterSnapshot, ModelStatus
+from core.domain import ClusterSnapshot, ModelStatus
 from tools.drift import DriftReport, DriftThresholds, DriftWorker, Engine, Frame
 
 if TYPE_CHECKING:
@@ -369,8 +369,8 @@ def _numeric_columns(frame: Frame) -> Frame:
 def drift_telemetry_from_settings(
     inner: TelemetrySource, source: FeatureWindowSource, *, wait: bool = False
 ) -> DriftTelemetry:
-    """`DriftTelemetry` with the thresholds, binning and engine of `opsmedic.settings` (`monitor.drift_*`)."""
-    from opsmedic.settings import load_settings
+    """`DriftTelemetry` with the thresholds, binning and engine of `core.settings` (`monitor.drift_*`)."""
+    from core.settings import load_settings
 
     monitor = load_settings().monitor
     return DriftTelemetry(

@@ -1,6 +1,6 @@
 """The Kubernetes action backend: opsmedic's whitelisted actions through the official `kubernetes` client.
 
-Layer: tools (imports `opsmedic.domain`, `opsmedic.errors`, `tools.registry`, `tools.k8s_client`; never the
+Layer: tools (imports `core.domain`, `core.errors`, `core.actions`, `tools.k8s_client`; never the
 sandbox: in the demo, eval and tests it is pointed at `sandbox.k8s_api`, which speaks the same protocol as
 kube-apiserver). Implements `tools.backend.ActionBackend`; `KubernetesTelemetry` builds what it can of
 a `ClusterSnapshot` from the API, and `LeaseElector` (in `tools.k8s_lease`) elects the daemon's leader.
@@ -48,7 +48,7 @@ reset_gpu          a node-agent request (the API server cannot reset a GPU): the
                    `opsmedic.io/gpus` annotation says it holds the GPU
 =================  ====================================================================================
 
-Every action validates its parameters against `tools.registry`, is idempotent per idempotency key, and
+Every action validates its parameters against `core.actions`, is idempotent per idempotency key, and
 has a dry run: the API's `dryRun=All` where the API has one (patches, evictions, scale), otherwise a
 report computed from a read. Model and notification actions are not Kubernetes actions: they go to the
 `fallback` backend when one is given, else they fail with a PermanentToolError.
@@ -71,13 +71,13 @@ from typing import Any
 
 from kubernetes import client
 
-from opsmedic.domain import Action, ActionResult, ClusterSnapshot, NodeStatus, PodStatus, VerificationResult
-from opsmedic.errors import PermanentToolError, ToolError, TransientToolError
+from core.actions import validate_action
+from core.domain import Action, ActionResult, ClusterSnapshot, NodeStatus, PodStatus, VerificationResult
+from core.errors import PermanentToolError, ToolError, TransientToolError
 from tools.backend import ActionBackend
 from tools.k8s_client import KubeCaller, KubePermanentError, KubeTransientError, RetryPolicy, build_api_client
 from tools.k8s_lease import LeaseElector
 from tools.k8s_serving import ARGO_ROLLOUTS, KIND_NAMES, KSERVE_ISVC, ServingApi, ServingWorkload, gpus_per_replica
-from tools.registry import validate_action
 
 LABEL_CORDONED_BY = "opsmedic.io/cordoned-by"
 TAINT_CORDONED = "opsmedic.io/cordoned"

@@ -32,7 +32,7 @@ def _clock_of(sim: Any) -> Any:
 
 
 def bench_actions(rounds: int = 5) -> dict[str, Any]:
-    from opsmedic.domain import Action
+    from core.domain import Action
     from sandbox.cluster import Simulator
     from sandbox.k8s_api import serve_in_thread, write_kubeconfig
     from sandbox.scenario import parse_scenario

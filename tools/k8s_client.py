@@ -1,6 +1,6 @@
 """The boundary between opsmedic and the official `kubernetes` client: configuration, retries, errors.
 
-Layer: tools (imports `opsmedic.errors`; no sandbox). Every call that `tools.k8s_backend` makes goes
+Layer: tools (imports `core.errors`; no sandbox). Every call that `tools.k8s_backend` makes goes
 through `KubeCaller.call`, which
 
 * retries transient failures only (HTTP 5xx and 429, connection errors, timeouts) with tenacity:
@@ -26,7 +26,7 @@ import tenacity
 import urllib3
 from kubernetes import client, config
 
-from opsmedic.errors import PermanentToolError, TransientToolError
+from core.errors import PermanentToolError, TransientToolError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """Leader election on a coordination.k8s.io/v1 Lease, so that only one opsmedic daemon replica acts.
 
-Layer: tools (imports `opsmedic.errors` and `tools.k8s_client`). The algorithm is client-go's
+Layer: tools (imports `core.errors` and `tools.k8s_client`). The algorithm is client-go's
 leaderelection, reduced to what the daemon needs, one call per tick:
 
 * `try_acquire_or_renew()`: create the Lease if it is missing; renew it if we hold it; take it over if
@@ -25,7 +25,7 @@ from typing import Any
 
 from kubernetes import client
 
-from opsmedic.errors import ToolError
+from core.errors import ToolError
 from tools.k8s_client import KubeCaller, KubePermanentError, RetryPolicy
 
 

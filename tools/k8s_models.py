@@ -1,6 +1,6 @@
 """Model actions on a cluster: the registry moves, the serving workload follows, the SLO decides.
 
-Layer: tools (imports `opsmedic.domain`, `opsmedic.errors`, `tools.backend`, `tools.k8s_serving`; never the
+Layer: tools (imports `core.domain`, `core.errors`, `tools.backend`, `tools.k8s_serving`; never the
 sandbox). The Kubernetes-mode daemon (`opsmedic.daemon.world.KubeWorld`) wraps its MLflow backend
 (`tools.mlflow_backend.MlflowModelBackend`) in `ClusterModelBackend`, so that a model action does on a
 cluster what a person would:
@@ -30,8 +30,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from opsmedic.domain import Action, ActionResult, ModelStatus, VerificationResult
-from opsmedic.errors import PermanentToolError, ToolError
+from core.domain import Action, ActionResult, ModelStatus, VerificationResult
+from core.errors import PermanentToolError, ToolError
 from tools.backend import ActionBackend, TelemetrySource
 from tools.k8s_serving import ServingApi, ServingWorkload, rollout_status
 

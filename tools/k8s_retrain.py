@@ -1,6 +1,6 @@
 """`retrain_model` where training runs: a Kubernetes Job from a template the operator owns.
 
-Layer: tools (imports `opsmedic.domain`, `opsmedic.errors`, `opsmedic.safe_yaml`, `tools.k8s_client`,
+Layer: tools (imports `core.domain`, `core.errors`, `core.safe_yaml`, `tools.k8s_client`,
 `tools.k8s_backend`'s label helper). Used by `tools.k8s_models.ClusterModelBackend` when
 `OPSMEDIC_RETRAIN_JOB_TEMPLATE` is set; without it the MLflow backend trains in process.
 
@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from opsmedic.domain import Action, ActionResult, VerificationResult
-from opsmedic.errors import ConfigError, PermanentToolError, ToolError
+from core.domain import Action, ActionResult, VerificationResult
+from core.errors import ConfigError, PermanentToolError, ToolError
 from tools.k8s_client import KubeCaller, KubePermanentError
 
 ANN_KEY = "opsmedic.io/idempotency-key"
@@ -60,7 +60,7 @@ def _label(text: str) -> str:
 
 def parse_template(text: str, where: str) -> dict[str, Any]:
     """A Job template, checked for what opsmedic needs (kind Job, a container with an image)."""
-    from opsmedic.safe_yaml import safe_load
+    from core.safe_yaml import safe_load
 
     try:
         obj = safe_load(text)

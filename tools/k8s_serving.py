@@ -1,6 +1,6 @@
 """Which Kubernetes object serves a model, how many GPUs are free for it, and how each kind is scaled.
 
-Layer: tools (imports `opsmedic.errors` and `tools.k8s_client`; never the sandbox). Used by
+Layer: tools (imports `core.errors` and `tools.k8s_client`; never the sandbox). Used by
 `tools.k8s_backend` for `abort_rollout` and `scale_deployment`, and by `tools.k8s_models` to roll a model's
 serving workload after the registry moves.
 
@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from kubernetes import client
 
-from opsmedic.errors import PermanentToolError
+from core.errors import PermanentToolError
 from tools.k8s_client import KubeCaller, KubePermanentError
 
 LABEL_MODEL = "opsmedic.io/model"

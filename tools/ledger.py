@@ -5,7 +5,7 @@ ledger first: a key already `done` returns the recorded result without touching 
 `started` (the process died during the call) is settled by a verification read — the effect is there, or
 the action is called again (every backend action is idempotent). Either way an approved action takes
 effect once. Lives in the same database as the checkpoints, approvals and audit log: a SQLite file by
-default, or Postgres for a `postgresql://` URL (through `policies._db`, which both stores share).
+default, or Postgres for a `postgresql://` URL (through `infra.db`, which both stores share).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from opsmedic.domain import Action, ActionResult, canonical_json
-from opsmedic.errors import ToolError
-from policies._db import Conn, Db
+from core.domain import Action, ActionResult, canonical_json
+from core.errors import ToolError
+from infra.db import Conn, Db
 
 Status = Literal["started", "done"]
 

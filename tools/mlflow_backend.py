@@ -1,7 +1,7 @@
 """The MLflow action backend: `rollback_model`, `retrain_model` and `promote_model` on a real MLflow registry.
 
 Layer: tools (adapters); implements the model half of `tools.backend.ActionBackend`. Imports
-`opsmedic.domain`, `opsmedic.errors`, `tools.registry`, `tools.mlflow_store` and (lazily)
+`core.domain`, `core.errors`, `core.actions`, `tools.mlflow_store` and (lazily)
 `tools.mlflow_training`, `sandbox.model_data`, MLflow and scikit-learn, so importing this module is cheap
 and `opsmedic --help` never loads MLflow.
 
@@ -47,10 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.domain import Action, ActionResult, VerificationResult
-from opsmedic.errors import PermanentToolError, ToolError, TransientToolError
+from core.actions import PromoteParams, RollbackParams, validate_action
+from core.domain import Action, ActionResult, VerificationResult
+from core.errors import PermanentToolError, ToolError, TransientToolError
 from tools.mlflow_store import DEFAULT_ATTEMPTS, call, import_mlflow, prepare_sqlite_store, sqlite_path
-from tools.registry import PromoteParams, RollbackParams, validate_action
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel

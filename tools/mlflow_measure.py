@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from opsmedic.domain import Action
+from core.domain import Action
 
 
 def _import_time() -> float:

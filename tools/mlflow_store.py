@@ -1,6 +1,6 @@
 """MLflow plumbing shared by the MLflow tools: lazy import, telemetry off, SQLite stores, errors, retries.
 
-Layer: tools (adapters). Imports `opsmedic.errors`, the stdlib and tenacity at import time; MLflow only inside
+Layer: tools (adapters). Imports `core.errors`, the stdlib and tenacity at import time; MLflow only inside
 functions, so that importing this module (and `opsmedic --help`) never pays MLflow's ~1-2 s import.
 
 - `import_mlflow()`: sets the switches that turn MLflow's usage telemetry off (`MLFLOW_DISABLE_TELEMETRY`,
@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
-from opsmedic.errors import PermanentToolError, ToolError, TransientToolError
+from core.errors import PermanentToolError, ToolError, TransientToolError
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ compares versions on labels as they are now.
 
 from __future__ import annotations
 
-from opsmedic.domain import Action, ActionResult, VerificationResult
+from core.domain import Action, ActionResult, VerificationResult
 from sandbox.cluster import SimModel, Simulator, SimVersion
 from tools.backend import ActionBackend
 from tools.mlflow_backend import MODEL_ACTIONS, T_ACCURACY, MlflowModelBackend

@@ -1,7 +1,7 @@
 """Page a human through PagerDuty's Events API v2: trigger an alert when opsmedic escalates, resolve it when
 the incident is over.
 
-Layer: tools (action adapter). Imports `opsmedic.errors` and httpx/tenacity/pydantic only; the daemon's
+Layer: tools (action adapter). Imports `core.errors` and httpx/tenacity/pydantic only; the daemon's
 notification backend (`opsmedic.daemon.world.NotifyBackend`) calls it for `escalate`.
 
 The event is the documented Events API v2 alert event, validated here before it leaves (a request PagerDuty
@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from opsmedic.errors import ConfigError, PermanentToolError, ToolError, TransientToolError
+from core.errors import ConfigError, PermanentToolError, ToolError, TransientToolError
 
 DEFAULT_URL = "https://events.pagerduty.com/v2/enqueue"
 ROUTING_KEY_CHARS = 32

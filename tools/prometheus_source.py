@@ -1,6 +1,6 @@
 """Read a cluster from Prometheus-format metrics: PromQL against a server, or an exposition text directly.
 
-Layer: tools (read adapter). Imports `opsmedic.domain`, `opsmedic.errors`, `prometheus_client`'s parser and
+Layer: tools (read adapter). Imports `core.domain`, `core.errors`, `prometheus_client`'s parser and
 `prometheus-api-client`; it does not import the sandbox, so a production deployment reads a real DCGM
 exporter and kube-state-metrics through the same code that reads `sandbox.exporter` in tests.
 
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsmedic.domain import ClusterSnapshot, GpuSample, ModelStatus, ModelTrack, NodeStatus, PodStatus
-from opsmedic.errors import ConfigError, PermanentToolError, ToolError, TransientToolError
+from core.domain import ClusterSnapshot, GpuSample, ModelStatus, ModelTrack, NodeStatus, PodStatus
+from core.errors import ConfigError, PermanentToolError, ToolError, TransientToolError
 
 # DCGM field -> GpuSample attribute. The names are dcgm-exporter's (github.com/NVIDIA/dcgm-exporter,
 # default-counters.csv and dcp-metrics-included.csv); the last two XID names are its XID exporters.

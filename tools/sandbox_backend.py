@@ -7,10 +7,10 @@ that an action re-run after a crash or a graph resume is a no-op returning the f
 
 from __future__ import annotations
 
-from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
-from opsmedic.errors import ToolError
+from core.actions import validate_action
+from core.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
+from core.errors import ToolError
 from sandbox.cluster import Simulator
-from tools.registry import validate_action
 
 
 class SandboxBackend:

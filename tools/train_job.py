@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
          say: Callable[[str], None] | None = None) -> int:
     """Train and register; returns the exit status (0 done, 1 failed, 2 misconfigured). `say` receives
     the lines a container would print (default: stdout and stderr)."""
-    from opsmedic.errors import ToolError
+    from core.errors import ToolError
     from tools.mlflow_backend import MlflowModelBackend
 
     env = os.environ if env is None else env

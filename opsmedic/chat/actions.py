@@ -21,12 +21,12 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.actions import ACTION_TOOLS, validate_action
+from core.domain import Action, ActionResult, ResourceKind, Verdict
+from core.errors import ApprovalError, PolicyViolation, ToolError
 from opsmedic.chat.intents import Intent
 from opsmedic.chat.records import Records, node_of
-from opsmedic.domain import Action, ActionResult, ResourceKind, Verdict
-from opsmedic.errors import ApprovalError, PolicyViolation, ToolError
 from policies.engine import DecisionContext, PolicyEngine
-from tools.registry import ACTION_TOOLS, validate_action
 
 if TYPE_CHECKING:
     from opsmedic.chat.service import ChatContext

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.domain import AuditEntry, ClusterSnapshot
 from knowledge.runbooks import Runbook
 from opsmedic.chat.intents import HELP_TEXT, Intent
 from opsmedic.chat.records import (
@@ -24,7 +25,6 @@ from opsmedic.chat.records import (
     clock,
     node_of,
 )
-from opsmedic.domain import AuditEntry, ClusterSnapshot
 
 VERB = {"cordon_node": "cordoned", "uncordon_node": "uncordoned", "drain_node": "drained",
         "reset_gpu": "reset", "restart_pod": "restarted", "reschedule_pod": "rescheduled",

@@ -14,9 +14,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from core.domain import AuditEntry
 from opsmedic.chat.answers import Answer, when
 from opsmedic.chat.records import IncidentView, Records, action_key, action_name, action_target
-from opsmedic.domain import AuditEntry
 
 SIGNAL = "canary_analysis_failed"
 ROOT_CAUSE = "canary_regression"

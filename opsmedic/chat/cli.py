@@ -44,9 +44,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from core.errors import InputError
+    from core.settings import load_settings
     from opsmedic.chat.service import ChatContext, answer
-    from opsmedic.errors import InputError
-    from opsmedic.settings import load_settings
 
     settings = load_settings(database_url=args.db) if args.db else load_settings()
     db = settings.database().location  # the SQLite file's Path, or a postgresql:// URL

@@ -181,7 +181,7 @@ def parse(text: str, known: Iterable[str] = ()) -> Intent:
 
 
 def _action_names() -> list[str]:
-    from opsmedic.domain import ACTION_NAMES
+    from core.domain import ACTION_NAMES
 
     return list(ACTION_NAMES)
 

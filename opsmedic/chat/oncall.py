@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from core.domain import AuditEntry, ClusterSnapshot
 from opsmedic.chat.answers import VERB, Answer, describe, when
 from opsmedic.chat.entities import Window
 from opsmedic.chat.records import (
@@ -23,7 +24,6 @@ from opsmedic.chat.records import (
     action_target,
     node_of,
 )
-from opsmedic.domain import AuditEntry, ClusterSnapshot
 
 if TYPE_CHECKING:
     from opsmedic.chat.intents import Intent
@@ -350,9 +350,9 @@ def _msg(e: AuditEntry) -> str:
 
 def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer:
     """What the governor would decide about an action right now: `policy explain`, nothing executed."""
+    from core.actions import ACTION_TOOLS, validate_action
+    from core.domain import Action
     from opsmedic.chat.actions import _context, _target_problem, default_engine
-    from opsmedic.domain import Action
-    from tools.registry import ACTION_TOOLS, validate_action
 
     name, target = intent.action, intent.subject
     if name is None or name not in ACTION_TOOLS:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from opsmedic.domain import ApprovalRequest, ApprovalStatus, AuditEntry
-from opsmedic.errors import AuditError, OpsmedicError
-from policies._db import Db
+from core.domain import ApprovalRequest, ApprovalStatus, AuditEntry
+from core.errors import AuditError, OpsmedicError
+from infra.db import Db
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 from policies.engine import HistoryEntry

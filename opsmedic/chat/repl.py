@@ -16,8 +16,8 @@ import textwrap
 from pathlib import Path
 from typing import TextIO
 
+from core.errors import OpsmedicError
 from opsmedic.chat.service import ChatContext, answer
-from opsmedic.errors import OpsmedicError
 
 PROMPT = "you> "
 BOT = "opsmedic> "

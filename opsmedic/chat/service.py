@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.domain import ClusterSnapshot
 from opsmedic.chat import answers, canary, oncall
 from opsmedic.chat.actions import audit_payload, request_action
 from opsmedic.chat.intents import Intent
@@ -33,13 +34,12 @@ from opsmedic.chat.records import Records
 from opsmedic.chat.roles import OPERATORS_VAR, VIEWERS_VAR, Roles
 from opsmedic.chat.router import Previous, understand
 from opsmedic.chat.store import ConversationStore
-from opsmedic.domain import ClusterSnapshot
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 
 if TYPE_CHECKING:
+    from core.settings import Settings
     from knowledge.runbooks import Runbook
-    from opsmedic.settings import Settings
     from policies.engine import PolicyEngine
 
 OnToken = Callable[[str], None]
@@ -73,7 +73,7 @@ class ChatContext:
         """The database, policy, runbooks and LLM that the daemon would use, from settings and the
         environment: the database is the configured one (`settings.database()`: Postgres for a
         `postgresql://` database_url, else the SQLite file) unless `db_path` is given."""
-        from opsmedic.settings import load_settings
+        from core.settings import load_settings
         from policies.engine import PolicyEngine
         from policies.model import load_policy
 

@@ -2,7 +2,7 @@
 
 Layer: interfaces. Table `opsmedic_chat`, in the same database as the audit log, approvals and checkpoints:
 a SQLite file by default (WAL mode, busy timeout: the daemon and a terminal chat may write at once) or
-Postgres for a `postgresql://` URL, through the database seam the stores share (`policies._db`). A
+Postgres for a `postgresql://` URL, through the database seam the stores share (`infra.db`). A
 conversation id names where a conversation happens — `cli:alice`, `http:alice`,
 `slack:C0123:1712345678.000100` — so that the LLM sees the previous turns of *that* conversation only.
 
@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from opsmedic.errors import OpsmedicError
-from policies._db import Db, Store
+from core.errors import OpsmedicError
+from infra.db import Db, Store
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS opsmedic_chat (

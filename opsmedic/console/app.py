@@ -50,6 +50,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from core.errors import ApprovalError
 from opsmedic.console import views
 from opsmedic.console.auth import (
     CSRF_COOKIE,
@@ -67,7 +68,6 @@ from opsmedic.console.auth import (
 from opsmedic.console.history import MetricHistory
 from opsmedic.console.source import ConsoleSource, as_source
 from opsmedic.daemon.edge import SafeJSONResponse
-from opsmedic.errors import ApprovalError
 
 log = logging.getLogger("opsmedic.console")
 

@@ -48,11 +48,11 @@ def build_demo(scenario_path: str | Path | None, *, host: str = "127.0.0.1", por
     `generated` holds the sign-in token made up for the on-call approver when no token was configured."""
     import os
 
+    from core.settings import load_settings
     from opsmedic.console import mount_console
     from opsmedic.daemon.app import create_app
     from opsmedic.daemon.config import load_daemon_config
     from opsmedic.daemon.service import DaemonService
-    from opsmedic.settings import load_settings
 
     settings = settings or load_settings()
     cli: dict[str, Any] = {"host": host, "port": port, "speed": speed, "fresh": True, "source": "sandbox",

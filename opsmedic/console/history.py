@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from opsmedic.domain import ClusterSnapshot, ModelStatus, ResourceKind
+from core.domain import ClusterSnapshot, ModelStatus, ResourceKind
 
 GPU_METRICS: tuple[str, ...] = ("temp_c", "mem_used_mib", "util_pct", "power_w")
 MODEL_METRICS: tuple[str, ...] = ("accuracy", "latency_p95_ms", "drift_psi")

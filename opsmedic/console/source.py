@@ -9,7 +9,7 @@ drives the graphs to resume them.
 
 - `DaemonSource` adapts `opsmedic.daemon.service.DaemonService` (the daemon's `decide` wakes its loop,
   which resumes the graph within milliseconds).
-- `DriverSource` adapts a bare `opsmedic.driver.IncidentDriver` (for a process that drives graphs itself:
+- `DriverSource` adapts a bare `agents.driver.IncidentDriver` (for a process that drives graphs itself:
   it passes a snapshot function and a hook that resumes graphs after a decision).
 
 Readers copy the driver's dictionaries before iterating (the daemon's loop thread mutates them), and never
@@ -23,11 +23,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from opsmedic.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident
+from core.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident
 
 if TYPE_CHECKING:
+    from agents.driver import IncidentDriver
     from agents.state import IncidentState
-    from opsmedic.driver import IncidentDriver
     from policies.approvals import ApprovalStore
     from policies.audit import AuditLog
 

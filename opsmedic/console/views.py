@@ -10,8 +10,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from opsmedic import xids
-from opsmedic.domain import (
+from core import xids
+from core.domain import (
     CLOCK_REASON_HW_SLOWDOWN,
     CLOCK_REASON_HW_THERMAL,
     CLOCK_REASON_SW_THERMAL,
@@ -427,7 +427,7 @@ def models_payload(source: ConsoleSource) -> dict[str, Any]:
 def audit_payload(entries: list[AuditEntry], *, q: str = "", kind: str = "", incident: str = "",
                   limit: int = 100, offset: int = 0) -> dict[str, Any]:
     """Newest first, filtered by kind / incident / free text (over kind, incident, summary and payload)."""
-    from opsmedic.domain import canonical_json
+    from core.domain import canonical_json
 
     needle = q.strip().lower()
     rows: list[dict[str, Any]] = []

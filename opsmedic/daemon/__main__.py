@@ -9,13 +9,13 @@ from opsmedic.daemon import add_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from opsmedic.errors import InputError, OpsmedicError
+    from core.errors import InputError, OpsmedicError
 
     parser = add_parser(argparse.ArgumentParser().add_subparsers(dest="command"))
     parser.prog = "python -m opsmedic.daemon"
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        from opsmedic.telemetry_otel import setup_tracing_from_env
+        from infra.tracing import setup_tracing_from_env
 
         setup_tracing_from_env()  # OPSMEDIC_OTEL_EXPORTER=console|otlp
         return int(args.func(args))

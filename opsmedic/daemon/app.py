@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from core.errors import ApprovalError
 from opsmedic import __version__
 from opsmedic.daemon.edge import (
     MAX_ALERT_BODY,
@@ -55,7 +56,6 @@ from opsmedic.daemon.edge import (
 )
 from opsmedic.daemon.metrics import CONTENT_TYPE
 from opsmedic.daemon.service import DaemonService
-from opsmedic.errors import ApprovalError
 
 __all__ = ["MAX_ALERT_BODY", "MAX_SLACK_BODY", "SafeJSONResponse", "create_app"]
 log = logging.getLogger("opsmedic.daemon")

@@ -1,7 +1,7 @@
 """The daemon's configuration: command-line flags over `OPSMEDIC_*` environment variables, validated.
 
 Layer: interfaces (`opsmedic.daemon`); pydantic only. Settings shared with the rest of opsmedic (database,
-policy file, monitor thresholds, Slack secrets) stay in `opsmedic.settings`; this module holds what only
+policy file, monitor thresholds, Slack secrets) stay in `core.settings`; this module holds what only
 the daemon needs. Every field has one environment variable (`ENV` below) and most have a flag; a bad
 value is a `ConfigError` that names the flag or variable it came from, so that a typo in a Deployment
 manifest fails the pod at start with a line that says what to fix, instead of a traceback.
@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from opsmedic.errors import ConfigError
+from core.errors import ConfigError
 
 Source = Literal["auto", "sandbox", "kubernetes"]
 ALL_NAMESPACES = "*"
@@ -268,7 +268,7 @@ def load_daemon_config(cli: Mapping[str, Any] | None = None, env: Mapping[str, s
 
 
 def slack_secrets(settings: Any) -> tuple[str | None, str | None]:
-    """(signing secret, bot token) from `opsmedic.settings` (environment only), unwrapped."""
+    """(signing secret, bot token) from `core.settings` (environment only), unwrapped."""
     def get(name: str) -> str | None:
         v = getattr(settings, name, None)
         if isinstance(v, SecretStr):

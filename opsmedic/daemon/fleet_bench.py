@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opsmedic.domain import ClusterSnapshot
+    from core.domain import ClusterSnapshot
     from sandbox.scenario import Scenario
 
 FLEET_SCENARIO: dict[str, Any] = {
@@ -87,10 +87,10 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
     """`ticks` ticks (10 s each) of the fleet: the simulator, the monitor alone, then the daemon's tick.
     `scenario` replaces the fleet (tests run a small one through the same code)."""
     from agents.monitor import Monitor
+    from core.settings import load_settings
     from opsmedic.daemon.config import DaemonConfig
     from opsmedic.daemon.service import DaemonService, freeze_heap
     from opsmedic.daemon.world import SandboxWorld
-    from opsmedic.settings import load_settings
     from sandbox.cluster import Simulator
 
     class _PrereadWorld(SandboxWorld):

@@ -1,6 +1,6 @@
 """The alert intake table: an alert answered 202 is in the database first.
 
-Layer: interfaces (`opsmedic.daemon`); the database seam of `policies._db` (SQLite file or Postgres, the
+Layer: interfaces (`opsmedic.daemon`); the database seam of `infra.db` (SQLite file or Postgres, the
 daemon's own database). `POST /alerts/alertmanager` validates a body, stores it here (committed, durable:
 SQLite's `synchronous=FULL`, Postgres's commit) and only then answers 202 and queues it. The service marks
 a row processed once a tick has acted on what it brought (opened an incident, or found one already
@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from opsmedic.errors import ToolError
-from policies._db import Db, Store
+from core.errors import ToolError
+from infra.db import Db, Store
 
 KEEP_S = 7 * 24 * 3600.0
 

@@ -1,4 +1,4 @@
-"""The daemon's Prometheus metrics: opsmedic's own (`opsmedic.telemetry_otel.OpsmedicMetrics`) plus the
+"""The daemon's Prometheus metrics: opsmedic's own (`infra.tracing.OpsmedicMetrics`) plus the
 daemon's (leadership, loop health, alert queue, Slack), in one registry rendered at `GET /metrics`.
 
 Layer: interfaces (`opsmedic.daemon`); prometheus-client only. One registry per service (never the
@@ -20,7 +20,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _CoreMetrics:
-    """The same metric names as `opsmedic.telemetry_otel.OpsmedicMetrics`, for when that module is absent."""
+    """The same metric names as `infra.tracing.OpsmedicMetrics`, for when that module is absent."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -48,7 +48,7 @@ class _CoreMetrics:
 
 def _core() -> Any:
     try:
-        from opsmedic.telemetry_otel import OpsmedicMetrics
+        from infra.tracing import OpsmedicMetrics
     except ImportError:  # written by the telemetry work; the daemon must not depend on its order
         return _CoreMetrics()
     return OpsmedicMetrics()

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any
 
+from core.errors import ConfigError
 from opsmedic.daemon.config import DaemonConfig
-from opsmedic.errors import ConfigError
 
 log = logging.getLogger("opsmedic.daemon")
 

@@ -47,9 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.daemon.config import DaemonConfig, in_cluster, slack_secrets
-from opsmedic.daemon.metrics import DaemonMetrics, counters_family, gauge_family
-from opsmedic.domain import (
+from core.domain import (
     Action,
     ActionResult,
     ApprovalRequest,
@@ -59,18 +57,20 @@ from opsmedic.domain import (
     ResourceKind,
     VerificationResult,
 )
-from opsmedic.errors import ApprovalError, ConfigError, PayloadError, ToolError
-from policies._db import Db, is_postgres_url, redact_url
+from core.errors import ApprovalError, ConfigError, PayloadError, ToolError
+from infra.db import Db, is_postgres_url, redact_url
+from opsmedic.daemon.config import DaemonConfig, in_cluster, slack_secrets
+from opsmedic.daemon.metrics import DaemonMetrics, counters_family, gauge_family
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
+    from agents.driver import IncidentDriver
     from agents.state import IncidentState, TimelineEntry
+    from core.settings import Settings
     from opsmedic.daemon.leader import Leadership
     from opsmedic.daemon.slack import ApprovalView, EscalationView, SlackApprovals
     from opsmedic.daemon.world import World
-    from opsmedic.driver import IncidentDriver
-    from opsmedic.settings import Settings
     from tools.alertmanager import AlertIngestor, WebhookPayload
     from tools.ledger import LedgerRecord
 
@@ -109,8 +109,8 @@ def monitor_key(incident: Incident) -> str:
 class DaemonService:
     def __init__(self, config: DaemonConfig, settings: Settings | None = None, *, world: World | None = None,
                  leadership: Leadership | None = None) -> None:
-        from opsmedic.driver import IncidentDriver
-        from opsmedic.settings import load_settings
+        from agents.driver import IncidentDriver
+        from core.settings import load_settings
         from tools.alertmanager import AlertIngestor
 
         self.config = config

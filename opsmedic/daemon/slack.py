@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.domain import ActionResult, ApprovalRequest, ApprovalStatus, Diagnosis, Incident, VerificationResult
-from opsmedic.errors import ToolError
-from policies._db import Db, Store
+from core.domain import ActionResult, ApprovalRequest, ApprovalStatus, Diagnosis, Incident, VerificationResult
+from core.errors import ToolError
+from infra.db import Db, Store
 
 if TYPE_CHECKING:
     from slack_bolt import App
@@ -526,7 +526,7 @@ class SlackApprovals:
         except (ValueError, KeyError, TypeError):
             self._refuse(channel, user, "this button does not name an approval request")
             return
-        from opsmedic.errors import ApprovalError
+        from core.errors import ApprovalError
 
         try:
             req = self._decide(request_id, decision, user, digest)

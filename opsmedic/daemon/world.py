@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
+from core.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
 
 if TYPE_CHECKING:
     from sandbox.scenario import Scenario
@@ -165,7 +165,7 @@ class SandboxWorld:
                 "ms": round((time.perf_counter() - t0) * 1000, 1)})
 
     def _apply_due(self) -> None:
-        from opsmedic.errors import ToolError
+        from core.errors import ToolError
 
         while self._replay and self._replay[0][0] <= self.sim.now + 1e-9:
             _, action = self._replay.pop(0)
@@ -260,7 +260,7 @@ class NotifyBackend:
     def _page(self, action: Action, key: str, message: str) -> tuple[bool, str]:
         """Trigger the incident's alert. A transient failure raises (the step is retried); a permanent one
         (PagerDuty refused the event) is reported in the result, since retrying cannot help."""
-        from opsmedic.errors import PermanentToolError
+        from core.errors import PermanentToolError
         from tools.pagerduty import SEVERITIES
 
         assert self.pager is not None
@@ -296,7 +296,7 @@ class NotifyBackend:
     def resolve_pages(self, still_open: Callable[[str], bool]) -> list[str]:
         """Resolve the alert of every paged incident for which `still_open(incident_id)` is False; returns
         the incidents resolved. A failure is logged and tried again next time."""
-        from opsmedic.errors import PermanentToolError, ToolError
+        from core.errors import PermanentToolError, ToolError
 
         if self.pager is None:
             return []
@@ -395,7 +395,7 @@ class TimeoutTelemetry:
     def snapshot(self) -> ClusterSnapshot:
         from concurrent.futures import TimeoutError as FutureTimeout
 
-        from opsmedic.errors import TransientToolError
+        from core.errors import TransientToolError
 
         fut = self._pool.submit(self.inner.snapshot)
         try:

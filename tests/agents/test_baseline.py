@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from agents.baseline import BaselineAgent
-from opsmedic.domain import Action, ClusterSnapshot, GpuSample, ModelStatus, NodeStatus, PodStatus
+from core.domain import Action, ClusterSnapshot, GpuSample, ModelStatus, NodeStatus, PodStatus
 
 
 def snap(
@@ -149,7 +149,7 @@ def test_opsmedic_beats_the_baseline(baseline_results: dict[str, Any], eval_resu
 
 
 def test_service_wide_error_rate_over_slo_rolls_back_even_during_a_canary() -> None:
-    from opsmedic.domain import ModelTrack
+    from core.domain import ModelTrack
 
     def canary(pct: float) -> dict[str, Any]:
         return {"slo_error_rate_max": 0.01, "error_rate": 0.0, "tracks": {

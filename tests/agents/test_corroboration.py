@@ -13,7 +13,7 @@ from agents import corroboration, remediator
 from agents.corroboration import GUARD_RULE, alert_incident, assess, guard, quote
 from agents.diagnostician import find, to_diagnosis
 from agents.runbook_source import RunbookCatalog
-from opsmedic.domain import (
+from core.domain import (
     Action,
     ClusterSnapshot,
     GpuSample,

@@ -13,7 +13,7 @@ import pytest
 from agents import diagnostician, remediator
 from agents.diagnostician import find
 from agents.runbook_source import RunbookCatalog
-from opsmedic.domain import (
+from core.domain import (
     ClusterSnapshot,
     GpuSample,
     Incident,

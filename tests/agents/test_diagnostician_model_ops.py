@@ -11,7 +11,7 @@ import pytest
 from agents import remediator
 from agents.diagnostician import find, to_diagnosis
 from agents.runbook_source import RunbookCatalog
-from opsmedic.domain import (
+from core.domain import (
     ClusterSnapshot,
     GpuSample,
     Incident,

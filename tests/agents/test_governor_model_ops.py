@@ -4,7 +4,7 @@ blocked from retraining, with the failed checks as the audited reason; a valid m
 from __future__ import annotations
 
 from agents.governor import decide, decision_context
-from opsmedic.domain import Action, ClusterSnapshot, ModelStatus, Verdict
+from core.domain import Action, ClusterSnapshot, ModelStatus, Verdict
 from policies.engine import PolicyEngine
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.governor import action_namespace, decision_context
-from opsmedic.domain import Action, ClusterSnapshot, ModelStatus, NodeStatus, PodStatus, Verdict
+from core.domain import Action, ClusterSnapshot, ModelStatus, NodeStatus, PodStatus, Verdict
 from policies import PolicyEngine, load_policy
 from policies.model import Condition
 

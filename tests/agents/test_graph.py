@@ -14,7 +14,7 @@ import yaml
 
 from agents.graph import _require_permission, build_graph
 from agents.state import IncidentState
-from opsmedic.domain import (
+from core.domain import (
     Action,
     ApprovalRequest,
     ApprovalResponse,
@@ -25,7 +25,7 @@ from opsmedic.domain import (
     Risk,
     Verdict,
 )
-from opsmedic.errors import PolicyViolation
+from core.errors import PolicyViolation
 from opsmedic.evaluation import SimClock, SimTelemetry, run_scenario
 from policies.audit import AuditLog
 from sandbox.cluster import Simulator
@@ -229,7 +229,7 @@ def test_the_graph_has_the_documented_nodes() -> None:
 
 
 def _driver_at_the_drain_approval(raw: Raw, db: Path) -> tuple[Any, Simulator, str, dict[str, Any]]:
-    from opsmedic.driver import IncidentDriver
+    from agents.driver import IncidentDriver
 
     sim = Simulator(parse_scenario(raw))
     driver = IncidentDriver(
@@ -300,7 +300,7 @@ def test_the_store_decides_even_when_the_resume_value_says_reject(
 def test_an_approval_for_another_action_cannot_be_used(
     scenario_raw: Callable[[str], Raw], tmp_path: Path
 ) -> None:
-    from opsmedic.errors import ApprovalError
+    from core.errors import ApprovalError
 
     driver, sim, inc_id, wait = _driver_at_the_drain_approval(xid79(scenario_raw), tmp_path / "g.db")
     try:
@@ -372,7 +372,7 @@ def test_a_failed_verification_rediagnoses_up_to_the_deps_max_attempts(
 
     from agents.graph import _after_verify
     from agents.state import IncidentState
-    from opsmedic.domain import Action, ActionPlan, Incident, PlannedAction, ResourceKind, VerificationResult
+    from core.domain import Action, ActionPlan, Incident, PlannedAction, ResourceKind, VerificationResult
 
     cordon = Action(name="cordon_node", target="node-1")
     state = IncidentState(

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from agents.monitor import Monitor
-from opsmedic.domain import ClusterSnapshot, GpuSample, Incident, NodeStatus, PodStatus, ResourceKind
-from opsmedic.settings import MonitorSettings
+from core.domain import ClusterSnapshot, GpuSample, Incident, NodeStatus, PodStatus, ResourceKind
+from core.settings import MonitorSettings
 from sandbox.cluster import Simulator
 from sandbox.scenario import Scenario, load_scenario, parse_scenario
 

@@ -8,7 +8,7 @@ import math
 import random
 
 from agents.monitor import Monitor
-from opsmedic.domain import CLOCK_REASON_HW_THERMAL, ClusterSnapshot, GpuSample, ResourceKind, Signal
+from core.domain import CLOCK_REASON_HW_THERMAL, ClusterSnapshot, GpuSample, ResourceKind, Signal
 
 
 def _sample(rng: random.Random, i: int, crc: dict[int, int]) -> GpuSample:

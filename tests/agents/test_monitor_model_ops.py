@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from agents.monitor import CANARY_MIN_REQUESTS, Monitor
-from opsmedic.domain import ClusterSnapshot, Incident, ModelStatus, ModelTrack
+from core.domain import ClusterSnapshot, Incident, ModelStatus, ModelTrack
 
 TICK = 10.0
 

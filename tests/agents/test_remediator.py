@@ -11,9 +11,9 @@ import pytest
 
 from agents.remediator import expand_step, plan
 from agents.runbook_source import RunbookCatalog
+from core.domain import ClusterSnapshot, Diagnosis, Incident, ResourceKind
+from core.errors import PermanentToolError
 from knowledge.runbooks import Runbook, RunbookStep
-from opsmedic.domain import ClusterSnapshot, Diagnosis, Incident, ResourceKind
-from opsmedic.errors import PermanentToolError
 from sandbox.cluster import Simulator
 from sandbox.scenario import load_scenario
 

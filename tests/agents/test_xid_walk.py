@@ -17,9 +17,9 @@ import pytest
 from agents import diagnostician, remediator
 from agents.monitor import Monitor
 from agents.runbook_source import RunbookCatalog
-from opsmedic import xids
-from opsmedic.domain import ActionPlan, Diagnosis, Incident
-from opsmedic.errors import PermanentToolError
+from core import xids
+from core.domain import ActionPlan, Diagnosis, Incident
+from core.errors import PermanentToolError
 from sandbox.cluster import Simulator
 from sandbox.scenario import parse_scenario
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
+from core.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
 
 REPO = Path(__file__).resolve().parents[2]
 XID79 = REPO / "sandbox" / "scenarios" / "xid79-fell-off-bus.yaml"
@@ -44,7 +44,7 @@ class RecordingBackend:
 def drive_until_the_drain_waits(db_path: Path, settings: Any = None) -> None:
     """Run the XID 79 scenario with the real driver until its drain waits for a human, and leave it there
     (the stores on `settings`' database when given, else the SQLite file `db_path`)."""
-    from opsmedic.driver import IncidentDriver
+    from agents.driver import IncidentDriver
     from opsmedic.evaluation import SimClock, SimTelemetry
     from sandbox.cluster import Simulator
     from sandbox.scenario import load_scenario

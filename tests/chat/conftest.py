@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 from chat_support import REPO, XID79, LiveCluster, RecordingBackend, drive_until_the_drain_waits
-
-from opsmedic import llm_guard
+from fakes import llm_guard
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from chat_support import LiveCluster, RecordingBackend
 
+from core.domain import ApprovalStatus
+from core.errors import ApprovalError
 from opsmedic.chat.actions import execute_approved
 from opsmedic.chat.records import Records
 from opsmedic.chat.roles import Roles
 from opsmedic.chat.service import ChatContext, ChatReply, answer
-from opsmedic.domain import ApprovalStatus
-from opsmedic.errors import ApprovalError
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 from policies.engine import PolicyEngine

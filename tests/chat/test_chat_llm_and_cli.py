@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 from chat_support import scripted_input
+from fakes.fake_openai import FakeOpenAI, agreeable, slow, text
 
 from agents.llm import Llm, LlmConfig
+from core.errors import InputError
 from opsmedic.chat.cli import add_parser
 from opsmedic.chat.repl import run_repl
 from opsmedic.chat.roles import Roles
 from opsmedic.chat.service import ChatContext, answer
-from opsmedic.errors import InputError
-from opsmedic.fake_openai import FakeOpenAI, agreeable, slow, text
 from policies.audit import AuditLog
 
 REPO = Path(__file__).resolve().parents[2]

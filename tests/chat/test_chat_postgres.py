@@ -25,15 +25,15 @@ import pytest
 from chat_support import XID79, LiveCluster, drive_until_the_drain_waits, scripted_input
 from pg import PgServer, pg_server, pg_url  # noqa: F401
 
+from core.domain import ApprovalStatus
+from core.errors import AuditError, InputError, OpsmedicError
+from core.settings import load_settings
 from opsmedic.chat.cli import add_parser
 from opsmedic.chat.records import Records
 from opsmedic.chat.repl import run_repl
 from opsmedic.chat.roles import Roles
 from opsmedic.chat.service import ChatContext, answer
 from opsmedic.chat.store import ConversationStore
-from opsmedic.domain import ApprovalStatus
-from opsmedic.errors import AuditError, InputError, OpsmedicError
-from opsmedic.settings import load_settings
 from policies.audit import AuditLog
 
 integration = pytest.mark.integration

@@ -84,8 +84,8 @@ def test_examples_cover_every_intent() -> None:
 def test_without_the_embedding_model_the_examples_still_route_by_word_overlap(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import knowledge.embeddings
+    from core.errors import ConfigError
     from opsmedic.chat import router
-    from opsmedic.errors import ConfigError
 
     def missing() -> None:
         raise ConfigError("the local embedding model is not installed", where="test")

@@ -15,8 +15,7 @@ from typing import Any
 import httpx
 from waiting import wait_until  # noqa: F401  (re-exported for the tests in this folder)
 
-from opsmedic.console.source import Decision, FaultMark
-from opsmedic.domain import (
+from core.domain import (
     Action,
     ApprovalRequest,
     ApprovalStatus,
@@ -29,6 +28,7 @@ from opsmedic.domain import (
     Risk,
     Signal,
 )
+from opsmedic.console.source import Decision, FaultMark
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 
@@ -192,8 +192,8 @@ class ConsoleDaemon:
     """The daemon (real service, loop, driver, stores) with the console, under uvicorn on a free port."""
 
     def __init__(self, tmp: Path, *, speed: float = 40.0, scenario: Path | None = None) -> None:
+        from core.settings import load_settings
         from opsmedic.console.demo import build_demo
-        from opsmedic.settings import load_settings
 
         self.db = tmp / "opsmedic.db"
         # retrieval off: embedding the runbooks into a local Qdrant costs seconds per process

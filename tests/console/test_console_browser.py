@@ -209,8 +209,8 @@ def test_the_model_page_shows_a_live_canary_failed_checks_and_the_retrain_block(
                                                                                browser_context_factory: Any) -> None:
     from playwright.sync_api import expect
 
+    from core.domain import Action, ModelTrack, PolicyDecision, Risk
     from opsmedic.daemon.server import ThreadedServer
-    from opsmedic.domain import Action, ModelTrack, PolicyDecision, Risk
 
     tracks = {"stable": ModelTrack(version=3, traffic_pct=90.0, accuracy=0.95, latency_p95_ms=27.0, error_rate=0.0,
                                    requests_per_s=90.0),

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 from console_testkit import fleet_snapshot, fraud_model, gpu
 
+from core.domain import ClusterSnapshot, NodeStatus, PodStatus
 from opsmedic.console.history import MetricHistory
-from opsmedic.domain import ClusterSnapshot, NodeStatus, PodStatus
 
 
 def _snap(t: float, temp: float, *, present: bool = True, accuracy: float = 0.95) -> ClusterSnapshot:

@@ -22,10 +22,10 @@ from console_testkit import (
 )
 from fastapi.testclient import TestClient
 
+from core.domain import Action, ActionResult, ApprovalStatus
 from opsmedic.console import views
 from opsmedic.console.auth import TokenAuthenticator, csrf_ok
 from opsmedic.console.source import DaemonSource, as_source
-from opsmedic.domain import Action, ActionResult, ApprovalStatus
 
 
 @pytest.fixture
@@ -250,7 +250,7 @@ def test_models_show_slo_status_and_rollback_history(client: TestClient, fake_so
 
 
 def _canary_model(at_s: float, *, canary_pct: float | None, canary_err: float = 0.08, **kw: Any) -> Any:
-    from opsmedic.domain import ModelTrack
+    from core.domain import ModelTrack
 
     stable_pct = 100.0 - (canary_pct or 0.0)
     tracks = {"stable": ModelTrack(version=3, traffic_pct=stable_pct, accuracy=0.95, latency_p95_ms=27.0,
@@ -265,8 +265,8 @@ def _canary_model(at_s: float, *, canary_pct: float | None, canary_err: float = 
 
 def test_the_model_page_shows_both_tracks_the_abort_and_the_retrain_block(client: TestClient,
                                                                           fake_source: FakeSource) -> None:
+    from core.domain import PolicyDecision, Risk
     from opsmedic.console.source import FaultMark
-    from opsmedic.domain import PolicyDecision, Risk
 
     console = client.app.state.console  # type: ignore[attr-defined]
     fake_source.faults = [FaultMark(at_s=120.0, type="model_canary", target="fraud-model")]

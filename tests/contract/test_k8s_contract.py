@@ -20,7 +20,7 @@ import yaml
 from k8s_targets import NS, Target
 from kubernetes import client
 
-from opsmedic.domain import Action
+from core.domain import Action
 from sandbox.k8s_api import write_kubeconfig
 from tools.k8s_backend import KubernetesBackend, KubernetesTelemetry
 from tools.k8s_lease import LeaseElector

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from k8s_targets import NS, Target
 
-from opsmedic.domain import Action
+from core.domain import Action
 from sandbox.k8s_api import write_kubeconfig
 from tools.k8s_backend import KubernetesBackend
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 from daemon_testkit import BOT_TOKEN, DaemonProcess, InProcessDaemon
-
-from opsmedic.fake_slack import FakeSlack
+from fakes.fake_slack import FakeSlack
 
 
 def pytest_configure(config: pytest.Config) -> None:

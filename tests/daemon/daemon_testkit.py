@@ -1,7 +1,7 @@
 """Helpers for the daemon tests: a real uvicorn on 127.0.0.1, the fake Slack Web API, signed Slack requests.
 
 Nothing here mocks the code under test: the daemon runs its real service, loop, driver, stores and Bolt
-app; Slack is `opsmedic.fake_slack` behind slack-sdk's real `WebClient`; requests are signed here with the
+app; Slack is `fakes.fake_slack` behind slack-sdk's real `WebClient`; requests are signed here with the
 v0 scheme (HMAC-SHA256 of `v0:{timestamp}:{body}`) exactly as Slack signs them.
 """
 
@@ -21,9 +21,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from fakes.fake_slack import FakeSlack
 from waiting import wait_until  # noqa: F401  (re-exported for the tests in this folder)
-
-from opsmedic.fake_slack import FakeSlack
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -111,9 +110,9 @@ class InProcessDaemon:
 
     def __init__(self, tmp: Path, slack: FakeSlack | None, *, speed: float = 150.0, policy: Path | None = None,
                  scenario: Path | None = None, **config: Any) -> None:
+        from core.settings import load_settings
         from opsmedic.daemon.config import DaemonConfig
         from opsmedic.daemon.service import DaemonService
-        from opsmedic.settings import load_settings
 
         self.tmp = tmp
         self.db = tmp / "opsmedic.db"

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from core.settings import Settings
 from opsmedic.daemon.config import ENV, DaemonConfig
-from opsmedic.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

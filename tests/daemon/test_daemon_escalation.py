@@ -17,8 +17,8 @@ import pytest
 from fake_pagerduty import FakePagerDuty
 from waiting import wait_until
 
+from core.domain import Action
 from opsmedic.daemon.world import NotifyBackend
-from opsmedic.domain import Action
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "0123456789abcdef0123456789ABCDEF"
@@ -73,10 +73,10 @@ def test_notify_and_escalate_log_without_clobbering_the_log_record() -> None:
 
 
 def _daemon(tmp_path: Path, pd: FakePagerDuty) -> tuple[Any, Any, Any]:
+    from core.settings import MonitorSettings, load_settings
     from opsmedic.daemon.config import DaemonConfig
     from opsmedic.daemon.service import DaemonService
     from opsmedic.daemon.world import KubeWorld
-    from opsmedic.settings import MonitorSettings, load_settings
     from sandbox.cluster import Simulator
     from sandbox.k8s_api import SandboxKubeAPI, serve_in_thread, write_kubeconfig
     from sandbox.scenario import load_scenario

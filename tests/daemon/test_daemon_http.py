@@ -9,8 +9,8 @@ import httpx
 import pytest
 from daemon_testkit import ALERT_AUTH, API_TOKEN, API_TOKEN_OTHER, APPROVER, wait_until
 
+from core.domain import ApprovalStatus
 from opsmedic.daemon.bench import storm_alerts, webhook_body
-from opsmedic.domain import ApprovalStatus
 from policies.audit import AuditLog
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}

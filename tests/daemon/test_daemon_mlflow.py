@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from core.domain import Action
+from core.errors import ConfigError
 from opsmedic.daemon import add_parser
 from opsmedic.daemon.config import load_daemon_config
-from opsmedic.domain import Action
-from opsmedic.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from core.domain import Action
+from core.errors import ConfigError
 from opsmedic.daemon.config import load_daemon_config
-from opsmedic.domain import Action
-from opsmedic.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from fake_pagerduty import FakePagerDuty
 
+from core.domain import Action, ActionResult
+from core.errors import TransientToolError
 from opsmedic.daemon.world import NotifyBackend
-from opsmedic.domain import Action, ActionResult
-from opsmedic.errors import TransientToolError
 from tools.ledger import LedgerRecord
 from tools.pagerduty import PagerDutyEvents
 

@@ -25,10 +25,10 @@ from daemon_testkit import (
     sign,
     wait_until,
 )
+from fakes.fake_slack import FakeSlack
 
-from opsmedic.errors import ToolError
-from opsmedic.fake_slack import FakeSlack
-from policies._db import Db
+from core.errors import ToolError
+from infra.db import Db
 from policies.audit import AuditLog
 from tools.ledger import ExecutionLedger
 

@@ -25,8 +25,8 @@ from daemon_testkit import (
     sign,
     wait_until,
 )
+from fakes.fake_slack import FakeSlack
 
-from opsmedic.fake_slack import FakeSlack
 from policies.audit import AuditLog
 from tools.ledger import ExecutionLedger
 

@@ -19,9 +19,9 @@ from daemon_testkit import (
     sign,
     wait_until,
 )
+from fakes.fake_slack import FakeSlack
 
-from opsmedic.domain import ApprovalStatus
-from opsmedic.fake_slack import FakeSlack
+from core.domain import ApprovalStatus
 from policies.audit import AuditLog
 from tools.ledger import ExecutionLedger
 

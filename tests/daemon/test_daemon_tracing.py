@@ -13,7 +13,7 @@ import pytest
 from otlp_receiver import OtlpReceiver
 from waiting import wait_until
 
-from opsmedic import telemetry_otel as otel
+from infra import tracing as otel
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,10 +41,10 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[OtlpReceiver]:
 
 
 def test_one_trace_per_incident_across_an_approval(tmp_path: Path, receiver: OtlpReceiver) -> None:
+    from core.settings import MonitorSettings, load_settings
     from opsmedic.daemon.config import DaemonConfig
     from opsmedic.daemon.service import DaemonService
     from opsmedic.daemon.world import KubeWorld
-    from opsmedic.settings import MonitorSettings, load_settings
     from sandbox.cluster import Simulator
     from sandbox.k8s_api import SandboxKubeAPI, serve_in_thread, write_kubeconfig
     from sandbox.scenario import load_scenario

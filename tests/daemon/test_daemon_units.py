@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 from daemon_testkit import BOT_TOKEN, CHANNEL
+from fakes.fake_slack import FakeSlack, _blocks_problem
 
-from opsmedic.daemon import add_parser
-from opsmedic.daemon.config import DaemonConfig, load_daemon_config, parse_api_tokens
-from opsmedic.daemon.logging_json import JsonFormatter
-from opsmedic.daemon.slack import ApprovalView, approval_message, escape, make_web_client, story_text
-from opsmedic.domain import (
+from core.domain import (
     Action,
     ApprovalRequest,
     ApprovalStatus,
@@ -29,8 +26,11 @@ from opsmedic.domain import (
     Risk,
     Signal,
 )
-from opsmedic.errors import ConfigError
-from opsmedic.fake_slack import FakeSlack, _blocks_problem
+from core.errors import ConfigError
+from opsmedic.daemon import add_parser
+from opsmedic.daemon.config import DaemonConfig, load_daemon_config, parse_api_tokens
+from opsmedic.daemon.logging_json import JsonFormatter
+from opsmedic.daemon.slack import ApprovalView, approval_message, escape, make_web_client, story_text
 
 # ------------------------------------------------------------------------------------------- config
 
@@ -79,8 +79,8 @@ def test_the_source_is_the_sandbox_unless_a_cluster_is_configured(tmp_path: Path
 
 
 def test_leader_election_without_a_cluster_is_a_config_error(tmp_path: Path) -> None:
+    from core.settings import load_settings
     from opsmedic.daemon.service import DaemonService
-    from opsmedic.settings import load_settings
 
     settings = load_settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", retrieval=False)
     with pytest.raises(ConfigError) as e:
@@ -237,8 +237,8 @@ def test_a_kubernetes_world_scores_drift_from_window_files(tmp_path: Path) -> No
     import numpy as np
     import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 
+    from core.domain import ClusterSnapshot, ModelStatus
     from opsmedic.daemon.world import KubeWorld
-    from opsmedic.domain import ClusterSnapshot, ModelStatus
     from sandbox.cluster import Simulator
     from sandbox.k8s_api import SandboxKubeAPI, serve_in_thread, write_kubeconfig
     from sandbox.scenario import load_scenario

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from waiting import wait_until
 
-from opsmedic.domain import ResourceKind
+from core.domain import ResourceKind
 from sandbox.cluster import Simulator
 from sandbox.exporter import LatestSnapshot, serve
 from sandbox.scenario import parse_scenario

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core.errors import ConfigError, PermanentToolError, TransientToolError
 from knowledge.embeddings import Embedder, MiniLMEmbedder, OpenAIEmbedder, default_embedder, make_embedder
 from knowledge.index import RunbookIndex
 from knowledge.runbooks import load_runbooks
-from opsmedic.errors import ConfigError, PermanentToolError, TransientToolError
 
 DIM = 64
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 import knowledge.index as index_module
+from core.errors import ConfigError, RunbookError
 from knowledge.index import COLLECTION_PREFIX, RunbookIndex
 from knowledge.runbooks import Runbook, load_runbooks
-from opsmedic.errors import ConfigError, RunbookError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from core.domain import ACTION_NAMES, ROOT_CAUSES
+from core.errors import RunbookError
 from knowledge.cli import lint_command
 from knowledge.runbooks import Runbook, lint, load_runbook, load_runbooks
-from opsmedic.domain import ACTION_NAMES, ROOT_CAUSES
-from opsmedic.errors import RunbookError
 
 # The 13 primary runbooks and the exact plans the remediator builds from them.
 PRIMARY_PLANS: dict[str, list[tuple[str, str]]] = {

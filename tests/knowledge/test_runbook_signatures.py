@@ -17,9 +17,9 @@ import pytest
 
 from agents import diagnostician, remediator
 from agents.runbook_source import RunbookCatalog
+from core.domain import ClusterSnapshot, GpuSample, Incident, NodeStatus, PodStatus, ResourceKind, Signal
+from core.errors import RunbookError
 from knowledge.runbooks import bundled_folder, lint, load_runbook, load_runbooks, parse_runbook, unreachable
-from opsmedic.domain import ClusterSnapshot, GpuSample, Incident, NodeStatus, PodStatus, ResourceKind, Signal
-from opsmedic.errors import RunbookError
 
 REPO = Path(__file__).resolve().parents[2]
 GPU = "node-0/gpu-6"
@@ -201,7 +201,7 @@ def test_a_runbook_file_with_a_new_root_cause_label_is_matched_diagnosed_and_pla
     """No code names `gpu_pcie_degraded`: the label is the runbook's own, validated and made known at load."""
     from pydantic import ValidationError
 
-    from opsmedic.domain import ROOT_CAUSES, Diagnosis, known_root_causes
+    from core.domain import ROOT_CAUSES, Diagnosis, known_root_causes
 
     with pytest.raises(ValidationError, match="unknown root cause 'gpu_never_declared'"):
         Diagnosis(root_cause="gpu_never_declared", resource=GPU, confidence=0.5, summary="s")

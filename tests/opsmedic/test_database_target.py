@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from opsmedic.errors import ConfigError
-from opsmedic.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 
 
 def test_sqlite_is_the_default() -> None:
@@ -34,7 +34,7 @@ def test_malformed_postgres_url_is_a_config_error() -> None:
 
 
 def test_password_is_redacted_in_names() -> None:
-    from policies._db import redact_url
+    from infra.db import redact_url
 
     assert redact_url("postgresql://u:secret@db:5432/ops") == "postgresql://u:***@db:5432/ops"
     assert redact_url("postgresql://u@db/ops") == "postgresql://u@db/ops"

@@ -179,7 +179,7 @@ def test_a_plan_that_would_act_on_claims_alone_meets_the_guard(tmp_path: Path,
     runbook) is never allowed on an unproven alert; the governor asks a human, who refuses."""
     import shutil
 
-    import opsmedic.driver
+    import agents.driver
     from agents.corroboration import GUARD_RULE
     from policies.audit import AuditLog
 
@@ -187,12 +187,12 @@ def test_a_plan_that_would_act_on_claims_alone_meets_the_guard(tmp_path: Path,
     shutil.copytree(Path(__file__).resolve().parents[2] / "runbooks", books, ignore=shutil.ignore_patterns("*.py"))
     (books / "unknown-cordon-first.md").write_text(RECKLESS_RUNBOOK, encoding="utf-8")
     monkeypatch.setenv("OPSMEDIC_RUNBOOKS_DIR", str(books))
-    monkeypatch.setattr(opsmedic.driver, "_CATALOG", None)  # the catalogue is cached per process
+    monkeypatch.setattr(agents.driver, "_CATALOG", None)  # the catalogue is cached per process
     raw = cluster([alert("2m", "node-1/gpu-0", "GpuXidError", xid="79")],
                   {"incident": True, "resource": "node-1/gpu-0", "forbidden": OUT_OF_SERVICE}, approvals="reject")
     db = tmp_path / "db"
     r = run_scenario(parse_scenario(raw), db_path=db)
-    monkeypatch.setattr(opsmedic.driver, "_CATALOG", None)
+    monkeypatch.setattr(agents.driver, "_CATALOG", None)
     assert r.passed, r.failures
     assert r.approvals_requested == 1 and "cordon_node@node-1" not in r.actions
     with AuditLog(db) as audit:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from opsmedic.domain import Action, ActionResult, ApprovalStatus
+from core.domain import Action, ActionResult, ApprovalStatus
 from opsmedic.evaluation import (
     EvalReport,
     IncidentReport,
@@ -294,7 +294,7 @@ def _state(decisions: list[tuple[str, str]], results: int, approvals: list[tuple
     and its approval requests ((id, status in the store)) bound to that drain."""
     from types import SimpleNamespace
 
-    from opsmedic.domain import PolicyDecision, Risk, Verdict
+    from core.domain import PolicyDecision, Risk, Verdict
 
     drain = Action(name="drain_node", target="node-2")  # type: ignore[arg-type]
     acts = {"drain": drain, "cordon": Action(name="cordon_node", target="node-2")}  # type: ignore[arg-type]

@@ -52,7 +52,7 @@ def test_nvml_only_says_why_it_cannot(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_a_gpu_that_falls_off_the_bus_is_an_incident() -> None:
-    from tools.telemetry.fake_nvml import FakeNvml
+    from fakes.fake_nvml import FakeNvml
 
     fake = FakeNvml.from_snapshot(gpus=2)
     events: list[dict[str, Any]] = []

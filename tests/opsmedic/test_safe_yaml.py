@@ -1,4 +1,4 @@
-"""opsmedic.safe_yaml: alias bombs, deep nesting and huge texts are refused before anything walks them,
+"""core.safe_yaml: alias bombs, deep nesting and huge texts are refused before anything walks them,
 by every YAML loader opsmedic has (policy, scenario, runbook front-matter, retrieval evaluation set), with
 an error naming the file, and `opsmedic policy check` / `opsmedic eval` exit 2 on a bomb."""
 
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from core.errors import InputError, PolicyError, RunbookError, ScenarioError
+from core.safe_yaml import MAX_DEPTH, MAX_NODES, YamlLimitError, compose_and_load, safe_load
 from opsmedic.cli import main
-from opsmedic.errors import InputError, PolicyError, RunbookError, ScenarioError
-from opsmedic.safe_yaml import MAX_DEPTH, MAX_NODES, YamlLimitError, compose_and_load, safe_load
 
 
 def bomb(levels: int = 9, width: int = 9) -> str:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from opsmedic.errors import ConfigError, InputError
-from opsmedic.settings import MonitorSettings, Settings, load_settings
+from core.errors import ConfigError, InputError
+from core.settings import MonitorSettings, Settings, load_settings
 
 
 def test_defaults(tmp_cwd: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from opsmedic import xids
+from core import xids
+from core.domain import GpuSample, NodeStatus
 from opsmedic.console.views import FAILED, gpu_health
-from opsmedic.domain import GpuSample, NodeStatus
 
 REPO = Path(__file__).resolve().parents[2]
 

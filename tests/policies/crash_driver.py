@@ -7,7 +7,7 @@ Where this sits: test support for `tests/policies/test_crash_safety.py`, run as 
 
 Everything is real except the world: the incident graph checkpointed by `SqliteSaver`, the policy engine,
 the approval store, the audit log and the execution ledger all share the SQLite file `--db`; the actions
-go to `tools.testing.RecordingBackend` (same file), which records every call durably and can SIGKILL this
+go to `fakes.backend.RecordingBackend` (same file), which records every call durably and can SIGKILL this
 process at `--crash-at before_execute|after_execute` (only for `--crash-on ACTION` when given);
 `--crash-note TEXT` kills it inside whichever node narrates a timeline note containing TEXT. The
 cluster is a fixed snapshot of `sandbox/scenarios/xid79-fell-off-bus.yaml` at t=130s (GPU node-1/gpu-3
@@ -15,7 +15,7 @@ fell off the bus at t=120s) and the clock a `FakeClock` (`--clock`, default 130s
 
 - `start`: opens the incident and invokes the graph: it cordons node-1 (allowed) and stops at the
   approval for draining it; prints `APPROVAL <id>`. With `--hold` it then sleeps until killed.
-- `resume`: `opsmedic.recovery.resume_all`; whenever an incident waits for an action to settle, moves the
+- `resume`: `agents.recovery.resume_all`; whenever an incident waits for an action to settle, moves the
   fake clock to the due time and resumes again (with `--hold-on-wait` it prints `WAITING <until>` and
   sleeps until killed instead). Prints `RESULT <json>` (statuses, clock, executions per action key).
 """
@@ -32,16 +32,16 @@ import time
 from functools import partial
 from pathlib import Path
 
+from fakes.backend import CRASH_POINTS, FakeClock, RecordingBackend, StaticTelemetry
 from langchain_core.runnables import RunnableConfig
 
 from agents.graph import compile_graph
 from agents.monitor import Monitor
+from agents.recovery import close_deps, make_deps, resume_all, waiting_on
 from agents.state import IncidentState, TimelineEntry
-from opsmedic.domain import ClusterSnapshot, Incident
-from opsmedic.recovery import close_deps, make_deps, resume_all, waiting_on
+from core.domain import ClusterSnapshot, Incident
 from sandbox.cluster import Simulator
 from sandbox.scenario import load_scenario
-from tools.testing import CRASH_POINTS, FakeClock, RecordingBackend, StaticTelemetry
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "sandbox" / "scenarios" / "xid79-fell-off-bus.yaml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from opsmedic.domain import Action
+from core.domain import Action
 from policies import DecisionContext, Policy, parse_policy
 
 # Wednesday 2025-01-01 12:00 UTC: a fixed wall clock so freeze-window tests never depend on today

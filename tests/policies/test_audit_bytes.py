@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the pg f
 
 import pg  # noqa: E402
 
+from core.domain import canonical_json  # noqa: E402
 from opsmedic.cli import main  # noqa: E402
-from opsmedic.domain import canonical_json  # noqa: E402
 from policies import GENESIS_HASH, AuditLog  # noqa: E402
 from policies.audit import payload_problem  # noqa: E402
 

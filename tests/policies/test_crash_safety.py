@@ -2,7 +2,7 @@
 
 Where this sits: the governor's durability tests (issue 4, "Crash safety and exactly-once"). Every test
 drives `tests/policies/crash_driver.py` in subprocesses over one SQLite file shared by LangGraph's
-checkpointer, the approval store, the audit log, the execution ledger and `tools.testing.RecordingBackend`
+checkpointer, the approval store, the audit log, the execution ledger and `fakes.backend.RecordingBackend`
 (which records every backend call durably, so calls are counted across processes). Approvals and
 rejections come from yet another process: `opsmedic approve|reject ID --as eval-approver --db PATH`.
 
@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.backend import FakeClock, RecordingBackend, StaticTelemetry
 
 from agents.graph import compile_graph
-from opsmedic.domain import ApprovalStatus
-from opsmedic.recovery import close_deps, executed_history, make_deps, open_incidents, resume_all, waiting_on
+from agents.recovery import close_deps, executed_history, make_deps, open_incidents, resume_all, waiting_on
+from core.domain import ApprovalStatus
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 from tools.ledger import ExecutionLedger, LedgerRecord
-from tools.testing import FakeClock, RecordingBackend, StaticTelemetry
 
 sys.path.insert(0, str(Path(__file__).parent))
 import crash_driver  # noqa: E402  (the subprocess driver, imported for its cluster fixture)

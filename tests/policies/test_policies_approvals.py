@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from policy_helpers import act
 
-from opsmedic.domain import Action, ApprovalRequest, ApprovalStatus, Risk
-from opsmedic.errors import ApprovalError
+from core.domain import Action, ApprovalRequest, ApprovalStatus, Risk
+from core.errors import ApprovalError
 from policies import ApprovalStore, AuditLog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,7 +217,7 @@ def test_rejection_and_expiry_are_audited(store: ApprovalStore, audit: AuditLog)
 RACER = """
 import os, sys, time
 from policies import ApprovalStore
-from opsmedic.errors import ApprovalError
+from core.errors import ApprovalError
 db, op, who, go = sys.argv[1:5]
 store = ApprovalStore(db)
 print("ready", flush=True)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from policy_helpers import act
 
-from opsmedic.domain import Verdict, canonical_json
-from opsmedic.errors import AuditError
+from core.domain import Verdict, canonical_json
+from core.errors import AuditError
 from policies import GENESIS_HASH, AuditLog, entry_hash
 
 REPO = Path(__file__).resolve().parents[2]

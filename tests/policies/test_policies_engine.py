@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from policy_helpers import act, make_ctx, policy_from
 
-from opsmedic.domain import Action, Risk, Verdict
-from opsmedic.errors import PolicyError
+from core.domain import Action, Risk, Verdict
+from core.errors import PolicyError
 from policies import DecisionContext, HistoryEntry, PolicyEngine
 
 ONCALL = ["U0OPSMEDIC", "eval-approver"]

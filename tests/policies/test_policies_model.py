@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from policy_helpers import policy_from
 
-from opsmedic.domain import ACTION_NAMES, Risk
-from opsmedic.errors import PolicyError
+from core.domain import ACTION_NAMES, Risk
+from core.errors import PolicyError
 from policies import load_policy, parse_duration
 from policies.model import parse_cron
 

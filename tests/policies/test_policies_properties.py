@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from opsmedic.domain import ACTION_NAMES, Action, ApprovalStatus, Verdict
-from opsmedic.errors import ApprovalError, PolicyError
+from core.domain import ACTION_NAMES, Action, ApprovalStatus, Verdict
+from core.errors import ApprovalError, PolicyError
 from policies import ApprovalStore, AuditLog, DecisionContext, Policy, PolicyEngine, parse_policy
 
 POOL = ["U1", "U2", "U3", "opsmedic"]  # possible approvers; `opsmedic` is also a possible requester

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from policy_helpers import act, make_ctx, policy_from
 
+from core.domain import Verdict
+from core.errors import PolicyError
 from opsmedic.cli import main
-from opsmedic.domain import Verdict
-from opsmedic.errors import PolicyError
 from policies import HistoryEntry, PolicyEngine, RateLimit, load_policy, parse_policy_text
 
 NOW = 10_000.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from opsmedic.errors import PolicyError
+from core.errors import PolicyError
 from policies.model import load_policy
 
 

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the pg f
 
 import pg  # noqa: E402
 
-from opsmedic.domain import Action, ActionResult, ApprovalRequest, ApprovalStatus, Risk  # noqa: E402
-from opsmedic.errors import ApprovalError, AuditError  # noqa: E402
+from core.domain import Action, ActionResult, ApprovalRequest, ApprovalStatus, Risk  # noqa: E402
+from core.errors import ApprovalError, AuditError  # noqa: E402
 from policies import ApprovalStore, AuditLog  # noqa: E402
 from tools.ledger import ExecutionLedger  # noqa: E402
 
@@ -298,15 +298,15 @@ def test_checkpointer_is_postgres_with_the_allow_list(pg_url: str) -> None:
 
 
 def test_a_graph_left_waiting_on_postgres_is_resumed_once_by_the_next_process(pg_url: str, tmp_path: Path) -> None:
-    """opsmedic.recovery on Postgres: a graph waits for approval and its process goes away; the next one
+    """agents.recovery on Postgres: a graph waits for approval and its process goes away; the next one
     finds the open thread in the Postgres checkpoints, resumes it with the approval, and drains once."""
     sys.path.insert(0, str(Path(__file__).parent))
     import crash_driver
+    from fakes.backend import FakeClock, RecordingBackend, StaticTelemetry
 
     from agents.graph import checkpointer_for, compile_graph
+    from agents.recovery import close_deps, make_deps, open_incidents, resume_all, waiting_on
     from agents.state import IncidentState
-    from opsmedic.recovery import close_deps, make_deps, open_incidents, resume_all, waiting_on
-    from tools.testing import FakeClock, RecordingBackend, StaticTelemetry
 
     snapshot, incident = crash_driver.fixture()
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from opsmedic.domain import CLOCK_REASON_HW_THERMAL, CLOCK_REASON_SW_POWER_CAP, Action, ClusterSnapshot
-from opsmedic.errors import PermanentToolError
+from core.domain import CLOCK_REASON_HW_THERMAL, CLOCK_REASON_SW_POWER_CAP, Action, ClusterSnapshot
+from core.errors import PermanentToolError
 from sandbox.cluster import GPU_SPECS, NODE_MONITOR_GRACE_S, Simulator
 from sandbox.scenario import Scenario, parse_scenario
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from opsmedic.domain import Action
-from opsmedic.errors import PermanentToolError
+from core.domain import Action
+from core.errors import PermanentToolError
 from sandbox.cluster import Simulator
 from sandbox.scenario import Scenario, parse_scenario
 

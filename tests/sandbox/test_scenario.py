@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from opsmedic.domain import ACTION_NAMES, ROOT_CAUSES
-from opsmedic.errors import InputError, ScenarioError
+from core.domain import ACTION_NAMES, ROOT_CAUSES
+from core.errors import InputError, ScenarioError
 from sandbox.scenario import (
     format_duration,
     load_scenario,

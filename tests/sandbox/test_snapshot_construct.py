@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from opsmedic.domain import ClusterSnapshot, GpuSample, NodeStatus, PodStatus
+from core.domain import ClusterSnapshot, GpuSample, NodeStatus, PodStatus
 from sandbox.cluster import Simulator
 from sandbox.scenario import load_scenario
 

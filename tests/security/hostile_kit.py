@@ -2,7 +2,7 @@
 malformed bodies, raw-socket floods, and Slack's v0 signatures.
 
 The daemon is `opsmedic daemon` in this process (its real service, loop, stores, Bolt app and the edge
-middleware) under a real uvicorn on 127.0.0.1; Slack is `opsmedic.fake_slack`. Requests with valid tokens
+middleware) under a real uvicorn on 127.0.0.1; Slack is `fakes.fake_slack`. Requests with valid tokens
 leave from 127.0.0.1; guesses with wrong tokens from 127.0.0.2, so that the per-address throttle they trip
 is observed without locking the honest client out.
 """
@@ -66,9 +66,9 @@ class Tally:
 
 class HostileDaemon:
     def __init__(self, tmp: Path, slack_url: str, database: str | None = None, **config: Any) -> None:
+        from core.settings import load_settings
         from opsmedic.daemon.config import DaemonConfig
         from opsmedic.daemon.service import DaemonService
-        from opsmedic.settings import load_settings
 
         self.backend = "postgres" if database else "sqlite"
         self.database = database or f"sqlite:///{tmp / 'opsmedic.db'}"

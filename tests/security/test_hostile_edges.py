@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes.fake_slack import FakeSlack
 from hostile_kit import (
     ALERT_AUTH,
     ALERT_TOKEN,
@@ -43,7 +44,6 @@ from hostile_kit import (
 )
 
 from opsmedic.daemon.edge import MAX_ALERT_BODY, MAX_BODY, MAX_SLACK_BODY
-from opsmedic.fake_slack import FakeSlack
 from tools.alertmanager import ALERT_KINDS
 
 
@@ -274,7 +274,7 @@ def test_odd_paths_and_queries_are_4xx(daemon: HostileDaemon) -> None:
 
 def test_a_stored_row_never_breaks_a_view(daemon: HostileDaemon) -> None:
     """Rows written before the edge refused such values (or by another path) still render: replaced, not 500."""
-    from opsmedic.domain import Incident, ResourceKind, Signal
+    from core.domain import Incident, ResourceKind, Signal
 
     d = daemon.service.driver
     sig = Signal(kind="gpu_temp_high", resource="node-99/gpu-9", resource_kind=ResourceKind.gpu, at_s=1.0,

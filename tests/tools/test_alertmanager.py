@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from opsmedic.domain import ResourceKind
-from opsmedic.errors import PayloadError
+from core.domain import ResourceKind
+from core.errors import PayloadError
 from tools.alertmanager import (
     AlertIngestor,
     alert_storm,

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
-from opsmedic.domain import ResourceKind
-from opsmedic.settings import MonitorSettings
+from core.domain import ResourceKind
+from core.settings import MonitorSettings
 from tools import drift
 from tools.drift import DriftThresholds, DriftWorker, compute_drift, kl_numpy, psi_numpy
 

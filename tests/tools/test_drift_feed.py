@@ -18,8 +18,8 @@ import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from agents.monitor import Monitor
-from opsmedic.domain import ClusterSnapshot, ModelStatus
-from opsmedic.settings import MonitorSettings
+from core.domain import ClusterSnapshot, ModelStatus
+from core.settings import MonitorSettings
 from sandbox.cluster import Simulator
 from sandbox.scenario import load_scenario
 from tests.waiting import wait_until

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import config
 
-from opsmedic.domain import Action
+from core.domain import Action
 from sandbox.cluster import Simulator
 from sandbox.k8s_api import serve_in_thread, write_kubeconfig
 from sandbox.scenario import parse_scenario

@@ -18,8 +18,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from k8s_world import three_node_scenario
 
-from opsmedic.domain import Action
-from opsmedic.errors import PermanentToolError
+from core.domain import Action
+from core.errors import PermanentToolError
 from sandbox.cluster import Simulator
 from sandbox.k8s_api import EPOCH, SandboxKubeAPI, serve_in_thread, write_kubeconfig
 from sandbox.scenario import parse_scenario

@@ -14,7 +14,7 @@ import pytest
 from k8s_world import three_node_scenario
 from kubernetes import client, config
 
-from opsmedic.domain import Action, ClusterSnapshot, ModelStatus
+from core.domain import Action, ClusterSnapshot, ModelStatus
 from sandbox.cluster import Simulator
 from sandbox.k8s_api import SandboxKubeAPI, serve_in_thread, write_kubeconfig
 from sandbox.scenario import parse_scenario

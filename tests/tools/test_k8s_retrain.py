@@ -14,8 +14,8 @@ from k8s_world import three_node_scenario
 from kubernetes import client, config
 from waiting import wait_until
 
-from opsmedic.domain import Action
-from opsmedic.errors import ConfigError
+from core.domain import Action
+from core.errors import ConfigError
 from sandbox.cluster import Simulator
 from sandbox.k8s_api import SandboxKubeAPI, serve_in_thread, write_kubeconfig
 from sandbox.scenario import parse_scenario

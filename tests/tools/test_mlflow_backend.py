@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from opsmedic.domain import Action
-from opsmedic.errors import PermanentToolError, TransientToolError
+from core.domain import Action
+from core.errors import PermanentToolError, TransientToolError
 from sandbox.scenario import load_scenario
 from tools import mlflow_backend as mb
 from tools.mlflow_backend import MlflowModelBackend, ModelSpec

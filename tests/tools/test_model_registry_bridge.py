@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from opsmedic.domain import Action
+from core.domain import Action
 from sandbox.cluster import Simulator
 from sandbox.scenario import Scenario, parse_scenario
 from tools.mlflow_backend import T_DRIFT, MlflowModelBackend

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fake_pagerduty import FakePagerDuty, problems
 
-from opsmedic.errors import ConfigError, PermanentToolError, TransientToolError
+from core.errors import ConfigError, PermanentToolError, TransientToolError
 from tools.pagerduty import PagerDutyEvents, pager_from_env
 
 KEY = "R0UT1NGKEY0123456789abcdefABCDEF"

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client import generate_latest
 
-from opsmedic.domain import ClusterSnapshot, GpuSample, ModelStatus, NodeStatus, PodStatus
+from core.domain import ClusterSnapshot, GpuSample, ModelStatus, NodeStatus, PodStatus
 from sandbox.cluster import Simulator
 from sandbox.exporter import LatestSnapshot, build_registry, gpu_uuid, render, serve
 from sandbox.scenario import parse_scenario
@@ -287,7 +287,7 @@ def test_models_pods_and_nodes_fields_are_exported() -> None:
 
 
 def test_model_operations_round_trip_through_the_exposition() -> None:
-    from opsmedic.domain import ModelTrack
+    from core.domain import ModelTrack
 
     m = ModelStatus(name="fraud", serving_version=3, versions=[3, 4], error_rate=0.001, slo_error_rate_max=0.01,
                     label_delay_s=600.0, requests_per_s=300.0, capacity_qps=100.0, replicas_ready=2,

@@ -1,4 +1,4 @@
-"""opsmedic.telemetry_otel: opsmedic's own Prometheus metrics (`render_metrics`) and OpenTelemetry spans."""
+"""infra.tracing: opsmedic's own Prometheus metrics (`render_metrics`) and OpenTelemetry spans."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from opsmedic import telemetry_otel as otel
-from opsmedic.errors import ConfigError
+from core.errors import ConfigError
+from infra import tracing as otel
 from tools.prometheus_source import exposition_samples
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from opsmedic.domain import ClusterSnapshot, GpuSample, NodeStatus
-from opsmedic.errors import PermanentToolError, TransientToolError
+from core.domain import ClusterSnapshot, GpuSample, NodeStatus
+from core.errors import PermanentToolError, TransientToolError
 from sandbox.cluster import Simulator
 from sandbox.exporter import render
 from sandbox.scenario import parse_scenario
@@ -356,7 +356,7 @@ def test_https_prometheus_certificates_are_verified_against_the_ca_bundle(
         fake_prometheus: Callable[..., Any], tmp_path: Any) -> None:
     import ssl
 
-    from opsmedic.errors import ConfigError
+    from core.errors import ConfigError
 
     cert, key = _self_signed(tmp_path)
     fake = fake_prometheus(lambda q: (200, vector([])))

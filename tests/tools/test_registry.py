@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from opsmedic.domain import ACTION_NAMES, Action, ResourceKind, Risk
-from opsmedic.errors import PermanentToolError, ToolError
-from tools.registry import ACTION_TOOLS, get_tool, validate_action
+from core.actions import ACTION_TOOLS, get_tool, validate_action
+from core.domain import ACTION_NAMES, Action, ResourceKind, Risk
+from core.errors import PermanentToolError, ToolError
 
 
 def test_the_registry_declares_exactly_the_whitelisted_actions() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from opsmedic.domain import Action
-from opsmedic.errors import PermanentToolError
+from core.domain import Action
+from core.errors import PermanentToolError
 from sandbox.cluster import Simulator
 from sandbox.scenario import parse_scenario
 from tools.sandbox_backend import SandboxBackend

@@ -1,6 +1,6 @@
 """GPU telemetry sources: the NVML collector, a replay of real H100 readings, and a fake NVML for tests.
 
-Layer: tools (adapters). Everything here imports only `opsmedic.domain`, `opsmedic.errors`, the stdlib and
+Layer: tools (adapters). Everything here imports only `core.domain`, `core.errors`, the stdlib and
 third-party packages; `pynvml` is imported lazily, so importing this package needs no GPU.
 
 - `nvml.NvmlCollector`: one NVML session, `sample(node) -> list[GpuSample]`, XID events on a thread.

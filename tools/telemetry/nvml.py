@@ -1,8 +1,8 @@
 """NVML collector: per-GPU health readings and XID events from the NVIDIA driver, through `nvidia-ml-py`.
 
-Layer: tools (adapters). Imports only `opsmedic.domain`, `opsmedic.errors`, the stdlib and, lazily,
+Layer: tools (adapters). Imports only `core.domain`, `core.errors`, the stdlib and, lazily,
 `pynvml` (the import name of `nvidia-ml-py`), so that importing this module costs nothing on machines
-without a GPU. The nvml module is an injectable dependency: tests pass `tools.telemetry.fake_nvml.FakeNvml`,
+without a GPU. The nvml module is an injectable dependency: tests pass `fakes.fake_nvml.FakeNvml`,
 production passes nothing and gets the real `pynvml`.
 
 Design points, all from the H100 readings in `tools/telemetry/data/` (see the README beside the originals):
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
-from opsmedic.domain import ClusterSnapshot, GpuSample
-from opsmedic.errors import PermanentToolError, ToolError
+from core.domain import ClusterSnapshot, GpuSample
+from core.errors import PermanentToolError, ToolError
 from tools.telemetry.source import GpuSource, node_snapshot
 
 log = logging.getLogger(__name__)

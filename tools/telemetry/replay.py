@@ -1,6 +1,6 @@
 """Replay of real H100 NVML readings: a GPU source without a GPU, and per-phase statistics for the sandbox.
 
-Layer: tools (adapters). Imports only `opsmedic.domain`, the stdlib, pydantic and (lazily, for
+Layer: tools (adapters). Imports only `core.domain`, the stdlib, pydantic and (lazily, for
 `phase_profiles`) numpy. The data (`data/nvml_trace_h100.csv`, `data/nvml_snapshot_h100.json`) ships inside
 the package, unchanged copies of `shared/data/nvml/`, so an installed opsmedic can replay without a checkout.
 
@@ -32,7 +32,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from opsmedic.domain import ClusterSnapshot, GpuSample
+from core.domain import ClusterSnapshot, GpuSample
 from tools.telemetry.source import node_snapshot
 
 TRACE_FILE = "nvml_trace_h100.csv"

@@ -1,6 +1,6 @@
 """The one shape every GPU telemetry source has: `sample(node) -> list[GpuSample]`, `snapshot()`, `close()`.
 
-Layer: tools (adapters). Imports only `opsmedic.domain` and the stdlib. The real NVML collector
+Layer: tools (adapters). Imports only `core.domain` and the stdlib. The real NVML collector
 (`tools.telemetry.nvml`) and the recorded-trace replay (`tools.telemetry.replay`) both satisfy `GpuSource`,
 so the monitor (and `open_gpu_source`) can swap one for the other without knowing which it holds. Both also
 satisfy `tools.backend.TelemetrySource` through `snapshot()`, which wraps one node's GPUs in a
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from opsmedic.domain import ClusterSnapshot, GpuSample, NodeStatus
+from core.domain import ClusterSnapshot, GpuSample, NodeStatus
 
 
 @runtime_checkable

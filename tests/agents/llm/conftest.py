@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from fakes import llm_guard
+from fakes.fake_openai import FakeOpenAI
 from llm_support import SCENARIOS, Case, open_incident, xid79_with_injection_raw
 
 from agents.llm import Llm, LlmConfig
-from opsmedic import llm_guard
-from opsmedic.fake_openai import FakeOpenAI
 from sandbox.scenario import load_scenario, parse_scenario
 
 

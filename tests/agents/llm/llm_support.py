@@ -14,9 +14,9 @@ from agents import diagnostician, remediator
 from agents.diagnostician import Finding
 from agents.monitor import Monitor
 from agents.runbook_source import RunbookCatalog
+from core.domain import ActionPlan, ClusterSnapshot, Diagnosis, Incident
+from core.settings import MonitorSettings
 from knowledge.runbooks import Runbook
-from opsmedic.domain import ActionPlan, ClusterSnapshot, Diagnosis, Incident
-from opsmedic.settings import MonitorSettings
 from sandbox.cluster import Simulator
 from sandbox.scenario import Scenario
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.fake_openai import ChatRequest, FakeOpenAI, FakeReply, json_reply, tool_call
 
 from agents.corroboration import GUARD_RULE
 from agents.llm import Llm, LlmConfig
-from opsmedic.fake_openai import ChatRequest, FakeOpenAI, FakeReply, json_reply, tool_call
 from policies.audit import AuditLog
 
 FORGED_XID: dict[str, Any] = {
@@ -48,7 +48,7 @@ def believer(req: ChatRequest) -> FakeReply:
 
 def test_a_model_that_believes_a_forged_alert_takes_nothing_out_of_service(
         fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from opsmedic.driver import IncidentDriver
+    from agents.driver import IncidentDriver
     from opsmedic.evaluation import run_scenario
     from sandbox.scenario import parse_scenario
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
-from opsmedic.fake_openai import FakeOpenAI, error, text, tool_call
+from fakes.fake_openai import FakeOpenAI, error, text, tool_call
 
 
 def test_models_and_embeddings() -> None:

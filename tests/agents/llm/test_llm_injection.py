@@ -12,14 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import llm_guard
+from fakes.fake_openai import ChatRequest, FakeOpenAI, FakeReply, json_reply, tool_call
 from llm_support import INJECTION, SCENARIOS, Case, xid79_with_injection_raw
 
 from agents.governor import decision_context
 from agents.llm import Llm, LlmConfig, llm_diagnose, llm_plan
 from agents.prompts import data_block
-from opsmedic import llm_guard
-from opsmedic.domain import Verdict
-from opsmedic.fake_openai import ChatRequest, FakeOpenAI, FakeReply, json_reply, tool_call
+from core.domain import Verdict
 from policies.audit import AuditLog
 from policies.engine import PolicyEngine
 
@@ -115,7 +115,7 @@ def test_injected_text_reaches_the_model_only_as_escaped_data(fake: FakeOpenAI, 
 
 def _attach_llm(monkeypatch: pytest.MonkeyPatch, fake: FakeOpenAI) -> None:
     """Attach the LLM the way a deployment would (settings), and directly, for a driver not yet wired."""
-    from opsmedic.driver import IncidentDriver
+    from agents.driver import IncidentDriver
 
     monkeypatch.setenv("OPSMEDIC_LLM_BASE_URL", fake.base_url)
     monkeypatch.setenv("OPSMEDIC_LLM_MODEL", fake.model)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.fake_openai import FakeOpenAI, slow, tool_call
 from llm_support import Case, open_incident
 
 from agents.governor import decision_context
 from agents.llm import Llm, llm_investigate
 from opsmedic.evaluation import run_scenario
-from opsmedic.fake_openai import FakeOpenAI, slow, tool_call
 from policies.audit import AuditLog
 from policies.engine import PolicyEngine
 from sandbox.scenario import Scenario, parse_scenario

@@ -11,6 +11,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fakes.fake_openai import (
+    ChatRequest,
+    FakeOpenAI,
+    FakeReply,
+    agreeable,
+    error,
+    json_reply,
+    slow,
+    text,
+    tool_call,
+)
 from llm_support import Case
 from prometheus_client import REGISTRY
 
@@ -25,18 +36,7 @@ from agents.llm import (
     llm_plan,
     validate_plan,
 )
-from opsmedic.fake_openai import (
-    ChatRequest,
-    FakeOpenAI,
-    FakeReply,
-    agreeable,
-    error,
-    json_reply,
-    slow,
-    text,
-    tool_call,
-)
-from opsmedic.settings import Settings
+from core.settings import Settings
 
 
 def baseline_of(req: ChatRequest) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def baseline_of(req: ChatRequest) -> dict[str, Any]:
 
 
 def prompts_blocks(req: ChatRequest) -> dict[str, str]:
-    from opsmedic.fake_openai import data_blocks
+    from fakes.fake_openai import data_blocks
 
     return data_blocks("\n".join(req.text_of("user")))
 

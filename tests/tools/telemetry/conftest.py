@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from fakes.fake_nvml import FakeNvml
 
-from tools.telemetry.fake_nvml import FakeNvml
 from tools.telemetry.nvml import NvmlCollector
 
 

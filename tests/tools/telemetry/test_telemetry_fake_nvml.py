@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pynvml  # type: ignore[import-untyped]
 import pytest
-
-from tools.telemetry.fake_nvml import FakeNvml
+from fakes.fake_nvml import FakeNvml
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import time
 
 import pynvml  # type: ignore[import-untyped]
 import pytest
+from fakes.fake_nvml import FakeNvml
 
-from opsmedic.domain import CLOCK_REASON_GPU_IDLE, CLOCK_REASON_SW_POWER_CAP
-from opsmedic.errors import ToolError
-from tools.telemetry.fake_nvml import FakeNvml
+from core.domain import CLOCK_REASON_GPU_IDLE, CLOCK_REASON_SW_POWER_CAP
+from core.errors import ToolError
 from tools.telemetry.nvml import (
     NVML_UNAVAILABLE_MESSAGE,
     NvmlCollector,

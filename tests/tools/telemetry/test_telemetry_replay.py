@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from opsmedic.domain import CLOCK_REASON_GPU_IDLE, CLOCK_REASON_SW_POWER_CAP
+from core.domain import CLOCK_REASON_GPU_IDLE, CLOCK_REASON_SW_POWER_CAP
 from tools.telemetry.replay import (
     PHASES,
     NvmlReplaySource,

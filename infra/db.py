@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from opsmedic.errors import OpsmedicError
+from core.errors import OpsmedicError
 
 if TYPE_CHECKING:
     import psycopg

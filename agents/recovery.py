@@ -36,7 +36,7 @@ from langgraph.types import Command, StateSnapshot
 
 from agents.runbook_source import RunbookCatalog
 from agents.state import Clock, Deps, IncidentState, RunbookSource
-from opsmedic.domain import ApprovalRequest, ApprovalStatus
+from core.domain import ApprovalRequest, ApprovalStatus
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 from policies.engine import HistoryEntry, PolicyEngine

@@ -1,6 +1,6 @@
 """opsmedic's own telemetry: OpenTelemetry traces and Prometheus metrics about opsmedic itself.
 
-Layer: the application shell, beside `opsmedic.settings` (no imports from agents/tools; agents and tools
+Layer: the application shell, beside `core.settings` (no imports from agents/tools; agents and tools
 call `span()` and the metric helpers). The OpenTelemetry SDK is imported lazily by `setup_tracing`, so a
 process that never configures tracing pays nothing: until then `span()` is a cheap no-op context.
 
@@ -36,7 +36,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from opsmedic.errors import ConfigError
+from core.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from opentelemetry.sdk.trace import TracerProvider

@@ -1,6 +1,6 @@
 """A small, faithful fake of the Slack Web API on 127.0.0.1, for tests and offline demos.
 
-Layer: interfaces (a test double shipped with the package, like `tools.testing`; standard library only).
+Layer: interfaces (a test double shipped with the package, like `fakes.backend`; standard library only).
 The daemon's Slack code runs the real `slack_sdk.WebClient` with `base_url` pointed here, so what is
 faked is only the far side of the wire, and it answers the way Slack does:
 
@@ -15,7 +15,7 @@ faked is only the far side of the wire, and it answers the way Slack does:
 - Every call is recorded (`calls`, `calls_of(method)`); `fail_next(method, count, status)` makes the
   next calls answer HTTP 500 (or 429 with Retry-After, or 503) to test retries.
 
-Run it alone with `python -m opsmedic.fake_slack [--port N]`; it prints its base URL.
+Run it alone with `python -m fakes.fake_slack [--port N]`; it prints its base URL.
 """
 
 from __future__ import annotations
@@ -335,7 +335,7 @@ class FakeSlack:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m opsmedic.fake_slack", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m fakes.fake_slack", description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--token", default="xoxb-opsmedic-test")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """YAML loading with limits: the one loader for every file opsmedic reads (policies, scenarios, runbook
 front-matter, evaluation sets).
 
-Where this sits: the bottom layer, beside `opsmedic.domain`, `opsmedic.errors` and `opsmedic.settings`;
+Where this sits: the bottom layer, beside `core.domain`, `core.errors` and `core.settings`;
 it imports only PyYAML. Callers translate its errors into their own `InputError` subclass naming the file.
 
 `yaml.safe_load` constructs only plain data, but it still expands nothing lazily for the code that walks

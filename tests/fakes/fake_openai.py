@@ -1,7 +1,7 @@
 """A scriptable fake OpenAI-compatible server on 127.0.0.1, for tests and demos without an API key.
 
 Layer: a test/demo utility of the application shell. It imports only the standard library, so tests can
-start it in a few milliseconds and `python -m opsmedic.fake_openai` runs it for a demo.
+start it in a few milliseconds and `python -m fakes.fake_openai` runs it for a demo.
 
 Endpoints: ``POST /v1/chat/completions`` (plain answers, tool calls, structured output through
 ``response_format: json_schema``, and streaming as server-sent events when ``stream`` is true),
@@ -400,10 +400,10 @@ def agreeable(req: ChatRequest) -> FakeReply:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m opsmedic.fake_openai [--port N] [--script FILE.json]`: serve until Ctrl-C."""
+    """`python -m fakes.fake_openai [--port N] [--script FILE.json]`: serve until Ctrl-C."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m opsmedic.fake_openai", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m fakes.fake_openai", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=8011)
     p.add_argument("--model", default="fake-model")
     p.add_argument("--script", metavar="FILE", help="a JSON list of replies; default: the agreeable model")

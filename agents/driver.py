@@ -19,11 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from opsmedic.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident, Signal
+from core.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident, Signal
 
 if TYPE_CHECKING:
     from agents.state import IncidentState, TimelineEntry
-    from opsmedic.settings import Settings
+    from core.settings import Settings
     from tools.backend import ActionBackend, TelemetrySource
 
 # Called for each pending approval request the driver sees; may approve or reject it in the store.
@@ -39,8 +39,8 @@ def bundled_catalog(settings: Settings | None = None) -> Any:
     global _CATALOG
     if _CATALOG is None:
         from agents.runbook_source import RunbookCatalog
+        from core.settings import load_settings
         from knowledge.runbooks import load_runbooks
-        from opsmedic.settings import load_settings
 
         settings = settings or load_settings()
         runbooks = load_runbooks(settings.runbooks_dir).runbooks
@@ -67,7 +67,7 @@ class IncidentDriver:
         from agents.llm import build_llm
         from agents.monitor import Monitor
         from agents.state import Deps
-        from opsmedic.settings import load_settings
+        from core.settings import load_settings
         from policies.approvals import ApprovalStore
         from policies.audit import AuditLog
         from policies.engine import PolicyEngine
@@ -126,7 +126,7 @@ class IncidentDriver:
 
     def start(self, incident: Incident) -> None:
         from agents.state import IncidentState
-        from opsmedic.telemetry_otel import METRICS
+        from infra.tracing import METRICS
 
         METRICS.incident_opened(str(incident.resource_kind))
         with self._lock:

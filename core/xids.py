@@ -1,6 +1,6 @@
-"""NVIDIA's XID catalog, loaded once from `opsmedic/data/xid_catalog.yaml`: the one copy of what each XID means.
+"""NVIDIA's XID catalog, loaded once from `core/data/xid_catalog.yaml`: the one copy of what each XID means.
 
-Layer: bottom (beside `opsmedic.domain`): it depends on nothing of ours but the domain's vocabularies, and the
+Layer: bottom (beside `core.domain`): it depends on nothing of ours but the domain's vocabularies, and the
 monitor, the diagnostician, the sandbox and the console all read XIDs through it, so that adding or
 re-bucketing a code is an edit to the data file alone.
 
@@ -23,8 +23,8 @@ from typing import Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from opsmedic.domain import RootCause
-from opsmedic.errors import OpsmedicError
+from core.domain import RootCause
+from core.errors import OpsmedicError
 
 Bucket = Literal[
     "RESTART_APP", "RESET_GPU", "RESTART_BM", "RESTART_VM", "IGNORE", "CHECK_MECHANICALS", "CHECK_UVM",
@@ -148,8 +148,8 @@ def _parse(text: str, where: str) -> XidCatalog:
 @lru_cache(maxsize=1)
 def catalog() -> XidCatalog:
     """The bundled catalog (read once per process)."""
-    path = resources.files("opsmedic").joinpath("data", "xid_catalog.yaml")
-    return _parse(path.read_text(encoding="utf-8"), "opsmedic/data/xid_catalog.yaml")
+    path = resources.files("core").joinpath("data", "xid_catalog.yaml")
+    return _parse(path.read_text(encoding="utf-8"), "core/data/xid_catalog.yaml")
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,7 @@ def check_base_url(url: str | None) -> None:
     if url and not is_local(url):
         raise RealModelRequestRefused(
             f"refusing a real model endpoint in tests: {url} (only 127.0.0.1/localhost is allowed; "
-            "use opsmedic.fake_openai.FakeOpenAI)")
+            "use fakes.fake_openai.FakeOpenAI)")
 
 
 _lock = threading.Lock()

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from opsmedic.errors import ConfigError
+from core.errors import ConfigError
 
 
 class MonitorSettings(BaseModel):

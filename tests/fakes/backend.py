@@ -1,7 +1,7 @@
 """Test doubles shipped with the package: a fake clock, static telemetry and a recording action backend.
 
-Layer: tools (depends on `opsmedic.domain` and the `tools` protocols only; never on `agents`, so the
-`Deps` builder lives in `opsmedic.recovery.make_deps`). Like pydantic-ai's `TestModel`, these are part of
+Layer: tools (depends on `core.domain` and the `tools` protocols only; never on `agents`, so the
+`Deps` builder lives in `agents.recovery.make_deps`). Like pydantic-ai's `TestModel`, these are part of
 the public API so that tests of opsmedic — and of code built on it — can drive the real graph, the real
 policy engine, approvals, audit log and execution ledger against a world they fully control:
 
@@ -29,9 +29,9 @@ from typing import Literal, Protocol, Self, get_args
 
 from pydantic import BaseModel
 
-from opsmedic.domain import Action, ActionResult, ClusterSnapshot, VerificationResult, canonical_json
-from opsmedic.errors import ToolError
-from tools.registry import validate_action
+from core.actions import validate_action
+from core.domain import Action, ActionResult, ClusterSnapshot, VerificationResult, canonical_json
+from core.errors import ToolError
 
 CrashPoint = Literal["before_execute", "after_execute"]
 CRASH_POINTS: tuple[str, ...] = get_args(CrashPoint)

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsmedic.domain import ACTION_NAMES, Action, ResourceKind, Risk
-from opsmedic.errors import PermanentToolError
+from core.domain import ACTION_NAMES, Action, ResourceKind, Risk
+from core.errors import PermanentToolError
 
 
 class NoParams(BaseModel):
