@@ -10,8 +10,11 @@ rollback serves the previous version.
 
 from __future__ import annotations
 
+import gc
 import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -226,6 +229,7 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 _DEFAULTS: dict[type[Any], dict[str, Any]] = {}
+_FIELD_COUNT: dict[type[Any], int] = {}
 
 
 def _defaults_of(cls: type[BaseModel]) -> dict[str, Any]:
@@ -246,13 +250,16 @@ def _built(cls: type[_M], values: dict[str, Any]) -> _M:
     per-field Python loop (a tenth of the cost at 10,000 GPUs a tick). `values` must hold every field of
     `cls` in its declared order (a dump follows it), each already of its field's type:
     tests/sandbox/test_snapshot_construct.py holds that validating what the snapshot builds changes nothing."""
-    missing = _defaults_of(cls).keys() - values.keys()
-    if missing:
+    count = _FIELD_COUNT.get(cls)
+    if count is None:
+        count = _FIELD_COUNT[cls] = len(cls.model_fields)
+    # the builders name only real fields, so as many keys as fields means every field (the common case,
+    # checked by a length, not a set difference: this runs once per GPU per tick)
+    if len(values) != count and _defaults_of(cls).keys() - values.keys():
         # a field added to the domain model since this builder was written takes its declared default
         # (a fresh one for a default_factory), in the declared order
-        filled = {name: (values[name] if name in values else _default(cls, name)) for name in cls.model_fields}
         fields_set = set(values)
-        values = filled
+        values = {name: (values[name] if name in values else _default(cls, name)) for name in cls.model_fields}
     else:
         fields_set = set(values)
     obj = cls.__new__(cls)
@@ -261,6 +268,21 @@ def _built(cls: type[_M], values: dict[str, Any]) -> _M:
     object.__setattr__(obj, "__pydantic_extra__", None)
     object.__setattr__(obj, "__pydantic_private__", None)
     return obj
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Hold Python's cyclic garbage collector while a snapshot is built. A fleet snapshot allocates some
+    60,000 objects that all survive until the next one; each young-generation collection on the way walks
+    the survivors again, which was half of a 10,000-GPU snapshot's time. Nothing built here forms a cycle
+    (reference counting frees the previous snapshot), and the collector resumes, with its counts, after."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Simulator:
@@ -1288,6 +1310,10 @@ class Simulator:
         return max(1.0, min(100.0 / 55.0, m.load_ratio / 0.5))
 
     def snapshot(self) -> ClusterSnapshot:
+        with _collector_paused():
+            return self._snapshot()
+
+    def _snapshot(self) -> ClusterSnapshot:
         # `model_construct` for the per-GPU, per-node and per-pod objects (see `_gpu_sample`)
         ready = {name: n.ready(self.now) for name, n in self.nodes.items()}
         gpus = [self._gpu_sample(g) for g in self.gpus.values() if ready[g.node]]
