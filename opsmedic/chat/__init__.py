@@ -16,6 +16,7 @@ and `tools`; nothing imports it but the interfaces.
 - `opsmedic.chat.roles`    who may ask (viewers) and who may request actions (operators)
 - `opsmedic.chat.store`    the conversation store shared by terminal, HTTP and Slack (table `opsmedic_chat`)
 - `opsmedic.chat.service`  `answer(question, user, ctx)`: the one entry point all three use
+- `opsmedic.chat.context`  `ChatContext`: what a turn may read and use (database, policy, telemetry, backend)
 - `opsmedic.chat.repl`     the terminal REPL; `opsmedic.chat.cli`: `add_parser(sub)` and `cmd_chat(args)`
 - `opsmedic.chat.slack`    Slack mentions and DMs: `handle_event(event, ctx, post)` for the daemon
 
