@@ -1,7 +1,8 @@
 """The `opsmedic` command line.
 
-Layer: interfaces. Built on argparse so that `opsmedic --help` and `--version` answer without importing
-any heavy library: every subcommand imports what it needs inside its handler. Exit codes: 0 success,
+Layer: interfaces, the top (nothing imports it but `opsmedic.__main__`). Built on argparse so that
+`opsmedic --help` and `--version` answer without importing any heavy library: every subcommand imports what
+it needs inside its handler. Exit codes: 0 success,
 1 a check failed (a scenario, the audit chain, a policy decision that is not allow), 2 bad input.
 """
 

@@ -1,6 +1,6 @@
 """The scenario contract (SCENARIOS.md) as pydantic models, and the loader that enforces it.
 
-Layer: sandbox (imports only `core.domain` and `core.errors`). A scenario that breaks the
+Layer: sandbox (imports only `core.domain`, `core.errors` and `core.safe_yaml`). A scenario that breaks the
 contract is rejected with a `ScenarioError` naming the file, the key and what was expected; nothing is
 silently ignored (unknown keys, fault types, labels or targets are all errors).
 """

@@ -1,7 +1,8 @@
 """The chat interface to the ops agent: terminal (`opsmedic chat`), HTTP (`POST /api/chat`) and Slack.
 
-Layer: interfaces (beside `opsmedic.cli` and the daemon). It may import `agents`, `policies`, `knowledge`
-and `tools`; nothing imports it but the interfaces.
+Layer: interfaces (below `opsmedic.cli` and the daemon, which serve it; beside the console). It may import
+`opsmedic.evaluation`, `agents`, `policies`, `knowledge` and `tools`; nothing imports it but the CLI and the
+daemon.
 
 - `opsmedic.chat.router`   what a question means: local sentence embeddings (MiniLM, int8 ONNX) against the
                            labelled examples in `data/intents.yaml`, follow-ups, clarifying questions
