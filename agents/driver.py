@@ -1,6 +1,6 @@
 """The incident driver: one LangGraph graph per incident, started, resumed and tracked.
 
-Layer: agents (runtime). Shared by `opsmedic eval`/`demo` (simulated clock) and the daemon (wall clock): it feeds
+Layer: interfaces. Shared by `opsmedic eval`/`demo` (simulated clock) and the daemon (wall clock): it feeds
 snapshots to the monitor, starts a graph for each incident it opens, and resumes graphs that wait — a
 `wait` interrupt when its time comes, an `approval` interrupt when the approval store says the request is
 no longer pending (approved, rejected or expired). The resume value is only a wake-up call: the graph

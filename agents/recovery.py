@@ -1,6 +1,6 @@
 """Crash recovery: find every incident graph a dead process left open and drive it on from its checkpoint.
 
-Layer: agents (the incident runtime, beside `agents.driver`; imports agents, policies and tools). A process that
+Layer: interfaces (beside `opsmedic.evaluation`; may import agents, policies and tools). A process that
 takes over a database a dead one left (the crash tests' driver; the daemon has its own adoption, which also
 rebuilds its in-memory views) calls `resume_all` once at start, before it opens new incidents:
 
