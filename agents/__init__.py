@@ -1,5 +1,5 @@
 """The four agents (monitor, diagnostician, remediator, governor), the incident graph and its state.
 
-Layer: agents. Imports policies, knowledge and tools (engines and adapters) and opsmedic's domain
-models; never the sandbox. The interfaces (CLI, daemon, chat, eval) drive the graph.
+Layer: agents. Imports policies, knowledge and tools (engines and adapters), `infra` and `core`; never the
+sandbox. The interfaces (`opsmedic`: CLI, daemon, chat, eval) drive the graph through `agents.driver`.
 """

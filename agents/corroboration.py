@@ -8,9 +8,9 @@ model's metrics in the snapshot, and the monitor's own signals in the same incid
 
 Each claim gets a verdict — `corroborated` (telemetry shows it), `contradicted` (telemetry shows the
 opposite: "alert says XID 79 on node-1/gpu-2; NVML sees node-1/gpu-2 healthy at 71 °C, 98 % busy") or
-`uncorroborated` (telemetry cannot tell) — and three small hooks use them:
+`uncorroborated` (telemetry cannot tell) — and three callers use them:
 
-- `review`, called by `agents.diagnostician.find`: the fault-signature rules see only trusted signals
+- `assess`, called by `agents.diagnostician.find`: the fault-signature rules see only trusted signals
   (the monitor's, and claims that telemetry corroborates). An incident with nothing trusted is `unknown`,
   its summary saying what the alert claimed (quoted, marked as the alert's claim) and what telemetry shows;
   with no runbook for `unknown` the graph escalates it with that story. Nothing is executed, so neither
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from core import xids
@@ -52,7 +52,6 @@ from core.domain import (
 from core.settings import MonitorSettings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from agents.diagnostician import Finding
     from policies.model import Policy
 
 ALERT_SOURCE = "alertmanager"
@@ -351,22 +350,6 @@ def assess(inc: Incident, snap: ClusterSnapshot, settings: MonitorSettings | Non
     trusted = tuple(x for x in inc.signals if x.source != ALERT_SOURCE) + tuple(
         c.claim.model_copy(update={"source": CORROBORATED_SOURCE}) for c in checks if c.verdict == "corroborated")
     return Assessment(checks=checks, trusted=trusted)
-
-
-def review(inc: Incident, snap: ClusterSnapshot, diagnose: Callable[[Incident, ClusterSnapshot], Finding]) -> Finding:
-    """`diagnose` on the trusted part of the incident, which holds no claim any more (the diagnostician's
-    hook; see the module docstring)."""
-    from agents.diagnostician import Finding
-
-    a = assess(inc, snap)
-    if a.groundless:
-        names = ", ".join(dict.fromkeys(c.alertname for c in a.checks))
-        return Finding("unknown", inc.resource, 0.3,
-                       f"{inc.resource}: unverified alert claim(s), nothing done on them: {a.summary()}",
-                       a.evidence(), query=f"unverified alert {names}")
-    f = diagnose(inc.model_copy(update={"signals": list(a.trusted)}), snap)
-    summary = f.summary if not a.unproven else f"{f.summary}; besides: {a.summary()}"
-    return replace(f, summary=summary, evidence=[*f.evidence, *a.evidence()])
 
 
 def guard(decision: PolicyDecision, a: Assessment, policy: Policy, requested_by: str = "opsmedic") -> PolicyDecision:

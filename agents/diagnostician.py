@@ -12,7 +12,7 @@ what a log line asks for.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agents import corroboration
 from core import xids as xid_catalog
@@ -351,9 +351,25 @@ def find(inc: Incident, snap: ClusterSnapshot, runbooks: Sequence[Runbook] = ())
     faults, the pod behind an application fault, deploy history against SLO breaches...), then, where they
     find nothing known, the runbooks' signatures."""
     if corroboration.claims(inc):  # an alert is a claim: the rules see only what telemetry corroborates
-        return corroboration.review(inc, snap, lambda i, s: find(i, s, runbooks))
+        return _review(inc, snap, runbooks)
     f = _find(inc, snap)
     return _by_signature(f, inc, snap, runbooks) if f.root_cause == "unknown" and runbooks else f
+
+
+def _review(inc: Incident, snap: ClusterSnapshot, runbooks: Sequence[Runbook]) -> Finding:
+    """`find` on the trusted part of an incident that holds alert claims (`agents.corroboration.assess`):
+    with nothing trusted the verdict is `unknown`, saying what the alerts claimed and what telemetry shows;
+    otherwise the rules' verdict on the trusted signals, which hold no claim any more, with the claims'
+    checks added to its evidence."""
+    a = corroboration.assess(inc, snap)
+    if a.groundless:
+        names = ", ".join(dict.fromkeys(c.alertname for c in a.checks))
+        return Finding("unknown", inc.resource, 0.3,
+                       f"{inc.resource}: unverified alert claim(s), nothing done on them: {a.summary()}",
+                       a.evidence(), query=f"unverified alert {names}")
+    f = find(inc.model_copy(update={"signals": list(a.trusted)}), snap, runbooks)
+    summary = f.summary if not a.unproven else f"{f.summary}; besides: {a.summary()}"
+    return replace(f, summary=summary, evidence=[*f.evidence, *a.evidence()])
 
 
 def _find(inc: Incident, snap: ClusterSnapshot) -> Finding:

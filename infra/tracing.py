@@ -1,7 +1,7 @@
 """opsmedic's own telemetry: OpenTelemetry traces and Prometheus metrics about opsmedic itself.
 
-Layer: the application shell, beside `core.settings` (no imports from agents/tools; agents and tools
-call `span()` and the metric helpers). The OpenTelemetry SDK is imported lazily by `setup_tracing`, so a
+Layer: infra, just above `core` (imports only `core.errors` of ours; agents and tools call `span()` and the
+metric helpers). The OpenTelemetry SDK is imported lazily by `setup_tracing`, so a
 process that never configures tracing pays nothing: until then `span()` is a cheap no-op context.
 
 - **Traces**: `setup_tracing(exporter=...)` builds a `TracerProvider` (service name `opsmedic`) exporting

@@ -1,14 +1,20 @@
 """`opsmedic bench`: the performance figures quoted in the README, measured, never asserted by tests.
 
-Layer: interfaces. Each group measures one part and returns flat `name: number` figures; `--only GROUP`
-runs one group. Groups whose part is not installed are skipped with a note rather than failing.
+Layer: interfaces (`opsmedic`, below `opsmedic.cli`). Each group measures one part and returns flat
+`name: number` figures; `--only GROUP` runs one group. Groups whose part is not installed are skipped with a
+note rather than failing. The groups that drive several layers at once (the decision loop, the diagnosis, the
+actions through the Kubernetes backend, the drift reports on the sandbox's data) live here, so that no lower
+layer has to import the sandbox or the layers above it to measure itself; the others live beside their part
+(`knowledge.bench`, `opsmedic.daemon.bench`, `opsmedic.chat.bench`...).
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -23,9 +29,8 @@ def _pct(values: list[float], q: float) -> float:
 def bench_decision_and_sim(repeats: int = 3) -> dict[str, Any]:
     """Decision latency (incident -> first governed decision, wall ms) and sandbox speed, over the
     bundled example scenarios, `repeats` times each."""
-    from opsmedic.cli import bundled_scenarios
     from opsmedic.evaluation import run_scenario
-    from sandbox.scenario import load_scenario
+    from sandbox.scenario import bundled_scenarios, load_scenario
 
     scenarios = [load_scenario(p) for p in bundled_scenarios().values()]
     decisions: list[float] = []
@@ -96,6 +101,120 @@ def bench_diagnosis(repeats: int = 20) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------- actions (Kubernetes backend)
+
+_ACTIONS_SCENARIO = {
+    "name": "bench-actions", "description": "action latency", "seed": 1,
+    "cluster": {"nodes": 8, "gpus_per_node": 8},
+    "workloads": [{"name": "svc", "kind": "inference", "replicas": 16, "gpus_per_replica": 2, "model": "svc",
+                   "current_version": 2, "slo": {"latency_p95_ms": 50, "accuracy_min": 0.9}}],
+    "faults": [], "duration": "1h", "expect": {"incident": False},
+}
+
+
+def _clock_of(sim: Any) -> Any:
+    return lambda: float(sim.now)
+
+
+def bench_actions(rounds: int = 5) -> dict[str, Any]:
+    """`opsmedic bench --only actions`: wall time of each action through the Kubernetes backend. The official
+    client talks HTTP to the sandbox's Kubernetes API on 127.0.0.1, as in the eval; each action is timed from
+    the backend call to its return, over a fresh cluster of 8 nodes x 8 GPUs with one inference pod per GPU
+    pair."""
+    from core.domain import Action
+    from sandbox.cluster import Simulator
+    from sandbox.k8s_api import serve_in_thread, write_kubeconfig
+    from sandbox.scenario import parse_scenario
+    from tools.k8s_backend import KubernetesBackend
+    from tools.sandbox_backend import SandboxBackend
+
+    timings: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            sim = Simulator(parse_scenario(_ACTIONS_SCENARIO, "bench"))
+            url, stop = serve_in_thread(sim)
+            try:
+                backend = KubernetesBackend(kubeconfig=write_kubeconfig(url, Path(tmp) / f"kc{r}"),
+                                            fallback=SandboxBackend(sim), action_clock=_clock_of(sim),
+                                            sleep=lambda s: None, reset_ack_timeout_s=0.5, max_drain_wait_s=5)
+                plan = [
+                    Action(name="cordon_node", target="node-7"),
+                    Action(name="uncordon_node", target="node-7"),
+                    Action(name="restart_pod", target="svc-0"),
+                    Action(name="reschedule_pod", target="svc-1"),
+                    Action(name="cordon_node", target="node-3"),
+                    Action(name="drain_node", target="node-3"),
+                    Action(name="reset_gpu", target="node-3/gpu-0"),
+                ]
+                for i, action in enumerate(plan):
+                    t0 = time.perf_counter()
+                    result = backend.execute(action, idempotency_key=f"bench:{r}:{i}")
+                    ms = (time.perf_counter() - t0) * 1000.0
+                    if result.ok:
+                        timings.setdefault(action.name, []).append(ms)
+                    sim.step()
+            finally:
+                stop()
+    out: dict[str, Any] = {}
+    every = [t for ts in timings.values() for t in ts]
+    if every:
+        out["action_ms_p50"] = round(statistics.median(every), 2)
+        out["action_ms_p95"] = round(_pct(every, 0.95), 2)
+    for name, ts in sorted(timings.items()):
+        out[f"action_{name}_ms_p50"] = round(statistics.median(ts), 2)
+        out[f"action_{name}_ms_p95"] = round(_pct(ts, 0.95), 2)
+    return out
+
+
+# -------------------------------------------------------------------------------------------- drift
+
+
+def bench_drift(repeats: int = 30, rows: int = 20_000) -> dict[str, Any]:
+    """`opsmedic bench --only drift`: what one model's drift report costs off the hot path.
+
+    The sandbox's six features, `rows` rows in each window, one feature drifted; p50/p95 over `repeats`
+    reports with Evidently (quantile and equal-width binning) and with the numpy engine, and Evidently's
+    cold import time, measured in a fresh interpreter because this process may have paid it already.
+    """
+    import subprocess
+    import sys
+
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+
+    from sandbox import model_data
+    from tools.drift import Binning, DriftThresholds, Engine, compute_drift
+
+    ref_ds = model_data.reference(1, rows)
+    cur_ds = model_data.current(1, rows, {"amount": 0.35}, window=1)
+    ref = pd.DataFrame({f: ref_ds.column(f) for f in model_data.FEATURES})
+    cur = pd.DataFrame({f: cur_ds.column(f) for f in model_data.FEATURES})
+    code = (
+        "import os, time; os.environ.setdefault('DO_NOT_TRACK', 'true'); t = time.perf_counter(); "
+        "import evidently.legacy.calculations.stattests; print(time.perf_counter() - t)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    out: dict[str, Any] = {"drift_rows_per_window": rows, "drift_features": len(model_data.FEATURES)}
+    if proc.returncode == 0:
+        out["drift_evidently_import_s"] = round(float(proc.stdout.strip().splitlines()[-1]), 2)
+    runs: tuple[tuple[str, Engine, Binning], ...] = (
+        ("evidently", "evidently", "quantile"),
+        ("evidently_equal_width", "evidently", "equal_width"),
+        ("numpy", "numpy", "quantile"),
+    )
+    for name, engine, binning in runs:
+        th = DriftThresholds(binning=binning)
+        compute_drift(ref, cur, model="bench", thresholds=th, engine=engine)  # warm: imports, registration
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            compute_drift(ref, cur, model="bench", thresholds=th, engine=engine)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        times.sort()
+        out[f"drift_report_{name}_ms_p50"] = round(times[len(times) // 2], 1)
+        out[f"drift_report_{name}_ms_p95"] = round(times[min(len(times) - 1, int(len(times) * 0.95))], 1)
+    return out
+
+
 def _optional(module: str, fn: str) -> Callable[[], dict[str, Any]] | None:
     try:
         mod = __import__(module, fromlist=[fn])
@@ -114,8 +233,8 @@ GROUPS: dict[str, tuple[str, str] | None] = {
     # the same fleet read from the sandbox Kubernetes API (watch caches) and from Prometheus (where installed)
     "fleet_reads": ("opsmedic.daemon.fleet_bench", "bench_fleet_reads"),
     "alerts": ("tools.alertmanager", "bench_alert_storm"),
-    "drift": ("tools.drift", "bench_drift"),
-    "actions": ("tools.k8s_bench", "bench_actions"),
+    "drift": ("opsmedic.bench", "bench_drift"),
+    "actions": ("opsmedic.bench", "bench_actions"),
     "daemon": ("opsmedic.daemon.bench", "bench_daemon_load"),
     "chat": ("opsmedic.chat.bench", "bench_chat"),
     "diagnosis": ("opsmedic.bench", "bench_diagnosis"),

@@ -1,7 +1,8 @@
 """The `opsmedic` command line.
 
-Layer: interfaces. Built on argparse so that `opsmedic --help` and `--version` answer without importing
-any heavy library: every subcommand imports what it needs inside its handler. Exit codes: 0 success,
+Layer: interfaces, the top (nothing imports it but `opsmedic.__main__`). Built on argparse so that
+`opsmedic --help` and `--version` answer without importing any heavy library: every subcommand imports what
+it needs inside its handler. Exit codes: 0 success,
 1 a check failed (a scenario, the audit chain, a policy decision that is not allow), 2 bad input.
 """
 
@@ -12,7 +13,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +31,12 @@ _QUIET = {
 for _var, _val in _QUIET.items():
     os.environ.setdefault(_var, _val)
 
-DEFAULT_DEMO = "xid79-fell-off-bus"
-
-
 def _print(*parts: object) -> None:
     print(*parts, flush=True)
 
 
 def _err(message: str) -> None:
     print(f"opsmedic: {message}", file=sys.stderr, flush=True)
-
-
-def bundled_scenarios() -> dict[str, Path]:
-    folder = resources.files("sandbox").joinpath("scenarios")
-    return {Path(str(p)).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
-            if p.name.endswith(".yaml")}
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -115,7 +106,7 @@ def _db(arg: str | None) -> str | Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from opsmedic.evaluation import run_scenario
-    from sandbox.scenario import format_duration, load_scenario
+    from sandbox.scenario import DEFAULT_DEMO, bundled_scenarios, format_duration, load_scenario
 
     scenarios = bundled_scenarios()
     if args.list:
@@ -327,6 +318,7 @@ def cmd_runbooks(args: argparse.Namespace) -> int:
 
 def cmd_sandbox_serve(args: argparse.Namespace) -> int:
     from opsmedic.sandbox_serve import serve
+    from sandbox.scenario import bundled_scenarios
 
     path = Path(args.scenario)
     if not path.exists() and args.scenario in bundled_scenarios():

@@ -1,9 +1,9 @@
 """opsmedic's governor: the policy engine, approval requests and the hash-chained audit log.
 
 Where this sits: the engines layer. `agents` (the governor and remediator nodes) and the interfaces
-(`opsmedic.cli`, the daemon, chat) import it; it imports only `core.domain`, `core.errors`,
-`core.settings` and `core.actions` (plus pydantic, PyYAML and the standard library), never agents,
-knowledge or sandbox. Nothing in here calls an LLM: every decision is deterministic code.
+(`opsmedic.cli`, the daemon, chat) import it; it imports only `core` and `infra.db` (plus pydantic, PyYAML
+and the standard library), never agents, tools, knowledge or sandbox. Nothing in here calls an LLM: every
+decision is deterministic code.
 
 - `policies.model`     policy YAML schema, `load_policy` (the bundled `default.yaml` when no path is given)
 - `policies.engine`    `PolicyEngine.decide(action, ctx) -> PolicyDecision`, `explain`, approval requests

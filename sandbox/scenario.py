@@ -1,6 +1,6 @@
 """The scenario contract (SCENARIOS.md) as pydantic models, and the loader that enforces it.
 
-Layer: sandbox (imports only `core.domain` and `core.errors`). A scenario that breaks the
+Layer: sandbox (imports only `core.domain`, `core.errors` and `core.safe_yaml`). A scenario that breaks the
 contract is rejected with a `ScenarioError` naming the file, the key and what was expected; nothing is
 silently ignored (unknown keys, fault types, labels or targets are all errors).
 """
@@ -8,6 +8,7 @@ silently ignored (unknown keys, fault types, labels or targets are all errors).
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -582,6 +583,16 @@ def scenario_files(paths: list[str | Path]) -> list[Path]:
         else:
             raise ScenarioError("no such file or folder", str(p))
     return out
+
+
+DEFAULT_DEMO = "xid79-fell-off-bus"  # the bundled scenario that `opsmedic demo` plays when none is named
+
+
+def bundled_scenarios() -> dict[str, Path]:
+    """The example scenarios that ship inside this package (`sandbox/scenarios/*.yaml`), by name."""
+    folder = resources.files("sandbox").joinpath("scenarios")
+    return {Path(str(p)).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".yaml")}
 
 
 def place_pods(s: Scenario) -> dict[str, tuple[str, list[int]]]:

@@ -1,7 +1,8 @@
 """The chat interface to the ops agent: terminal (`opsmedic chat`), HTTP (`POST /api/chat`) and Slack.
 
-Layer: interfaces (beside `opsmedic.cli` and the daemon). It may import `agents`, `policies`, `knowledge`
-and `tools`; nothing imports it but the interfaces.
+Layer: interfaces (below `opsmedic.cli` and the daemon, which serve it; beside the console). It may import
+`opsmedic.evaluation`, `agents`, `policies`, `knowledge` and `tools`; nothing imports it but the CLI and the
+daemon.
 
 - `opsmedic.chat.router`   what a question means: local sentence embeddings (MiniLM, int8 ONNX) against the
                            labelled examples in `data/intents.yaml`, follow-ups, clarifying questions
@@ -16,6 +17,7 @@ and `tools`; nothing imports it but the interfaces.
 - `opsmedic.chat.roles`    who may ask (viewers) and who may request actions (operators)
 - `opsmedic.chat.store`    the conversation store shared by terminal, HTTP and Slack (table `opsmedic_chat`)
 - `opsmedic.chat.service`  `answer(question, user, ctx)`: the one entry point all three use
+- `opsmedic.chat.context`  `ChatContext`: what a turn may read and use (database, policy, telemetry, backend)
 - `opsmedic.chat.repl`     the terminal REPL; `opsmedic.chat.cli`: `add_parser(sub)` and `cmd_chat(args)`
 - `opsmedic.chat.slack`    Slack mentions and DMs: `handle_event(event, ctx, post)` for the daemon
 

@@ -29,7 +29,7 @@ from opsmedic.chat.records import Records, node_of
 from policies.engine import DecisionContext, PolicyEngine
 
 if TYPE_CHECKING:
-    from opsmedic.chat.service import ChatContext
+    from opsmedic.chat.context import ChatContext
 
 
 @dataclass
@@ -51,7 +51,7 @@ def default_engine() -> PolicyEngine:
     return PolicyEngine()
 
 
-def _target_problem(action_name: str, target: str, records: Records, ctx: ChatContext) -> str | None:
+def target_problem(action_name: str, target: str, records: Records, ctx: ChatContext) -> str | None:
     """Is the target of the right kind, and does it exist (live, or at least in the records)?"""
     kind = ACTION_TOOLS[action_name].target_kind
     is_gpu, is_node = "/gpu-" in target, node_of(target) == target
@@ -71,7 +71,8 @@ def _target_problem(action_name: str, target: str, records: Records, ctx: ChatCo
     return f"I don't know {target!r}: it is in no record and no live telemetry is attached to check it"
 
 
-def _context(records: Records, ctx: ChatContext, request_id: str, user: str) -> DecisionContext:
+def decision_context_for(records: Records, ctx: ChatContext, request_id: str, user: str) -> DecisionContext:
+    """What the governor weighs a chat request against (also used to explain one, `opsmedic.chat.oncall`)."""
     snap = ctx.snapshot()
     now = ctx.clock.now() if ctx.clock is not None else records.now_s()
     history = records.history()
@@ -101,7 +102,7 @@ def request_action(intent: Intent, user: str, records: Records, ctx: ChatContext
             params["to_version"] = m.previous_version
     if name in ("notify", "escalate"):
         params = {"message": f"from {user} via chat: {intent.text}"[:4000]}
-    problem = _target_problem(name, intent.subject, records, ctx)
+    problem = target_problem(name, intent.subject, records, ctx)
     if problem is not None:
         return ActionOutcome(problem + "; nothing was requested.", "invalid")
     try:
@@ -111,7 +112,7 @@ def request_action(intent: Intent, user: str, records: Records, ctx: ChatContext
 
     engine = ctx.engine or default_engine()
     request_id = f"chat-{uuid.uuid4().hex[:10]}"
-    dctx = _context(records, ctx, request_id, user)
+    dctx = decision_context_for(records, ctx, request_id, user)
     decision = engine.decide(action, dctx)
     audit = records.audit
     dec_entry = audit.append("decision", {**decision.model_dump(mode="json"), "requested_by": user,
@@ -177,7 +178,7 @@ def execute_approved(approval_id: str, records: Records, ctx: ChatContext) -> Ac
     if ctx.backend is None or ctx.ledger is None:
         raise PolicyViolation("no executor attached: only the daemon carries out approved chat requests")
     requester = records.approvals.requester(approval_id) or "chat"
-    dctx = _context(records, ctx, req.incident_id, requester)
+    dctx = decision_context_for(records, ctx, req.incident_id, requester)
     decision = (ctx.engine or default_engine()).decide(req.action, dctx)
     if decision.verdict == Verdict.deny:
         raise PolicyViolation(f"{req.action.key} is now denied by {decision.rule}: {'; '.join(decision.reasons)}")

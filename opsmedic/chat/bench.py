@@ -32,9 +32,8 @@ def bench_chat(rounds: int = 3) -> dict[str, Any]:
     from opsmedic.chat import router
     from opsmedic.chat.roles import Roles
     from opsmedic.chat.service import ChatContext, answer
-    from opsmedic.cli import DEFAULT_DEMO, bundled_scenarios
     from opsmedic.evaluation import run_scenario
-    from sandbox.scenario import load_scenario
+    from sandbox.scenario import DEFAULT_DEMO, bundled_scenarios, load_scenario
 
     with tempfile.TemporaryDirectory(prefix="opsmedic-chat-bench-") as tmp:
         db = Path(tmp) / "opsmedic.db"

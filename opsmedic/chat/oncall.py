@@ -26,8 +26,8 @@ from opsmedic.chat.records import (
 )
 
 if TYPE_CHECKING:
+    from opsmedic.chat.context import ChatContext
     from opsmedic.chat.intents import Intent
-    from opsmedic.chat.service import ChatContext
 
 # root causes that leave a GPU unusable until a human acts
 GPU_DOWN = frozenset({"gpu_fell_off_bus", "ecc_uncorrectable", "gpu_ecc_dbe", "ecc_double_bit", "gpu_lost",
@@ -352,7 +352,7 @@ def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer
     """What the governor would decide about an action right now: `policy explain`, nothing executed."""
     from core.actions import ACTION_TOOLS, validate_action
     from core.domain import Action
-    from opsmedic.chat.actions import _context, _target_problem, default_engine
+    from opsmedic.chat.actions import decision_context_for, default_engine, target_problem
 
     name, target = intent.action, intent.subject
     if name is None or name not in ACTION_TOOLS:
@@ -361,7 +361,7 @@ def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer
     if target is None:
         return Answer(f"{name} on what? e.g. 'would {VERB.get(name, name)} node-2 be allowed?'. Nothing was "
                       "requested.")
-    problem = _target_problem(name, target, records, ctx)
+    problem = target_problem(name, target, records, ctx)
     note = ""
     if problem is not None and problem.startswith("I don't know"):
         # only a question: explain it anyway, saying that the target could not be checked
@@ -373,7 +373,7 @@ def explain_answer(intent: Intent, records: Records, ctx: ChatContext) -> Answer
     except Exception as exc:  # a parameter the action needs that the question did not give
         return Answer(f"{exc}. Nothing was requested.")
     engine = ctx.engine or default_engine()
-    dctx = _context(records, ctx, "chat-explain", "chat")
+    dctx = decision_context_for(records, ctx, "chat-explain", "chat")
     text = engine.explain(action, dctx)
     if ctx.snapshot() is None and "[DENY] circuit_breaker" in text:
         note += ("\n(This chat has no live view of the cluster, so the breaker counts only what opsmedic took out "

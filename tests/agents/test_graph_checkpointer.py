@@ -1,5 +1,5 @@
 """The SQLite checkpointer's connection: WAL with synchronous=NORMAL (a committed checkpoint survives a crash
-of the process without an fsync per LangGraph step; tests/policies/test_crash_safety.py kills a driver)."""
+of the process without an fsync per LangGraph step; tests/agents/test_crash_safety.py kills a driver)."""
 
 from __future__ import annotations
 

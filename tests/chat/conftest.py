@@ -83,9 +83,8 @@ def backend() -> RecordingBackend:
 def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The records `opsmedic demo` leaves: its default scenario, run into a temp dir (session-wide: the
     question-set test adds only chat entries, which no answer counts)."""
-    from opsmedic.cli import DEFAULT_DEMO, bundled_scenarios
     from opsmedic.evaluation import run_scenario
-    from sandbox.scenario import load_scenario
+    from sandbox.scenario import DEFAULT_DEMO, bundled_scenarios, load_scenario
 
     db = tmp_path_factory.mktemp("demo") / "opsmedic.db"
     result = run_scenario(load_scenario(bundled_scenarios()[DEFAULT_DEMO]), db_path=db)
@@ -109,9 +108,8 @@ def no_room_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def canary_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A canary's records: canary-error-abort, whose canary fails its analysis and is aborted."""
-    from opsmedic.cli import bundled_scenarios
     from opsmedic.evaluation import run_scenario
-    from sandbox.scenario import load_scenario
+    from sandbox.scenario import bundled_scenarios, load_scenario
 
     db = tmp_path_factory.mktemp("canary") / "opsmedic.db"
     result = run_scenario(load_scenario(bundled_scenarios()["canary-error-abort"]), db_path=db)

@@ -167,7 +167,7 @@ def test_the_model_page_shows_the_canary_and_its_abort(tmp_path: Path, browser_c
                                                       screenshots: Path) -> None:
     from playwright.sync_api import expect
 
-    from opsmedic.cli import bundled_scenarios
+    from sandbox.scenario import bundled_scenarios
 
     d = ConsoleDaemon(tmp_path, scenario=bundled_scenarios()["canary-error-abort"]).start()
     try:

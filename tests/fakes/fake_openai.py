@@ -1,6 +1,6 @@
 """A scriptable fake OpenAI-compatible server on 127.0.0.1, for tests and demos without an API key.
 
-Layer: a test/demo utility of the application shell. It imports only the standard library, so tests can
+Layer: test support (`tests/fakes`, outside the product). It imports only the standard library, so tests can
 start it in a few milliseconds and `python -m fakes.fake_openai` runs it for a demo.
 
 Endpoints: ``POST /v1/chat/completions`` (plain answers, tool calls, structured output through

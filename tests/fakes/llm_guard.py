@@ -1,6 +1,6 @@
 """A guard that refuses real model requests: every HTTP request must go to 127.0.0.1 / localhost.
 
-Layer: a test utility of the application shell (standard library plus httpx, imported lazily). Tests turn
+Layer: test support (`tests/fakes`, outside the product; standard library plus httpx, imported lazily). Tests turn
 it on with an autouse fixture (`tests/chat/conftest.py`, `tests/agents/llm/conftest.py`), so that a
 mis-set `OPSMEDIC_LLM_BASE_URL` or `OPENAI_API_KEY` on a developer's machine can never send a prompt —
 and its telemetry — to a real provider, or spend money, from a test run.

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from opsmedic import __version__
-from opsmedic.cli import bundled_scenarios, main
+from opsmedic.cli import main
+from sandbox.scenario import bundled_scenarios
 
 Raw = dict[str, Any]
 REPO = Path(__file__).resolve().parents[2]

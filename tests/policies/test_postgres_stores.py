@@ -300,7 +300,7 @@ def test_checkpointer_is_postgres_with_the_allow_list(pg_url: str) -> None:
 def test_a_graph_left_waiting_on_postgres_is_resumed_once_by_the_next_process(pg_url: str, tmp_path: Path) -> None:
     """agents.recovery on Postgres: a graph waits for approval and its process goes away; the next one
     finds the open thread in the Postgres checkpoints, resumes it with the approval, and drains once."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agents"))  # tests/agents: the crash driver
     import crash_driver
     from fakes.backend import FakeClock, RecordingBackend, StaticTelemetry
 

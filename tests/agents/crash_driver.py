@@ -1,8 +1,8 @@
 """A process for the crash-safety tests to kill: runs one XID 79 incident through the real graph.
 
-Where this sits: test support for `tests/policies/test_crash_safety.py`, run as a subprocess::
+Where this sits: test support for `tests/agents/test_crash_safety.py`, run as a subprocess::
 
-    python tests/policies/crash_driver.py --db PATH --phase start|resume [--crash-at POINT] [--crash-on ACTION]
+    python tests/agents/crash_driver.py --db PATH --phase start|resume [--crash-at POINT] [--crash-on ACTION]
         [--crash-note TEXT] [--clock SECONDS] [--hold] [--hold-on-wait]
 
 Everything is real except the world: the incident graph checkpointed by `SqliteSaver`, the policy engine,

@@ -1,7 +1,7 @@
 """Crash safety: real processes killed with SIGKILL, then restarted, execute each approved action once.
 
 Where this sits: the governor's durability tests (issue 4, "Crash safety and exactly-once"). Every test
-drives `tests/policies/crash_driver.py` in subprocesses over one SQLite file shared by LangGraph's
+drives `tests/agents/crash_driver.py` in subprocesses over one SQLite file shared by LangGraph's
 checkpointer, the approval store, the audit log, the execution ledger and `fakes.backend.RecordingBackend`
 (which records every backend call durably, so calls are counted across processes). Approvals and
 rejections come from yet another process: `opsmedic approve|reject ID --as eval-approver --db PATH`.
@@ -56,7 +56,9 @@ TIMEOUT_S = 60.0
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMEDIC_")}
-    env.update(PYTHONUNBUFFERED="1", **extra)
+    # tests/ on the driver's path: it imports the test fakes (tests/fakes) like the tests do
+    path = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=path, **extra)
     return env
 
 
