@@ -194,7 +194,6 @@ def test_alert_storm_and_50_concurrent_requests_while_an_incident_runs() -> None
     assert fig["daemon_alerts_sent"] >= 3000
     assert fig["daemon_alerts_lost"] == 0, fig
     assert fig["daemon_alerts_open_after_resolve"] == 0
-    assert fig["daemon_alert_ingest_per_s"] >= 900
     assert fig["daemon_api_errors"] == 0 and fig["daemon_api_requests"] >= 50
     assert fig["daemon_healthz_probes"] >= 20 and fig["daemon_healthz_p99_ms"] < 1000, fig
     assert fig["daemon_ticks_during_load"] >= 5 and fig["daemon_ready_after_load"] == 1.0
