@@ -14,6 +14,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
+from core.clock import Clock as Clock  # re-exported: `Deps.clock` and `agents.recovery` type a clock with it
 from core.domain import (
     ActionPlan,
     ActionResult,
@@ -55,10 +56,6 @@ class IncidentState(BaseModel):
     outcome: Outcome = "open"
     escalation: str | None = None
     timeline: list[TimelineEntry] = Field(default_factory=list)
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
 
 
 class RunbookSource(Protocol):

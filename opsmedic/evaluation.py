@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.clock import SimClock
 from core.domain import ActionResult, ApprovalStatus, ClusterSnapshot, Incident, Signal, Verdict
 from sandbox.scenario import ExpectSpec, Scenario
 
@@ -75,14 +76,6 @@ class EvalReport(BaseModel):
 
 
 # -------------------------------------------------------------------------------------------- runner
-
-
-class SimClock:
-    def __init__(self, sim: Any) -> None:
-        self._sim = sim
-
-    def now(self) -> float:
-        return float(self._sim.now)
 
 
 class ExpositionTelemetry:

@@ -1254,15 +1254,17 @@ class Simulator:
         running = pod is not None and pod.state == "Running"
         if g.power_capped or (running and pod is not None and pod.kind == "training" and not pod.stalled):
             row = self._row(self.prof.load)
-            util, power, sm, reasons = row.util, row.power_w * self.power_scale, row.sm_clock_mhz, row.reasons
+            util, power = row.gpu_util_pct, row.power_w * self.power_scale
+            sm, reasons = row.sm_clock_mhz, row.clock_event_reasons
         elif running and pod is not None and pod.kind == "inference":
             row = self._row(self.prof.load)
-            util = round(row.util * 0.55 * self._util_factor(pod.workload))
+            util = round(row.gpu_util_pct * 0.55 * self._util_factor(pod.workload))
             power = (95.0 + (row.power_w - 95.0) * 0.5) * self.power_scale
             sm, reasons = 1980.0, 0
         else:
             row = self._row(self.prof.idle)
-            util, power, sm, reasons = 0.0, row.power_w * self.power_scale, row.sm_clock_mhz, row.reasons
+            util, power = 0.0, row.power_w * self.power_scale
+            sm, reasons = row.sm_clock_mhz, row.clock_event_reasons
         temp = g.temp
         if g.spike is not None:
             metric, value, until = g.spike

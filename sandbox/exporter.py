@@ -1,9 +1,9 @@
 """Prometheus exposition of a (simulated) cluster: DCGM exporter, kube-state-metrics and service metrics.
 
-Layer: sandbox. Imports `core.domain` and `prometheus_client` only. A `SnapshotCollector` wraps a
-callable that returns the latest `ClusterSnapshot` and renders it, at every scrape, under the metric names
-and labels that a real GPU cluster exposes, so that a real Prometheus server (and `tools.prometheus_source`)
-reads the sandbox exactly as it would read production:
+Layer: sandbox. Imports `core.domain`, `core.metric_names` and `prometheus_client` only. A `SnapshotCollector`
+wraps a callable that returns the latest `ClusterSnapshot` and renders it, at every scrape, under the metric
+names and labels that a real GPU cluster exposes (declared once, in `core.metric_names`), so that a real
+Prometheus server (and `tools.prometheus_source`) reads the sandbox exactly as it would read production:
 
 - **DCGM exporter** (`DCGM_FI_DEV_*`, labels `gpu`, `UUID`, `device`, `modelName`, `Hostname`, and `pod`,
   `namespace`, `container` when a pod holds the GPU). `DCGM_FI_DEV_XID_ERRORS` holds the *last* XID seen
@@ -32,67 +32,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from core import metric_names as mn
 from core.domain import ClusterSnapshot, GpuSample
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_MODEL_NAME = "NVIDIA H100 80GB HBM3"
 
-# DCGM field -> (GpuSample attribute, help). The DCGM exporter declares several of these as counters; they
-# are exposed as gauges here because prometheus_client appends `_total` to a counter's name, and the
-# upper-case DCGM names (`..._VOL_TOTAL`) must stay byte-for-byte what dashboards and alert rules query.
-DCGM_FIELDS: tuple[tuple[str, str, str], ...] = (
-    ("DCGM_FI_DEV_GPU_UTIL", "util_pct", "GPU utilization (in %)."),
-    ("DCGM_FI_DEV_MEM_COPY_UTIL", "mem_util_pct", "Memory utilization (in %)."),
-    ("DCGM_FI_DEV_FB_USED", "mem_used_mib", "Framebuffer memory used (in MiB)."),
-    ("DCGM_FI_DEV_GPU_TEMP", "temp_c", "GPU temperature (in C)."),
-    ("DCGM_FI_DEV_POWER_USAGE", "power_w", "Power draw (in W)."),
-    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "power_limit_w", "Power management limit (in W)."),
-    ("DCGM_FI_DEV_SM_CLOCK", "sm_clock_mhz", "SM clock frequency (in MHz)."),
-    ("DCGM_FI_DEV_MEM_CLOCK", "mem_clock_mhz", "Memory clock frequency (in MHz)."),
-    (
-        "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS",
-        "clock_event_reasons",
-        "Current clock throttle reasons (bitmask).",
-    ),
-    ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "ecc_sbe_volatile", "Total number of single-bit volatile ECC errors."),
-    ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "ecc_dbe_volatile", "Total number of double-bit volatile ECC errors."),
-    (
-        "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",
-        "ecc_dbe_aggregate",
-        "Total number of double-bit persistent ECC errors.",
-    ),
-    (
-        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
-        "remapped_rows_correctable",
-        "Number of remapped rows for correctable errors.",
-    ),
-    (
-        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
-        "remapped_rows_uncorrectable",
-        "Number of remapped rows for uncorrectable errors.",
-    ),
-    ("DCGM_FI_DEV_ROW_REMAP_PENDING", "remap_pending", "Whether a row remapping is pending (1) or not (0)."),
-    (
-        "DCGM_FI_DEV_ROW_REMAP_FAILURE",
-        "remap_failure",
-        "Whether remapping of rows has failed (1) or not (0).",
-    ),
-    ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "pcie_replay_counter", "Total number of PCIe retries."),
-    (
-        "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL",
-        "nvlink_crc_errors",
-        "Total number of NVLink flow-control CRC errors.",
-    ),
-    (
-        "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL",
-        "nvlink_replay_errors",
-        "Total number of NVLink retries.",
-    ),
-)
-DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"
-DCGM_XID = "DCGM_FI_DEV_XID_ERRORS"
-DCGM_XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
-GPU_LABELS = ("gpu", "UUID", "device", "modelName", "Hostname", "pod", "namespace", "container")
 
 # Pod reasons, by the kube-state-metrics series that carries them in a real cluster.
 WAITING_REASONS = frozenset(
@@ -108,7 +53,6 @@ WAITING_REASONS = frozenset(
 )
 TERMINATED_REASONS = frozenset({"OOMKilled", "Error", "Completed", "ContainerCannotRun", "DeadlineExceeded"})
 POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
-GPU_RESOURCE = "nvidia_com_gpu"
 
 
 def gpu_uuid(gpu_id: str) -> str:
@@ -120,6 +64,15 @@ def _num(value: float | int | bool | None) -> float | None:
     if value is None:
         return None
     return float(value)
+
+
+def _gauge(f: mn.MetricFamily) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f.name, f.help, labels=f.labels)
+
+
+def _counter(f: mn.MetricFamily) -> Metric:
+    # samples are added with their full name (`..._total`): prometheus_client names the family without it
+    return Metric(f.family, f.help, "counter")
 
 
 class XidLedger:
@@ -215,7 +168,7 @@ class SnapshotCollector:
 
     @staticmethod
     def _clock(snap: ClusterSnapshot) -> Iterator[Metric]:
-        g = GaugeMetricFamily("opsmedic_snapshot_time_seconds", "Simulated clock of the exported snapshot.")
+        g = _gauge(mn.SNAPSHOT_CLOCK)
         g.add_metric([], snap.at_s)
         yield g
 
@@ -240,14 +193,10 @@ class SnapshotCollector:
         xid_counts: dict[tuple[str, int], int],
     ) -> Iterator[Metric]:
         workloads = {p.name: p.workload for p in snap.pods}
-        fams = {name: GaugeMetricFamily(name, doc, labels=GPU_LABELS) for name, _, doc in DCGM_FIELDS}
-        free = GaugeMetricFamily(DCGM_FB_FREE, "Framebuffer memory free (in MiB).", labels=GPU_LABELS)
-        xid = GaugeMetricFamily(DCGM_XID, "Value of the last XID error encountered.", labels=GPU_LABELS)
-        xid_count = GaugeMetricFamily(
-            DCGM_XID_COUNT,
-            "Count of XID errors seen (the sandbox counts from start; dcgm-exporter counts within a window).",
-            labels=(*GPU_LABELS, "xid"),
-        )
+        fams = {f.name: _gauge(f) for f in mn.DCGM_FIELDS}
+        free = _gauge(mn.DCGM_FB_FREE)
+        xid = _gauge(mn.DCGM_XID)
+        xid_count = _gauge(mn.DCGM_XID_COUNT)
         for g in snap.gpus:
             labels = self._gpu_labels(g, workloads)
             seen = last_xid.get(g.gpu)
@@ -261,10 +210,10 @@ class SnapshotCollector:
                     xid_count.add_metric([*labels, str(code)], float(count))
             if not g.present:
                 continue  # fell off the bus: DCGM cannot read any field of it
-            for name, attr, _ in DCGM_FIELDS:
-                value = _num(getattr(g, attr))
+            for f in mn.DCGM_FIELDS:
+                value = _num(getattr(g, f.gpu_field or ""))
                 if value is not None:
-                    fams[name].add_metric(labels, value)
+                    fams[f.name].add_metric(labels, value)
             if g.mem_total_mib is not None and g.mem_used_mib is not None:
                 free.add_metric(labels, g.mem_total_mib - g.mem_used_mib)
         yield from fams.values()
@@ -274,27 +223,11 @@ class SnapshotCollector:
 
     @staticmethod
     def _kube_nodes(snap: ClusterSnapshot) -> Iterator[Metric]:
-        cond = GaugeMetricFamily(
-            "kube_node_status_condition",
-            "The condition of a cluster node.",
-            labels=("node", "condition", "status"),
-        )
-        unsched = GaugeMetricFamily(
-            "kube_node_spec_unschedulable", "Whether a node can schedule new pods.", labels=("node",)
-        )
-        cap = GaugeMetricFamily(
-            "kube_node_status_capacity",
-            "The capacity for different resources of a node.",
-            labels=("node", "resource", "unit"),
-        )
-        taint = GaugeMetricFamily(
-            "kube_node_spec_taint", "The taint of a cluster node.", labels=("node", "key", "value", "effect")
-        )
-        ann = GaugeMetricFamily(
-            "kube_node_annotations",
-            "Kubernetes annotations converted to Prometheus labels.",
-            labels=("node", "annotation_opsmedic_io_cordoned_by"),
-        )
+        cond = _gauge(mn.KUBE_NODE_CONDITION)
+        unsched = _gauge(mn.KUBE_NODE_UNSCHEDULABLE)
+        cap = _gauge(mn.KUBE_NODE_CAPACITY)
+        taint = _gauge(mn.KUBE_NODE_TAINT)
+        ann = _gauge(mn.KUBE_NODE_ANNOTATIONS)
         for n in snap.nodes:
             for status in ("true", "false", "unknown"):
                 cond.add_metric(
@@ -302,7 +235,7 @@ class SnapshotCollector:
                     1.0 if (status == "true") == n.ready and status != "unknown" else 0.0,
                 )
             unsched.add_metric([n.name], 1.0 if n.unschedulable else 0.0)
-            cap.add_metric([n.name, GPU_RESOURCE, "integer"], float(n.gpus))
+            cap.add_metric([n.name, mn.GPU_RESOURCE, "integer"], float(n.gpus))
             for key in n.taints:
                 effect = "NoExecute" if key.endswith("/unreachable") else "NoSchedule"
                 taint.add_metric([n.name, key, "", effect], 1.0)
@@ -312,54 +245,18 @@ class SnapshotCollector:
 
     def _kube_pods(self, snap: ClusterSnapshot) -> Iterator[Metric]:
         ns = self.namespace
-        info = GaugeMetricFamily(
-            "kube_pod_info",
-            "Information about pod.",
-            labels=("namespace", "pod", "node", "created_by_kind", "created_by_name"),
-        )
-        plabels = GaugeMetricFamily(
-            "kube_pod_labels",
-            "Kubernetes labels converted to Prometheus labels.",
-            labels=("namespace", "pod", "label_app", "label_opsmedic_io_kind"),
-        )
-        phase = GaugeMetricFamily(
-            "kube_pod_status_phase", "The pods current phase.", labels=("namespace", "pod", "phase")
-        )
-        ready = GaugeMetricFamily(
-            "kube_pod_status_ready",
-            "Describes whether the pod is ready to serve requests.",
-            labels=("namespace", "pod", "condition"),
-        )
-        restarts = Metric(
-            "kube_pod_container_status_restarts", "The number of container restarts per container.", "counter"
-        )
-        waiting = GaugeMetricFamily(
-            "kube_pod_container_status_waiting_reason",
-            "Describes the reason the container is currently in waiting state.",
-            labels=("namespace", "pod", "container", "reason"),
-        )
-        terminated = GaugeMetricFamily(
-            "kube_pod_container_status_last_terminated_reason",
-            "Describes the last reason the container was in terminated state.",
-            labels=("namespace", "pod", "container", "reason"),
-        )
-        reason = GaugeMetricFamily(
-            "kube_pod_status_reason", "The pod status reasons", labels=("namespace", "pod", "reason")
-        )
-        unsched = GaugeMetricFamily(
-            "kube_pod_status_unschedulable",
-            "Describes the unschedulable status for the pod.",
-            labels=("namespace", "pod"),
-        )
-        start = GaugeMetricFamily(
-            "kube_pod_start_time", "Start time in unix timestamp for a pod.", labels=("namespace", "pod")
-        )
-        alloc = GaugeMetricFamily(
-            "opsmedic_pod_gpu_allocated",
-            "GPUs allocated to a pod (kubelet PodResources).",
-            labels=("namespace", "pod", "Hostname", "gpu"),
-        )
-        steps = Metric("training_step", "Training steps completed by a training pod.", "counter")
+        info = _gauge(mn.KUBE_POD_INFO)
+        plabels = _gauge(mn.KUBE_POD_LABELS)
+        phase = _gauge(mn.KUBE_POD_PHASE)
+        ready = _gauge(mn.KUBE_POD_READY)
+        restarts = _counter(mn.KUBE_POD_RESTARTS)
+        waiting = _gauge(mn.KUBE_POD_WAITING_REASON)
+        terminated = _gauge(mn.KUBE_POD_TERMINATED_REASON)
+        reason = _gauge(mn.KUBE_POD_REASON)
+        unsched = _gauge(mn.KUBE_POD_UNSCHEDULABLE)
+        start = _gauge(mn.KUBE_POD_START_TIME)
+        alloc = _gauge(mn.POD_GPU_ALLOCATION)
+        steps = _counter(mn.TRAINING_STEP)
         for p in snap.pods:
             info.add_metric([ns, p.name, p.node or "", "StatefulSet", p.workload], 1.0)
             plabels.add_metric([ns, p.name, p.workload, p.kind], 1.0)
@@ -368,7 +265,7 @@ class SnapshotCollector:
             for c in ("true", "false", "unknown"):
                 ready.add_metric([ns, p.name, c], 1.0 if (c == "true") == p.ready and c != "unknown" else 0.0)
             restarts.add_sample(
-                "kube_pod_container_status_restarts_total",
+                mn.KUBE_POD_RESTARTS.name,
                 {"namespace": ns, "pod": p.name, "container": p.workload},
                 float(p.restarts),
             )
@@ -385,7 +282,7 @@ class SnapshotCollector:
                 node, _, idx = gid.partition("/gpu-")
                 alloc.add_metric([ns, p.name, node, idx], 1.0)
             if p.step is not None:
-                steps.add_sample("training_step_total", {"namespace": ns, "pod": p.name}, float(p.step))
+                steps.add_sample(mn.TRAINING_STEP.name, {"namespace": ns, "pod": p.name}, float(p.step))
         yield from (
             info,
             plabels,
@@ -403,21 +300,16 @@ class SnapshotCollector:
 
     @staticmethod
     def _models(snap: ClusterSnapshot) -> Iterator[Metric]:
-        def gauge(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=("model", *extra))
-
-        serving = gauge("model_serving_version", "Registry version the model endpoint serves.")
-        previous = gauge("model_previous_version", "Version served before the current one.")
-        versions = gauge("model_version_info", "Registered versions of the model.", "version")
-        acc = gauge("model_accuracy", "Online accuracy of the served model.")
-        lat = gauge("model_latency_p95_ms", "95th percentile request latency (ms).")
-        slo_acc = gauge("model_slo_accuracy_min", "Accuracy SLO (minimum).")
-        slo_lat = gauge("model_slo_latency_p95_ms", "Latency p95 SLO (ms, maximum).")
-        deploy = gauge("model_last_deploy_timestamp_seconds", "When the served version was deployed.")
-        psi = gauge(
-            "model_feature_psi", "Population stability index of a feature, current vs reference.", "feature"
-        )
-        kl = gauge("model_feature_kl", "KL divergence of a feature, current vs reference.", "feature")
+        serving = _gauge(mn.MODEL_SERVING_VERSION)
+        previous = _gauge(mn.MODEL_PREVIOUS_VERSION)
+        versions = _gauge(mn.MODEL_VERSION_INFO)
+        acc = _gauge(mn.MODEL_ACCURACY)
+        lat = _gauge(mn.MODEL_LATENCY_P95)
+        slo_acc = _gauge(mn.MODEL_SLO_ACCURACY)
+        slo_lat = _gauge(mn.MODEL_SLO_LATENCY_P95)
+        deploy = _gauge(mn.MODEL_LAST_DEPLOY)
+        psi = _gauge(mn.MODEL_FEATURE_PSI)
+        kl = _gauge(mn.MODEL_FEATURE_KL)
         for m in snap.models:
             serving.add_metric([m.name], float(m.serving_version))
             for v in m.versions:
@@ -443,26 +335,19 @@ class SnapshotCollector:
     def _model_ops(snap: ClusterSnapshot) -> Iterator[Metric]:
         """Model operations: error rate, load and capacity, the label delay, per-track (stable / canary)
         figures while a rollout runs, and the features whose current window fails validation."""
-
-        def gauge(name: str, doc: str, *extra: str) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, doc, labels=("model", *extra))
-
-        err = gauge("model_error_rate", "Share of failed requests of the stable track.")
-        slo_err = gauge("model_slo_error_rate_max", "Error-rate SLO (maximum share of failed requests).")
-        delay = gauge("model_label_delay_seconds", "How long after a prediction its label arrives.")
-        rps = gauge("model_requests_per_second", "Requests per second, all tracks.")
-        cap = gauge("model_capacity_qps_per_replica", "Requests per second one replica serves within its SLO.")
-        ready = gauge("model_ready_replicas", "Ready replicas of the serving workload.", "workload")
-        started = gauge("model_rollout_started_timestamp_seconds", "When the canary rollout in progress started.")
-        track = ("track", "version")
-        t_pct = gauge("model_track_traffic_percent", "Share of requests a track receives (%).", *track)
-        t_acc = gauge("model_track_accuracy", "Label-delayed accuracy of a track.", *track)
-        t_lat = gauge("model_track_latency_p95_ms", "95th percentile latency of a track (ms).", *track)
-        t_err = gauge("model_track_error_rate", "Share of failed requests of a track.", *track)
-        t_rps = gauge("model_track_requests_per_second", "Requests per second of a track.", *track)
-        invalid = gauge("model_feature_validation_failed",
-                        "1 while a feature's current window fails validation against the reference profile.",
-                        "feature", "issue")
+        err = _gauge(mn.MODEL_ERROR_RATE)
+        slo_err = _gauge(mn.MODEL_SLO_ERROR_RATE)
+        delay = _gauge(mn.MODEL_LABEL_DELAY)
+        rps = _gauge(mn.MODEL_REQUESTS)
+        cap = _gauge(mn.MODEL_CAPACITY)
+        ready = _gauge(mn.MODEL_READY_REPLICAS)
+        started = _gauge(mn.MODEL_ROLLOUT_STARTED)
+        t_pct = _gauge(mn.MODEL_TRACK_TRAFFIC)
+        t_acc = _gauge(mn.MODEL_TRACK_ACCURACY)
+        t_lat = _gauge(mn.MODEL_TRACK_LATENCY_P95)
+        t_err = _gauge(mn.MODEL_TRACK_ERROR_RATE)
+        t_rps = _gauge(mn.MODEL_TRACK_REQUESTS)
+        invalid = _gauge(mn.MODEL_FEATURE_INVALID)
         for m in snap.models:
             for fam, value in ((err, m.error_rate), (slo_err, m.slo_error_rate_max), (delay, m.label_delay_s),
                                (rps, m.requests_per_s), (cap, m.capacity_qps),

@@ -1,31 +1,20 @@
 """Real H100 NVML readings turned into sampling profiles for the simulated GPUs.
 
-Layer: sandbox. The recorded trace (`data/nvml_trace_h100.csv`, a copy of shared/data/nvml) is the
-ground truth for what an idle GPU and a GPU under full load report: under load the H100 sits at its
-700 W limit with clock event reason 0x4 (SW power cap) in ~98 % of samples — healthy, not a fault — so
-the simulator samples whole rows from the trace instead of inventing numbers.
+Layer: sandbox. Imports `infra.nvml_trace`, the one loader of the recorded trace (shipped in `infra/data/`,
+an unchanged copy of shared/data/nvml). The trace is the ground truth for what an idle GPU and a GPU under
+full load report: under load the H100 sits at its 700 W limit with clock event reason 0x4 (SW power cap)
+in ~98 % of samples — healthy, not a fault — so the simulator samples whole rows from the trace instead of
+inventing numbers.
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 
+from infra.nvml_trace import TraceRow, trace_rows
 
-@dataclass(frozen=True, slots=True)
-class TraceRow:
-    phase: str
-    util: float
-    mem_util: float
-    mem_used_mib: float
-    mem_total_mib: float
-    temp_c: float
-    power_w: float
-    sm_clock_mhz: float
-    mem_clock_mhz: float
-    reasons: int
+__all__ = ["Profiles", "TraceRow", "profiles"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,16 +28,7 @@ class Profiles:
 
 @lru_cache(maxsize=1)
 def profiles() -> Profiles:
-    text = resources.files("sandbox").joinpath("data/nvml_trace_h100.csv").read_text(encoding="utf-8")
-    rows = [
-        TraceRow(
-            phase=r["phase"], util=float(r["gpu_util_pct"]), mem_util=float(r["mem_util_pct"]),
-            mem_used_mib=float(r["mem_used_mib"]), mem_total_mib=float(r["mem_total_mib"]),
-            temp_c=float(r["temp_c"]), power_w=float(r["power_w"]), sm_clock_mhz=float(r["sm_clock_mhz"]),
-            mem_clock_mhz=float(r["mem_clock_mhz"]), reasons=int(r["clock_event_reasons"]),
-        )
-        for r in csv.DictReader(text.splitlines())
-    ]
+    rows = trace_rows()
     idle = tuple(r for r in rows if r.phase == "idle")
-    load = tuple(r for r in rows if r.phase == "matmul_load" and r.util >= 90)
+    load = tuple(r for r in rows if r.phase == "matmul_load" and r.gpu_util_pct >= 90)
     return Profiles(idle=idle, load=load, mem_total_mib=rows[0].mem_total_mib)

@@ -1,6 +1,7 @@
 """Read a cluster from Prometheus-format metrics: PromQL against a server, or an exposition text directly.
 
-Layer: tools (read adapter). Imports `core.domain`, `core.errors`, `prometheus_client`'s parser and
+Layer: tools (read adapter). Imports `core.domain`, `core.errors`, `core.metric_names` (every metric name and
+label it reads is declared there, and the sandbox exporter writes the same), `prometheus_client`'s parser and
 `prometheus-api-client`; it does not import the sandbox, so a production deployment reads a real DCGM
 exporter and kube-state-metrics through the same code that reads `sandbox.exporter` in tests.
 
@@ -29,35 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import metric_names as mn
 from core.domain import ClusterSnapshot, GpuSample, ModelStatus, ModelTrack, NodeStatus, PodStatus
 from core.errors import ConfigError, PermanentToolError, ToolError, TransientToolError
 
-# DCGM field -> GpuSample attribute. The names are dcgm-exporter's (github.com/NVIDIA/dcgm-exporter,
-# default-counters.csv and dcp-metrics-included.csv); the last two XID names are its XID exporters.
-DCGM_TO_FIELD: dict[str, str] = {
-    "DCGM_FI_DEV_GPU_UTIL": "util_pct",
-    "DCGM_FI_DEV_MEM_COPY_UTIL": "mem_util_pct",
-    "DCGM_FI_DEV_FB_USED": "mem_used_mib",
-    "DCGM_FI_DEV_GPU_TEMP": "temp_c",
-    "DCGM_FI_DEV_POWER_USAGE": "power_w",
-    "DCGM_FI_DEV_POWER_MGMT_LIMIT": "power_limit_w",
-    "DCGM_FI_DEV_SM_CLOCK": "sm_clock_mhz",
-    "DCGM_FI_DEV_MEM_CLOCK": "mem_clock_mhz",
-    "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS": "clock_event_reasons",
-    "DCGM_FI_DEV_ECC_SBE_VOL_TOTAL": "ecc_sbe_volatile",
-    "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL": "ecc_dbe_volatile",
-    "DCGM_FI_DEV_ECC_DBE_AGG_TOTAL": "ecc_dbe_aggregate",
-    "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS": "remapped_rows_correctable",
-    "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS": "remapped_rows_uncorrectable",
-    "DCGM_FI_DEV_ROW_REMAP_PENDING": "remap_pending",
-    "DCGM_FI_DEV_ROW_REMAP_FAILURE": "remap_failure",
-    "DCGM_FI_DEV_PCIE_REPLAY_COUNTER": "pcie_replay_counter",
-    "DCGM_FI_DEV_NVLINK_CRC_FLIT_ERROR_COUNT_TOTAL": "nvlink_crc_errors",
-    "DCGM_FI_DEV_NVLINK_REPLAY_ERROR_COUNT_TOTAL": "nvlink_replay_errors",
-}
-DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"
-DCGM_XID = "DCGM_FI_DEV_XID_ERRORS"
-DCGM_XID_COUNT = "DCGM_EXP_XID_ERRORS_COUNT"
+DCGM_TO_FIELD: dict[str, str] = {f.name: f.gpu_field for f in mn.DCGM_FIELDS if f.gpu_field}
 _INT_FIELDS = frozenset(
     {
         "clock_event_reasons",
@@ -72,64 +49,7 @@ _INT_FIELDS = frozenset(
     }
 )
 _BOOL_FIELDS = frozenset({"remap_pending", "remap_failure"})
-GPU_RESOURCE = "nvidia_com_gpu"
-SNAPSHOT_CLOCK = "opsmedic_snapshot_time_seconds"
-POD_GPU_ALLOCATION = "opsmedic_pod_gpu_allocated"
-
-KUBE_METRICS = (
-    "kube_node_status_condition",
-    "kube_node_spec_unschedulable",
-    "kube_node_status_capacity",
-    "kube_node_spec_taint",
-    "kube_node_annotations",
-    "kube_pod_info",
-    "kube_pod_labels",
-    "kube_pod_status_phase",
-    "kube_pod_status_ready",
-    "kube_pod_container_status_restarts_total",
-    "kube_pod_container_status_waiting_reason",
-    "kube_pod_container_status_last_terminated_reason",
-    "kube_pod_status_reason",
-    "kube_pod_status_unschedulable",
-    "kube_pod_start_time",
-)
-SERVICE_METRICS = (
-    "model_serving_version",
-    "model_previous_version",
-    "model_version_info",
-    "model_accuracy",
-    "model_latency_p95_ms",
-    "model_slo_accuracy_min",
-    "model_slo_latency_p95_ms",
-    "model_last_deploy_timestamp_seconds",
-    "model_feature_psi",
-    "model_feature_kl",
-    "training_step_total",
-    # model operations (sandbox.exporter `_model_ops`)
-    "model_error_rate",
-    "model_slo_error_rate_max",
-    "model_label_delay_seconds",
-    "model_requests_per_second",
-    "model_capacity_qps_per_replica",
-    "model_ready_replicas",
-    "model_rollout_started_timestamp_seconds",
-    "model_track_traffic_percent",
-    "model_track_accuracy",
-    "model_track_latency_p95_ms",
-    "model_track_error_rate",
-    "model_track_requests_per_second",
-    "model_feature_validation_failed",
-)
-ALL_METRICS: tuple[str, ...] = (
-    *DCGM_TO_FIELD,
-    DCGM_FB_FREE,
-    DCGM_XID,
-    DCGM_XID_COUNT,
-    *KUBE_METRICS,
-    *SERVICE_METRICS,
-    SNAPSHOT_CLOCK,
-    POD_GPU_ALLOCATION,
-)
+ALL_METRICS: tuple[str, ...] = mn.ALL_NAMES
 _HOST_LABELS = ("Hostname", "hostname", "node", "kubernetes_node")
 _MAX_XIDS_PER_TICK = 16  # a counter that jumps by thousands is one burst, not thousands of signals
 
@@ -185,10 +105,10 @@ class SnapshotBuilder:
             if not math.isfinite(s.value):
                 skipped += 1
                 continue
-            if s.name == SNAPSHOT_CLOCK:
+            if s.name == mn.SNAPSHOT_CLOCK.name:
                 at_s = s.value
                 continue
-            if s.name.startswith("DCGM_"):
+            if s.name.startswith(mn.DCGM_PREFIX):
                 if not self._gpu_sample(s, gpus):
                     skipped += 1
                 continue
@@ -231,14 +151,14 @@ class SnapshotBuilder:
             g = gpus[gid] = _Gpu(node=node, index=idx)
         if s.labels.get("pod"):
             g.pod = s.labels["pod"]
-        if s.name == DCGM_XID:
+        if s.name == mn.DCGM_XID.name:
             g.last_xid = s.value
-        elif s.name == DCGM_XID_COUNT:
+        elif s.name == mn.DCGM_XID_COUNT.name:
             code = s.labels.get("xid", "")
             if not code.isdigit():
                 return False
             g.xid_counts[int(code)] = s.value
-        elif s.name == DCGM_FB_FREE:
+        elif s.name == mn.DCGM_FB_FREE.name:
             g.fields["__fb_free"] = s.value
             g.readable = True
         elif s.name in DCGM_TO_FIELD:
@@ -318,7 +238,7 @@ class SnapshotBuilder:
         capacity: dict[str, int] = {}
         taints: dict[str, list[str]] = defaultdict(list)
         cordoned: dict[str, str] = {}
-        for s in by.get("kube_node_status_condition", []):
+        for s in by.get(mn.KUBE_NODE_CONDITION.name, []):
             node = s.labels.get("node")
             if not node:
                 skipped += 1
@@ -327,17 +247,17 @@ class SnapshotBuilder:
                 ready.setdefault(node, False)
                 if s.labels.get("status") == "true" and s.value >= 1:
                     ready[node] = True
-        for s in by.get("kube_node_spec_unschedulable", []):
+        for s in by.get(mn.KUBE_NODE_UNSCHEDULABLE.name, []):
             if s.labels.get("node"):
                 unsched[s.labels["node"]] = s.value >= 1
-        for s in by.get("kube_node_status_capacity", []):
-            if s.labels.get("node") and s.labels.get("resource") == GPU_RESOURCE:
+        for s in by.get(mn.KUBE_NODE_CAPACITY.name, []):
+            if s.labels.get("node") and s.labels.get("resource") == mn.GPU_RESOURCE:
                 capacity[s.labels["node"]] = int(s.value)
-        for s in by.get("kube_node_spec_taint", []):
+        for s in by.get(mn.KUBE_NODE_TAINT.name, []):
             if s.labels.get("node") and s.labels.get("key") and s.value >= 1:
                 taints[s.labels["node"]].append(s.labels["key"])
-        for s in by.get("kube_node_annotations", []):
-            inc = s.labels.get("annotation_opsmedic_io_cordoned_by")
+        for s in by.get(mn.KUBE_NODE_ANNOTATIONS.name, []):
+            inc = s.labels.get(mn.CORDONED_BY_LABEL)
             if s.labels.get("node") and inc:
                 cordoned[s.labels["node"]] = inc
         names = sorted(set(ready) | set(unsched) | set(capacity), key=_natural)
@@ -360,7 +280,7 @@ class SnapshotBuilder:
     def _pods(by: Mapping[str, list[MetricSample]], gpus: Mapping[str, _Gpu]) -> tuple[list[PodStatus], int]:
         skipped = 0
         info: dict[str, Mapping[str, str]] = {}
-        for s in by.get("kube_pod_info", []):
+        for s in by.get(mn.KUBE_POD_INFO.name, []):
             if not s.labels.get("pod"):
                 skipped += 1
                 continue
@@ -374,20 +294,20 @@ class SnapshotBuilder:
             return out
 
         labels, phases, readies = (
-            per_pod("kube_pod_labels"),
-            per_pod("kube_pod_status_phase"),
-            per_pod("kube_pod_status_ready"),
+            per_pod(mn.KUBE_POD_LABELS.name),
+            per_pod(mn.KUBE_POD_PHASE.name),
+            per_pod(mn.KUBE_POD_READY.name),
         )
         restarts, waiting = (
-            per_pod("kube_pod_container_status_restarts_total"),
-            per_pod("kube_pod_container_status_waiting_reason"),
+            per_pod(mn.KUBE_POD_RESTARTS.name),
+            per_pod(mn.KUBE_POD_WAITING_REASON.name),
         )
         terminated, reasons = (
-            per_pod("kube_pod_container_status_last_terminated_reason"),
-            per_pod("kube_pod_status_reason"),
+            per_pod(mn.KUBE_POD_TERMINATED_REASON.name),
+            per_pod(mn.KUBE_POD_REASON.name),
         )
-        unsched, start = per_pod("kube_pod_status_unschedulable"), per_pod("kube_pod_start_time")
-        alloc, steps = per_pod(POD_GPU_ALLOCATION), per_pod("training_step_total")
+        unsched, start = per_pod(mn.KUBE_POD_UNSCHEDULABLE.name), per_pod(mn.KUBE_POD_START_TIME.name)
+        alloc, steps = per_pod(mn.POD_GPU_ALLOCATION.name), per_pod(mn.TRAINING_STEP.name)
         dcgm_pods: dict[str, list[str]] = defaultdict(list)
         for gid, g in gpus.items():
             if g.pod:
@@ -395,7 +315,7 @@ class SnapshotBuilder:
         pods = []
         for name in info:  # the source's order (the exporter's; PrometheusSource sorts its answer)
             lab = labels.get(name, [])
-            kind_label = next((s.labels.get("label_opsmedic_io_kind") for s in lab), None)
+            kind_label = next((s.labels.get(mn.POD_KIND_LABEL) for s in lab), None)
             kind = (
                 kind_label
                 if kind_label in ("training", "inference")
@@ -461,28 +381,30 @@ class SnapshotBuilder:
                     skipped += 1
             return out
 
-        serving = per_model("model_serving_version")
+        serving = per_model(mn.MODEL_SERVING_VERSION.name)
         one = {
-            k: per_model(k)
-            for k in (
-                "model_previous_version",
-                "model_accuracy",
-                "model_latency_p95_ms",
-                "model_slo_accuracy_min",
-                "model_slo_latency_p95_ms",
-                "model_last_deploy_timestamp_seconds",
-                "model_error_rate",
-                "model_slo_error_rate_max",
-                "model_label_delay_seconds",
-                "model_requests_per_second",
-                "model_capacity_qps_per_replica",
-                "model_ready_replicas",
-                "model_rollout_started_timestamp_seconds",
+            f.name: per_model(f.name)
+            for f in (
+                mn.MODEL_PREVIOUS_VERSION,
+                mn.MODEL_ACCURACY,
+                mn.MODEL_LATENCY_P95,
+                mn.MODEL_SLO_ACCURACY,
+                mn.MODEL_SLO_LATENCY_P95,
+                mn.MODEL_LAST_DEPLOY,
+                mn.MODEL_ERROR_RATE,
+                mn.MODEL_SLO_ERROR_RATE,
+                mn.MODEL_LABEL_DELAY,
+                mn.MODEL_REQUESTS,
+                mn.MODEL_CAPACITY,
+                mn.MODEL_READY_REPLICAS,
+                mn.MODEL_ROLLOUT_STARTED,
             )
         }
-        track_metrics = {k: per_model(f"model_track_{k}") for k in
-                         ("traffic_percent", "accuracy", "latency_p95_ms", "error_rate", "requests_per_second")}
-        invalid = per_model("model_feature_validation_failed")
+        track_metrics = {k: per_model(f.name) for k, f in (
+            ("traffic_percent", mn.MODEL_TRACK_TRAFFIC), ("accuracy", mn.MODEL_TRACK_ACCURACY),
+            ("latency_p95_ms", mn.MODEL_TRACK_LATENCY_P95), ("error_rate", mn.MODEL_TRACK_ERROR_RATE),
+            ("requests_per_second", mn.MODEL_TRACK_REQUESTS))}
+        invalid = per_model(mn.MODEL_FEATURE_INVALID.name)
 
         def tracks(model: str) -> dict[str, ModelTrack]:
             out: dict[str, ModelTrack] = {}
@@ -500,13 +422,13 @@ class SnapshotBuilder:
                                        requests_per_s=of("requests_per_second"))
             return out
         versions, psi, kl = (
-            per_model("model_version_info"),
-            per_model("model_feature_psi"),
-            per_model("model_feature_kl"),
+            per_model(mn.MODEL_VERSION_INFO.name),
+            per_model(mn.MODEL_FEATURE_PSI.name),
+            per_model(mn.MODEL_FEATURE_KL.name),
         )
 
-        def first(metric: str, model: str) -> float | None:
-            got = one[metric].get(model)
+        def first(metric: mn.MetricFamily, model: str) -> float | None:
+            got = one[metric.name].get(model)
             return got[0].value if got else None
 
         models = []
@@ -520,33 +442,33 @@ class SnapshotBuilder:
                 }
                 | {cur}
             )
-            prev = first("model_previous_version", name)
+            prev = first(mn.MODEL_PREVIOUS_VERSION, name)
             models.append(
                 ModelStatus(
                     name=name,
                     serving_version=cur,
                     versions=vers,
-                    accuracy=first("model_accuracy", name),
-                    latency_p95_ms=first("model_latency_p95_ms", name),
-                    slo_accuracy_min=first("model_slo_accuracy_min", name),
-                    slo_latency_p95_ms=first("model_slo_latency_p95_ms", name),
+                    accuracy=first(mn.MODEL_ACCURACY, name),
+                    latency_p95_ms=first(mn.MODEL_LATENCY_P95, name),
+                    slo_accuracy_min=first(mn.MODEL_SLO_ACCURACY, name),
+                    slo_latency_p95_ms=first(mn.MODEL_SLO_LATENCY_P95, name),
                     drift_psi={
                         s.labels["feature"]: s.value for s in psi.get(name, []) if s.labels.get("feature")
                     },
                     drift_kl={
                         s.labels["feature"]: s.value for s in kl.get(name, []) if s.labels.get("feature")
                     },
-                    last_deploy_at_s=first("model_last_deploy_timestamp_seconds", name),
+                    last_deploy_at_s=first(mn.MODEL_LAST_DEPLOY, name),
                     previous_version=int(prev) if prev is not None else None,
-                    error_rate=first("model_error_rate", name),
-                    slo_error_rate_max=first("model_slo_error_rate_max", name),
-                    label_delay_s=first("model_label_delay_seconds", name) or 0.0,
-                    requests_per_s=first("model_requests_per_second", name),
-                    capacity_qps=first("model_capacity_qps_per_replica", name),
-                    replicas_ready=int(ready) if (ready := first("model_ready_replicas", name)) is not None else None,
-                    workload=next((s.labels["workload"] for s in one["model_ready_replicas"].get(name, [])
+                    error_rate=first(mn.MODEL_ERROR_RATE, name),
+                    slo_error_rate_max=first(mn.MODEL_SLO_ERROR_RATE, name),
+                    label_delay_s=first(mn.MODEL_LABEL_DELAY, name) or 0.0,
+                    requests_per_s=first(mn.MODEL_REQUESTS, name),
+                    capacity_qps=first(mn.MODEL_CAPACITY, name),
+                    replicas_ready=int(ready) if (ready := first(mn.MODEL_READY_REPLICAS, name)) is not None else None,
+                    workload=next((s.labels["workload"] for s in one[mn.MODEL_READY_REPLICAS.name].get(name, [])
                                    if s.labels.get("workload")), None),
-                    rollout_started_at_s=first("model_rollout_started_timestamp_seconds", name),
+                    rollout_started_at_s=first(mn.MODEL_ROLLOUT_STARTED, name),
                     tracks=tracks(name),
                     data_issues={s.labels["feature"]: s.labels.get("issue", "fails validation")
                                  for s in invalid.get(name, []) if s.labels.get("feature") and s.value >= 1},
@@ -770,7 +692,7 @@ class PrometheusSource:
         def order(it: dict[str, Any]) -> tuple[int, Any]:
             metric = it.get("metric") or {}
             labels = "|".join(f"{k}={v}" for k, v in sorted(metric.items()))
-            if str(metric.get("__name__", "")).startswith("DCGM_"):
+            if str(metric.get("__name__", "")).startswith(mn.DCGM_PREFIX):
                 return 0, labels
             return 1, _natural(labels)
 

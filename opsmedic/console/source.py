@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from core.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident
+from core.settings import MonitorSettings
 
 if TYPE_CHECKING:
     from agents.driver import IncidentDriver
@@ -89,6 +90,10 @@ class ConsoleSource(Protocol):
 
     def stopping(self) -> bool: ...
 
+    def monitor_settings(self) -> MonitorSettings:
+        """The thresholds the world's monitor applies (drift PSI / KL, ...): the console shows the same."""
+        ...
+
 
 def _faults_of(world: Any) -> list[FaultMark]:
     scenario = getattr(world, "scenario", None)
@@ -127,6 +132,9 @@ class _DriverViews:
 
     def waiting(self) -> Mapping[str, Mapping[str, Any]]:
         return dict(self.driver.waiting)
+
+    def monitor_settings(self) -> MonitorSettings:
+        return self.driver.monitor.settings
 
 
 class DaemonSource(_DriverViews):

@@ -27,6 +27,7 @@ from core.domain import (
 
 if TYPE_CHECKING:
     from agents.state import IncidentState
+    from core.settings import MonitorSettings
     from opsmedic.console.source import ConsoleSource, FaultMark
 
 # GPU health as the heatmap colours it (display only: the monitor's detectors decide what is an incident)
@@ -34,8 +35,6 @@ HEALTH_NAMES: tuple[str, ...] = ("ok", "degraded", "failed", "offline")
 OK, DEGRADED, FAILED, OFFLINE = range(4)
 THERMAL_REASONS = CLOCK_REASON_SW_THERMAL | CLOCK_REASON_HW_THERMAL | CLOCK_REASON_HW_SLOWDOWN
 TEMP_DEGRADED_C = 87.0
-DRIFT_PSI = 0.2
-DRIFT_KL = 0.15
 MODEL_ACTIONS = frozenset({"rollback_model", "retrain_model", "promote_model", "scale_deployment", "abort_rollout"})
 RETRAIN_BLOCK_RULE = "data_validation.retrain_blocked"  # policies/engine.py: no retraining on rows that fail validation
 MAX_ATTENTION = 200
@@ -160,19 +159,10 @@ def fleet_payload(snap: ClusterSnapshot | None, incidents: Mapping[str, Incident
 
 
 def incident_summary(inc: Incident, st: IncidentState | None, waiting: Mapping[str, Any] | None) -> dict[str, Any]:
-    last = st.timeline[-1] if st is not None and st.timeline else None
-    return {
-        "id": inc.id, "title": inc.title or f"{inc.resource_kind} {inc.resource}", "resource": inc.resource,
-        "resource_kind": str(inc.resource_kind), "opened_at_s": inc.opened_at_s,
-        "outcome": st.outcome if st is not None else "open",
-        "waiting": waiting.get("kind") if waiting is not None else None,
-        "root_cause": st.diagnosis.root_cause if st is not None and st.diagnosis is not None else None,
-        "actions": [r.action.key for r in st.results if r.ok and not r.dry_run] if st is not None else [],
-        "pending_approvals": [a.id for a in st.approvals] if st is not None and waiting is not None
-        and waiting.get("kind") == "approval" else [],
-        "updated_at_s": last.at_s if last is not None else inc.opened_at_s,
-        "last": last.text if last is not None else "",
-    }
+    """The incident's `agents.summary.IncidentSummary` (the daemon's `/api/incidents` serves the same)."""
+    from agents.summary import summarize_incident
+
+    return summarize_incident(inc, st, waiting).model_dump(mode="json")
 
 
 def incident_list(source: ConsoleSource) -> list[dict[str, Any]]:
@@ -330,7 +320,8 @@ def approvals_payload(source: ConsoleSource, user: str | None, *, recent: int = 
 # --------------------------------------------------------------------------------------------- models
 
 
-def slo_status(m: ModelStatus) -> dict[str, Any]:
+def slo_status(m: ModelStatus, monitor: MonitorSettings) -> dict[str, Any]:
+    """The model's SLO checks; drift is judged by the thresholds of the monitor that opens drift incidents."""
     checks: list[dict[str, Any]] = []
     if m.slo_accuracy_min is not None:
         ok = m.accuracy is None or m.accuracy >= m.slo_accuracy_min
@@ -345,8 +336,8 @@ def slo_status(m: ModelStatus) -> dict[str, Any]:
                        "ok": ok})
     psi = max(m.drift_psi.values()) if m.drift_psi else None
     kl = max(m.drift_kl.values()) if m.drift_kl else None
-    drifting = (psi is not None and psi > DRIFT_PSI) or (kl is not None and kl > DRIFT_KL)
-    checks.append({"name": "drift", "value": psi, "target": f"PSI <= {DRIFT_PSI:g}, KL <= {DRIFT_KL:g}",
+    drifting = (psi is not None and psi > monitor.drift_psi) or (kl is not None and kl > monitor.drift_kl)
+    checks.append({"name": "drift", "value": psi, "target": f"PSI <= {monitor.drift_psi:g}, KL <= {monitor.drift_kl:g}",
                    "ok": not drifting})
     return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
@@ -412,8 +403,9 @@ def models_payload(source: ConsoleSource) -> dict[str, Any]:
         if inc.resource in names:
             marks[inc.resource].append({"at_s": inc.opened_at_s, "kind": "opened", "label": "incident opened"})
     out = []
+    monitor = source.monitor_settings()
     for m in models:
-        out.append({**m.model_dump(mode="json"), "slo": slo_status(m),
+        out.append({**m.model_dump(mode="json"), "slo": slo_status(m, monitor),
                     "history": sorted(history.get(m.name, []), key=lambda h: -int(h["seq"])),
                     "marks": sorted(marks[m.name], key=lambda x: float(x["at_s"])),
                     "validation": data_validation(m, denials[m.name]),

@@ -911,24 +911,13 @@ class DaemonService:
         return EscalationView(incident=st.incident, reason=st.escalation or "needs a human", story=self.story(st))
 
     def incident_summaries(self) -> list[dict[str, Any]]:
+        from agents.summary import summarize_incident
+
         d = self.driver
-        out: list[dict[str, Any]] = []
-        states = dict(d.states)
-        waiting = dict(d.waiting)
-        for inc_id, inc in list(d.incidents.items()):
-            st = states.get(inc_id)
-            w = waiting.get(inc_id)
-            out.append({
-                "id": inc_id, "resource": inc.resource, "resource_kind": inc.resource_kind.value,
-                "title": inc.title, "opened_at_s": inc.opened_at_s,
-                "source": "alertmanager" if any(s.source == "alertmanager" for s in inc.signals) else "monitor",
-                "outcome": st.outcome if st is not None else "open",
-                "waiting": w.get("kind") if w is not None else None,
-                "root_cause": st.diagnosis.root_cause if st is not None and st.diagnosis is not None else None,
-                "actions": [r.action.key for r in st.results if r.ok and not r.dry_run] if st is not None else [],
-                "approvals": [a.id for a in st.approvals] if st is not None else [],
-                "stalled": inc_id in self._stalled,
-            })
+        states, waiting = dict(d.states), dict(d.waiting)
+        out = [summarize_incident(inc, states.get(inc_id), waiting.get(inc_id),
+                                  stalled=inc_id in self._stalled).model_dump(mode="json")
+               for inc_id, inc in list(d.incidents.items())]
         out.sort(key=lambda x: float(x["opened_at_s"]), reverse=True)
         return out
 

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core.clock import Clock, SimClock, WallClock
 from core.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
 
 if TYPE_CHECKING:
@@ -50,10 +51,6 @@ CREATE TABLE IF NOT EXISTS opsmedic_daemon_worlds (
 """
 
 
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
 class World(Protocol):
     kind: str
     name: str
@@ -76,20 +73,7 @@ class World(Protocol):
     def close(self) -> None: ...
 
 
-class WallClock:
-    def now(self) -> float:
-        return time.time()
-
-
 # ------------------------------------------------------------------------------------------ sandbox
-
-
-class _SimClock:
-    def __init__(self, sim: Any) -> None:
-        self._sim = sim
-
-    def now(self) -> float:
-        return float(self._sim.now)
 
 
 class SandboxWorld:
@@ -105,7 +89,7 @@ class SandboxWorld:
         self.scenario = scenario
         self.name = scenario.name
         self.sim = Simulator(scenario)
-        self.clock: Clock = _SimClock(self.sim)
+        self.clock: Clock = SimClock(self.sim)
         from tools.drift_feed import SandboxWindowSource, drift_telemetry_from_settings
 
         # drift is measured, not read off the simulator: Evidently over the sandbox's feature windows, in the

@@ -28,6 +28,7 @@ from core.domain import (
     Risk,
     Signal,
 )
+from core.settings import MonitorSettings
 from opsmedic.console.source import Decision, FaultMark
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
@@ -94,6 +95,7 @@ class FakeSource:
         self.waits: dict[str, dict[str, Any]] = {}
         self.decided: list[tuple[str, str, str]] = []
         self.faults: list[FaultMark] = []
+        self.monitor = MonitorSettings()
 
     @property
     def approvals(self) -> ApprovalStore:
@@ -133,6 +135,9 @@ class FakeSource:
 
     def api_tokens(self) -> Mapping[str, str]:
         return self.tokens
+
+    def monitor_settings(self) -> MonitorSettings:
+        return self.monitor
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "fake", "scenario": "test"}

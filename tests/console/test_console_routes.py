@@ -249,6 +249,20 @@ def test_models_show_slo_status_and_rollback_history(client: TestClient, fake_so
     assert "series" in m
 
 
+def test_models_judge_drift_by_the_monitors_thresholds(client: TestClient, fake_source: FakeSource) -> None:
+    from core.settings import MonitorSettings
+
+    fake_source.snap = fleet_snapshot(2, 2, models=[fraud_model(drift_psi={"amount": 0.35})])
+
+    def drift() -> dict[str, Any]:
+        checks = client.get("/console/api/models").json()["models"][0]["slo"]["checks"]
+        return dict(next(c for c in checks if c["name"] == "drift"))
+
+    assert drift()["ok"] is False and drift()["target"] == "PSI <= 0.2, KL <= 0.15"  # the monitor's defaults
+    fake_source.monitor = MonitorSettings(drift_psi=0.4, drift_kl=0.3)  # what OPSMEDIC_MONITOR__DRIFT_PSI sets
+    assert drift()["ok"] is True and drift()["target"] == "PSI <= 0.4, KL <= 0.3"
+
+
 def _canary_model(at_s: float, *, canary_pct: float | None, canary_err: float = 0.08, **kw: Any) -> Any:
     from core.domain import ModelTrack
 

@@ -1,8 +1,9 @@
 """Replay of real H100 NVML readings: a GPU source without a GPU, and per-phase statistics for the sandbox.
 
-Layer: tools (adapters). Imports only `core.domain`, the stdlib, pydantic and (lazily, for
-`phase_profiles`) numpy. The data (`data/nvml_trace_h100.csv`, `data/nvml_snapshot_h100.json`) ships inside
-the package, unchanged copies of `shared/data/nvml/`, so an installed opsmedic can replay without a checkout.
+Layer: tools (adapters). Imports only `core.domain`, `infra.nvml_trace` (the one loader of the recorded
+trace and snapshot, whose data ship inside the package, unchanged copies of `shared/data/nvml/`, so an
+installed opsmedic can replay without a checkout), the stdlib, pydantic and (lazily, for `phase_profiles`)
+numpy.
 
 The trace is 492 samples at ~10 Hz of one H100 going idle -> matmul_load -> cooldown -> memory_leak_ramp ->
 memory_release -> idle. Things worth knowing when using it:
@@ -21,44 +22,22 @@ with `sample_at(t_s)`. It is deterministic: the same arguments give the same rea
 from __future__ import annotations
 
 import bisect
-import csv
-import io
-import json
 from collections import Counter
 from functools import cache
-from importlib import resources
 from types import TracebackType
 from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
 from core.domain import ClusterSnapshot, GpuSample
+from infra.nvml_trace import TraceRow as TraceRow  # re-exported: the replay's rows are the trace's
+from infra.nvml_trace import load_snapshot as load_snapshot
+from infra.nvml_trace import load_trace as load_trace
+from infra.nvml_trace import recorded_snapshot, trace_rows
 from tools.telemetry.source import node_snapshot
-
-TRACE_FILE = "nvml_trace_h100.csv"
-SNAPSHOT_FILE = "nvml_snapshot_h100.json"
 
 # The phases in the order the trace goes through them (idle also closes the trace).
 PHASES: tuple[str, ...] = ("idle", "matmul_load", "cooldown", "memory_leak_ramp", "memory_release")
-
-
-class TraceRow(BaseModel):
-    """One line of `nvml_trace_h100.csv`."""
-
-    model_config = ConfigDict(frozen=True)
-
-    t_s: float
-    phase: str
-    gpu_util_pct: float
-    mem_util_pct: float
-    mem_used_mib: float
-    mem_total_mib: float
-    temp_c: float
-    power_w: float
-    sm_clock_mhz: float
-    mem_clock_mhz: float
-    clock_event_reasons: int
-    energy_mj: int
 
 
 class Dist(BaseModel):
@@ -100,34 +79,8 @@ class PhaseProfile(BaseModel):
         return max(self.clock_event_reasons.items(), key=lambda kv: kv[1])[0]
 
 
-def _data_text(name: str) -> str:
-    return resources.files("tools.telemetry").joinpath("data", name).read_text(encoding="utf-8")
-
-
-@cache
-def _trace() -> tuple[TraceRow, ...]:
-    reader = csv.DictReader(io.StringIO(_data_text(TRACE_FILE)))
-    return tuple(TraceRow.model_validate(row) for row in reader)
-
-
-@cache
-def _snapshot() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(_data_text(SNAPSHOT_FILE))
-    return data
-
-
-def load_trace() -> list[TraceRow]:
-    """Every row of the recorded trace, in time order (parsed once; rows are immutable)."""
-    return list(_trace())
-
-
-def load_snapshot() -> dict[str, Any]:
-    """The recorded snapshot JSON (a fresh copy: callers may change it)."""
-    return json.loads(json.dumps(_snapshot()))  # type: ignore[no-any-return]
-
-
 def _snapshot_value(name: str, default: Any) -> Any:
-    entry = _snapshot().get("calls", {}).get(name, {})
+    entry = recorded_snapshot().get("calls", {}).get(name, {})
     return entry.get("value", default) if entry.get("ok") else default
 
 
@@ -177,7 +130,7 @@ def _median_dt(rows: tuple[TraceRow, ...]) -> float:
 def _phase_profiles() -> tuple[tuple[str, PhaseProfile], ...]:
     import numpy as np
 
-    rows = _trace()
+    rows = trace_rows()
     dt = _median_dt(rows)
     power_limit = float(_static_fields()["power_limit_w"])
     # Contiguous runs of one phase (idle occurs twice: at the start and the end).
@@ -258,7 +211,7 @@ class NvmlReplaySource:
         self.offset_rows = offset_rows
         self.step_rows = step_rows
         self.loop = loop
-        self._rows = _trace()
+        self._rows = trace_rows()
         self._times = [r.t_s for r in self._rows]
         self._dt = _median_dt(self._rows)
         # One sampling interval past the last row, so that a looped trace keeps its ~10 Hz spacing.
