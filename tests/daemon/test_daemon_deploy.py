@@ -170,3 +170,13 @@ def test_the_deployed_policy_is_the_default_policy() -> None:
     repo = Path(__file__).resolve().parents[2]
     cm = yaml.safe_load((repo / "deploy" / "k8s" / "configmap-policy.yaml").read_text(encoding="utf-8"))
     assert cm["data"]["policy.yaml"] == (repo / "policies" / "default.yaml").read_text(encoding="utf-8")
+
+
+def test_the_image_copies_every_installed_package() -> None:
+    """A package left out of the image installs nothing and the daemon fails at its first import."""
+    import tomllib
+
+    project = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert {p for p in packages if f"COPY {p} {p}" not in dockerfile} == set()
