@@ -8,13 +8,14 @@ Layer: agents (imports core only). The incident graph (`agents.graph`) pauses wi
 
 The graph writes each payload through its model (`interrupt(ApprovalWait(...).wire())`), so a checkpoint
 still holds a dict of plain JSON values, exactly as before these models existed; whoever reads one back
-(the driver, crash recovery, the daemon, the console, the chat) turns it into a `Pause` with
+(the driver, crash recovery, the console, the chat) turns it into a `Pause` with
 `parse_interrupt`, which raises `MalformedInterrupt` (naming the problem) on anything else.
 
 `ready_to_resume` is the one answer to "may this paused graph go on now?" for every driver of graphs
-(`agents.driver`, `agents.recovery`, the daemon's loop): a settle wait once its time has come; an approval
-wait once the approval store no longer holds its request as pending, or once the request's time is up
-(the graph then reads the store itself, and escalates). The resume value is only a wake-up call.
+(`agents.driver` and `agents.recovery` call it; the daemon's loop is meant to, instead of its own copy):
+a settle wait once its time has come; an approval wait once the approval store no longer holds its
+request as pending, or once the request's time is up (the graph then reads the store itself, and
+escalates). The resume value is only a wake-up call.
 """
 
 from __future__ import annotations
