@@ -1,10 +1,11 @@
 """The incident driver: one LangGraph graph per incident, started, resumed and tracked.
 
-Layer: interfaces. Shared by `opsmedic eval`/`demo` (simulated clock) and the daemon (wall clock): it feeds
-snapshots to the monitor, starts a graph for each incident it opens, and resumes graphs that wait — a
-`wait` interrupt when its time comes, an `approval` interrupt when the approval store says the request is
-no longer pending (approved, rejected or expired). The resume value is only a wake-up call: the graph
-itself reads the store. Thread-safe: the daemon's HTTP handlers and its monitor loop share one driver.
+Layer: agents (the incident runtime; imported by the interfaces above it, never by the engines below).
+Shared by `opsmedic eval`/`demo` (simulated clock) and the daemon (wall clock): it feeds snapshots to the
+monitor, starts a graph for each incident it opens, and resumes graphs that wait (`agents.interrupts`: a
+settle wait when its time comes, an approval wait when the approval store says the request is no longer
+pending, approved, rejected or expired; `ready_to_resume` decides). The resume value is only a wake-up
+call: the graph itself reads the store. Thread-safe: the daemon's HTTP handlers and its monitor loop share one driver.
 State lives in the SQLite file `db_path`, or in Postgres when the settings' `database_url` is a
 `postgresql://` URL (checkpoints, approvals, audit log and execution ledger alike).
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agents.interrupts import ApprovalWait, parse_interrupt, ready_to_resume
 from core.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident, Signal
 
 if TYPE_CHECKING:
@@ -98,6 +100,7 @@ class IncidentDriver:
         self.thread_prefix = thread_prefix
         self.incidents: dict[str, Incident] = {}
         self.states: dict[str, IncidentState] = {}
+        # incident id -> the interrupt payload its graph waits on, as checkpointed (`parse_interrupt` reads it)
         self.waiting: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
 
@@ -150,24 +153,16 @@ class IncidentDriver:
         with self._lock:
             out = []
             for w in self.waiting.values():
-                if w["kind"] == "approval":
-                    req = self.approvals.get(w["request_id"])
+                pause = parse_interrupt(w)
+                if isinstance(pause, ApprovalWait):
+                    req = self.approvals.get(pause.request_id)
                     if req is not None and req.status == ApprovalStatus.pending:
                         out.append(req)
             return out
 
     def _ready(self, w: dict[str, Any], now: float, approver: Approver | None) -> bool:
-        if w["kind"] == "wait":
-            return bool(now >= float(w["until_s"]))
-        req = self.approvals.get(w["request_id"])
-        if req is None or req.status != ApprovalStatus.pending:
-            return True
-        if approver is not None:
-            approver(req, now)
-            req = self.approvals.get(w["request_id"])
-            if req is None or req.status != ApprovalStatus.pending:
-                return True
-        return bool(now >= req.expires_at_s)  # nobody answered: it expires, and the graph escalates
+        on_pending = None if approver is None else (lambda req: approver(req, now))
+        return ready_to_resume(parse_interrupt(w), now, self.approvals, on_pending=on_pending)
 
     def resume_ready(self, now: float, approver: Approver | None = None, *, max_rounds: int = 50) -> int:
         """Resume every graph that can go on now; a resumed graph may wait again at once. Returns how many

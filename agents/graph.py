@@ -12,7 +12,10 @@ loses neither an incident nor an approval::
 Nodes are functions from state to a partial update; their dependencies arrive as `Runtime[Deps]`.
 LangGraph re-runs a node from its top after `interrupt()`, so nodes that interrupt keep everything before
 the interrupt pure, and every side effect after it is idempotent (audit appends carry dedupe keys,
-actions carry idempotency keys, approvals are consumed once).
+actions carry idempotency keys, approvals are consumed once). The two pauses, `await_approval`'s and
+`verify`'s, write their payloads through `agents.interrupts` (`ApprovalWait`, `SettleWait`), whose
+`parse_interrupt` and `ready_to_resume` every driver of graphs reads them with; audit payloads are read
+back typed through `policies.audit_events`.
 
 Checkpoints go where the stores go: `checkpointer_for` gives a `SqliteSaver` for a SQLite path (the
 default) or a `PostgresSaver` for a `postgresql://` URL, both with the msgpack allow-list below.
@@ -35,6 +38,7 @@ from langgraph.types import interrupt
 
 from agents import corroboration, diagnostician, remediator
 from agents.governor import decision_context
+from agents.interrupts import ApprovalWait, SettleWait
 from agents.llm import llm_diagnose, llm_investigate, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
 from core import domain
@@ -193,8 +197,8 @@ def await_approval(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, An
     """Wait for a human. The resume value is only a wake-up call: what counts is the approval store."""
     assert state.approval is not None and state.decision is not None
     req = state.approval
-    interrupt({"kind": "approval", "request_id": req.id, "incident_id": state.incident.id,
-               "action": req.action.key, "digest": req.digest, "expires_at_s": req.expires_at_s})
+    interrupt(ApprovalWait(request_id=req.id, incident_id=state.incident.id, action=req.action.key,
+                           digest=req.digest, expires_at_s=req.expires_at_s).wire())
     deps = runtime.context
     now = deps.clock.now()
     deps.approvals.expire_due(now, audit=deps.audit)
@@ -280,7 +284,7 @@ def verify(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
         started = state.verify_started_s if state.verify_started_s is not None else result.at_s
         waited = deps.clock.now() - started
         due = started + (settle if waited < settle else waited + POLL_S)
-        interrupt({"kind": "wait", "until_s": due, "incident_id": state.incident.id, "action": action.key})
+        interrupt(SettleWait(until_s=due, incident_id=state.incident.id, action=action.key).wire())
     else:
         started = result.at_s
     now = deps.clock.now()

@@ -1,14 +1,16 @@
 """Crash recovery: find every incident graph a dead process left open and drive it on from its checkpoint.
 
-Layer: interfaces (beside `opsmedic.evaluation`; may import agents, policies and tools). A process that
+Layer: agents (the incident runtime; may import the engines and adapters below it: policies, tools). A process that
 takes over a database a dead one left (the crash tests' driver; the daemon has its own adoption, which also
 rebuilds its in-memory views) calls `resume_all` once at start, before it opens new incidents:
 
-- **approval wait** (an `interrupt` of kind `approval`): the approval store, not the interrupt, says what
-  happened while nobody was listening. A request that is no longer pending (approved, rejected, expired —
-  pending requests past their expiry are expired first) is resumed with `Command(resume=...)`; the
-  `await_approval` node then consumes the approval exactly once or escalates. A pending one stays waiting.
-- **wait** (an `interrupt` of kind `wait`, the verifier letting an action settle): resumed once due.
+- **approval wait** (an `ApprovalWait` interrupt, see `agents.interrupts`): the approval store, not the
+  interrupt, says what happened while nobody was listening. A request that is no longer pending (approved,
+  rejected, expired — pending requests past their expiry are expired first) is resumed with
+  `Command(resume=...)`; the `await_approval` node then consumes the approval exactly once or escalates. A
+  pending one stays waiting.
+- **settle wait** (a `SettleWait` interrupt, the verifier letting an action settle): resumed once due.
+- an interrupt this version does not write (`parse_interrupt` refuses it) is left alone, `open`.
 - **died mid-node** (`next` non-empty and no interrupt): invoked with `None`, which re-runs the node from
   its top; the nodes are idempotent (audit dedupe keys, approval ids derived from the incident, the
   execution ledger), so an approved action still takes effect once.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,9 +37,10 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
+from agents.interrupts import ApprovalWait, MalformedInterrupt, parse_interrupt, ready_to_resume
 from agents.runbook_source import RunbookCatalog
 from agents.state import Clock, Deps, IncidentState, RunbookSource
-from core.domain import ApprovalRequest, ApprovalStatus
+from core.domain import ApprovalRequest
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
 from policies.engine import HistoryEntry, PolicyEngine
@@ -48,7 +52,7 @@ Graph = CompiledStateGraph[IncidentState, Deps, IncidentState, IncidentState]
 Status = Literal["resolved", "escalated", "failed", "awaiting_approval", "waiting", "open", "error"]
 # Called for an approval wait whose request is still pending, before the store is read again: it may
 # answer through the store (a scenario approver) or remind a human (Slack). Its return value is ignored.
-Responder = Callable[[str, dict[str, Any], ApprovalRequest], None]
+Responder = Callable[[str, ApprovalWait, ApprovalRequest], None]
 
 _log = logging.getLogger(__name__)
 _CATALOG: RunbookCatalog | None = None
@@ -140,7 +144,8 @@ def open_incidents(graph: Graph, conn: Any, *, thread_prefix: str | None = None)
 
 
 def waiting_on(graph: Graph, thread_id: str) -> dict[str, Any] | None:
-    """The payload of the interrupt a thread waits on (`kind` approval or wait), or None."""
+    """The payload of the interrupt a thread waits on (`kind` approval or wait), as checkpointed, or None
+    (`agents.interrupts.parse_interrupt` types it)."""
     snap = graph.get_state(_config(thread_id))
     return dict(snap.interrupts[0].value) if snap.interrupts else None
 
@@ -166,23 +171,23 @@ def resume_thread(graph: Graph, deps: Deps, thread_id: str, responder: Responder
         now = deps.clock.now()
         payload: Command[Any] | None
         if snap.interrupts:
-            wait = dict(snap.interrupts[0].value)
-            if wait.get("kind") == "approval":
+            try:
+                pause = parse_interrupt(snap.interrupts[0].value)
+            except MalformedInterrupt:
+                return "open"  # an interrupt we do not know how to answer: leave it to a human
+            if isinstance(pause, ApprovalWait):
+                # pending requests past their expiry become expired (and audited) before anyone looks
                 deps.approvals.expire_due(now, audit=deps.audit)
-                req = deps.approvals.get(str(wait["request_id"]))
-                if req is not None and req.status == ApprovalStatus.pending and responder is not None:
-                    responder(thread_id, wait, req)
-                    req = deps.approvals.get(req.id)
-                if req is not None and req.status == ApprovalStatus.pending:
+                on_pending = None if responder is None else partial(responder, thread_id, pause)
+                if not ready_to_resume(pause, now, deps.approvals, on_pending=on_pending):
                     return "awaiting_approval"
+                req = deps.approvals.get(pause.request_id)
                 status = req.status.value if req is not None else "unknown"
-                payload = Command(resume={"at_s": now, "request_id": wait["request_id"], "status": status})
-            elif wait.get("kind") == "wait":
-                if now < float(wait["until_s"]):
+                payload = Command(resume={"at_s": now, "request_id": pause.request_id, "status": status})
+            else:
+                if not ready_to_resume(pause, now, deps.approvals):
                     return "waiting"
                 payload = Command(resume={"at_s": now})
-            else:
-                return "open"  # an interrupt we do not know how to answer: leave it to a human
         else:
             payload = None  # the process died inside a node: re-run it from the last checkpoint
         graph.invoke(payload, cfg, context=deps)

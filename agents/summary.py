@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from agents.interrupts import ApprovalWait, SettleWait
 from agents.state import IncidentState, Outcome
 from core.domain import Incident
 
@@ -34,10 +35,15 @@ class IncidentSummary(BaseModel):
     stalled: bool | None = None  # its graph failed to advance and waits for a retry (None: the reader can't tell)
 
 
-def summarize_incident(inc: Incident, st: IncidentState | None, waiting: Mapping[str, Any] | None, *,
+def summarize_incident(inc: Incident, st: IncidentState | None,
+                       waiting: ApprovalWait | SettleWait | Mapping[str, Any] | None, *,
                        stalled: bool | None = None) -> IncidentSummary:
+    """`waiting` is the paused graph's interrupt: typed (`agents.interrupts`), or as checkpointed."""
     last = st.timeline[-1] if st is not None and st.timeline else None
-    waits_for = waiting.get("kind") if waiting is not None else None
+    if isinstance(waiting, ApprovalWait | SettleWait):
+        waits_for: str | None = waiting.kind
+    else:
+        waits_for = waiting.get("kind") if waiting is not None else None
     return IncidentSummary(
         id=inc.id, title=inc.title or f"{inc.resource_kind} {inc.resource}", resource=inc.resource,
         resource_kind=inc.resource_kind.value, opened_at_s=inc.opened_at_s,

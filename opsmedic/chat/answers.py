@@ -25,6 +25,23 @@ from opsmedic.chat.records import (
     clock,
     node_of,
 )
+from policies.audit_events import (
+    ApprovalDecisionPayload,
+    ApprovalExpiredPayload,
+    ApprovalRequestPayload,
+    ChatPayload,
+    DecisionPayload,
+    DiagnosisPayload,
+    EscalationPayload,
+    ExecutionPayload,
+    LlmPayload,
+    ObservationPayload,
+    PlanPayload,
+    ResolutionPayload,
+    VerificationPayload,
+    event_of,
+    payload_as,
+)
 
 VERB = {"cordon_node": "cordoned", "uncordon_node": "uncordoned", "drain_node": "drained",
         "reset_gpu": "reset", "restart_pod": "restarted", "reschedule_pod": "rescheduled",
@@ -44,56 +61,53 @@ def when(e: AuditEntry) -> str:
 
 
 def describe(e: AuditEntry) -> str:
-    """One plain sentence for an audit entry."""
-    p = e.payload
-    key = action_key(p) or "?"
+    """One plain sentence for an audit entry (its payload read through `policies.audit_events`)."""
+    ev = event_of(e)
+    key = action_key(e) or "?"
     k = e.kind
-    if k == "observation":
-        details = [str(s.get("detail") or s.get("kind")) for s in p.get("signals") or [] if isinstance(s, dict)]
-        return f"monitor observed {'; '.join(dict.fromkeys(details)) or 'signals on ' + str(p.get('resource'))}"
-    if k == "diagnosis":
-        conf = float(p.get("confidence") or 0)
-        return (f"diagnosed {p.get('root_cause')} at {p.get('resource')} (confidence {conf:.2f}"
-                f"{', LLM-assisted' if p.get('source') == 'llm' else ''}): {p.get('summary')}")
-    if k == "plan":
-        steps = [f"{s['action']['name']}@{s['action']['target']}" for s in p.get("steps") or []
-                 if isinstance(s, dict) and isinstance(s.get("action"), dict)]
-        return f"remediator proposed {', '.join(steps) or 'nothing'} ({p.get('rationale')})"
-    if k == "decision":
-        why = ""
-        if p.get("verdict") != "allow" and p.get("reasons"):
-            why = f": {p['reasons'][0]}"
-        who = f", requested by {p['requested_by']}" if p.get("requested_by") else ""
-        return f"governor decided {key}: {p.get('verdict')} (rule {p.get('rule')}, risk {p.get('risk')}{who}){why}"
-    if k == "approval_request":
-        return (f"approval {p.get('request_id')} for {key} asked of {', '.join(p.get('approvers') or [])} "
-                f"(rule {p.get('rule')}){' by ' + str(p['by']) if p.get('by') else ''}")
-    if k == "approval":
-        return f"{p.get('by')} approved {key} ({p.get('request_id')})"
-    if k == "approval_consumed":
-        return f"approval {p.get('request_id')} was used (once) for {key}"
-    if k == "rejection":
-        return f"{p.get('by')} rejected {key}: {p.get('reason') or 'no reason given'}"
-    if k == "approval_refused":
-        return f"refused to {p.get('op')} {p.get('request_id')} for {p.get('by')}: {p.get('reason')}"
-    if k == "approval_expired":
-        return f"approval {p.get('request_id')} for {key} expired unanswered"
-    if k == "execution":
-        mark = "executed" if p.get("ok") else "FAILED"
-        dry = " (dry run)" if p.get("dry_run") else ""
-        return f"{mark} {key}{dry}: {p.get('detail')}"
-    if k == "verification":
-        return f"verified {key}: {'ok' if p.get('ok') else 'FAILED'}, {p.get('detail')}"
-    if k == "escalation":
-        return f"escalated to a human: {p.get('reason')}"
-    if k == "resolution":
-        return f"resolved after {', '.join(p.get('actions') or []) or 'no action'}"
-    if k in ("llm_diagnosis", "llm_plan"):
-        return f"LLM {p.get('purpose')} {p.get('verdict')}: {p.get('reason')}"
-    if k == "chat_question":
-        return f"{p.get('user')} asked in chat: {p.get('question')}"
-    if k == "chat_action_request":
-        return f"{p.get('user')} requested {p.get('action_key')} in chat: {p.get('verdict')} ({p.get('status')})"
+    if isinstance(ev, ObservationPayload):
+        details = [str(s.detail or s.kind) for s in ev.signals]
+        return f"monitor observed {'; '.join(dict.fromkeys(details)) or 'signals on ' + str(ev.resource)}"
+    if isinstance(ev, DiagnosisPayload):
+        conf = float(ev.confidence or 0)
+        return (f"diagnosed {ev.root_cause} at {ev.resource} (confidence {conf:.2f}"
+                f"{', LLM-assisted' if ev.source == 'llm' else ''}): {ev.summary}")
+    if isinstance(ev, PlanPayload):
+        steps = [st.action.key for st in ev.steps if st.action is not None]
+        return f"remediator proposed {', '.join(steps) or 'nothing'} ({ev.rationale})"
+    if isinstance(ev, DecisionPayload):
+        why = f": {ev.reasons[0]}" if ev.verdict != "allow" and ev.reasons else ""
+        who = f", requested by {ev.requested_by}" if ev.requested_by else ""
+        return f"governor decided {key}: {ev.verdict} (rule {ev.rule}, risk {ev.risk}{who}){why}"
+    if isinstance(ev, ApprovalRequestPayload):
+        return (f"approval {ev.request_id} for {key} asked of {', '.join(ev.approvers)} "
+                f"(rule {ev.rule}){' by ' + str(ev.by) if ev.by else ''}")
+    if isinstance(ev, ApprovalDecisionPayload):
+        if k == "approval":
+            return f"{ev.by} approved {key} ({ev.request_id})"
+        if k == "approval_consumed":
+            return f"approval {ev.request_id} was used (once) for {key}"
+        if k == "rejection":
+            return f"{ev.by} rejected {key}: {ev.reason or 'no reason given'}"
+        return f"refused to {ev.op} {ev.request_id} for {ev.by}: {ev.reason}"
+    if isinstance(ev, ApprovalExpiredPayload):
+        return f"approval {ev.request_id} for {key} expired unanswered"
+    if isinstance(ev, ExecutionPayload):
+        mark = "executed" if ev.ok else "FAILED"
+        dry = " (dry run)" if ev.dry_run else ""
+        return f"{mark} {key}{dry}: {ev.detail}"
+    if isinstance(ev, VerificationPayload):
+        return f"verified {key}: {'ok' if ev.ok else 'FAILED'}, {ev.detail}"
+    if isinstance(ev, EscalationPayload):
+        return f"escalated to a human: {ev.reason}"
+    if isinstance(ev, ResolutionPayload):
+        return f"resolved after {', '.join(ev.actions) or 'no action'}"
+    if isinstance(ev, LlmPayload) and k != "llm_investigation":
+        return f"LLM {ev.purpose} {ev.verdict}: {ev.reason}"
+    if isinstance(ev, ChatPayload):
+        if k == "chat_question":
+            return f"{ev.user} asked in chat: {ev.question}"
+        return f"{ev.user} requested {ev.action_key} in chat: {ev.verdict} ({ev.status})"
     from policies.audit import format_entry
 
     return format_entry(e).split(": ", 1)[-1]
@@ -116,7 +130,7 @@ def _incident_line(v: IncidentView, records: Records) -> str:
     pend = [a for a in records.pending_approvals() if a.incident_id == v.id]
     if outcome == "open" and pend:
         outcome = f"waiting for approval of {', '.join(a.action.key for a in pend)}"
-    acts = ", ".join(action_key(e.payload) or "?" for e in v.executed) or "no action"
+    acts = ", ".join(action_key(e) or "?" for e in v.executed) or "no action"
     return (f"{v.id} on {v.resource} (opened {when(v.first)}): {v.root_cause or 'not diagnosed yet'} -> {outcome}; "
             f"actions: {acts} (#{v.first.seq}-#{v.entries[-1].seq})")
 
@@ -185,39 +199,38 @@ def approvals_answer(records: Records) -> Answer:
 
 def _before(entries: Sequence[AuditEntry], seq: int, kind: str, key: str | None = None) -> AuditEntry | None:
     return next((e for e in reversed(entries) if e.seq < seq and e.kind == kind
-                 and (key is None or action_key(e.payload) == key)), None)
+                 and (key is None or action_key(e) == key)), None)
 
 
 def _after(entries: Sequence[AuditEntry], seq: int, kind: str, key: str) -> AuditEntry | None:
-    return next((e for e in entries if e.seq > seq and e.kind == kind and action_key(e.payload) == key), None)
+    return next((e for e in entries if e.seq > seq and e.kind == kind and action_key(e) == key), None)
 
 
 def explain_execution(records: Records, ex: AuditEntry) -> Answer:
     """Why one executed action was taken: diagnosis, runbook plan, governor decision, approval, check."""
-    key = action_key(ex.payload) or "?"
+    key = action_key(ex) or "?"
     inc = [e for e in records.entries() if e.incident_id == ex.incident_id]
     cites = [ex.seq]
-    parts = [f"{key} was executed at {when(ex)} in {ex.incident_id} (#{ex.seq}): {ex.payload.get('detail')}."]
+    parts = [f"{key} was executed at {when(ex)} in {ex.incident_id} (#{ex.seq}): "
+             f"{payload_as(ex, ExecutionPayload).detail}."]
     diag = _before(inc, ex.seq, "diagnosis")
     if diag is not None:
-        parts.append(f"Why: the diagnostician found {diag.payload.get('root_cause')} at {diag.payload.get('resource')}"
-                     f" - {diag.payload.get('summary')} (#{diag.seq}).")
+        d = payload_as(diag, DiagnosisPayload)
+        parts.append(f"Why: the diagnostician found {d.root_cause} at {d.resource} - {d.summary} (#{diag.seq}).")
         cites.append(diag.seq)
     plan = _before(inc, ex.seq, "plan")
-    if plan is not None and plan.payload.get("rationale"):
-        parts.append(f"The plan came from {plan.payload.get('rationale')} (#{plan.seq}).")
+    if plan is not None and (rationale := payload_as(plan, PlanPayload).rationale):
+        parts.append(f"The plan came from {rationale} (#{plan.seq}).")
         cites.append(plan.seq)
     dec = _before(inc, ex.seq, "decision", key)
     if dec is not None:
-        p = dec.payload
-        reason = (p.get("reasons") or [""])[0]
-        if p.get("verdict") == "allow":
-            parts.append(f"The governor allowed it under rule {p.get('rule')} (risk {p.get('risk')}): "
-                         f"{_s(reason)} (#{dec.seq}).")
+        p = payload_as(dec, DecisionPayload)
+        reason = (p.reasons or [""])[0]
+        if p.verdict == "allow":
+            parts.append(f"The governor allowed it under rule {p.rule} (risk {p.risk}): {_s(reason)} (#{dec.seq}).")
         else:
-            parts.append(f"The governor required approval: rule {p.get('rule')}, risk {p.get('risk')} - "
-                         f"{_s(reason)} (#{dec.seq}).")
-            appr = [e for e in inc if dec.seq < e.seq < ex.seq and action_key(e.payload) == key
+            parts.append(f"The governor required approval: rule {p.rule}, risk {p.risk} - {_s(reason)} (#{dec.seq}).")
+            appr = [e for e in inc if dec.seq < e.seq < ex.seq and action_key(e) == key
                     and e.kind in ("approval", "approval_consumed")]
             for a in appr:
                 parts.append(f"Then {describe(a)} (#{a.seq}).")
@@ -225,8 +238,8 @@ def explain_execution(records: Records, ex: AuditEntry) -> Answer:
         cites.append(dec.seq)
     ver = _after(inc, ex.seq, "verification", key)
     if ver is not None:
-        mark = "ok" if ver.payload.get("ok") else "FAILED"
-        parts.append(f"Verified {mark}: {ver.payload.get('detail')} (#{ver.seq}).")
+        v = payload_as(ver, VerificationPayload)
+        parts.append(f"Verified {'ok' if v.ok else 'FAILED'}: {v.detail} (#{ver.seq}).")
         cites.append(ver.seq)
     return Answer(" ".join(parts), sorted(set(cites)))
 
@@ -236,9 +249,9 @@ def _refusals(records: Records, subject: str | None, action: str | None) -> list
     for e in records.entries():
         if e.kind not in ("decision", "rejection", "approval_expired", "approval_refused"):
             continue
-        if e.kind == "decision" and e.payload.get("verdict") != "deny":
+        if e.kind == "decision" and payload_as(e, DecisionPayload).verdict != "deny":
             continue
-        t, n = action_target(e.payload), action_name(e.payload)
+        t, n = action_target(e), action_name(e)
         if subject is not None and t != subject and node_of(t or "") != subject:
             continue
         if action is not None and n != action:
@@ -251,7 +264,7 @@ def why_answer(records: Records, intent: Intent, snapshot: ClusterSnapshot | Non
     subject, action = intent.subject, intent.action
     if subject is None and action is None:
         return Answer("Why what? Name a node, GPU, pod or model, e.g. 'why is node-1 cordoned?'.")
-    execs = [e for e in records.executions(target=subject, action=action) if action_name(e.payload) != "escalate"
+    execs = [e for e in records.executions(target=subject, action=action) if action_name(e) != "escalate"
              or action == "escalate"]
     refusals = _refusals(records, subject, action)
     what = f"{action or 'any action'}" + (f" on {subject}" if subject else "")
@@ -275,8 +288,8 @@ def why_answer(records: Records, intent: Intent, snapshot: ClusterSnapshot | Non
             cites += _plan_cites(records, subject)
         parts.extend(_live_note(snapshot, subject, action))
         return Answer(" ".join(parts), cites)
-    keys = list(dict.fromkeys(action_key(e.payload) for e in execs))
-    answers = [explain_execution(records, next(e for e in reversed(execs) if action_key(e.payload) == k))
+    keys = list(dict.fromkeys(action_key(e) for e in execs))
+    answers = [explain_execution(records, next(e for e in reversed(execs) if action_key(e) == k))
                for k in keys[-3:]]
     text = "\n".join(a.text for a in answers)
     if subject is not None and action in (None, "cordon_node", "drain_node"):
@@ -300,9 +313,10 @@ def _never_proposed(records: Records, subject: str | None, action: str | None, w
     plans = [e for v in about for e in v.entries if e.kind == "plan"]
     if plans:
         p = plans[-1]
-        steps = [f"{s['action']['name']}@{s['action']['target']}" for s in p.payload.get("steps") or []]
+        plan = payload_as(p, PlanPayload)
+        steps = [st.action.key for st in plan.steps if st.action is not None]
         return (f"opsmedic has not done {what}. Incident {p.incident_id} concerned it; its plan was "
-                f"{', '.join(steps) or 'to do nothing'} ({p.payload.get('rationale')}) (#{p.seq}) - "
+                f"{', '.join(steps) or 'to do nothing'} ({plan.rationale}) (#{p.seq}) - "
                 f"{action or 'that'} was never proposed, so the governor was never asked.")
     return f"opsmedic has not done {what}; incident(s) {', '.join(v.id for v in about)} concerned it."
 
@@ -357,18 +371,19 @@ def status_answer(records: Records, subject: str, snapshot: ClusterSnapshot | No
         parts.append(live + "." if live else f"live: {subject} is not in the cluster right now.")
     execs = records.executions(target=subject)
     if node_of(subject) == subject:
-        execs += [e for e in records.executions() if node_of(action_target(e.payload) or "") == subject
+        execs += [e for e in records.executions() if node_of(action_target(e) or "") == subject
                   and e not in execs]
         execs.sort(key=lambda e: e.seq)
     about = records.about(subject)
     for v in about[-3:]:
         d = v.diagnosis
         outcome, end = v.outcome
-        parts.append(f"{v.id}: {v.root_cause or 'undiagnosed'} at {d.payload.get('resource') if d else v.resource}"
+        parts.append(f"{v.id}: {v.root_cause or 'undiagnosed'} at "
+                     f"{payload_as(d, DiagnosisPayload).resource if d else v.resource}"
                      f" -> {outcome}" + (f" (#{d.seq}" + (f", #{end.seq})" if end else ")") if d else "") + ".")
         cites += [x.seq for x in (d, end) if x is not None]
     if execs:
-        acts = ", ".join(f"{action_key(e.payload)} at {when(e)} (#{e.seq})" for e in execs[-5:])
+        acts = ", ".join(f"{action_key(e)} at {when(e)} (#{e.seq})" for e in execs[-5:])
         parts.append(f"opsmedic's actions on it: {acts}.")
         cites += [e.seq for e in execs[-5:]]
     if node_of(subject) == subject:

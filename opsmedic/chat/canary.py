@@ -17,6 +17,16 @@ from typing import Any
 from core.domain import AuditEntry
 from opsmedic.chat.answers import Answer, when
 from opsmedic.chat.records import IncidentView, Records, action_key, action_name, action_target
+from policies.audit_events import (
+    DecisionPayload,
+    DiagnosisPayload,
+    ExecutionPayload,
+    ObservationPayload,
+    SignalRecord,
+    VerificationPayload,
+    event_of,
+    payload_as,
+)
 
 SIGNAL = "canary_analysis_failed"
 ROOT_CAUSE = "canary_regression"
@@ -28,18 +38,15 @@ def asks_about_canary(text: str, action: str | None) -> bool:
     return action == "abort_rollout" or (action is None and bool(_ASKS.search(text.lower())))
 
 
-def _canary_signal(e: AuditEntry) -> dict[str, Any] | None:
+def _canary_signal(e: AuditEntry) -> SignalRecord | None:
     if e.kind != "observation":
         return None
-    for s in e.payload.get("signals") or []:
-        if isinstance(s, dict) and s.get("kind") == SIGNAL:
-            return s
-    return None
+    return next((s for s in payload_as(e, ObservationPayload).signals if s.kind == SIGNAL), None)
 
 
 def _is_canary(v: IncidentView) -> bool:
     return v.root_cause == ROOT_CAUSE or any(_canary_signal(e) is not None for e in v.entries) \
-        or any(action_name(e.payload) == "abort_rollout" for e in v.entries)
+        or any(action_name(e) == "abort_rollout" for e in v.entries)
 
 
 def _num(labels: Mapping[str, Any], key: str) -> float | None:
@@ -87,59 +94,62 @@ def canary_answer(records: Records, subject: str | None) -> Answer:
     cites: list[int] = []
     parts: list[str] = []
     model = v.resource or subject or "the model"
-    abort = next((e for e in v.entries if e.kind == "execution" and action_name(e.payload) == "abort_rollout"), None)
+    abort = next((e for e in v.entries if e.kind == "execution" and action_name(e) == "abort_rollout"), None)
+    done_abort = payload_as(abort, ExecutionPayload) if abort is not None else None
     obs = next((e for e in v.entries if _canary_signal(e) is not None), None)
     sig = _canary_signal(obs) if obs is not None else None
-    labels: Mapping[str, Any] = (sig or {}).get("labels") or {}
+    labels: Mapping[str, Any] = sig.labels if sig is not None else {}
     cv, sv = labels.get("canary_version"), labels.get("stable_version")
     head = f"The canary of {model}" + (f" (v{cv}, against stable v{sv})" if cv and sv else "")
-    if abort is not None and abort.payload.get("ok"):
+    if abort is not None and done_abort is not None and done_abort.ok:
         parts.append(f"{head} was aborted at {when(abort)} in {v.id} (#{abort.seq}), because its canary analysis "
                      f"failed.")
         cites.append(abort.seq)
     else:
         parts.append(f"{head} failed its canary analysis in {v.id}; it has not been aborted (see below).")
     if obs is not None and sig is not None:
-        share = f" at {float(sig['value']):g} % of the traffic" if sig.get("value") is not None else ""
+        share = f" at {float(sig.value):g} % of the traffic" if sig.value is not None else ""
         window = (f" over {labels['window_s']}s and {labels['requests']} canary requests"
                   if labels.get("window_s") and labels.get("requests") else "")
         figs = figures(labels)
         text = f"Canary analysis (#{obs.seq}, {when(obs)}){share}{window}: "
-        text += ("; ".join(figs) + f". Failed on: {str(sig.get('detail', '')).split(': ', 1)[-1]}."
-                 if figs else f"{sig.get('detail')}.")
+        detail = sig.detail if "detail" in sig.model_fields_set else ""
+        text += ("; ".join(figs) + f". Failed on: {str(detail).split(': ', 1)[-1]}."
+                 if figs else f"{sig.detail}.")
         parts.append(text)
         cites.append(obs.seq)
     diag = v.diagnosis
     if diag is not None:
-        p = diag.payload
-        rb = ", ".join(p.get("runbook_ids") or [])
-        conf = float(p.get("confidence") or 0)
-        parts.append(f"Diagnosis (#{diag.seq}): {p.get('root_cause')} (confidence {conf:.2f})"
-                     f"{', runbook ' + rb if rb else ''} - {p.get('summary')}.")
+        d = payload_as(diag, DiagnosisPayload)
+        rb = ", ".join(d.runbook_ids)
+        conf = float(d.confidence or 0)
+        parts.append(f"Diagnosis (#{diag.seq}): {d.root_cause} (confidence {conf:.2f})"
+                     f"{', runbook ' + rb if rb else ''} - {d.summary}.")
         cites.append(diag.seq)
-    dec = next((e for e in v.entries if e.kind == "decision" and action_name(e.payload) == "abort_rollout"), None)
+    dec = next((e for e in v.entries if e.kind == "decision" and action_name(e) == "abort_rollout"), None)
     if dec is not None:
-        p = dec.payload
-        reason = (p.get("reasons") or [""])[0]
-        parts.append(f"Decision (#{dec.seq}): the governor decided {action_key(p)}: {p.get('verdict')} under rule "
-                     f"{p.get('rule')} (risk {p.get('risk')}){': ' + reason.rstrip('.') if reason else ''}.")
+        p = payload_as(dec, DecisionPayload)
+        reason = (p.reasons or [""])[0]
+        parts.append(f"Decision (#{dec.seq}): the governor decided {action_key(dec)}: {p.verdict} under rule "
+                     f"{p.rule} (risk {p.risk}){': ' + reason.rstrip('.') if reason else ''}.")
         cites.append(dec.seq)
         approvals = [e for e in v.entries if e.kind in ("approval", "rejection", "approval_expired")
-                     and action_name(e.payload) == "abort_rollout"]
+                     and action_name(e) == "abort_rollout"]
         for a in approvals:
-            parts.append(f"#{a.seq}: {a.kind} by {a.payload.get('by') or 'nobody'}.")
+            # an expiry has nobody to name: its model has no `by`
+            parts.append(f"#{a.seq}: {a.kind} by {getattr(event_of(a), 'by', None) or 'nobody'}.")
             cites.append(a.seq)
-    if abort is not None:
-        mark = "done" if abort.payload.get("ok") else "FAILED"
-        parts.append(f"Abort (#{abort.seq}, {mark}): {abort.payload.get('detail')}.")
-    ver = next((e for e in v.entries if e.kind == "verification" and action_name(e.payload) == "abort_rollout"), None)
+    if abort is not None and done_abort is not None:
+        mark = "done" if done_abort.ok else "FAILED"
+        parts.append(f"Abort (#{abort.seq}, {mark}): {done_abort.detail}.")
+    ver = next((e for e in v.entries if e.kind == "verification" and action_name(e) == "abort_rollout"), None)
     if ver is not None:
-        ok = "ok" if ver.payload.get("ok") else "FAILED"
-        parts.append(f"Verified {ok} (#{ver.seq}): {ver.payload.get('detail')}.")
+        check = payload_as(ver, VerificationPayload)
+        parts.append(f"Verified {'ok' if check.ok else 'FAILED'} (#{ver.seq}): {check.detail}.")
         cites.append(ver.seq)
-    done = [e for e in v.executed if action_name(e.payload) != "abort_rollout" and action_target(e.payload)]
+    done = [e for e in v.executed if action_name(e) != "abort_rollout" and action_target(e)]
     if done:
-        parts.append("Also done: " + ", ".join(f"{action_key(e.payload)} (#{e.seq})" for e in done) + ".")
+        parts.append("Also done: " + ", ".join(f"{action_key(e)} (#{e.seq})" for e in done) + ".")
         cites += [e.seq for e in done]
     outcome, end = v.outcome
     parts.append(f"Incident {v.id}: {outcome}" + (f" (#{end.seq})." if end is not None else "."))

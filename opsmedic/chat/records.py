@@ -14,15 +14,25 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.interrupts import MalformedInterrupt, Pause, parse_interrupt
 from core.domain import ApprovalRequest, ApprovalStatus, AuditEntry
 from core.errors import AuditError, OpsmedicError
 from infra.db import Db
 from policies.approvals import ApprovalStore
 from policies.audit import AuditLog
+from policies.audit_events import (
+    ActionRef,
+    DiagnosisPayload,
+    ExecutionPayload,
+    ObservationPayload,
+    event_of,
+    payload_as,
+)
 from policies.engine import HistoryEntry
 
 EPOCH_LIKE = 1e9  # sim_s above this is wall-clock epoch seconds (the daemon), below it simulated seconds
@@ -31,21 +41,43 @@ EPOCH_LIKE = 1e9  # sim_s above this is wall-clock epoch seconds (the daemon), b
 CHAT_KINDS = frozenset({"chat_question", "chat_action_request"})
 
 
-def action_key(payload: dict[str, Any]) -> str | None:
-    a = payload.get("action")
-    if isinstance(a, dict) and "name" in a:
-        return f"{a['name']}@{a.get('target')}"
+def action_of(e: AuditEntry) -> ActionRef | None:
+    """The action an audit entry is about (its payload's `action`), if it names one."""
+    return event_of(e).action_ref
+
+
+# The three below take an audit entry (read through `policies.audit_events`), or, for callers not yet moved
+# to entries (opsmedic.chat.oncall), a raw payload.
+def action_key(e: AuditEntry | Mapping[str, Any]) -> str | None:
+    if isinstance(e, AuditEntry):
+        a = action_of(e)
+        return a.key if a is not None else None
+    raw = e.get("action")
+    if isinstance(raw, dict) and "name" in raw:
+        return f"{raw['name']}@{raw.get('target')}"
     return None
 
 
-def action_target(payload: dict[str, Any]) -> str | None:
-    a = payload.get("action")
-    return str(a.get("target")) if isinstance(a, dict) and "target" in a else None
+def action_target(e: AuditEntry | Mapping[str, Any]) -> str | None:
+    if isinstance(e, AuditEntry):
+        a = action_of(e)
+        return str(a.target) if a is not None and "target" in a.model_fields_set else None
+    raw = e.get("action")
+    return str(raw.get("target")) if isinstance(raw, dict) and "target" in raw else None
 
 
-def action_name(payload: dict[str, Any]) -> str | None:
-    a = payload.get("action")
-    return str(a.get("name")) if isinstance(a, dict) and "name" in a else None
+def action_name(e: AuditEntry | Mapping[str, Any]) -> str | None:
+    if isinstance(e, AuditEntry):
+        a = action_of(e)
+        return a.name if a is not None else None
+    raw = e.get("action")
+    return str(raw.get("name")) if isinstance(raw, dict) and "name" in raw else None
+
+
+def took_effect(e: AuditEntry) -> bool:
+    """An execution entry of an action that ran for real and succeeded."""
+    p = payload_as(e, ExecutionPayload)
+    return bool(p.ok) and not p.dry_run
 
 
 def node_of(resource: str) -> str | None:
@@ -74,9 +106,9 @@ class IncidentView:
     def resource(self) -> str | None:
         obs = next((e for e in self.entries if e.kind == "observation"), None)
         if obs is not None:
-            return str(obs.payload.get("resource"))
+            return str(payload_as(obs, ObservationPayload).resource)
         d = self.diagnosis
-        return str(d.payload.get("resource")) if d is not None else None
+        return str(payload_as(d, DiagnosisPayload).resource) if d is not None else None
 
     @property
     def diagnosis(self) -> AuditEntry | None:
@@ -85,12 +117,11 @@ class IncidentView:
     @property
     def root_cause(self) -> str | None:
         d = self.diagnosis
-        return str(d.payload.get("root_cause")) if d is not None else None
+        return str(payload_as(d, DiagnosisPayload).root_cause) if d is not None else None
 
     @property
     def executed(self) -> list[AuditEntry]:
-        return [e for e in self.entries if e.kind == "execution" and e.payload.get("ok")
-                and not e.payload.get("dry_run")]
+        return [e for e in self.entries if e.kind == "execution" and took_effect(e)]
 
     @property
     def outcome(self) -> tuple[str, AuditEntry | None]:
@@ -108,14 +139,13 @@ class IncidentView:
         """Every resource this incident is about: its own, its diagnosis', its signals' and its targets."""
         out: set[str] = set()
         for e in self.entries:
-            p = e.payload
-            for key in ("resource",):
-                if isinstance(p.get(key), str):
-                    out.add(p[key])
-            for s in p.get("signals") or []:
-                if isinstance(s, dict) and isinstance(s.get("resource"), str):
-                    out.add(s["resource"])
-            if (t := action_target(p)) is not None:
+            event = event_of(e)
+            resource = getattr(event, "resource", None)  # a declared field, or one the payload carries anyway
+            if isinstance(resource, str):
+                out.add(resource)
+            if isinstance(event, ObservationPayload):
+                out |= {s.resource for s in event.signals if isinstance(s.resource, str)}
+            if (t := action_target(e)) is not None:
                 out.add(t)
         return out
 
@@ -193,15 +223,14 @@ class Records:
         for v in self.incidents():
             names |= v.resources()
         for e in self.entries():
-            if (t := action_target(e.payload)) is not None:
+            if (t := action_target(e)) is not None:
                 names.add(t)
         return {n for n in names if n and n != "cluster"}
 
     def executions(self, *, target: str | None = None, action: str | None = None) -> list[AuditEntry]:
-        return [e for e in self.entries() if e.kind == "execution" and e.payload.get("ok")
-                and not e.payload.get("dry_run")
-                and (target is None or action_target(e.payload) == target)
-                and (action is None or action_name(e.payload) == action)]
+        return [e for e in self.entries() if e.kind == "execution" and took_effect(e)
+                and (target is None or action_target(e) == target)
+                and (action is None or action_name(e) == action)]
 
     def about(self, resource: str) -> list[IncidentView]:
         """Incidents that concern a resource (a node also owns its GPUs and what was done to it)."""
@@ -234,7 +263,7 @@ class Records:
         now = self.now_s()
         out: list[HistoryEntry] = []
         for e in self.executions():
-            name, target = action_name(e.payload), action_target(e.payload)
+            name, target = action_name(e), action_target(e)
             if name is None or target is None or e.sim_s is None or (e.sim_s >= EPOCH_LIKE) != (now >= EPOCH_LIKE):
                 continue
             try:
@@ -248,7 +277,7 @@ class Records:
         """Nodes opsmedic cordoned or drained and has not uncordoned since."""
         state: dict[str, bool] = {}
         for e in self.executions():
-            name, target = action_name(e.payload), action_target(e.payload)
+            name, target = action_name(e), action_target(e)
             if target is None:
                 continue
             if name in ("cordon_node", "drain_node"):
@@ -259,7 +288,7 @@ class Records:
 
     # --------------------------------------------------------------------------------- checkpoints
 
-    def checkpoint(self, incident_id: str) -> tuple[list[str], dict[str, Any] | None]:
+    def checkpoint(self, incident_id: str) -> tuple[list[str], Pause | None]:
         """From the incident graph's LangGraph checkpoint: the agents' own timeline, and what the graph is
         waiting for (an approval or a verification time) when it is paused. ([], None) when absent."""
         thread_id = self._checkpoint_thread(incident_id)
@@ -280,13 +309,14 @@ class Records:
                 at, agent, text = ((t.get("at_s"), t.get("agent"), t.get("text")) if isinstance(t, dict)
                                    else (t.at_s, t.agent, t.text))
                 out.append(f"[{clock(float(at or 0))}] {agent:<13} {text}")
-            waiting: dict[str, Any] | None = None
+            waiting: Pause | None = None
             interrupts = list(getattr(state, "interrupts", ()) or [])
             if not interrupts:
                 for task in getattr(state, "tasks", ()) or ():
                     interrupts.extend(getattr(task, "interrupts", ()) or ())
             if interrupts and isinstance(getattr(interrupts[0], "value", None), dict):
-                waiting = dict(interrupts[0].value)
+                with contextlib.suppress(MalformedInterrupt):  # a pause we cannot read only costs the "now"
+                    waiting = parse_interrupt(interrupts[0].value)
             return out, waiting
         except Exception:  # a checkpoint we cannot read only costs the narrative, never the answer
             return [], None

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agents.interrupts import ApprovalWait
 from opsmedic.chat import answers, canary, oncall
 from opsmedic.chat.actions import audit_payload, request_action
 from opsmedic.chat.context import ChatContext as ChatContext  # the entry point hands it on to its callers
@@ -198,12 +199,12 @@ def _facts(intent: Intent, records: Records, ctx: ChatContext) -> answers.Answer
         v = records.incident(intent.subject) if intent.subject else (views[-1] if views else None)
         if v is not None and not v.closed:
             _, waiting = records.checkpoint(v.id)
-            if waiting is not None and waiting.get("kind") == "approval":
-                a.text += (f"\nNow: its graph is paused until approval {waiting.get('request_id')} for "
-                           f"{waiting.get('action')} is decided (from the incident's checkpoint).")
+            if isinstance(waiting, ApprovalWait):
+                a.text += (f"\nNow: its graph is paused until approval {waiting.request_id} for "
+                           f"{waiting.action} is decided (from the incident's checkpoint).")
             elif waiting is not None:
-                a.text += (f"\nNow: its graph waits until t={float(waiting.get('until_s') or 0):.0f}s to verify "
-                           f"{waiting.get('action')} (from the incident's checkpoint).")
+                a.text += (f"\nNow: its graph waits until t={waiting.until_s:.0f}s to verify "
+                           f"{waiting.action} (from the incident's checkpoint).")
         return a
     if k == "why":
         return answers.why_answer(records, intent, snap)

@@ -50,6 +50,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from agents.interrupts import ApprovalWait
 from core.errors import ApprovalError
 from opsmedic.console import views
 from opsmedic.console.auth import (
@@ -179,7 +180,8 @@ class Console:
         sig = (
             tuple(sorted((i, len(st.timeline), st.outcome, len(st.results), len(st.verifications))
                          for i, st in states.items())),
-            tuple(sorted((i, str(w.get("kind")), str(w.get("request_id", ""))) for i, w in waiting.items())),
+            tuple(sorted((i, w.kind, w.request_id if isinstance(w, ApprovalWait) else "")
+                         for i, w in waiting.items())),
             len(incidents),
             src.audit.count(),
         )

@@ -1,7 +1,8 @@
 """Where the console reads from and acts through: the `ConsoleSource` seam and its two adapters.
 
 Layer: interfaces (`opsmedic.console`). The console never drives incident graphs itself. It reads the
-incident driver's in-memory views (incidents, graph states, what each graph waits for), the approval store,
+incident driver's in-memory views (incidents, graph states, what each graph waits for, typed by
+`agents.interrupts`), the approval store,
 the audit log and the latest cluster snapshot, and it answers approval requests through the same
 `ApprovalStore.approve` / `reject` calls as the CLI, Slack and the HTTP API — bound to the action's digest,
 refused after expiry, used once, limited to the request's approvers, audited — and then asks whoever
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from agents.interrupts import MalformedInterrupt, Pause, parse_interrupt
 from core.domain import ApprovalRequest, ApprovalStatus, ClusterSnapshot, Incident
 from core.settings import MonitorSettings
 
@@ -66,7 +68,9 @@ class ConsoleSource(Protocol):
 
     def states(self) -> Mapping[str, IncidentState]: ...
 
-    def waiting(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def waiting(self) -> Mapping[str, Pause]:
+        """incident id -> why its graph is paused (`agents.interrupts`), for the graphs that are."""
+        ...
 
     def pending_approvals(self) -> list[ApprovalRequest]: ...
 
@@ -130,8 +134,14 @@ class _DriverViews:
     def states(self) -> Mapping[str, IncidentState]:
         return dict(self.driver.states)
 
-    def waiting(self) -> Mapping[str, Mapping[str, Any]]:
-        return dict(self.driver.waiting)
+    def waiting(self) -> Mapping[str, Pause]:
+        out: dict[str, Pause] = {}
+        for inc_id, w in list(self.driver.waiting.items()):
+            try:
+                out[inc_id] = parse_interrupt(w)
+            except MalformedInterrupt:  # not one this version writes: the console shows the incident unpaused
+                continue
+        return out
 
     def monitor_settings(self) -> MonitorSettings:
         return self.driver.monitor.settings

@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from agents.interrupts import Pause
 from core import xids
 from core.domain import (
     CLOCK_REASON_HW_SLOWDOWN,
@@ -23,6 +24,15 @@ from core.domain import (
     Incident,
     ModelStatus,
     NodeStatus,
+)
+from policies.audit_events import (
+    ActionRef,
+    ApprovalDecisionPayload,
+    DecisionPayload,
+    ExecutionPayload,
+    ObservationPayload,
+    event_of,
+    payload_as,
 )
 
 if TYPE_CHECKING:
@@ -158,7 +168,7 @@ def fleet_payload(snap: ClusterSnapshot | None, incidents: Mapping[str, Incident
 # ------------------------------------------------------------------------------------------ incidents
 
 
-def incident_summary(inc: Incident, st: IncidentState | None, waiting: Mapping[str, Any] | None) -> dict[str, Any]:
+def incident_summary(inc: Incident, st: IncidentState | None, waiting: Pause | None) -> dict[str, Any]:
     """The incident's `agents.summary.IncidentSummary` (the daemon's `/api/incidents` serves the same)."""
     from agents.summary import summarize_incident
 
@@ -206,7 +216,8 @@ def incident_detail(source: ConsoleSource, inc_id: str, series: dict[str, Any] |
     store = source.approvals
     approvals = [store.get(a.id) or a for a in (st.approvals if st is not None else [])]
     entries = source.audit.entries(incident_id=inc_id)
-    rejected = {str(e.payload.get("request_id")): str(e.payload.get("by")) for e in entries if e.kind == "rejection"}
+    rejected = {str(r.request_id): str(r.by) for e in entries if e.kind == "rejection"
+                for r in (payload_as(e, ApprovalDecisionPayload),)}
 
     def approval_json(a: ApprovalRequest) -> dict[str, Any]:
         data = a.model_dump(mode="json")
@@ -262,7 +273,7 @@ def incident_detail(source: ConsoleSource, inc_id: str, series: dict[str, Any] |
     return {
         "summary": incident_summary(inc, st, w),
         "incident": inc.model_dump(mode="json"),
-        "waiting": dict(w) if w is not None else None,
+        "waiting": w.wire() if w is not None else None,
         "diagnosis": diagnosis,
         "plan": {"rationale": st.plan.rationale, "runbook_ids": st.plan.runbook_ids, "steps": steps}
         if st is not None and st.plan is not None else None,
@@ -285,7 +296,8 @@ def rejections(source: ConsoleSource) -> dict[str, str]:
     """request id -> who rejected it (the store keeps only approvers; the audit log says who rejected)."""
     out: dict[str, str] = {}
     for e in source.audit.entries(kinds=["rejection"]):
-        rid, by = e.payload.get("request_id"), e.payload.get("by")
+        rejection = payload_as(e, ApprovalDecisionPayload)
+        rid, by = rejection.request_id, rejection.by
         if rid and by:
             out[str(rid)] = str(by)
     return out
@@ -342,10 +354,9 @@ def slo_status(m: ModelStatus, monitor: MonitorSettings) -> dict[str, Any]:
     return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
 
-def _model_of(action: Mapping[str, Any], names: set[str]) -> str:
-    params = action.get("params") or {}
-    target = str(action.get("target", ""))
-    return target if target in names else str(params.get("model", target))
+def _model_of(action: ActionRef, names: set[str]) -> str:
+    target = str(action.target) if "target" in action.model_fields_set else ""
+    return target if target in names else str(action.params.get("model", target))
 
 
 def data_validation(m: ModelStatus, denials: list[dict[str, Any]]) -> dict[str, Any]:
@@ -368,34 +379,36 @@ def models_payload(source: ConsoleSource) -> dict[str, Any]:
     analyses: dict[str, dict[str, Any]] = {}
     for e in source.audit.entries(kinds=["execution", "decision", "observation"]):
         if e.kind == "observation":  # the last failed canary analysis of each model: why a canary was aborted
-            for sig in e.payload.get("signals") or []:
-                if isinstance(sig, dict) and sig.get("kind") == "canary_analysis_failed" \
-                        and sig.get("resource") in names:
-                    analyses[str(sig["resource"])] = {"seq": e.seq, "sim_s": sig.get("at_s", e.sim_s),
-                                                      "incident_id": e.incident_id, "detail": sig.get("detail", ""),
-                                                      "labels": sig.get("labels") or {}}
+            for sig in payload_as(e, ObservationPayload).signals:
+                if sig.kind == "canary_analysis_failed" and sig.resource in names:
+                    given = sig.model_fields_set
+                    analyses[str(sig.resource)] = {"seq": e.seq, "sim_s": sig.at_s if "at_s" in given else e.sim_s,
+                                                   "incident_id": e.incident_id,
+                                                   "detail": sig.detail if "detail" in given else "",
+                                                   "labels": sig.labels}
             continue
-        action = e.payload.get("action")
-        if not isinstance(action, dict):
+        action = event_of(e).action_ref
+        if action is None:
             continue
         model = _model_of(action, names)
         if e.kind == "decision":  # a retrain the governor refused (the retrain block, a cooldown...)
-            if action.get("name") == "retrain_model" and e.payload.get("verdict") == "deny" and model in names:
+            decision = payload_as(e, DecisionPayload)
+            if action.name == "retrain_model" and decision.verdict == "deny" and model in names:
                 denials[model].append({"seq": e.seq, "sim_s": e.sim_s, "incident_id": e.incident_id,
-                                       "rule": e.payload.get("rule"),
-                                       "reason": (e.payload.get("reasons") or [""])[0]})
+                                       "rule": decision.rule, "reason": (decision.reasons or [""])[0]})
             continue
-        if action.get("name") not in MODEL_ACTIONS:
+        if action.name not in MODEL_ACTIONS:
             continue
+        run = payload_as(e, ExecutionPayload)
         history.setdefault(model, []).append({
-            "seq": e.seq, "at": e.at, "sim_s": e.sim_s, "incident_id": e.incident_id, "action": action.get("name"),
-            "params": action.get("params") or {}, "ok": e.payload.get("ok"), "detail": e.payload.get("detail", ""),
-            "dry_run": e.payload.get("dry_run", False)})
-        if model in names and e.sim_s is not None and not e.payload.get("dry_run"):
+            "seq": e.seq, "at": e.at, "sim_s": e.sim_s, "incident_id": e.incident_id, "action": action.name,
+            "params": action.params, "ok": run.ok, "detail": run.detail if "detail" in run.model_fields_set else "",
+            "dry_run": run.dry_run if "dry_run" in run.model_fields_set else False})
+        if model in names and e.sim_s is not None and not run.dry_run:
             # the plots mark what was done to the model when (an abort, a rollback, a scale-out)
-            ok = bool(e.payload.get("ok"))
+            ok = bool(run.ok)
             marks[model].append({"at_s": e.sim_s, "kind": "action" if ok else "failed",
-                                 "label": str(action.get("name")) if ok else f"{action.get('name')} failed"})
+                                 "label": action.name if ok else f"{action.name} failed"})
     for f in source.injected_faults():
         if f.target in names:
             marks[f.target].append({"at_s": f.at_s, "kind": "fault", "label": f"fault: {f.type}"})

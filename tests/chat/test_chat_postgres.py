@@ -25,6 +25,7 @@ import pytest
 from chat_support import XID79, LiveCluster, drive_until_the_drain_waits, scripted_input
 from pg import PgServer, pg_server, pg_url  # noqa: F401
 
+from agents.interrupts import ApprovalWait
 from core.domain import ApprovalStatus
 from core.errors import AuditError, InputError, OpsmedicError
 from core.settings import load_settings
@@ -225,7 +226,7 @@ def test_a_paused_postgres_graph_says_what_it_waits_for(pg_paused: str) -> None:
         (view,) = records.incidents()
         timeline, waiting = records.checkpoint(view.id)  # the thread is "xid79:<incident id>"
     assert timeline and waiting is not None
-    assert waiting["kind"] == "approval" and waiting["request_id"] == pending.id
+    assert isinstance(waiting, ApprovalWait) and waiting.request_id == pending.id
     story = answer("what happened?", "bob", ChatContext(db_path=pg_paused, roles=Roles())).text
     assert "waiting for approval of drain_node@node-1" in story
     assert f"Now: its graph is paused until approval {pending.id}" in story  # read from the checkpoint

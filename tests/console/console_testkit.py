@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from waiting import wait_until  # noqa: F401  (re-exported for the tests in this folder)
 
+from agents.interrupts import ApprovalWait, Pause, parse_interrupt
 from core.domain import (
     Action,
     ApprovalRequest,
@@ -117,8 +118,8 @@ class FakeSource:
     def states(self) -> Mapping[str, Any]:
         return dict(self.sts)
 
-    def waiting(self) -> Mapping[str, Mapping[str, Any]]:
-        return dict(self.waits)
+    def waiting(self) -> Mapping[str, Pause]:
+        return {i: parse_interrupt(w) for i, w in self.waits.items()}
 
     def pending_approvals(self) -> list[ApprovalRequest]:
         return [r for r in self._approvals.list(status=ApprovalStatus.pending) if r.incident_id in self.incs]
@@ -175,7 +176,8 @@ class FakeSource:
                               approvers=[APPROVER, "eval-approver"], requested_at_s=self.clock,
                               expires_at_s=self.clock + 1800.0)
         stored = self._approvals.request(req, requested_by="opsmedic", audit=self._audit)
-        self.waits[inc_id] = {"kind": "approval", "request_id": stored.id}
+        self.waits[inc_id] = ApprovalWait(request_id=stored.id, incident_id=inc_id, action=stored.action.key,
+                                          digest=stored.digest, expires_at_s=stored.expires_at_s).wire()
         return stored
 
 
