@@ -82,6 +82,11 @@ def browser_context_factory(playwright_driver: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the browser tests save their screenshots: docs/screenshots/ when
+    OPSMEDIC_UPDATE_SCREENSHOTS=1 (to refresh the README's pictures), else a temporary folder, so that a test
+    run never edits the tracked tree."""
+    if os.environ.get("OPSMEDIC_UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
