@@ -22,11 +22,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
+from opsmedic.daemon.tokens import parse_alert_tokens, parse_api_tokens
 
 Source = Literal["auto", "sandbox", "kubernetes"]
 ALL_NAMESPACES = "*"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-MIN_TOKEN_CHARS = 16
 
 # field -> environment variable
 ENV: dict[str, str] = {
@@ -75,24 +75,6 @@ def _default_identity() -> str:
     # The pod name in Kubernetes (the Deployment sets POD_NAME from the downward API), else host:pid, so
     # that two daemons on one machine never share an identity (they would both think they hold the lease).
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def parse_api_tokens(raw: str) -> dict[str, str]:
-    """`token:user,token2:user2` -> {token: user}. Tokens are bearer secrets: long, and unique."""
-    out: dict[str, str] = {}
-    for i, part in enumerate(p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        token, sep, user = part.rpartition(":")
-        token, user = token.strip(), user.strip()
-        if not sep or not token or not user:
-            raise ValueError(f"entry {i + 1} must be TOKEN:USER")
-        if len(token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"entry {i + 1} ({user}): a token needs at least {MIN_TOKEN_CHARS} characters")
-        if token in out:
-            raise ValueError(f"entry {i + 1} ({user}): the same token is listed twice")
-        out[token] = user
-    return out
 
 
 class DaemonConfig(BaseModel):
@@ -157,8 +139,6 @@ class DaemonConfig(BaseModel):
     @field_validator("alert_tokens", mode="before")
     @classmethod
     def _alert_tokens(cls, v: Any) -> Any:
-        from opsmedic.daemon.edge import parse_alert_tokens
-
         return parse_alert_tokens(v) if isinstance(v, str) else v
 
     @field_validator("log_level", mode="before")

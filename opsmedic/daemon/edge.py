@@ -76,22 +76,6 @@ def match_token(given: str, tokens: Iterable[str]) -> str | None:
     return found
 
 
-def parse_alert_tokens(raw: str) -> list[str]:
-    """`tok1,tok2` -> [tok1, tok2]: plain bearer tokens (Alertmanager sends one), long and distinct."""
-    from opsmedic.daemon.config import MIN_TOKEN_CHARS
-
-    out: list[str] = []
-    for i, part in enumerate(p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        if len(part) < MIN_TOKEN_CHARS:
-            raise ValueError(f"entry {i + 1}: a token needs at least {MIN_TOKEN_CHARS} characters")
-        if part in out:
-            raise ValueError(f"entry {i + 1}: the same token is listed twice")
-        out.append(part)
-    return out
-
-
 def bearer(headers: Mapping[str, str]) -> str | None:
     """The bearer token of an `Authorization` header; None when absent or another scheme."""
     value = headers.get("authorization")

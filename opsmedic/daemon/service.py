@@ -54,12 +54,12 @@ from core.domain import (
     ApprovalStatus,
     ClusterSnapshot,
     Incident,
-    ResourceKind,
     VerificationResult,
 )
 from core.errors import ApprovalError, ConfigError, PayloadError, ToolError
 from infra.db import Db, is_postgres_url, redact_url
 from opsmedic.daemon.config import DaemonConfig, in_cluster, slack_secrets
+from opsmedic.daemon.grouping import monitor_key
 from opsmedic.daemon.metrics import DaemonMetrics, counters_family, gauge_family
 
 if TYPE_CHECKING:
@@ -95,15 +95,6 @@ def _clock_str(s: float) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(s))
     n = int(s)
     return f"{n // 3600:d}:{n % 3600 // 60:02d}:{n % 60:02d}"
-
-
-def monitor_key(incident: Incident) -> str:
-    """The key under which `agents.monitor.Monitor` groups an incident's signals (see its `_group`)."""
-    if incident.resource_kind == ResourceKind.cluster:
-        down = sorted({s.resource for s in incident.signals if s.kind == "node_not_ready"})
-        if down:
-            return "partition:" + ",".join(down)
-    return incident.resource
 
 
 class DaemonService:

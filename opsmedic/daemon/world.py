@@ -352,7 +352,7 @@ def incident_still_open(driver: Any, incident_id: str) -> bool:
     """Whether an incident is not over yet: its graph still runs (or waits), or the monitor still holds its
     resource for it (the graph ended, escalated or resolved, but the condition has not cleared for the quiet
     period). Once neither holds, a page for it can be resolved."""
-    from opsmedic.daemon.service import monitor_key
+    from opsmedic.daemon.grouping import monitor_key
 
     st = driver.states.get(incident_id)
     if st is not None and st.outcome == "open":

@@ -1,12 +1,12 @@
 """`opsmedic demo --console`: the daemon on a running sandbox scenario, with the console, until Ctrl-C.
 
-Layer: interfaces (`opsmedic.console`). Builds the daemon's `DaemonService` on a fresh sandbox world of the
-scenario (in real time x `speed`), its FastAPI app with the console mounted, binds the socket (port 0
-picks a free one) and prints the console's URL. On a loopback address reads are public (only this machine
-can reach them); on any other address the daemon's rule holds and the viewer signs in first. When
-`OPSMEDIC_API_TOKENS` is not set it also prints a one-time sign-in token for the policy's on-call
-approver, so that the person watching can approve the risky step in the browser. uvicorn handles Ctrl-C
-/ SIGTERM and stops the service gracefully.
+Layer: interfaces (`opsmedic.daemon`; it lives here because the daemon imports the console, never the
+reverse). Builds the daemon's `DaemonService` on a fresh sandbox world of the scenario (in real time x
+`speed`), its FastAPI app with the console mounted, binds the socket (port 0 picks a free one) and prints
+the console's URL. On a loopback address reads are public (only this machine can reach them); on any other
+address the daemon's rule holds and the viewer signs in first. When `OPSMEDIC_API_TOKENS` is not set it
+also prints a one-time sign-in token for the policy's on-call approver, so that the person watching can
+approve the risky step in the browser. uvicorn handles Ctrl-C / SIGTERM and stops the service gracefully.
 """
 
 from __future__ import annotations
