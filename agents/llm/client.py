@@ -216,4 +216,4 @@ def build_llm(settings: Settings) -> Llm | None:
     """The configured LLM, or None when `llm_base_url` / `llm_model` are not both set (the default)."""
     if not settings.llm_base_url or not settings.llm_model:
         return None
-    return Llm(LlmConfig.from_env(settings.llm_base_url, settings.llm_model))
+    return Llm(LlmConfig.from_settings(settings))

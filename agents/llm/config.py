@@ -1,24 +1,16 @@
-"""Where the model is and how far it may go: `LlmConfig`.
+"""Where the model is and how far it may go: `LlmConfig`, built from `core.settings.Settings`.
 
-Layer: agents (`agents.llm`).
+Layer: agents (`agents.llm`); no I/O: the `OPSMEDIC_LLM_*` variables and `OPENAI_API_KEY` are read by
+`core.settings` (the key from the environment only).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        from core.errors import ConfigError
-
-        raise ConfigError(f"expected a number, got {raw!r}", name) from None
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -41,16 +33,15 @@ class LlmConfig:
     ca_bundle: str | None = None  # OPSMEDIC_CA_BUNDLE: a private CA for the endpoint; certificates always verified
 
     @classmethod
-    def from_env(cls, base_url: str, model: str) -> LlmConfig:
-        """Budgets and prices from `OPSMEDIC_LLM_*` variables (secrets only from the environment too)."""
+    def from_settings(cls, settings: Settings, base_url: str | None = None, model: str | None = None) -> LlmConfig:
+        """Budgets, prices, the key and the CA bundle from the settings (`OPSMEDIC_LLM_*`, `OPENAI_API_KEY`,
+        `OPSMEDIC_CA_BUNDLE`); the endpoint and model from the settings unless given."""
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key is not None else None
         return cls(
-            base_url=base_url, model=model, api_key=os.environ.get("OPENAI_API_KEY") or None,
-            request_timeout_s=_env_float("OPSMEDIC_LLM_TIMEOUT_S", 20.0),
-            max_attempts=int(_env_float("OPSMEDIC_LLM_MAX_ATTEMPTS", 3)),
-            max_steps=int(_env_float("OPSMEDIC_LLM_MAX_STEPS", 6)),
-            max_tokens=int(_env_float("OPSMEDIC_LLM_MAX_TOKENS", 16_000)),
-            wall_budget_s=_env_float("OPSMEDIC_LLM_WALL_BUDGET_S", 60.0),
-            price_in_per_mtok=_env_float("OPSMEDIC_LLM_PRICE_IN_PER_MTOK", 0.0),
-            price_out_per_mtok=_env_float("OPSMEDIC_LLM_PRICE_OUT_PER_MTOK", 0.0),
-            ca_bundle=os.environ.get("OPSMEDIC_CA_BUNDLE") or None,
+            base_url=base_url or settings.llm_base_url or "", model=model or settings.llm_model or "",
+            api_key=key or None, request_timeout_s=settings.llm_timeout_s, max_attempts=settings.llm_max_attempts,
+            max_steps=settings.llm_max_steps, max_tokens=settings.llm_max_tokens,
+            wall_budget_s=settings.llm_wall_budget_s, price_in_per_mtok=settings.llm_price_in_per_mtok,
+            price_out_per_mtok=settings.llm_price_out_per_mtok,
+            ca_bundle=str(settings.ca_bundle) if settings.ca_bundle else None,
         )
