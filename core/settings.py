@@ -7,7 +7,8 @@ chat's access lists (`OPSMEDIC_CHAT_OPERATORS` / `_VIEWERS`, for `opsmedic.chat.
 variables under the names they have always had (`DaemonVariables`, validated by `opsmedic.daemon.config`
 with the command-line flags over them).
 
-Secrets — the OpenAI key, the Slack signing secret and bot token, the API and alert tokens — and access
+Secrets — the OpenAI key, the Slack signing secret and bot token, the API and alert tokens, the
+PagerDuty routing key — and access
 lists are read from the environment only, never from the TOML file; so are the daemon's variables (its
 configuration is flags over the environment).
 """
@@ -202,6 +203,11 @@ class Settings(BaseSettings):
     llm_price_out_per_mtok: float = 0.0
     openai_api_key: SecretStr | None = Field(default=None,
                                              validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    # the Kubernetes world's pager and retraining (tools.pagerduty, tools.k8s_retrain), for the daemon
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_url: str | None = None
+    pagerduty_source: str | None = None
+    retrain_job_template: str | None = None
     # who may use the chat (opsmedic.chat.roles): comma-separated user ids; `*` is everyone
     chat_operators: str | None = None
     chat_viewers: str | None = None
@@ -250,7 +256,7 @@ class Settings(BaseSettings):
         return self.data_dir / "opsmedic.db"
 
 
-_SECRETS = ("slack_signing_secret", "slack_bot_token", "openai_api_key", "OPENAI_API_KEY")
+_SECRETS = ("slack_signing_secret", "slack_bot_token", "openai_api_key", "OPENAI_API_KEY", "pagerduty_routing_key")
 _ENV_ONLY = ("chat_operators", "chat_viewers", "daemon")
 
 

@@ -116,12 +116,22 @@ class DaemonService:
                              in_cluster=c.kubeconfig is None and in_cluster(_environ()), namespace=c.namespace,
                              poll_interval_s=c.poll_interval_s or 10.0, read_timeout_s=c.read_timeout_s,
                              prometheus_url=c.prometheus_url, drift_windows=c.drift_windows, send=self._notice,
-                             mlflow_tracking_uri=c.mlflow_tracking_uri,
+                             mlflow_tracking_uri=c.mlflow_tracking_uri, env=self._world_env(),
                              ca_bundle=getattr(self.settings, "ca_bundle", None))
         from sandbox.scenario import load_scenario
 
         path = c.scenario or default_scenario()
         return SandboxWorld(load_scenario(path), speed=c.speed, db_path=self.db_path, fresh=c.fresh)
+
+    def _world_env(self) -> dict[str, str]:
+        """What the Kubernetes world reads (the pager, the retraining Job template) as `core.settings` read it,
+        under the variables' names."""
+        s = self.settings
+        key = s.pagerduty_routing_key.get_secret_value() if s.pagerduty_routing_key is not None else ""
+        return {"OPSMEDIC_PAGERDUTY_ROUTING_KEY": key, "OPSMEDIC_PAGERDUTY_URL": s.pagerduty_url or "",
+                "OPSMEDIC_PAGERDUTY_SOURCE": s.pagerduty_source or "",
+                "OPSMEDIC_CA_BUNDLE": str(s.ca_bundle) if s.ca_bundle else "",
+                "OPSMEDIC_RETRAIN_JOB_TEMPLATE": s.retrain_job_template or ""}
 
     def _build_leadership(self) -> Leadership:
         from opsmedic.daemon.leader import SoleLeader, lease_leadership

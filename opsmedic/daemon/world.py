@@ -423,7 +423,7 @@ class KubeWorld:
         from tools.k8s_client import build_api_client
         from tools.pagerduty import pager_from_env
 
-        env = os.environ if env is None else env
+        env = os.environ if env is None else env  # the daemon passes what core.settings read
         # built first: a bad routing key (or retraining template) fails the start before any connection
         pager = pager_from_env(env)
         retrain_template = (env.get("OPSMEDIC_RETRAIN_JOB_TEMPLATE") or "").strip() or None

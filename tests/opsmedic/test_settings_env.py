@@ -37,6 +37,11 @@ SHARED: dict[str, tuple[str, str, Any]] = {
     "OPSMEDIC_LLM_WALL_BUDGET_S": ("30", "llm_wall_budget_s", 30.0),
     "OPSMEDIC_LLM_PRICE_IN_PER_MTOK": ("3", "llm_price_in_per_mtok", 3.0),
     "OPSMEDIC_LLM_PRICE_OUT_PER_MTOK": ("15", "llm_price_out_per_mtok", 15.0),
+    "OPSMEDIC_PAGERDUTY_URL": ("https://events.example/v2/enqueue", "pagerduty_url",
+                               "https://events.example/v2/enqueue"),
+    "OPSMEDIC_PAGERDUTY_SOURCE": ("opsmedic-prod", "pagerduty_source", "opsmedic-prod"),
+    "OPSMEDIC_RETRAIN_JOB_TEMPLATE": ("/etc/opsmedic/retrain.yaml", "retrain_job_template",
+                                      "/etc/opsmedic/retrain.yaml"),
     "OPSMEDIC_CHAT_OPERATORS": ("alice, U123", "chat_operators", "alice, U123"),
     "OPSMEDIC_CHAT_VIEWERS": ("bob", "chat_viewers", "bob"),
 }
@@ -44,6 +49,7 @@ SECRETS: dict[str, tuple[str, str]] = {  # variable -> (value, Settings field)
     "OPSMEDIC_SLACK_SIGNING_SECRET": ("signing-secret-value", "slack_signing_secret"),
     "OPSMEDIC_SLACK_BOT_TOKEN": ("xoxb-not-a-real-token", "slack_bot_token"),
     "OPENAI_API_KEY": ("sk-not-a-real-key", "openai_api_key"),
+    "OPSMEDIC_PAGERDUTY_ROUTING_KEY": ("R0123456789abcdef0123456789abcdef", "pagerduty_routing_key"),
 }
 # the daemon's variables -> (value, DaemonConfig field, expected value); paths are filled in per test
 DAEMON: dict[str, tuple[str, str, Any]] = {
