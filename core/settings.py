@@ -1,15 +1,35 @@
 """Settings: `OPSMEDIC_*` environment variables and an optional `opsmedic.toml`, validated by pydantic.
 
-Layer: bottom (no I/O beyond reading the settings themselves). Secrets — the OpenAI key and the Slack
-signing secret and bot token — are read from the environment only, never from the TOML file.
+Layer: bottom (no I/O beyond reading the settings themselves). This module is the one reader of the
+environment for opsmedic's settings: the shared ones (`Settings`' own fields, `OPSMEDIC_<FIELD>`,
+`OPSMEDIC_MONITOR__<FIELD>`), the LLM's budgets (`OPSMEDIC_LLM_*`, built into `agents.llm.LlmConfig`), the
+chat's access lists (`OPSMEDIC_CHAT_OPERATORS` / `_VIEWERS`, for `opsmedic.chat.roles`) and the daemon's
+variables under the names they have always had (`DaemonVariables`, validated by `opsmedic.daemon.config`
+with the command-line flags over them).
+
+Secrets — the OpenAI key, the Slack signing secret and bot token, the API and alert tokens, the
+PagerDuty routing key — and access
+lists are read from the environment only, never from the TOML file; so are the daemon's variables (its
+configuration is flags over the environment).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from core.errors import ConfigError
@@ -64,6 +84,89 @@ class DatabaseTarget(BaseModel):
         return self.kind == "postgres"
 
 
+def _var(name: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(name))
+
+
+class DaemonVariables(BaseModel):
+    """The daemon's environment variables as given (strings; unset or empty: None). `opsmedic.daemon.config`
+    validates them, with the command-line flags over them, and names the variable in its errors. The tokens
+    are secrets: kept as `SecretStr` so that no repr shows them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    host: str | None = _var("OPSMEDIC_DAEMON_HOST")
+    port: str | None = _var("OPSMEDIC_DAEMON_PORT")
+    scenario: str | None = _var("OPSMEDIC_DAEMON_SCENARIO")
+    speed: str | None = _var("OPSMEDIC_DAEMON_SPEED")
+    source: str | None = _var("OPSMEDIC_DAEMON_SOURCE")
+    fresh: str | None = _var("OPSMEDIC_DAEMON_FRESH")
+    poll_interval_s: str | None = _var("OPSMEDIC_DAEMON_POLL_INTERVAL")
+    read_timeout_s: str | None = _var("OPSMEDIC_DAEMON_READ_TIMEOUT")
+    prometheus_url: str | None = _var("OPSMEDIC_PROMETHEUS_URL")
+    drift_windows: str | None = _var("OPSMEDIC_DRIFT_WINDOWS")
+    mlflow_tracking_uri: str | None = _var("OPSMEDIC_MLFLOW_TRACKING_URI")
+    kubeconfig: str | None = _var("OPSMEDIC_KUBECONFIG")
+    kube_context: str | None = _var("OPSMEDIC_KUBE_CONTEXT")
+    namespace: str | None = _var("OPSMEDIC_NAMESPACE")
+    leader_election: str | None = _var("OPSMEDIC_DAEMON_LEADER_ELECTION")
+    lease_name: str | None = _var("OPSMEDIC_DAEMON_LEASE_NAME")
+    lease_namespace: str | None = _var("OPSMEDIC_DAEMON_LEASE_NAMESPACE")
+    lease_duration_s: str | None = _var("OPSMEDIC_DAEMON_LEASE_DURATION")
+    identity: str | None = _var("OPSMEDIC_DAEMON_IDENTITY")
+    alerts_queue_max: str | None = _var("OPSMEDIC_DAEMON_ALERTS_QUEUE_MAX")
+    alerts_on_standby: str | None = _var("OPSMEDIC_DAEMON_ALERTS_ON_STANDBY")
+    slack_channel: str | None = _var("OPSMEDIC_SLACK_CHANNEL")
+    slack_api_url: str | None = _var("OPSMEDIC_SLACK_API_URL")
+    slack_retries: str | None = _var("OPSMEDIC_SLACK_RETRIES")
+    slack_backoff_s: str | None = _var("OPSMEDIC_SLACK_BACKOFF")
+    api_tokens: SecretStr | None = _var("OPSMEDIC_API_TOKENS")
+    alert_tokens: SecretStr | None = _var("OPSMEDIC_ALERT_TOKENS")
+    public_read: str | None = _var("OPSMEDIC_PUBLIC_READ")
+    alerts_port: str | None = _var("OPSMEDIC_DAEMON_ALERTS_PORT")
+    log_level: str | None = _var("OPSMEDIC_LOG_LEVEL")
+    shutdown_timeout_s: str | None = _var("OPSMEDIC_DAEMON_SHUTDOWN_TIMEOUT")
+
+    @classmethod
+    def names(cls) -> dict[str, str]:
+        """field -> environment variable."""
+        out: dict[str, str] = {}
+        for name, f in cls.model_fields.items():
+            alias = f.validation_alias
+            assert isinstance(alias, AliasChoices)
+            out[name] = str(alias.choices[0])
+        return out
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> DaemonVariables:
+        """The variables set (and not empty) in `env`, by default the process's environment."""
+        env = os.environ if env is None else env
+        return cls.model_validate({var: env[var] for var in cls.names().values() if env.get(var, "") != ""})
+
+    def given(self) -> dict[str, str]:
+        """field -> value of the variables that are set, secrets unwrapped (for validation, not for logs)."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            v = getattr(self, name)
+            if v is not None:
+                out[name] = v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+        return out
+
+
+class _DaemonVariablesSource(PydanticBaseSettingsSource):
+    """`Settings.daemon` from the daemon's variables, under their own names."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = DaemonVariables.read()
+        return {"daemon": found} if found.given() else {}
+
+
+_LLM_INTS = frozenset({"llm_max_attempts", "llm_max_steps", "llm_max_tokens"})
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OPSMEDIC_", env_nested_delimiter="__", toml_file="opsmedic.toml",
                                       extra="forbid")
@@ -90,6 +193,40 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = None
     slack_bot_token: SecretStr | None = None
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    # the LLM's budgets and prices (agents.llm.LlmConfig): per call of llm_diagnose / llm_plan
+    llm_timeout_s: float = 20.0
+    llm_max_attempts: int = 3  # per HTTP call, transient errors only
+    llm_max_steps: int = 6  # model turns in one tool-calling loop
+    llm_max_tokens: int = 16_000  # prompt + completion tokens in one loop
+    llm_wall_budget_s: float = 60.0  # one loop, retries included
+    llm_price_in_per_mtok: float = 0.0  # USD per million prompt tokens (0: unknown, cost not estimated)
+    llm_price_out_per_mtok: float = 0.0
+    openai_api_key: SecretStr | None = Field(default=None,
+                                             validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    # the Kubernetes world's pager and retraining (tools.pagerduty, tools.k8s_retrain), for the daemon
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_url: str | None = None
+    pagerduty_source: str | None = None
+    retrain_job_template: str | None = None
+    # who may use the chat (opsmedic.chat.roles): comma-separated user ids; `*` is everyone
+    chat_operators: str | None = None
+    chat_viewers: str | None = None
+    daemon: DaemonVariables = Field(default_factory=DaemonVariables)
+
+    @field_validator(*sorted(_LLM_INTS | {"llm_timeout_s", "llm_wall_budget_s", "llm_price_in_per_mtok",
+                                          "llm_price_out_per_mtok"}), mode="before")
+    @classmethod
+    def _llm_number(cls, v: Any, info: ValidationInfo) -> Any:
+        # as the LLM's variables have always been read: empty means the default, and a count may be "3.0"
+        if isinstance(v, str):
+            if not v.strip():
+                return cls.model_fields[str(info.field_name)].default
+            if info.field_name in _LLM_INTS:
+                try:
+                    return int(float(v))
+                except ValueError:
+                    return v  # pydantic says what is wrong with it
+        return v
 
     @classmethod
     def settings_customise_sources(
@@ -97,7 +234,7 @@ class Settings(BaseSettings):
         env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        return init_settings, env_settings, _DaemonVariablesSource(settings_cls), TomlConfigSettingsSource(settings_cls)
 
     def database(self) -> DatabaseTarget:
         """The database `database_url` names: Postgres for `postgresql://` (or `postgres://`) URLs, else
@@ -119,7 +256,8 @@ class Settings(BaseSettings):
         return self.data_dir / "opsmedic.db"
 
 
-_SECRETS = ("slack_signing_secret", "slack_bot_token")
+_SECRETS = ("slack_signing_secret", "slack_bot_token", "openai_api_key", "OPENAI_API_KEY", "pagerduty_routing_key")
+_ENV_ONLY = ("chat_operators", "chat_viewers", "daemon")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -137,6 +275,10 @@ def load_settings(**overrides: Any) -> Settings:
             if key in data:
                 raise ConfigError("secrets are read from the environment only, not from opsmedic.toml",
                                   f"{toml}: {key}")
+        for key in _ENV_ONLY:
+            if key in data:
+                raise ConfigError("access lists and the daemon's settings are read from the environment only, "
+                                  "not from opsmedic.toml", f"{toml}: {key}")
     try:
         return Settings(**overrides)
     except ValidationError as exc:

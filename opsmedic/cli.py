@@ -115,7 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _print(f"{name:<26} {sc.description}")
         return 0
     if args.console:
-        from opsmedic.console.demo import run_demo_console
+        from opsmedic.daemon.demo import run_demo_console
 
         run_demo_console(args.scenario, args.host, args.port, args.speed)
         return 0

@@ -1,8 +1,9 @@
 """Who may use the chat: viewers ask questions, operators may also request actions.
 
 Layer: interfaces. Users are identified by the channel — a Slack user id, the user behind an HTTP token,
-or `--as USER` / the login name in the terminal. Roles come from the environment (the daemon's deployment
-sets them; secrets and access lists stay out of files that are shared):
+or `--as USER` / the login name in the terminal. Roles come from the environment, read by
+`core.settings` (the daemon's deployment sets them; secrets and access lists stay out of files that are
+shared):
 
 - `OPSMEDIC_CHAT_OPERATORS`: comma-separated user ids who may request actions (they may ask, too);
 - `OPSMEDIC_CHAT_VIEWERS`: comma-separated user ids who may ask questions. Unset: anyone identified may
@@ -14,10 +15,12 @@ it, approvals included, and a requester never counts as the approver of their ow
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 Role = Literal["none", "viewer", "operator"]
 OPERATORS_VAR = "OPSMEDIC_CHAT_OPERATORS"
@@ -35,9 +38,20 @@ class Roles:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Roles:
-        env = os.environ if env is None else env
-        viewers = env.get(VIEWERS_VAR)
-        return cls(operators=_ids(env.get(OPERATORS_VAR)),
+        """From a mapping of variables (`OPERATORS_VAR`, `VIEWERS_VAR`); None: the process's settings."""
+        if env is None:
+            from core.settings import load_settings
+
+            return cls.from_settings(load_settings())
+        return cls._of(env.get(OPERATORS_VAR), env.get(VIEWERS_VAR))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Roles:
+        return cls._of(settings.chat_operators, settings.chat_viewers)
+
+    @classmethod
+    def _of(cls, operators: str | None, viewers: str | None) -> Roles:
+        return cls(operators=_ids(operators),
                    viewers=_ids(viewers) if viewers is not None and viewers.strip() else None)
 
     def role_of(self, user: str | None) -> Role:

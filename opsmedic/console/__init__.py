@@ -11,7 +11,8 @@ One seam with the daemon::
 
 `service` may also be any `ConsoleSource` (see `opsmedic.console.source`) or a bare `IncidentDriver`.
 Modules: `app` (routes, recorder, event stream), `views` (read models), `history` (metric ring buffer),
-`auth` (sign-in, sessions, CSRF), `source` (the seam and its adapters), `demo` (`opsmedic demo --console`).
+`auth` (sign-in, sessions, CSRF), `source` (the seam and its adapters); `opsmedic demo --console` is
+`opsmedic.daemon.demo` (it builds the daemon, which mounts the console).
 """
 
 from __future__ import annotations

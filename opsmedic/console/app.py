@@ -52,6 +52,7 @@ from pydantic import BaseModel, Field
 
 from agents.interrupts import ApprovalWait
 from core.errors import ApprovalError
+from infra.json_hygiene import SafeJSONResponse
 from opsmedic.console import views
 from opsmedic.console.auth import (
     CSRF_COOKIE,
@@ -68,7 +69,6 @@ from opsmedic.console.auth import (
 )
 from opsmedic.console.history import MetricHistory
 from opsmedic.console.source import ConsoleSource, as_source
-from opsmedic.daemon.edge import SafeJSONResponse
 
 log = logging.getLogger("opsmedic.console")
 

@@ -4,10 +4,15 @@ Layer: interfaces (may import agents, policies, tools, knowledge, sandbox). This
 imports nothing heavy, so that `opsmedic --help` stays fast: the CLI calls `add_parser(subparsers)`,
 and `cmd_daemon` imports FastAPI, uvicorn, LangGraph and the rest only when the daemon really starts.
 
-Modules: `config` (flags and environment, validated), `service` (the monitor loop, incident driver,
-alert intake, leadership, graceful shutdown), `app` (the FastAPI app), `slack` (Bolt app, signatures,
-Block Kit messages), `leader` (Lease-based leadership), `world` (the sandbox or a Kubernetes cluster),
-`metrics` (Prometheus), `logging_json` (structured logs), `bench` (`bench_daemon_load`).
+Modules: `config` (flags over the variables `core.settings` reads, validated), `tokens` (bearer-token
+lists), `service` (`DaemonService`: builds the rooms below, starts and stops them), `loop` (the one thread
+that drives graphs, and leadership), `loop_state` (what the loop shares with other threads), `graphs`
+(start, resume, retry, adopt graphs), `alerts` (Alertmanager intake), `intake` (its table), `conversations`
+(Slack and chat), `views` and `decisions` (what the HTTP API, Slack and the console read and decide),
+`health` (liveness, readiness, scrape-time metrics), `grouping` (the monitor's key of an incident), `app`
+(the FastAPI app), `edge` (authentication, limits), `slack` (Bolt app, signatures, Block Kit messages),
+`leader` (Lease-based leadership), `world` (the sandbox or a Kubernetes cluster), `metrics` (Prometheus),
+`logging_json` (structured logs), `demo` (`opsmedic demo --console`), `bench` / `fleet_bench` (benchmarks).
 """
 
 from __future__ import annotations

@@ -44,15 +44,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from core.errors import ApprovalError
+from infra.json_hygiene import SafeJSONResponse, slack_body_problem
 from opsmedic import __version__
 from opsmedic.daemon.edge import (
     MAX_ALERT_BODY,
     MAX_SLACK_BODY,
     Edge,
     EdgePolicy,
-    SafeJSONResponse,
     Scope,
-    slack_body_problem,
 )
 from opsmedic.daemon.metrics import CONTENT_TYPE
 from opsmedic.daemon.service import DaemonService

@@ -1,10 +1,13 @@
 """The daemon's configuration: command-line flags over `OPSMEDIC_*` environment variables, validated.
 
-Layer: interfaces (`opsmedic.daemon`); pydantic only. Settings shared with the rest of opsmedic (database,
-policy file, monitor thresholds, Slack secrets) stay in `core.settings`; this module holds what only
-the daemon needs. Every field has one environment variable (`ENV` below) and most have a flag; a bad
-value is a `ConfigError` that names the flag or variable it came from, so that a typo in a Deployment
-manifest fails the pod at start with a line that says what to fix, instead of a traceback.
+Layer: interfaces (`opsmedic.daemon`); pydantic and `core` only. Settings shared with the rest of opsmedic
+(database, policy file, monitor thresholds, Slack secrets) are `core.settings.Settings`' own fields; this
+module holds what only the daemon needs. Every field has one environment variable, declared and read by
+`core.settings.DaemonVariables` (`ENV` below), and most have a flag; a bad value is a `ConfigError` that
+names the flag or variable it came from, so that a typo in a Deployment manifest fails the pod at start
+with a line that says what to fix, instead of a traceback. What the platform tells the pod about itself
+(`POD_NAME`, `POD_NAMESPACE` from the downward API, `KUBERNETES_SERVICE_HOST`) is read here, where it is
+used: it is where we run, not a setting.
 
 Secrets (`OPSMEDIC_API_TOKENS`, `OPSMEDIC_ALERT_TOKENS`, the Slack signing secret and bot token) come from
 the environment only.
@@ -22,46 +25,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from core.errors import ConfigError
+from core.settings import DaemonVariables
+from opsmedic.daemon.tokens import parse_alert_tokens, parse_api_tokens
 
 Source = Literal["auto", "sandbox", "kubernetes"]
 ALL_NAMESPACES = "*"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-MIN_TOKEN_CHARS = 16
 
-# field -> environment variable
-ENV: dict[str, str] = {
-    "host": "OPSMEDIC_DAEMON_HOST",
-    "port": "OPSMEDIC_DAEMON_PORT",
-    "scenario": "OPSMEDIC_DAEMON_SCENARIO",
-    "speed": "OPSMEDIC_DAEMON_SPEED",
-    "source": "OPSMEDIC_DAEMON_SOURCE",
-    "fresh": "OPSMEDIC_DAEMON_FRESH",
-    "poll_interval_s": "OPSMEDIC_DAEMON_POLL_INTERVAL",
-    "read_timeout_s": "OPSMEDIC_DAEMON_READ_TIMEOUT",
-    "prometheus_url": "OPSMEDIC_PROMETHEUS_URL",
-    "drift_windows": "OPSMEDIC_DRIFT_WINDOWS",
-    "mlflow_tracking_uri": "OPSMEDIC_MLFLOW_TRACKING_URI",
-    "kubeconfig": "OPSMEDIC_KUBECONFIG",
-    "kube_context": "OPSMEDIC_KUBE_CONTEXT",
-    "namespace": "OPSMEDIC_NAMESPACE",
-    "leader_election": "OPSMEDIC_DAEMON_LEADER_ELECTION",
-    "lease_name": "OPSMEDIC_DAEMON_LEASE_NAME",
-    "lease_namespace": "OPSMEDIC_DAEMON_LEASE_NAMESPACE",
-    "lease_duration_s": "OPSMEDIC_DAEMON_LEASE_DURATION",
-    "identity": "OPSMEDIC_DAEMON_IDENTITY",
-    "alerts_queue_max": "OPSMEDIC_DAEMON_ALERTS_QUEUE_MAX",
-    "alerts_on_standby": "OPSMEDIC_DAEMON_ALERTS_ON_STANDBY",
-    "slack_channel": "OPSMEDIC_SLACK_CHANNEL",
-    "slack_api_url": "OPSMEDIC_SLACK_API_URL",
-    "slack_retries": "OPSMEDIC_SLACK_RETRIES",
-    "slack_backoff_s": "OPSMEDIC_SLACK_BACKOFF",
-    "api_tokens": "OPSMEDIC_API_TOKENS",
-    "alert_tokens": "OPSMEDIC_ALERT_TOKENS",
-    "public_read": "OPSMEDIC_PUBLIC_READ",
-    "alerts_port": "OPSMEDIC_DAEMON_ALERTS_PORT",
-    "log_level": "OPSMEDIC_LOG_LEVEL",
-    "shutdown_timeout_s": "OPSMEDIC_DAEMON_SHUTDOWN_TIMEOUT",
-}
+# field -> environment variable (declared once, in `core.settings.DaemonVariables`, which reads them)
+ENV: dict[str, str] = DaemonVariables.names()
 # field -> command-line flag (for error messages)
 FLAGS: dict[str, str] = {"host": "--host", "port": "--port", "scenario": "--scenario", "speed": "--speed",
                          "source": "--source", "fresh": "--fresh", "kubeconfig": "--kubeconfig",
@@ -75,24 +47,6 @@ def _default_identity() -> str:
     # The pod name in Kubernetes (the Deployment sets POD_NAME from the downward API), else host:pid, so
     # that two daemons on one machine never share an identity (they would both think they hold the lease).
     return os.environ.get("POD_NAME") or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def parse_api_tokens(raw: str) -> dict[str, str]:
-    """`token:user,token2:user2` -> {token: user}. Tokens are bearer secrets: long, and unique."""
-    out: dict[str, str] = {}
-    for i, part in enumerate(p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        token, sep, user = part.rpartition(":")
-        token, user = token.strip(), user.strip()
-        if not sep or not token or not user:
-            raise ValueError(f"entry {i + 1} must be TOKEN:USER")
-        if len(token) < MIN_TOKEN_CHARS:
-            raise ValueError(f"entry {i + 1} ({user}): a token needs at least {MIN_TOKEN_CHARS} characters")
-        if token in out:
-            raise ValueError(f"entry {i + 1} ({user}): the same token is listed twice")
-        out[token] = user
-    return out
 
 
 class DaemonConfig(BaseModel):
@@ -157,8 +111,6 @@ class DaemonConfig(BaseModel):
     @field_validator("alert_tokens", mode="before")
     @classmethod
     def _alert_tokens(cls, v: Any) -> Any:
-        from opsmedic.daemon.edge import parse_alert_tokens
-
         return parse_alert_tokens(v) if isinstance(v, str) else v
 
     @field_validator("log_level", mode="before")
@@ -239,16 +191,18 @@ def _env_value(field: str, raw: str) -> Any:
     return raw
 
 
-def load_daemon_config(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> DaemonConfig:
+def load_daemon_config(cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None, *,
+                       variables: DaemonVariables | None = None) -> DaemonConfig:
     """Flags (`cli`, None values ignored) over environment variables over defaults; a bad value raises
-    ConfigError naming where it came from."""
-    env = os.environ if env is None else env
+    ConfigError naming where it came from. The variables are `variables` (`Settings.daemon`), else those of
+    `env`, else the process's (both read by `core.settings`)."""
+    if variables is None:
+        variables = DaemonVariables.read(env)
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for field, var in ENV.items():
-        if var in env and env[var] != "":
-            values[field] = _env_value(field, env[var])
-            origin[field] = var
+    for field, raw in variables.given().items():
+        values[field] = _env_value(field, raw)
+        origin[field] = ENV[field]
     for field, value in (cli or {}).items():
         if value is not None:
             values[field] = value

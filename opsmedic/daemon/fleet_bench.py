@@ -6,7 +6,7 @@ Layer: interfaces (`opsmedic.daemon`); imports sandbox and agents. Three figures
   its snapshot (`Simulator.step` + `Simulator.snapshot`), i.e. how fast eval and the sandbox daemon can run it.
 - `monitor_tick_ms_10k_gpus` (p50) and `_p95`: `agents.monitor.Monitor.observe` alone on those snapshots — the one
   monitor that eval and the daemon run.
-- `daemon_tick_ms_10k_gpus_p50/_p95`: `DaemonService._tick`, one loop iteration of the daemon, from a snapshot
+- `daemon_tick_ms_10k_gpus_p50/_p95`: `Loop.tick`, one loop iteration of the daemon, from a snapshot
   already read: leadership check, the monitor, grouping, incident dispatch (the XID opens an incident whose
   graph runs inside the tick that opens it), resumption, the world's state write. The read (step and
   snapshot) happens before the tick and is not in this figure; the reads of a real cluster are reported
@@ -147,7 +147,7 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
             for i in range(ticks + 1):
                 world.read()  # outside the measured tick
                 t, c = time.perf_counter(), time.thread_time()
-                service._tick()
+                service.loop.tick()
                 if i:  # the first tick promotes to leader (a resync of the database): once per process
                     tick_ms.append((time.perf_counter() - t) * 1000.0)
                     tick_cpu.append((time.thread_time() - c) * 1000.0)

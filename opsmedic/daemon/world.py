@@ -336,7 +336,7 @@ def incident_still_open(driver: Any, incident_id: str) -> bool:
     """Whether an incident is not over yet: its graph still runs (or waits), or the monitor still holds its
     resource for it (the graph ended, escalated or resolved, but the condition has not cleared for the quiet
     period). Once neither holds, a page for it can be resolved."""
-    from opsmedic.daemon.service import monitor_key
+    from opsmedic.daemon.grouping import monitor_key
 
     st = driver.states.get(incident_id)
     if st is not None and st.outcome == "open":
@@ -407,7 +407,7 @@ class KubeWorld:
         from tools.k8s_client import build_api_client
         from tools.pagerduty import pager_from_env
 
-        env = os.environ if env is None else env
+        env = os.environ if env is None else env  # the daemon passes what core.settings read
         # built first: a bad routing key (or retraining template) fails the start before any connection
         pager = pager_from_env(env)
         retrain_template = (env.get("OPSMEDIC_RETRAIN_JOB_TEMPLATE") or "").strip() or None

@@ -200,7 +200,7 @@ class ConsoleDaemon:
 
     def __init__(self, tmp: Path, *, speed: float = 40.0, scenario: Path | None = None) -> None:
         from core.settings import load_settings
-        from opsmedic.console.demo import build_demo
+        from opsmedic.daemon.demo import build_demo
 
         self.db = tmp / "opsmedic.db"
         # retrieval off: embedding the runbooks into a local Qdrant costs seconds per process

@@ -99,7 +99,7 @@ def test_a_pinned_series_keeps_the_fault_when_it_grows_long() -> None:
 def test_demo_console_prints_its_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMEDIC_")}
     env.update(OPSMEDIC_RETRIEVAL="false", PYTHONUNBUFFERED="1")
-    code = "from opsmedic.console.demo import run_demo_console; run_demo_console(None, '127.0.0.1', 0, 50.0)"
+    code = "from opsmedic.daemon.demo import run_demo_console; run_demo_console(None, '127.0.0.1', 0, 50.0)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

@@ -9,8 +9,10 @@ import httpx
 import pytest
 from daemon_testkit import ALERT_AUTH, ALERT_TOKEN, API_TOKEN, AUTH, wait_until
 
+from infra.json_hygiene import JsonRefused, load_json
 from opsmedic.daemon.bench import storm_alerts, webhook_body
-from opsmedic.daemon.edge import JsonRefused, Throttle, load_json, match_token, parse_alert_tokens
+from opsmedic.daemon.edge import Throttle, match_token
+from opsmedic.daemon.tokens import parse_alert_tokens
 
 
 def _client_from(url: str, address: str, **kw: Any) -> httpx.Client:

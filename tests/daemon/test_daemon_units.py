@@ -28,9 +28,10 @@ from core.domain import (
 )
 from core.errors import ConfigError
 from opsmedic.daemon import add_parser
-from opsmedic.daemon.config import DaemonConfig, load_daemon_config, parse_api_tokens
+from opsmedic.daemon.config import DaemonConfig, load_daemon_config
 from opsmedic.daemon.logging_json import JsonFormatter
 from opsmedic.daemon.slack import ApprovalView, approval_message, escape, make_web_client, story_text
+from opsmedic.daemon.tokens import parse_api_tokens
 
 # ------------------------------------------------------------------------------------------- config
 
@@ -218,7 +219,7 @@ def test_the_monitor_lets_the_service_adopt_an_incident() -> None:
     """After a restart or takeover the service claims each incident's grouping key, so the monitor absorbs
     its signals instead of opening a duplicate."""
     from agents.monitor import Monitor
-    from opsmedic.daemon.service import monitor_key
+    from opsmedic.daemon.grouping import monitor_key
 
     m = Monitor()
     inc = Incident(id="old", resource="node-1/gpu-3", resource_kind=ResourceKind.gpu, opened_at_s=0.0, signals=[])

@@ -1,12 +1,12 @@
 """`opsmedic demo --console`: the daemon on a running sandbox scenario, with the console, until Ctrl-C.
 
-Layer: interfaces (`opsmedic.console`). Builds the daemon's `DaemonService` on a fresh sandbox world of the
-scenario (in real time x `speed`), its FastAPI app with the console mounted, binds the socket (port 0
-picks a free one) and prints the console's URL. On a loopback address reads are public (only this machine
-can reach them); on any other address the daemon's rule holds and the viewer signs in first. When
-`OPSMEDIC_API_TOKENS` is not set it also prints a one-time sign-in token for the policy's on-call
-approver, so that the person watching can approve the risky step in the browser. uvicorn handles Ctrl-C
-/ SIGTERM and stops the service gracefully.
+Layer: interfaces (`opsmedic.daemon`; it lives here because the daemon imports the console, never the
+reverse). Builds the daemon's `DaemonService` on a fresh sandbox world of the scenario (in real time x
+`speed`), its FastAPI app with the console mounted, binds the socket (port 0 picks a free one) and prints
+the console's URL. On a loopback address reads are public (only this machine can reach them); on any other
+address the daemon's rule holds and the viewer signs in first. When `OPSMEDIC_API_TOKENS` is not set it
+also prints a one-time sign-in token for the policy's on-call approver, so that the person watching can
+approve the risky step in the browser. uvicorn handles Ctrl-C / SIGTERM and stops the service gracefully.
 """
 
 from __future__ import annotations
@@ -46,9 +46,7 @@ def build_demo(scenario_path: str | Path | None, *, host: str = "127.0.0.1", por
                tokens: dict[str, str] | None = None) -> tuple[Any, Any, dict[str, str]]:
     """(service, app, generated) for a fresh sandbox world of the scenario with the console mounted;
     `generated` holds the sign-in token made up for the on-call approver when no token was configured."""
-    import os
-
-    from core.settings import load_settings
+    from core.settings import DaemonVariables, load_settings
     from opsmedic.console import mount_console
     from opsmedic.daemon.app import create_app
     from opsmedic.daemon.config import load_daemon_config
@@ -59,13 +57,14 @@ def build_demo(scenario_path: str | Path | None, *, host: str = "127.0.0.1", por
                            "leader_election": False}
     # A demo on loopback reads without a token (only this machine can reach it); anywhere else the
     # daemon's rule holds: sign in (with the printed token) to see anything. OPSMEDIC_PUBLIC_READ overrides.
-    if "OPSMEDIC_PUBLIC_READ" not in os.environ:
+    variables: DaemonVariables = settings.daemon
+    if variables.public_read is None:
         cli["public_read"] = is_loopback(host)
     if scenario_path is not None:
         cli["scenario"] = Path(scenario_path)
-    config = load_daemon_config(cli)
+    config = load_daemon_config(cli, variables=variables)
     generated: dict[str, str] = {}
-    if tokens is None and not config.api_tokens and not os.environ.get("OPSMEDIC_API_TOKENS"):
+    if tokens is None and not config.api_tokens and variables.api_tokens is None:
         tokens = generated = {f"demo-{secrets.token_urlsafe(18)}": demo_approver(settings)}
     if tokens:
         config = config.model_copy(update={"api_tokens": dict(tokens)})
