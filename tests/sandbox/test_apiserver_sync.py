@@ -232,7 +232,7 @@ def test_the_daemon_in_kubernetes_mode_cordons_an_xid79_node_through_kube_apiser
                              monitor=MonitorSettings(node_hold_s=0.0, pod_hold_s=0.0, reopen_quiet_s=0.0))
     config = DaemonConfig.model_validate({"port": 0, "source": "kubernetes", "kubeconfig": world.kubeconfig,
                                           "namespace": world.ns, "poll_interval_s": 0.2,
-                                          "leader_election": False, "shutdown_timeout_s": 10.0})
+                                          "leader_election": False, "shutdown_timeout_s": 3.0})
     kube = KubeWorld(kubeconfig=world.kubeconfig, context=None, in_cluster=False, namespace=world.ns,
                      poll_interval_s=0.2, env={})
     # nodes and pods from kube-apiserver (watch caches), GPUs from the simulator in Prometheus's place
