@@ -28,7 +28,12 @@ shapes, and the official `kubernetes` client). One `ApiServerSync.sync()` per si
   - disruption controller: PodDisruptionBudget status (policy/v1beta1 on kube-apiserver 1.20)
   - Events (core/v1) for faults (Warning, on the node, pod or workload hit), cordons, kills, scheduling.
 
-Not played: container logs (`kubectl logs` asks a kubelet's port, which nothing serves), Jobs, Deployments.
+  - kubelet + Job controller for the retraining Job (`python -m tools.train_job`): its entry point runs
+    for real on a thread, the Job's status follows (as in the embedded API); other Jobs get no pods.
+
+Not played: container logs (`kubectl logs` asks a kubelet's port, which nothing serves), pods of Jobs,
+Deployments and ReplicaSets (the sandbox's workloads are StatefulSets and Argo Rollouts; a Rollout is mirrored
+only where its CRD is installed).
 The objects' shapes come from `SandboxKubeAPI`'s renderers, so the embedded API and the real one show the
 same nodes and pods; timestamps map simulated seconds to wall time at `speed` times real time.
 """
@@ -39,6 +44,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +55,7 @@ from sandbox.cluster import SimPod, Simulator
 from sandbox.k8s_api import (
     ANN_GPUS,
     ANN_STEP,
+    JOB_ENTRY_POINTS,
     LABEL_KIND,
     RESET_REQUEST,
     SYSTEM_TAINTS,
@@ -118,6 +125,9 @@ class ApiServerSync:
         self._status_at: dict[str, float] = {}  # node -> wall time its status was last written
         self._faults_seen = len(sim.events)
         self.actions: list[tuple[float, str]] = []  # (simulated time, action key) done for API clients
+        self._jobs_seen: set[str] = set()  # uids of the Jobs the kubelet has looked at
+        self._jobs_done: list[tuple[str, int, list[str]]] = []  # (Job, exit code, output), from the job threads
+        self._jobs_lock = threading.Lock()
 
     # ---------------------------------------------------------------------------------------- HTTP
 
@@ -224,6 +234,63 @@ class ApiServerSync:
         for pod in list(self.sim.pods.values()):
             if self._live(pod) and pod.name not in self._recreate:
                 self._pull_pod(pod, evicted)
+        self._pull_jobs()
+
+    def _pull_jobs(self) -> None:
+        """The kubelet and Job controller for a Job whose one container runs an entry point the sandbox knows
+        (`python -m tools.train_job`, the retraining Job), as the embedded API plays them: its `main` runs for
+        real on a thread with the container's environment; the Job's status follows (active, then Complete or
+        Failed). Any other Job gets no pods."""
+        for job in self._get(f"/apis/batch/v1/namespaces/{self.ns}/jobs"):
+            meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
+            if meta["uid"] in self._jobs_seen:
+                continue
+            self._jobs_seen.add(meta["uid"])
+            containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or []
+            if spec.get("suspend") or len(containers) != 1 or status.get("conditions"):
+                continue
+            c = containers[0]
+            cmd = [str(x) for x in (c.get("command") or []) + (c.get("args") or [])]
+            python_m = len(cmd) >= 3 and cmd[0].rsplit("/", 1)[-1].startswith("python") and cmd[1] == "-m"
+            if not python_m or cmd[2] not in JOB_ENTRY_POINTS:
+                continue
+            env = {str(e.get("name")): str(e.get("value", "")) for e in c.get("env") or [] if isinstance(e, dict)}
+            self._merge(f"/apis/batch/v1/namespaces/{self.ns}/jobs/{meta['name']}/status",
+                        {"status": {"active": 1, "startTime": self._wall()}})
+            threading.Thread(target=self._run_job, args=(meta["name"], cmd[2], cmd[3:], env),
+                             name=f"sandbox-job-{meta['name']}", daemon=True).start()
+
+    def _run_job(self, name: str, module: str, args: list[str], env: dict[str, str]) -> None:
+        import importlib
+
+        lines: list[str] = []
+        try:
+            code = int(importlib.import_module(module).main(args, env, lines.append))
+        except Exception as exc:  # the container crashed: its Job fails, the world goes on
+            code, lines = 1, [*lines, f"{type(exc).__name__}: {exc}"]
+        with self._jobs_lock:
+            self._jobs_done.append((name, code, lines))
+
+    def _push_jobs(self) -> None:
+        with self._jobs_lock:
+            done, self._jobs_done = self._jobs_done, []
+        for name, code, lines in done:
+            now = self._wall()
+            if code == 0:
+                status: JSON = {"active": None, "succeeded": 1, "completionTime": now, "conditions": [
+                    {"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}]}
+            else:
+                status = {"active": None, "failed": 1, "conditions": [
+                    {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                     "message": "Job has reached the specified backoff limit", "lastProbeTime": now,
+                     "lastTransitionTime": now}]}
+            self._merge(f"/apis/batch/v1/namespaces/{self.ns}/jobs/{name}/status", {"status": status})
+            self._event("Normal" if code == 0 else "Warning", "Completed" if code == 0 else "BackoffLimitExceeded",
+                        {"kind": "Job", "name": name, "namespace": self.ns},
+                        "; ".join(lines)[-1000:] or f"exit code {code}", component="job-controller")
+
+    def _wall(self) -> str:
+        return rfc3339(dt.datetime.fromtimestamp(self.clock(), tz=dt.UTC))
 
     def _pull_node(self, name: str, node: JSON) -> None:
         spec = node.get("spec") or {}
@@ -330,6 +397,7 @@ class ApiServerSync:
                 self._push_workload(w)
         self._push_pods(initial)
         self._push_pdbs()
+        self._push_jobs()
         self._push_fault_events()
 
     def _push_node(self, name: str) -> None:
@@ -494,7 +562,7 @@ class ApiServerSync:
         if involved.get("kind") == "Node" and involved.get("name") in self._api_nodes:
             # `kubectl describe node` finds a node's events by the node's uid
             involved = {**involved, "uid": self._api_nodes[str(involved["name"])]["metadata"]["uid"]}
-        api_version = {"StatefulSet": "apps/v1", "Rollout": "argoproj.io/v1alpha1"}.get(
+        api_version = {"StatefulSet": "apps/v1", "Rollout": "argoproj.io/v1alpha1", "Job": "batch/v1"}.get(
             str(involved.get("kind")), "v1")
         body = {
             "apiVersion": "v1", "kind": "Event",

@@ -206,6 +206,19 @@ def test_scale_pdb_eviction_and_watch_through_the_official_client(world: World) 
     with world.lock:
         assert "reschedule_pod@fraud-model-0" in [a for _, a in world.sync.actions]
 
+    # the retraining Job's entry point runs for real (here misconfigured: no environment), its status follows
+    jobs = f"/apis/batch/v1/namespaces/{world.ns}/jobs"
+    world.sync.call("POST", jobs, {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "retrain"},
+                                   "spec": {"backoffLimit": 0, "template": {"spec": {
+                                       "restartPolicy": "Never", "containers": [{
+                                           "name": "train", "image": "opsmedic:latest",
+                                           "command": ["python", "-m", "tools.train_job"]}]}}}})
+    job = wait_until(lambda: (j := world.get(f"{jobs}/retrain")).get("status", {}).get("failed") and j,
+                     what="the Job to fail")
+    assert job["status"]["conditions"][0]["type"] == "Failed"
+    events = world.get(f"/api/v1/namespaces/{world.ns}/events?fieldSelector=involvedObject.name=retrain")
+    assert any("missing environment" in e["message"] for e in events["items"]), events
+
 
 class _LockedSim:
     """GPU and model readings straight from the simulator, as Prometheus would scrape them from its exporter."""
