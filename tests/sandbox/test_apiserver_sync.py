@@ -149,8 +149,17 @@ def test_kubectl_gets_describes_cordons_drains_and_restarts_the_sandbox_world(wo
 
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in world.get(
         f"/api/v1/namespaces/{world.ns}/pods?labelSelector=app.kubernetes.io/name=fraud-model")["items"]}
+    watching = subprocess.Popen(["kubectl", "--kubeconfig", str(world.kubeconfig), "get", "pods", "-w",
+                                 "--output-watch-events", "-l", "app.kubernetes.io/name=fraud-model"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert watching.stdout is not None
+    listed = [watching.stdout.readline() for _ in range(3)]  # header + the two pods: the watch is open
+    assert "fraud-model-1" in "".join(listed), listed
     world.kubectl("rollout", "restart", "statefulset/fraud-model")
     world.kubectl("rollout", "status", "statefulset/fraud-model", "--timeout=30s", timeout=40)
+    watching.terminate()
+    watched = "".join(listed) + watching.communicate(timeout=10)[0]
+    assert "DELETED" in watched and "MODIFIED" in watched, watched  # `kubectl get -w` sees the restart
     after = world.get(f"/api/v1/namespaces/{world.ns}/pods?labelSelector=app.kubernetes.io/name=fraud-model")
     assert {p["metadata"]["name"] for p in after["items"]} == set(before)
     for p in after["items"]:
