@@ -53,13 +53,21 @@ def serve(scenario_path: Path, *, port: int = 0, metrics_port: int = 0, kubeconf
         # the control plane's certificate is self-signed for 127.0.0.1 and made afresh at every start
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         kc = plane.write_kubeconfig(kc_path)
+        sync = real = ApiServerSync(sim, build_api_client(kc, context=None, in_cluster=False), speed=speed)
         try:
-            sync = ApiServerSync(sim, build_api_client(kc, context=None, in_cluster=False), speed=speed)
-            sync.setup()
+            real.setup()
         except BaseException:
+            real.close()
             plane.stop()
             raise
-        url, stop_api = plane.url, plane.stop
+        url = plane.url
+
+        def stop_real() -> None:
+            real.close()
+            plane.stop()
+
+        stop_api: Callable[[], None] = stop_real
+
     else:
         url, stop_api = serve_in_thread(api, port)
         kc = write_kubeconfig(url, kc_path)

@@ -44,10 +44,15 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from core.domain import Action
 from core.errors import ToolError
@@ -94,6 +99,65 @@ def _fresh(obj: JSON) -> JSON:
     body["metadata"] = {k: v for k, v in obj["metadata"].items() if k not in SERVER_FIELDS}
     return body
 
+class KubeletLogs:
+    """The kubelets' log endpoint (`GET /containerLogs/{namespace}/{pod}/{container}?tailLines=N`), one HTTPS
+    server on 127.0.0.1 for every simulated node, so that `kubectl logs` (and opsmedic's evidence, which reads
+    logs) work through kube-apiserver as on a cluster: the nodes publish InternalIP 127.0.0.1 and this port as
+    their kubelet endpoint. Serves the pod's current incarnation's log; `follow` returns what there is."""
+
+    def __init__(self, logs: Callable[[str, str], list[str] | None]) -> None:
+        self._logs = logs
+        self._dir = Path(tempfile.mkdtemp(prefix="opsmedic-kubelet-"))
+        self._server: ThreadingHTTPServer | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        import ssl
+        import subprocess
+
+        cert, key = self._dir / "kubelet.crt", self._dir / "kubelet.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                        "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1"],
+                       check=True, capture_output=True)
+        logs = self._logs
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                url = urlsplit(self.path)
+                parts = url.path.strip("/").split("/")
+                lines = logs(parts[1], parts[2]) if len(parts) == 4 and parts[0] == "containerLogs" else None
+                if lines is None:
+                    self.send_error(404, "pod not found")
+                    return
+                tail = parse_qs(url.query).get("tailLines")
+                if tail and tail[0].isdigit():
+                    lines = lines[-int(tail[0]):] if int(tail[0]) else []
+                body = "".join(f"{line}\n" for line in lines).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+                return None
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        server.daemon_threads = True
+        self.port = int(server.server_address[1])
+        self._server = server
+        threading.Thread(target=server.serve_forever, name=f"kubelet-logs:{self.port}", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
 
 class ApiServerSync:
     """Mirrors one simulator into one kube-apiserver namespace (nodes cluster-wide). `setup()` once (creates
@@ -112,6 +176,8 @@ class ApiServerSync:
         self._written: dict[str, str] = {}  # what we last wrote, per object part -> digest
         self._pod_uid: dict[str, str] = {}  # pod name -> uid of its current API object
         self._restart_base: dict[str, int] = {}  # pod name -> simulator restarts when its object was made
+        self._log_base: dict[str, int] = {}  # pod name -> simulator log lines before its object was made
+        self.kubelet = KubeletLogs(self.pod_log)
         self._recreate: set[str] = set()  # pods whose API object the controller replaces this tick
         self._api_nodes: dict[str, JSON] = {}
         self._api_pods: dict[str, JSON] = {}
@@ -176,7 +242,18 @@ class ApiServerSync:
 
     # --------------------------------------------------------------------------------------- setup
 
+    def pod_log(self, namespace: str, name: str) -> list[str] | None:
+        """The log of the pod's current incarnation (what `kubectl logs` shows); None for no such pod."""
+        pod = self.sim.pods.get(name)
+        if namespace != self.ns or pod is None or not self._live(pod):
+            return None
+        return list(pod.log[self._log_base.get(name, 0):])
+
+    def close(self) -> None:
+        self.kubelet.stop()
+
     def setup(self) -> None:
+        self.kubelet.start()
         if self.call("GET", f"/api/v1/namespaces/{self.ns}", ok=(404,)) is None:
             self.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                      "metadata": {"name": self.ns}}, ok=(409,))
@@ -421,7 +498,9 @@ class ApiServerSync:
         # As a kubelet: the status is written when it changes, and otherwise only every
         # NODE_STATUS_REFRESH_S, so heartbeats do not bump the node's resourceVersion at every tick (a client
         # patching with a resourceVersion precondition, as opsmedic's cordon does, would keep losing)
-        status = rendered["status"]
+        status = {**rendered["status"],
+                  "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+                  "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet.port}}}
         steady = [{k: v for k, v in c.items() if k != "lastHeartbeatTime"} for c in status.get("conditions") or []]
         due = self.clock() - self._status_at.get(name, 0.0) >= NODE_STATUS_REFRESH_S
         if self._changed(f"node-status/{name}", {**status, "conditions": steady}) or due:
@@ -495,7 +574,9 @@ class ApiServerSync:
                 self._merge(f"{self._pods_path}/{name}/status", {"status": rendered["status"]})
 
     def _create_pod(self, pod: SimPod, initial: bool) -> None:
-        self._restart_base[pod.name] = pod.restarts
+        # a re-created pod is a new pod: restartCount 0 and an empty log (the scenario's own pods keep theirs)
+        self._restart_base[pod.name] = 0 if initial else pod.restarts
+        self._log_base[pod.name] = 0 if initial else len(pod.log)
         rendered = self._render_pod(pod)
         made = self.call("POST", self._pods_path, _fresh(rendered), ok=(409,))
         if made is None:  # a stale object of that name is still there: delete it, create next tick

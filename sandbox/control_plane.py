@@ -128,6 +128,9 @@ class ControlPlane:
             "--service-cluster-ip-range=10.96.0.0/24",
             "--disable-admission-plugins=ServiceAccount",
             "--enable-priority-and-fairness=false",
+            # `kubectl logs` reaches a kubelet at the node's InternalIP (the sandbox's kubelets publish
+            # 127.0.0.1); a node with only a Hostname is still reached by name
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
         ], "apiserver.log")
         ctx = ssl.create_default_context()
         ctx.check_hostname = False

@@ -28,7 +28,7 @@ from sandbox.scenario import load_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 XID79 = REPO / "sandbox" / "scenarios" / "xid79-fell-off-bus.yaml"
-TICK_S = 0.1  # real seconds per simulated tick (10 s) while a test runs
+TICK_S = 0.5  # real seconds per simulated tick (10 s) while a test runs
 
 pytestmark = [
     pytest.mark.integration,
@@ -108,6 +108,7 @@ class World:
         self.stopping.set()
         self.thread.join(timeout=10)
         self.sync.call("DELETE", "/api/v1/nodes", ok=(404,))
+        self.sync.close()
         self.client.close()
         assert not self.errors, self.errors
 
@@ -133,6 +134,9 @@ def test_kubectl_gets_describes_cordons_drains_and_restarts_the_sandbox_world(wo
     assert "llama-ft-1" in pods and "node-1" in pods and "CrashLoopBackOff" in pods, pods
     described = world.kubectl("describe", "node", "node-1")
     assert "GpuXid" in described and "xid" in described, described
+    with world.lock:
+        expected = world.sim.pods["llama-ft-1"].log[-1]
+    assert expected in world.kubectl("logs", "llama-ft-1", "--tail=5")  # through kube-apiserver to a kubelet
 
     world.kubectl("cordon", "node-1")
     wait_until(lambda: world.sim.nodes["node-1"].unschedulable, what="the cordon to reach the simulator")
