@@ -324,7 +324,8 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
     if not path.exists() and args.scenario in bundled_scenarios():
         path = bundled_scenarios()[args.scenario]
     return serve(path, port=args.port, metrics_port=args.metrics_port,
-                 kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None, speed=args.speed, say=_print)
+                 kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None, speed=args.speed, say=_print,
+                 apiserver=args.apiserver)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -414,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--metrics-port", type=int, default=0)
     ss.add_argument("--kubeconfig", metavar="PATH", help="where to write the kubeconfig")
     ss.add_argument("--speed", type=float, default=10.0, help="simulated seconds per real second")
+    ss.add_argument("--apiserver", choices=("embedded", "real"), default="embedded",
+                    help="embedded: the sandbox's in-process Kubernetes API; real: etcd + kube-apiserver from "
+                         "scripts/build-kube-apiserver.sh, the simulator playing kubelets and controllers")
     ss.set_defaults(func=cmd_sandbox_serve)
 
     from opsmedic.chat.cli import add_parser as add_chat_parser
