@@ -178,6 +178,8 @@ class DaemonService:
         self._intake_handled: list[int] = []  # handled by a tick, to be marked (at most once a second)
         self._intake_marked_at = 0.0
         self.alerts_replayed = 0
+        self._shards_seen: frozenset[int] | None = None  # sharded replicas: the shards acted on last tick
+        self._history_at = 0.0
         self.slack = self._build_slack()
         self.metrics.add_reader(self._scrape)
 
@@ -210,6 +212,13 @@ class DaemonService:
         if api_client is None:
             raise ConfigError("leader election needs a Kubernetes API (the kubernetes source): the sandbox world "
                               "lives in one process", "setting leader_election (OPSMEDIC_DAEMON_LEADER_ELECTION)")
+        if c.shards > 1:  # past one replica: a Lease per shard instead of the one leader Lease
+            from opsmedic.daemon.shard_leadership import shard_leadership
+            from opsmedic.daemon.shards import ShardMap
+
+            return shard_leadership(api_client, ShardMap(c.shards, c.shard_by), namespace=c.lease_namespace
+                                    or c.namespace, identity=c.identity, lease_duration_s=c.lease_duration_s,
+                                    prefix=c.lease_name)
         return lease_leadership(api_client, name=c.lease_name, namespace=c.lease_namespace or c.namespace,
                                 identity=c.identity, lease_duration_s=c.lease_duration_s)
 
@@ -354,13 +363,14 @@ class DaemonService:
             log.info("telemetry source reachable again")
         self.source_ok, self.source_error = True, None
         self.latest_snapshot = snap
+        self._check_shards()
         d = self.driver
         opened = d.monitor.observe(snap, self.world.tick_s)
         with self._intake_lock:  # what the ingestor holds now is what this tick acts on
             handled, self._intake_ingested = self._intake_ingested, []
         self._poll_alert_events()
         if self.acting:
-            for inc in opened:
+            for inc in self._owned(opened):
                 self._start(inc)
             self._alert_incidents(snap)
             self._resume(self.world.clock.now())
@@ -404,6 +414,45 @@ class DaemonService:
             self.acting = False
             log.warning("no longer the leader: stopped acting", extra={"identity": self.leadership.identity})
         self.metrics.leader.set(1 if self.acting else 0)
+
+    # Sharding (`opsmedic.daemon.shard_leadership`): these hooks do nothing under a single leader.
+
+    def _owns(self, inc: Incident) -> bool:
+        owns = getattr(self.leadership, "owns", None)
+        return owns is None or bool(owns(inc, self.latest_snapshot))
+
+    def _owned(self, opened: list[Incident]) -> list[Incident]:
+        mine = [inc for inc in opened if self._owns(inc)]
+        for inc in opened:
+            if inc not in mine:
+                log.info("another shard's incident (its holder handles it)",
+                         extra={"incident_id": inc.id, "resource": inc.resource})
+        return mine
+
+    def _check_shards(self) -> None:
+        """When the shards held change, let go of the incidents of shards lost and adopt, from the shared
+        checkpointer, those of shards gained; and, at most once a second, reload the action history from the
+        shared ledger so that cooldowns and rate limits count every replica's actions."""
+        held_fn = getattr(self.leadership, "held", None)
+        if held_fn is None or not self.acting:
+            return
+        from opsmedic.daemon.shard_leadership import executed_history
+
+        held = held_fn()
+        d = self.driver
+        if held != self._shards_seen:
+            self._shards_seen = held
+            for inc_id, inc in list(d.incidents.items()):
+                if not self._owns(inc):
+                    for m in (d.waiting, d.states, d.incidents, self._stalled, self._resume_fail):
+                        m.pop(inc_id, None)
+            adopted = self._resync()
+            self._history_at = time.monotonic()
+            log.info("acting on shards", extra={"identity": self.leadership.identity, "shards": sorted(held),
+                                                "adopted": adopted})
+        elif time.monotonic() - self._history_at >= 1.0:
+            self._history_at = time.monotonic()
+            d.deps.history[:] = executed_history(self._world_records())
 
     def _promote(self) -> None:
         t0 = time.perf_counter()
@@ -457,6 +506,8 @@ class DaemonService:
             if not values:
                 continue
             st = IncidentState.model_validate(values) if isinstance(values, dict) else values
+            if not self._owns(st.incident):
+                continue  # another shard's incident: its holder drives it
             d.states[inc_id] = st
             d.incidents[inc_id] = st.incident
             self._counted[inc_id] = (len(st.decisions), len(st.results))
@@ -476,6 +527,8 @@ class DaemonService:
                 continue
             state = d.monitor.key_state(monitor_key(inc))
             if state is not None and state.incident_id == inc_id and not state.closed:
+                if not self._owns(inc):
+                    continue  # another shard's: its holder starts it
                 log.info("starting an incident nobody handled", extra={"incident_id": inc_id,
                                                                       "resource": inc.resource})
                 self._start(inc)
@@ -761,6 +814,9 @@ class DaemonService:
             if resource not in known:
                 self.metrics.alerts_unmatched.inc(len(fresh))
                 continue
+            if not self._owns(_about(resource, snap)):
+                self.metrics.alerts_unmatched.inc(len(fresh))
+                continue  # a resource of another shard: its holder's monitor watches it
             self._alert_seq += 1
             # the title marks the alert's text as its claim; the monitor's key is claimed only for an alert
             # that telemetry backs, so that an unproven one never hides a real fault on the resource later
@@ -1010,6 +1066,16 @@ class DaemonService:
             out.append(counters_family("opsmedic_drift_windows", "Feature windows scored for drift, or skipped.",
                                        "outcome", {"scored": feed.scored, "failed": feed.failures}))
         return out
+
+
+def _about(resource: str, snap: ClusterSnapshot) -> Incident:
+    """A stand-in incident about `resource`, to ask which shard owns it."""
+    from core.domain import resource_kind_of
+
+    kind = (ResourceKind.node if snap.node(resource) is not None else ResourceKind.gpu if snap.gpu(resource)
+            is not None else ResourceKind.pod if snap.pod(resource) is not None else ResourceKind.model
+            if snap.model(resource) is not None else resource_kind_of(resource))
+    return Incident(id="-", resource=resource, resource_kind=kind, opened_at_s=snap.at_s, signals=[])
 
 
 def freeze_heap() -> None:
