@@ -375,7 +375,8 @@ class DaemonService:
             self._alert_incidents(snap)
             self._resume(self.world.clock.now())
             self._retry_stalled()
-            self._chat_approved()
+            if self._coordinates():
+                self._chat_approved()
         else:
             for inc in opened:
                 log.info("standby saw an incident (the leader handles it)",
@@ -416,6 +417,18 @@ class DaemonService:
         self.metrics.leader.set(1 if self.acting else 0)
 
     # Sharding (`opsmedic.daemon.shard_leadership`): these hooks do nothing under a single leader.
+
+    def _sharded(self) -> bool:
+        """Sharded (`OPSMEDIC_SHARDS` > 1): this replica acts on the incidents of the shards it holds only."""
+        return getattr(self.leadership, "owns", None) is not None
+
+    def _coordinates(self) -> bool:
+        """The single leader, or the holder of the coordinating shard (cluster-wide work: approved chat
+        requests)."""
+        from opsmedic.daemon.shards import COORDINATOR
+
+        held = getattr(self.leadership, "held", None)
+        return held is None or COORDINATOR in held()
 
     def _owns(self, inc: Incident) -> bool:
         owns = getattr(self.leadership, "owns", None)
@@ -796,6 +809,7 @@ class DaemonService:
 
     def _alert_incidents(self, snap: ClusterSnapshot) -> None:
         from agents.corroboration import alert_incident, assess, known_resources
+        from opsmedic.daemon.shards import incident_about
 
         groups = self.ingestor.groups()
         if not groups:
@@ -814,7 +828,7 @@ class DaemonService:
             if resource not in known:
                 self.metrics.alerts_unmatched.inc(len(fresh))
                 continue
-            if not self._owns(_about(resource, snap)):
+            if self._sharded() and not self._owns(incident_about(resource, snap)):
                 self.metrics.alerts_unmatched.inc(len(fresh))
                 continue  # a resource of another shard: its holder's monitor watches it
             self._alert_seq += 1
@@ -1066,16 +1080,6 @@ class DaemonService:
             out.append(counters_family("opsmedic_drift_windows", "Feature windows scored for drift, or skipped.",
                                        "outcome", {"scored": feed.scored, "failed": feed.failures}))
         return out
-
-
-def _about(resource: str, snap: ClusterSnapshot) -> Incident:
-    """A stand-in incident about `resource`, to ask which shard owns it."""
-    from core.domain import resource_kind_of
-
-    kind = (ResourceKind.node if snap.node(resource) is not None else ResourceKind.gpu if snap.gpu(resource)
-            is not None else ResourceKind.pod if snap.pod(resource) is not None else ResourceKind.model
-            if snap.model(resource) is not None else resource_kind_of(resource))
-    return Incident(id="-", resource=resource, resource_kind=kind, opened_at_s=snap.at_s, signals=[])
 
 
 def freeze_heap() -> None:

@@ -101,10 +101,23 @@ class ShardMap:
         return COORDINATOR if node is None else self.shard_of_node(node, pools)
 
 
+def incident_about(resource: str, snap: ClusterSnapshot) -> Incident:
+    """A stand-in incident about `resource` (its kind from the snapshot), to ask which shard owns it: an
+    alert names a resource before any incident exists."""
+    from core.domain import resource_kind_of
+
+    kind = (ResourceKind.node if snap.node(resource) is not None
+            else ResourceKind.gpu if snap.gpu(resource) is not None
+            else ResourceKind.pod if snap.pod(resource) is not None
+            else ResourceKind.model if snap.model(resource) is not None
+            else resource_kind_of(resource))
+    return Incident(id="-", resource=resource, resource_kind=kind, opened_at_s=snap.at_s, signals=[])
+
+
 def fair_share(shards: int, live_replicas: int) -> int:
     """The most shards one replica may hold: ceil(shards / live replicas), at least one replica counted."""
     n = max(1, live_replicas)
     return -(-shards // n)
 
 
-__all__ = ["COORDINATOR", "HASH", "Pools", "ShardMap", "fair_share", "stable_hash"]
+__all__ = ["COORDINATOR", "HASH", "Pools", "ShardMap", "fair_share", "incident_about", "stable_hash"]

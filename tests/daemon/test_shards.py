@@ -10,7 +10,7 @@ from waiting import wait_until
 
 from core.domain import ClusterSnapshot, GpuSample, Incident, NodeStatus, PodStatus, ResourceKind
 from opsmedic.daemon.shard_leadership import ShardLeadership
-from opsmedic.daemon.shards import COORDINATOR, ShardMap, fair_share, stable_hash
+from opsmedic.daemon.shards import COORDINATOR, ShardMap, fair_share, incident_about, stable_hash
 
 
 def _snap(nodes: int = 12) -> ClusterSnapshot:
@@ -61,6 +61,14 @@ def test_by_label_a_node_pool_stays_on_one_shard_and_an_unknown_node_has_none() 
     assert m.shard_of(_inc("node-99", ResourceKind.node), _snap(), pools) is None
     with pytest.raises(ValueError):
         ShardMap(0)
+
+
+def test_an_alerts_resource_is_placed_like_an_incident_about_it() -> None:
+    m, snap = ShardMap(4), _snap()
+    assert incident_about("web-0", snap).resource_kind == ResourceKind.pod
+    assert m.shard_of(incident_about("web-0", snap), snap) == m.shard_of_node("node-5")
+    assert m.shard_of(incident_about("node-5/gpu-1", snap), snap) == m.shard_of_node("node-5")
+    assert incident_about("node-3", snap).resource_kind == ResourceKind.node
 
 
 def test_fair_share() -> None:
