@@ -73,3 +73,19 @@ def test_membership_lease_names_are_dns_names_that_keep_identities_apart() -> No
     a, b = member_lease_name("opsmedic", "host:123"), member_lease_name("opsmedic", "host.123")
     assert a != b and a.startswith("opsmedic-member-host-123-")
     assert all(ch.isalnum() and ch.islower() or ch.isdigit() or ch == "-" for ch in a)
+
+
+def test_node_pools_come_from_the_node_label_and_place_a_pool_on_one_shard(target: Target) -> None:
+    from opsmedic.daemon.shard_leadership import NodePools
+    from opsmedic.daemon.shards import ShardMap
+
+    label = "cloud.google.com/gke-nodepool"
+    names = sorted(n.metadata.name for n in target.core.list_node().items)
+    assert len(names) >= 2
+    for n in names:
+        target.core.patch_node(n, {"metadata": {"labels": {label: "a100"}}})
+    pools = NodePools(target.client, label, miss_refresh_s=0.0)
+    assert all(pools.get(n) == "a100" for n in names)
+    assert pools.get("node-that-is-not-there") is None  # unknown: read again, still unknown: no shard
+    m = ShardMap(4, label)
+    assert len({m.shard_of_node(n, pools) for n in names}) == 1

@@ -122,3 +122,16 @@ def test_a_dropped_shard_stops_counting_at_once_and_an_unrenewed_one_by_its_dead
     finally:
         lead.stop()
     assert leases.released == 1 and lead.held() == frozenset()
+
+
+def test_the_shard_settings_come_from_the_environment() -> None:
+    from core.errors import ConfigError
+    from opsmedic.daemon.config import load_daemon_config
+
+    assert load_daemon_config(env={}).shards == 1  # one shard: today's single leader
+    c = load_daemon_config(env={"OPSMEDIC_SHARDS": "4", "OPSMEDIC_SHARD_BY": "cloud.google.com/gke-nodepool"})
+    assert (c.shards, c.shard_by) == (4, "cloud.google.com/gke-nodepool")
+    with pytest.raises(ConfigError, match="OPSMEDIC_SHARD_BY"):
+        load_daemon_config(env={"OPSMEDIC_SHARD_BY": "not a label!"})
+    with pytest.raises(ConfigError, match="OPSMEDIC_SHARDS"):
+        load_daemon_config(env={"OPSMEDIC_SHARDS": "0"})
