@@ -51,7 +51,7 @@ class RoundResult:
     """What one round found and did."""
 
     renewed: frozenset[int]  # shards whose Lease we hold as of this round (renewed or newly acquired)
-    dropped: frozenset[int]  # shards we held and stopped renewing (over our fair share)
+    dropped: frozenset[int]  # shards we held and no longer renew (over our fair share) or lost to another
     live_replicas: int
     share: int
     errors: tuple[str, ...] = ()
@@ -136,8 +136,9 @@ class ShardLeases:
                     renewed.add(i)
             except Exception as exc:
                 errors.append(f"shard {i}: {type(exc).__name__}: {exc}"[:300])
+        lost = frozenset(keep) - renewed - failed  # taken by another replica: our term had run out anyway
         self.held = renewed | failed
-        return RoundResult(renewed=frozenset(renewed), dropped=dropped, live_replicas=len(live),
+        return RoundResult(renewed=frozenset(renewed), dropped=dropped | lost, live_replicas=len(live),
                            share=share, errors=tuple(errors))
 
     def release(self) -> list[int]:
