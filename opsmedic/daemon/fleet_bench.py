@@ -12,6 +12,9 @@ Layer: interfaces (`opsmedic.daemon`); imports sandbox and agents. Three figures
   snapshot) happens before the tick and is not in this figure; the reads of a real cluster are reported
   apart (`k8s_read_ms_10k_gpus`, `prometheus_read_ms_10k_gpus`).
 
+`bench_fleet_shards()` (group `fleet_shards`) measures the same tick in one replica of a sharded deployment
+(`OPSMEDIC_SHARDS=4`) that holds one shard: `daemon_tick_ms_10k_gpus_shard_of_4_p50/_p95`.
+
 `bench_fleet_reads()` (group `fleet_reads`) measures those reads: `k8s_read_ms_10k_gpus` is
 `KubernetesTelemetry` as the daemon runs it (watch caches, see `tools.k8s_informer`) against the sandbox
 Kubernetes API serving the fleet, with listing every tick beside it; `prometheus_read_ms_10k_gpus` is
