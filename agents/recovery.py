@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +46,7 @@ from policies.audit import AuditLog
 from policies.engine import HistoryEntry, PolicyEngine
 from policies.model import Policy, load_policy
 from tools.backend import ActionBackend, TelemetrySource
-from tools.ledger import ExecutionLedger
+from tools.ledger import ExecutionLedger, LedgerRecord
 
 Graph = CompiledStateGraph[IncidentState, Deps, IncidentState, IncidentState]
 Status = Literal["resolved", "escalated", "failed", "awaiting_approval", "waiting", "open", "error"]
@@ -87,12 +87,19 @@ def executed_history(ledger: ExecutionLedger) -> list[HistoryEntry]:
     """What cooldowns and rate limits count, rebuilt from the durable ledger: every action that took
     effect (not dry runs, including those a restart settled by verification). `Deps.history` is in memory
     only, so without this a restarted process would forget a drain done a minute before it died."""
+    return history_of(ledger.records())
+
+
+def history_of(records: Iterable[LedgerRecord], *, changed_only: bool = False) -> list[HistoryEntry]:
+    """The policy's action history from execution-ledger records, oldest first; `changed_only` leaves out
+    actions that found the world already as asked (the daemon's rule: a no-op starts no cooldown)."""
     out: list[HistoryEntry] = []
-    for rec in ledger.records():
+    for rec in records:
         res = rec.result
-        if rec.status == "done" and res is not None and res.ok and not res.dry_run:
+        if (rec.status == "done" and res is not None and res.ok and not res.dry_run
+                and (res.changed or not changed_only)):
             out.append(HistoryEntry.of(rec.action, res.at_s, rec.incident_id))
-    return out
+    return sorted(out, key=lambda h: h.at_s)
 
 
 def close_deps(deps: Deps) -> None:
@@ -217,5 +224,5 @@ def resume_all(graph: Graph, deps: Deps, responder: Responder | None = None, *,
     return statuses
 
 
-__all__ = ["Graph", "Responder", "Status", "close_deps", "executed_history", "make_deps", "open_incidents",
-           "resume_all", "resume_thread", "waiting_on"]
+__all__ = ["Graph", "Responder", "Status", "close_deps", "executed_history", "history_of", "make_deps",
+           "open_incidents", "resume_all", "resume_thread", "waiting_on"]

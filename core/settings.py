@@ -114,6 +114,8 @@ class DaemonVariables(BaseModel):
     lease_namespace: str | None = _var("OPSMEDIC_DAEMON_LEASE_NAMESPACE")
     lease_duration_s: str | None = _var("OPSMEDIC_DAEMON_LEASE_DURATION")
     identity: str | None = _var("OPSMEDIC_DAEMON_IDENTITY")
+    shards: str | None = _var("OPSMEDIC_SHARDS")
+    shard_by: str | None = _var("OPSMEDIC_SHARD_BY")
     alerts_queue_max: str | None = _var("OPSMEDIC_DAEMON_ALERTS_QUEUE_MAX")
     alerts_on_standby: str | None = _var("OPSMEDIC_DAEMON_ALERTS_ON_STANDBY")
     slack_channel: str | None = _var("OPSMEDIC_SLACK_CHANNEL")

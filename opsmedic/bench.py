@@ -232,6 +232,8 @@ GROUPS: dict[str, tuple[str, str] | None] = {
     "fleet": ("opsmedic.daemon.fleet_bench", "bench_fleet"),
     # the same fleet read from the sandbox Kubernetes API (watch caches) and from Prometheus (where installed)
     "fleet_reads": ("opsmedic.daemon.fleet_bench", "bench_fleet_reads"),
+    # the daemon's tick in one replica of four shards (OPSMEDIC_SHARDS=4) over that fleet
+    "fleet_shards": ("opsmedic.daemon.fleet_bench", "bench_fleet_shards"),
     "alerts": ("tools.alertmanager", "bench_alert_storm"),
     "drift": ("opsmedic.bench", "bench_drift"),
     "actions": ("opsmedic.bench", "bench_actions"),

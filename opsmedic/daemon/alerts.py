@@ -71,6 +71,8 @@ class AlertDesk:
         self._fps: set[str] = set()
         self._seq = 0
         self._thread: threading.Thread | None = None
+        # which alerted resources this replica opens incidents for: all, or its shards' (`ownership`)
+        self.owns_resource: Callable[[str, ClusterSnapshot], bool] = lambda resource, snap: True
 
     # ------------------------------------------------------------------------------ the HTTP handler
 
@@ -246,6 +248,9 @@ class AlertDesk:
             if resource not in known:
                 self.metrics.alerts_unmatched.inc(len(fresh))
                 continue
+            if not self.owns_resource(resource, snap):
+                self.metrics.alerts_unmatched.inc(len(fresh))
+                continue  # a resource of another shard: its holder's monitor watches it
             self._seq += 1
             # the title marks the alert's text as its claim; the monitor's key is claimed only for an alert
             # that telemetry backs, so that an unproven one never hides a real fault on the resource later

@@ -31,6 +31,7 @@ from opsmedic.daemon.tokens import parse_alert_tokens, parse_api_tokens
 Source = Literal["auto", "sandbox", "kubernetes"]
 ALL_NAMESPACES = "*"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 # field -> environment variable (declared once, in `core.settings.DaemonVariables`, which reads them)
 ENV: dict[str, str] = DaemonVariables.names()
@@ -71,6 +72,9 @@ class DaemonConfig(BaseModel):
     lease_namespace: str | None = None  # default: `namespace`
     lease_duration_s: float = Field(15.0, ge=1.0, le=600.0)
     identity: str = Field(default_factory=_default_identity, min_length=1)
+    # past one replica (opsmedic.daemon.shards): 1 keeps the single leader Lease; more splits the nodes
+    shards: int = Field(1, ge=1, le=1024)
+    shard_by: str = Field("hash", min_length=1, max_length=316)  # `hash` or a node label key
     alerts_queue_max: int = Field(2000, ge=1, le=1_000_000)  # webhook bodies waiting to be ingested
     alerts_on_standby: Literal["redirect", "accept"] = "redirect"
     slack_channel: str | None = None
@@ -101,6 +105,13 @@ class DaemonConfig(BaseModel):
         if v != ALL_NAMESPACES and not _DNS_LABEL.match(v):
             raise ValueError("must be a namespace name (lower-case letters, digits and '-') or * for every "
                              "namespace")
+        return v
+
+    @field_validator("shard_by")
+    @classmethod
+    def _shard_by(cls, v: str) -> str:
+        if v != "hash" and not _LABEL_KEY.match(v):
+            raise ValueError("must be hash or a node label key such as cloud.google.com/gke-nodepool")
         return v
 
     @field_validator("api_tokens", mode="before")

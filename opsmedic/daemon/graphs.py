@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,8 @@ class IncidentGraphs:
         self._resume_fail: dict[str, tuple[int, float]] = {}
         self._counted: dict[str, tuple[int, int]] = {}  # incident -> (decisions, results) already in metrics
         self._checkpoints: Db | None = None
+        # which incidents this replica drives: all under one leader; its shards' under sharding (`ownership`)
+        self.owns: Callable[[Incident], bool] = lambda inc: True
 
     def close(self) -> None:
         if self._checkpoints is not None:
@@ -96,7 +99,6 @@ class IncidentGraphs:
         """Adopt every graph thread of this world from the checkpointer (see the module docstring)."""
         from agents.corroboration import rests_on_claims
         from agents.state import IncidentState
-        from policies.engine import HistoryEntry
 
         d = self.driver
         prefix = self.world.thread_prefix
@@ -108,6 +110,8 @@ class IncidentGraphs:
             if not values:
                 continue
             st = IncidentState.model_validate(values) if isinstance(values, dict) else values
+            if not self.owns(st.incident):
+                continue  # another shard's incident: its holder drives it
             d.states[inc_id] = st
             d.incidents[inc_id] = st.incident
             self._counted[inc_id] = (len(st.decisions), len(st.results))
@@ -127,19 +131,28 @@ class IncidentGraphs:
                 continue
             state = d.monitor.key_state(monitor_key(inc))
             if state is not None and state.incident_id == inc_id and not state.closed:
+                if not self.owns(inc):
+                    continue  # another shard's: its holder starts it
                 log.info("starting an incident nobody handled", extra={"incident_id": inc_id,
                                                                       "resource": inc.resource})
                 self.start(inc)
             else:
                 del d.monitor.incidents[inc_id]  # another replica's incident covers it
-        # cooldowns and rate limits must survive a restart: rebuild the history from the ledger
-        history = []
-        for r in self.world_records():
-            res = r.result
-            if r.status == "done" and res is not None and res.ok and res.changed and not res.dry_run:
-                history.append(HistoryEntry.of(r.action, res.at_s, r.incident_id))
-        d.deps.history[:] = sorted(history, key=lambda h: h.at_s)
+        self.reload_history()
         return adopted
+
+    def reload_history(self) -> None:
+        """Cooldowns and rate limits count what the shared execution ledger says was done (after a restart,
+        and, sharded, what every replica did): the policy engine's history, rebuilt."""
+        from agents.recovery import history_of
+
+        self.driver.deps.history[:] = history_of(self.world_records(), changed_only=True)
+
+    def let_go(self, inc_id: str) -> None:
+        """Stop driving an incident (its shard went to another replica, which adopts it)."""
+        d = self.driver
+        for m in (d.waiting, d.states, d.incidents, self.stalled, self._resume_fail):
+            m.pop(inc_id, None)
 
     def claim(self, incident: Incident, *, closed: bool) -> None:
         """Point the monitor's grouping key for this incident at it, so that the monitor absorbs its

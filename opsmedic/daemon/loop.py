@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from opsmedic.daemon.ownership import Ownership
+
 if TYPE_CHECKING:
     from agents.driver import IncidentDriver
     from agents.state import TimelineEntry
@@ -45,7 +47,7 @@ def narrate(incident_id: str, e: TimelineEntry) -> None:
 class Loop:
     def __init__(self, state: LoopState, world: World, driver: IncidentDriver, leadership: Leadership,
                  metrics: DaemonMetrics, graphs: IncidentGraphs, alerts: AlertDesk,
-                 conversations: Conversations) -> None:
+                 conversations: Conversations, ownership: Ownership | None = None) -> None:
         self.state = state
         self.world = world
         self.driver = driver
@@ -54,6 +56,7 @@ class Loop:
         self.graphs = graphs
         self.alerts = alerts
         self.conversations = conversations
+        self.ownership = ownership or Ownership(leadership, graphs, state)
         self._last_source_log = 0.0
 
     # ------------------------------------------------------------------------------------ the thread
@@ -112,16 +115,18 @@ class Loop:
             log.info("telemetry source reachable again")
         s.source_ok, s.source_error = True, None
         s.latest_snapshot = snap
+        self.ownership.check()
         opened = self.driver.monitor.observe(snap, self.world.tick_s)
         handled = self.alerts.take_ingested()
         self.alerts.poll_events(s.ticks)
         if s.acting:
-            for inc in opened:
+            for inc in self.ownership.owned(opened):
                 self.graphs.start(inc)
             self.alerts.open_incidents(snap, self.driver, self.graphs)
             self.graphs.resume(self.world.clock.now())
             self.graphs.retry_stalled()
-            self.conversations.run_approved_chat()
+            if self.ownership.coordinates():  # cluster-wide work: the coordinating shard's holder
+                self.conversations.run_approved_chat()
         else:
             for inc in opened:
                 log.info("standby saw an incident (the leader handles it)",

@@ -42,6 +42,7 @@ from opsmedic.daemon.health import Health
 from opsmedic.daemon.loop import Loop, narrate
 from opsmedic.daemon.loop_state import LOOP_CALL_TIMEOUT_S, LoopState
 from opsmedic.daemon.metrics import DaemonMetrics
+from opsmedic.daemon.ownership import Ownership
 from opsmedic.daemon.views import ReadModels
 
 if TYPE_CHECKING:
@@ -100,8 +101,12 @@ class DaemonService:
         self.conversations = Conversations(self.settings, config, self.database, self.state, self.driver,
                                            self.world)
         self.conversations.build_slack(self.decisions.decide, self.views)
+        # under sharding, the incidents of the shards this replica holds (under one leader, all of them)
+        self.ownership = Ownership(self.leadership, self.graphs, self.state)
+        self.graphs.owns = self.ownership.owns
+        self.alerts.owns_resource = self.ownership.owns_resource
         self.loop = Loop(self.state, self.world, self.driver, self.leadership, self.metrics, self.graphs,
-                         self.alerts, self.conversations)
+                         self.alerts, self.conversations, self.ownership)
         self.health = Health(self.state, config, self.world, self.leadership, self.alerts, self.conversations)
         self.metrics.add_reader(self.health.scrape)
 
@@ -143,6 +148,13 @@ class DaemonService:
         if api_client is None:
             raise ConfigError("leader election needs a Kubernetes API (the kubernetes source): the sandbox world "
                               "lives in one process", "setting leader_election (OPSMEDIC_DAEMON_LEADER_ELECTION)")
+        if c.shards > 1:  # past one replica: a Lease per shard instead of the one leader Lease
+            from opsmedic.daemon.shard_leadership import shard_leadership
+            from opsmedic.daemon.shards import ShardMap
+
+            return shard_leadership(api_client, ShardMap(c.shards, c.shard_by), namespace=c.lease_namespace
+                                    or c.namespace, identity=c.identity, lease_duration_s=c.lease_duration_s,
+                                    prefix=c.lease_name)
         return lease_leadership(api_client, name=c.lease_name, namespace=c.lease_namespace or c.namespace,
                                 identity=c.identity, lease_duration_s=c.lease_duration_s)
 

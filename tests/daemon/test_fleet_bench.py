@@ -40,3 +40,11 @@ def test_the_bench_runs_the_daemon_tick_over_a_fleet_and_opens_the_one_incident(
 def test_the_kubernetes_read_is_measured_through_the_watch_caches() -> None:
     fig = bench_fleet_k8s(reads=2, scenario=parse_scenario(_small()))
     assert fig["k8s_read_ms_10k_gpus"] > 0 and fig["k8s_list_read_ms_10k_gpus"] > 0
+
+
+def test_the_shard_bench_runs_one_replica_of_four_and_it_starts_the_incident_of_its_shard() -> None:
+    from opsmedic.daemon.fleet_bench import bench_fleet_shards
+
+    fig = bench_fleet_shards(ticks=15, shards=4, scenario=parse_scenario(_small()))
+    assert fig["shard_incidents_started"] == 1.0  # the XID's node is in the shard this replica holds
+    assert fig["daemon_tick_ms_10k_gpus_shard_of_4_p50"] > 0 and fig["daemon_tick_ms_10k_gpus_shard_of_4_p95"] > 0

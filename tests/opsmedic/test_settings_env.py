@@ -72,6 +72,8 @@ DAEMON: dict[str, tuple[str, str, Any]] = {
     "OPSMEDIC_DAEMON_LEASE_NAMESPACE": ("ops", "lease_namespace", "ops"),
     "OPSMEDIC_DAEMON_LEASE_DURATION": ("20", "lease_duration_s", 20.0),
     "OPSMEDIC_DAEMON_IDENTITY": ("replica-7", "identity", "replica-7"),
+    "OPSMEDIC_SHARDS": ("4", "shards", 4),
+    "OPSMEDIC_SHARD_BY": ("cloud.google.com/gke-nodepool", "shard_by", "cloud.google.com/gke-nodepool"),
     "OPSMEDIC_DAEMON_ALERTS_QUEUE_MAX": ("50", "alerts_queue_max", 50),
     "OPSMEDIC_DAEMON_ALERTS_ON_STANDBY": ("accept", "alerts_on_standby", "accept"),
     "OPSMEDIC_SLACK_CHANNEL": ("C0123", "slack_channel", "C0123"),
