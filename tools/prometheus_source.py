@@ -685,19 +685,21 @@ class PrometheusSource:
     def samples(self) -> list[MetricSample]:
         out = []
         bad = 0
-        # Prometheus answers in no particular order; sort so that pods, models and GPUs come out stably.
-        # DCGM series (all but a few thousand of them at 10,000 GPUs) are ordered by their plain label string:
-        # the builder orders GPUs itself (node, index), so their natural order bought nothing and cost most
-        # of a fleet-size read.
-        def order(it: dict[str, Any]) -> tuple[int, Any]:
-            metric = it.get("metric") or {}
-            labels = "|".join(f"{k}={v}" for k, v in sorted(metric.items()))
-            if str(metric.get("__name__", "")).startswith(mn.DCGM_PREFIX):
-                return 0, labels
-            return 1, _natural(labels)
-
-        items = sorted(self.query(self.promql()), key=order)
+        # Prometheus answers in no particular order. Pods and models must come out stably, so the few
+        # thousand series that are not DCGM's are sorted naturally; the DCGM series (all but those at 10,000
+        # GPUs) are left as they come: the builder keys them by GPU and orders GPUs itself (node, index), and
+        # building a sort key for 200,000 label sets was most of a fleet-size read.
+        items = self.query(self.promql())
+        dcgm: list[dict[str, Any]] = []
+        other: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         for item in items:
+            metric = item.get("metric") or {}
+            if str(metric.get("__name__", "")).startswith(mn.DCGM_PREFIX):
+                dcgm.append(item)
+            else:
+                other.append((_natural("|".join(f"{k}={v}" for k, v in sorted(metric.items()))), item))
+        other.sort(key=lambda pair: pair[0])
+        for item in [*dcgm, *(it for _, it in other)]:
             metric = dict(item.get("metric") or {})
             name = metric.pop("__name__", "")
             try:
