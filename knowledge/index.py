@@ -53,6 +53,7 @@ from knowledge.text import (
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
+    from qdrant_client.models import ExtendedPointId
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ class RunbookIndex:
         # its name fingerprints every runbook and the embedder -- so a recurring incident's retrieval
         # (an embedding plus a filtered scan, ~10-25 ms) is a dictionary look-up. Bounded, oldest out.
         self._hits: OrderedDict[tuple[Any, ...], tuple[RunbookHit, ...]] = OrderedDict()
+        # the filterable labels of every point of the current collection, by point id (`_matching_ids`)
+        self._labels: dict[str, list[tuple[ExtendedPointId, dict[str, Any]]]] = {}
 
     # ------------------------------------------------------------------------------------------ open
     @classmethod
@@ -444,6 +447,12 @@ class RunbookIndex:
         if primary_only:
             must.append(models.FieldCondition(key="primary", match=models.MatchValue(value=True)))
         flt = models.Filter(must=must) if must else None
+        if flt is not None and not _is_url(self.location):
+            # Qdrant's local mode evaluates a payload filter point by point in Python (JSON paths and all),
+            # which was half of a filtered search; the same points named by id cost a set look-up each. A
+            # server keeps its payload indexes and is given the filter itself.
+            flt = models.Filter(must=[models.HasIdCondition(
+                has_id=self._matching_ids(root_cause, resource_kind, primary_only))])
 
         requests: list[models.QueryRequest] = []
         if mode in ("hybrid", "dense"):
@@ -508,6 +517,28 @@ class RunbookIndex:
         else:
             hits.sort(key=lambda h: (-h.score, h.runbook.id))
         return hits[:top_k]
+
+    def _matching_ids(self, root_cause: str | None, resource_kind: str | None,
+                      primary_only: bool) -> list[ExtendedPointId]:
+        """The ids of the points whose payload the search's filter would keep (see `_search`), read once per
+        collection: a collection's name fingerprints its content, so its points never change."""
+        with self._lock:
+            collection = self._current()
+            labels = self._labels.get(collection)
+            if labels is None:
+                labels, offset = [], None
+                while True:
+                    points, offset = self._client.scroll(
+                        collection, limit=256, offset=offset,
+                        with_payload=["root_causes", "resource_kind", "primary"])
+                    labels += [(p.id, p.payload or {}) for p in points]
+                    if offset is None:
+                        break
+                self._labels = {collection: labels}
+        return [pid for pid, payload in labels
+                if (root_cause is None or root_cause in (payload.get("root_causes") or []))
+                and (resource_kind is None or payload.get("resource_kind") == str(resource_kind))
+                and (not primary_only or payload.get("primary") is True)]
 
     def _fetch_heads(self, rids: list[str], found: dict[str, Runbook]) -> None:
         from qdrant_client import models
