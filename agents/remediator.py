@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.actions import validate_action
 from core.domain import Action, ActionPlan, ClusterSnapshot, Diagnosis, Incident, PlannedAction
 from knowledge.runbooks import Runbook, RunbookStep
 
@@ -111,14 +110,15 @@ def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: Cluster
         if replicas == 0:
             # no free GPU holds another replica: the bound is reached, a human must find capacity
             why = f"{diag.root_cause} on {targets[0]}: scaling out needs GPUs and none is free; {diag.summary}"
-            return [validate_action(Action(name="escalate", target=targets[0], params={"message": why[:4000]}))]
+            return [Action(name="escalate", target=targets[0], params={"message": why[:4000]})]
         if replicas is not None:
             params = {**params, "replicas": replicas}
     if step.action == "rollback_model" and not params.get("to_version"):
         m = snap.model(res)
         if m is not None and m.previous_version is not None:
             params = {**params, "to_version": m.previous_version}
-    return [validate_action(Action(name=step.action, target=t, params=params)) for t in dict.fromkeys(targets)]
+    # an Action parses its parameters when built: invalid ones raise PermanentToolError here
+    return [Action(name=step.action, target=t, params=params) for t in dict.fromkeys(targets)]
 
 
 def plan(inc: Incident, diag: Diagnosis, runbook: Runbook | None, snap: ClusterSnapshot) -> ActionPlan:
