@@ -48,10 +48,11 @@ reset_gpu          a node-agent request (the API server cannot reset a GPU): the
                    `opsmedic.io/gpus` annotation says it holds the GPU
 =================  ====================================================================================
 
-Every action validates its parameters against `core.actions`, is idempotent per idempotency key, and
-has a dry run: the API's `dryRun=All` where the API has one (patches, evictions, scale), otherwise a
-report computed from a read. Model and notification actions are not Kubernetes actions: they go to the
-`fallback` backend when one is given, else they fail with a PermanentToolError.
+Each row is one entry of `HANDLERS` (the module's one table: per catalogue action its `_do_` and `_check_`
+methods, or `Unsupported`). Every action carries parameters typed by `core.actions`, is idempotent per
+idempotency key, and has a dry run: the API's `dryRun=All` where the API has one (patches, evictions, scale),
+otherwise a report computed from a read. Model and notification actions are not Kubernetes actions: they go to
+the `fallback` backend when one is given, else they fail with a PermanentToolError.
 
 The incident id, used in labels and taints, is the idempotency key's prefix before the first `:` (the
 graph's keys are `<incident>:<step>:<digest>`), sanitised to a label value.

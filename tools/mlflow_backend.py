@@ -21,10 +21,11 @@ What the registry holds, and what each action does:
   version on the held-out set by `min_margin`; otherwise it keeps serving the old version and answers
   ok=False with a detail that tells the remediator to escalate.
 
-Idempotency: a result is remembered per idempotency key in memory and as a registered-model tag
-(`opsmedic.action.<digest>`), so that a re-run after a crash or a graph resume is a no-op returning the
-first result; a retrain is also found by its key on the version it registered. Transient failures are not
-remembered, so a retry with the same key tries again.
+Each action is one entry of `HANDLERS` (its dry-run plan, its execution and its check, per catalogue action;
+the rest are `Unsupported`). Idempotency: a result is remembered per idempotency key in memory and as a
+registered-model tag (`opsmedic.action.<digest>`), so that a re-run after a crash or a graph resume is a no-op
+returning the first result; a retrain is also found by its key on the version it registered. Transient
+failures are not remembered, so a retry with the same key tries again.
 
 Models are logged through `MlflowClient` (run, LoggedModel, artifacts, version) rather than the fluent
 `mlflow.sklearn.log_model`, which needs MLflow's process-global tracking URI and active run: the backend
