@@ -368,6 +368,21 @@ class Action(BaseModel):
     def __str__(self) -> str:
         return self.key
 
+    # Two actions are equal when they would be stored and digested alike: the parameters as given, not the
+    # typed values with their defaults (an approval for `drain_node {}` is not one for `{"grace_period_s": 30}`).
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Action):
+            return NotImplemented
+        return (self.name, self.target, _as_given(self.params)) == (other.name, other.target, _as_given(other.params))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.target, canonical_json(_as_given(self.params))))
+
+
+def _as_given(params: object) -> object:
+    # an action made with `model_construct` (tests of the whitelist rule) may hold a plain dict
+    return params.model_dump(exclude_unset=True) if isinstance(params, BaseModel) else params
+
 
 class PlannedAction(BaseModel):
     action: Action

@@ -218,3 +218,12 @@ def test_the_catalogue_holds_the_settle_and_deadline_times() -> None:
         "scale_deployment": (30.0, 300.0),
     }
     assert all(s.deadline_s == 0.0 for s in ACTION_TOOLS.values() if not s.settle_s)
+
+
+def test_actions_are_equal_when_stored_and_digested_alike() -> None:
+    bare = Action(name="drain_node", target="node-1")
+    assert bare == Action(name="drain_node", target="node-1", params={})
+    assert hash(bare) == hash(Action(name="drain_node", target="node-1", params=DrainParams()))
+    # the same typed values, given differently, are two actions: an approval binds the one it saw
+    spelled = Action(name="drain_node", target="node-1", params={"grace_period_s": 30})
+    assert bare.params == spelled.params and bare != spelled and bare.digest() != spelled.digest()
