@@ -292,7 +292,6 @@ ACTION_TOOLS: dict[str, ActionSpec] = {
         ),
     ]
 }
-CATALOGUE = ACTION_TOOLS
 
 if tuple(ACTION_TOOLS) != ACTION_NAMES or any(s.params not in PARAM_MODELS for s in ACTION_TOOLS.values()):
     raise AssertionError("the catalogue must declare exactly the actions of `ActionName`, in its order, "
