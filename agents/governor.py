@@ -8,12 +8,13 @@ executed-action history) and hands them to `policies.engine.PolicyEngine`.
 
 from __future__ import annotations
 
-from core.domain import Action, ClusterSnapshot, PolicyDecision
+from core.actions import actions_on
+from core.domain import Action, ClusterSnapshot, PolicyDecision, ResourceKind
 from policies.engine import DecisionContext, HistoryEntry, PolicyEngine
 
-POD_ACTIONS = frozenset({"restart_pod", "reschedule_pod"})
-WORKLOAD_ACTIONS = frozenset({"scale_deployment", "pause_job", "resume_job"})
-MODEL_ACTIONS = frozenset({"rollback_model", "retrain_model", "promote_model", "abort_rollout"})
+POD_ACTIONS = actions_on(ResourceKind.pod)
+WORKLOAD_ACTIONS = actions_on(ResourceKind.workload)
+MODEL_ACTIONS = actions_on(ResourceKind.model)
 
 
 def action_namespace(action: Action, snap: ClusterSnapshot) -> str | None:

@@ -42,6 +42,7 @@ from agents.interrupts import ApprovalWait, SettleWait
 from agents.llm import llm_diagnose, llm_investigate, llm_plan
 from agents.state import Deps, IncidentState, TimelineEntry
 from core import domain
+from core.actions import ACTION_TOOLS
 from core.domain import ActionResult, ApprovalStatus, PolicyDecision, Verdict, VerificationResult
 from core.errors import ApprovalError, OpsmedicError, PolicyViolation
 from infra.db import is_postgres_url, lock_key, postgres_url, redact_url, sqlite_path
@@ -49,19 +50,6 @@ from infra.tracing import METRICS, incident_root, span
 from knowledge.runbooks import Runbook
 from policies.engine import HistoryEntry
 
-# How long an action's effect takes to show, and how long we wait for it at most (simulated seconds).
-SETTLE_S: dict[str, tuple[float, float]] = {
-    "restart_pod": (30.0, 300.0),
-    "reschedule_pod": (30.0, 300.0),
-    "drain_node": (70.0, 600.0),
-    "reset_gpu": (30.0, 180.0),
-    "rollback_model": (60.0, 600.0),
-    "retrain_model": (300.0, 3600.0),
-    "promote_model": (30.0, 300.0),
-    "resume_job": (70.0, 600.0),
-    "pause_job": (10.0, 120.0),
-    "scale_deployment": (30.0, 300.0),
-}
 POLL_S = 30.0
 
 Agent = Literal["monitor", "diagnostician", "remediator", "governor", "executor", "verifier", "human"]
@@ -279,7 +267,8 @@ def verify(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     assert state.plan is not None
     result = state.results[-1]
     action = result.action
-    settle, deadline = SETTLE_S.get(action.name, (0.0, 0.0))
+    spec = ACTION_TOOLS[action.name]  # how long the effect takes to show, and how long we wait for it at most
+    settle, deadline = spec.settle_s, spec.deadline_s
     if result.ok and not result.dry_run and settle > 0:
         started = state.verify_started_s if state.verify_started_s is not None else result.at_s
         waited = deps.clock.now() - started
@@ -442,7 +431,8 @@ _ALLOWED = [
         "Action", "ActionPlan", "ActionResult", "ApprovalRequest", "ApprovalStatus", "Diagnosis", "Evidence",
         "Incident", "PlannedAction", "PolicyDecision", "ResourceKind", "Risk", "Signal", "Verdict",
         "VerificationResult")
-] + [("agents.state", "IncidentState"), ("agents.state", "TimelineEntry")]
+] + [("core.actions", "ResourceKind"), ("core.actions", "Risk")] + [  # declared in the catalogue since #14
+    ("agents.state", "IncidentState"), ("agents.state", "TimelineEntry")]
 
 
 def _serde() -> JsonPlusSerializer:

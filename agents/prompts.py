@@ -142,7 +142,7 @@ def diagnosis_baseline(diag: Diagnosis) -> dict[str, Any]:
 
 def plan_baseline(plan: ActionPlan) -> dict[str, Any]:
     """An ActionPlan in the shape of `submit_plan`'s arguments."""
-    return {"steps": [{"action": s.action.name, "target": s.action.target, "params": dict(s.action.params),
+    return {"steps": [{"action": s.action.name, "target": s.action.target, "params": s.action.given_params(),
                        "why": s.why} for s in plan.steps],
             "rationale": plan.rationale}
 

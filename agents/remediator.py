@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.actions import validate_action
+from core.actions import ACTION_TOOLS, MessageParams
 from core.domain import Action, ActionPlan, ClusterSnapshot, Diagnosis, Incident, PlannedAction
 from knowledge.runbooks import Runbook, RunbookStep
 
@@ -75,6 +75,12 @@ def _replicas_for(workload: str, snap: ClusterSnapshot) -> int | None:
     return min(need, now + fits) if fits else 0
 
 
+def _is_message(action: str) -> bool:
+    """A step that tells people (notify, escalate: the catalogue gives it a message): it carries the
+    diagnosis's story, and its failure does not stop the plan."""
+    return issubclass(ACTION_TOOLS[action].params, MessageParams)
+
+
 def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: ClusterSnapshot,
                 step_runbook_id: str | None = None) -> list[Action]:
     """The concrete actions one runbook step stands for (possibly none: no pods on the GPU)."""
@@ -102,7 +108,7 @@ def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: Cluster
     elif step.target == "workload":
         w = _workload_of(res, snap)
         targets = [w] if w else []
-    if step.action in ("notify", "escalate"):
+    if _is_message(step.action):
         near = [r for r in diag.runbook_ids if r != step_runbook_id] if diag.root_cause == "unknown" else []
         params = {"message": (f"{diag.root_cause} on {res}: {diag.summary}"
                               + (f" Nearest runbooks: {', '.join(near)}." if near else ""))[:4000]}
@@ -111,14 +117,15 @@ def expand_step(step: RunbookStep, diag: Diagnosis, inc: Incident, snap: Cluster
         if replicas == 0:
             # no free GPU holds another replica: the bound is reached, a human must find capacity
             why = f"{diag.root_cause} on {targets[0]}: scaling out needs GPUs and none is free; {diag.summary}"
-            return [validate_action(Action(name="escalate", target=targets[0], params={"message": why[:4000]}))]
+            return [Action(name="escalate", target=targets[0], params={"message": why[:4000]})]
         if replicas is not None:
             params = {**params, "replicas": replicas}
     if step.action == "rollback_model" and not params.get("to_version"):
         m = snap.model(res)
         if m is not None and m.previous_version is not None:
             params = {**params, "to_version": m.previous_version}
-    return [validate_action(Action(name=step.action, target=t, params=params)) for t in dict.fromkeys(targets)]
+    # an Action parses its parameters when built: invalid ones raise PermanentToolError here
+    return [Action(name=step.action, target=t, params=params) for t in dict.fromkeys(targets)]
 
 
 def plan(inc: Incident, diag: Diagnosis, runbook: Runbook | None, snap: ClusterSnapshot) -> ActionPlan:
@@ -129,6 +136,6 @@ def plan(inc: Incident, diag: Diagnosis, runbook: Runbook | None, snap: ClusterS
     for step in runbook.actions:
         for action in expand_step(step, diag, inc, snap, runbook.id):
             steps.append(PlannedAction(action=action, why=step.why, runbook_id=runbook.id,
-                                       optional=step.action in ("notify", "escalate")))
+                                       optional=_is_message(step.action)))
     return ActionPlan(incident_id=inc.id, steps=steps, runbook_ids=[runbook.id],
                       rationale=f"runbook {runbook.id}: {runbook.title}")

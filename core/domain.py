@@ -1,7 +1,8 @@
 """Domain models shared by every layer of opsmedic.
 
 This module sits at the bottom of the dependency graph (see DESIGN.md): it holds pydantic models and
-vocabularies only, performs no I/O and imports nothing from opsmedic's other packages. The sandbox, the
+vocabularies only, performs no I/O and imports nothing from opsmedic's other packages (within `core` only the
+action catalogue `core.actions`, which sits below it, and `core.errors`). The sandbox, the
 tools, the policy engine, the knowledge base and the agents all speak these types, so the vocabularies
 here (root-cause labels, action names, risks) are exactly the ones in SCENARIOS.md.
 """
@@ -13,9 +14,18 @@ import json
 import re
 from collections.abc import Iterable
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+# The action vocabulary is the catalogue's (`core.actions`, below this module); re-exported here so that
+# `from core.domain import ActionName, Risk, ResourceKind` keeps reading as the domain's words.
+from core.actions import ACTION_NAMES as ACTION_NAMES
+from core.actions import ActionName as ActionName
+from core.actions import ActionParams, NoParams, parse_params
+from core.actions import ResourceKind as ResourceKind
+from core.actions import Risk as Risk
+from core.errors import PermanentToolError
 
 # --------------------------------------------------------------------------------------------------
 # Vocabularies (SCENARIOS.md)
@@ -74,42 +84,6 @@ def _known_root_cause(label: str) -> str:
 
 # a root cause as a diagnosis carries it: a contract label or one the loaded runbook library declares
 RootCauseLabel = Annotated[str, AfterValidator(_known_root_cause)]
-
-ActionName = Literal[
-    "restart_pod",
-    "reschedule_pod",
-    "cordon_node",
-    "uncordon_node",
-    "drain_node",
-    "reset_gpu",
-    "scale_deployment",
-    "pause_job",
-    "resume_job",
-    "rollback_model",
-    "retrain_model",
-    "promote_model",
-    "abort_rollout",
-    "notify",
-    "escalate",
-]
-ACTION_NAMES: tuple[str, ...] = ActionName.__args__  # type: ignore[attr-defined]
-
-
-class Risk(StrEnum):
-    low = "low"
-    medium = "medium"
-    high = "high"
-    critical = "critical"
-
-
-class ResourceKind(StrEnum):
-    gpu = "gpu"
-    node = "node"
-    pod = "pod"
-    workload = "workload"
-    model = "model"
-    cluster = "cluster"
-
 
 def resource_kind_of(resource: str) -> ResourceKind:
     """Infer the kind of a resource id from opsmedic's naming scheme.
@@ -343,26 +317,71 @@ class Diagnosis(BaseModel):
 # --------------------------------------------------------------------------------------------------
 
 
+P = TypeVar("P", bound=BaseModel)
+
+
 class Action(BaseModel):
-    """One concrete, whitelisted action: a name, a target and parameters. Immutable so that its digest,
-    to which an approval is bound, cannot drift."""
+    """One concrete, whitelisted action: a name, a target and its typed parameters. Immutable so that its
+    digest, to which an approval is bound, cannot drift.
+
+    `params` may be given as a mapping (runbooks, YAML plans, LLM proposals, chat, stored JSON) or as the
+    parameter model itself; either way it is parsed into the model `core.actions` names for `name`, and
+    invalid parameters raise PermanentToolError here, at construction. The parameters are serialised, and
+    digested, as given (`exclude_unset`): the JSON stored today and every digest stay the same."""
 
     model_config = ConfigDict(frozen=True)
 
     name: ActionName
     target: str
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: ActionParams = Field(default_factory=NoParams)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_params(cls, data: Any) -> Any:
+        # an unknown name is left to the `ActionName` check (a ValidationError, as before)
+        if isinstance(data, dict) and data.get("name") in ACTION_NAMES:
+            data = {**data, "params": parse_params(data["name"], data.get("target"), data.get("params", {}))}
+        return data
+
+    @field_serializer("params")
+    def _params_as_given(self, params: BaseModel) -> dict[str, Any]:
+        return params.model_dump(exclude_unset=True)
+
+    def given_params(self) -> dict[str, Any]:
+        """The parameters as given (defaults left out): what is stored, shown and digested."""
+        return self.params.model_dump(exclude_unset=True)
+
+    def params_as(self, model: type[P]) -> P:
+        """The parameters as `model` (a handler's typed view); PermanentToolError if the action takes others."""
+        if not isinstance(self.params, model):
+            raise PermanentToolError(f"{self.key}: takes {type(self.params).__name__}, not {model.__name__}")
+        return self.params
 
     @property
     def key(self) -> str:
         return f"{self.name}@{self.target}"
 
     def digest(self) -> str:
-        payload = {"name": self.name, "target": self.target, "params": self.params}
+        payload = {"name": self.name, "target": self.target, "params": self.given_params()}
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
     def __str__(self) -> str:
         return self.key
+
+    # Two actions are equal when they would be stored and digested alike: the parameters as given, not the
+    # typed values with their defaults (an approval for `drain_node {}` is not one for `{"grace_period_s": 30}`).
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Action):
+            return NotImplemented
+        return (self.name, self.target, _as_given(self.params)) == (other.name, other.target, _as_given(other.params))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.target, canonical_json(_as_given(self.params))))
+
+
+def _as_given(params: object) -> object:
+    # an action made with `model_construct` (tests of the whitelist rule) may hold a plain dict
+    return params.model_dump(exclude_unset=True) if isinstance(params, BaseModel) else params
 
 
 class PlannedAction(BaseModel):

@@ -47,6 +47,7 @@ from pydantic import (
     model_validator,
 )
 
+from core.actions import ACTION_TOOLS
 from core.domain import (
     ROOT_CAUSE_LABEL_RE,
     ROOT_CAUSES,
@@ -63,25 +64,8 @@ from core.xids import Bucket
 Target = Literal["node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"]
 Severity = Literal["info", "warning", "critical"]
 
-# Which placeholder targets make sense for which action. A runbook that asks to cordon a GPU or roll back a
-# pod is a typo the remediator could only fail on at run time, so the linter refuses it up front.
-_ALLOWED_TARGETS: dict[str, frozenset[str]] = {
-    "restart_pod": frozenset({"pod", "pods_on_gpu", "pods_on_node"}),
-    "reschedule_pod": frozenset({"pod", "pods_on_gpu", "pods_on_node"}),
-    "cordon_node": frozenset({"node"}),
-    "uncordon_node": frozenset({"node"}),
-    "drain_node": frozenset({"node"}),
-    "reset_gpu": frozenset({"gpu"}),
-    "scale_deployment": frozenset({"workload"}),
-    "pause_job": frozenset({"workload", "pod"}),
-    "resume_job": frozenset({"workload", "pod"}),
-    "rollback_model": frozenset({"model"}),
-    "abort_rollout": frozenset({"model"}),
-    "retrain_model": frozenset({"model"}),
-    "promote_model": frozenset({"model"}),
-    "notify": frozenset({"node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"}),
-    "escalate": frozenset({"node", "gpu", "pod", "pods_on_gpu", "pods_on_node", "model", "workload"}),
-}
+# Which placeholder targets make sense for which action: the catalogue's (`ActionSpec.runbook_targets`).
+_ALLOWED_TARGETS: dict[str, frozenset[str]] = {n: s.runbook_targets for n, s in ACTION_TOOLS.items()}
 
 _ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _FRONT = "---"

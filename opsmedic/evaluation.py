@@ -403,13 +403,14 @@ def _drive_baseline(run: _Run, narrate: Narrate | None) -> None:
 
 
 def _approval_actions() -> set[str]:
+    from core.actions import ACTION_TOOLS
     from core.domain import Action
     from policies.engine import DecisionContext, PolicyEngine
 
     engine = PolicyEngine()
     ctx = DecisionContext(now_s=0.0, total_nodes=100, total_gpus=800)
-    names = ["restart_pod", "reschedule_pod", "cordon_node", "uncordon_node", "drain_node", "reset_gpu",
-             "rollback_model", "retrain_model", "promote_model", "pause_job", "resume_job"]
+    # the catalogue's actions that can be built without parameters (not scale_deployment: it needs a count)
+    names = [n for n, s in ACTION_TOOLS.items() if not any(f.is_required() for f in s.params.model_fields.values())]
     target = {"reset_gpu": "node-0/gpu-0"}
     return {n for n in names if engine.decide(Action(name=n, target=target.get(n, "node-0")), ctx).verdict
             == Verdict.needs_approval}  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.actions import ACTION_TOOLS, validate_action
+from core.actions import ACTION_TOOLS, ScaleParams, validate_action
 from core.domain import Action, ActionName, ApprovalRequest, PolicyDecision, ResourceKind, Risk, Verdict
 from core.errors import ToolError
 from policies.model import Condition, Policy, format_duration, load_policy
@@ -298,7 +298,7 @@ class PolicyEngine:
 
     @staticmethod
     def _max_replicas(action: Action, limit: int, prefix: str) -> RuleCheck:
-        want = action.params.get("replicas")
+        want = action.params.replicas if isinstance(action.params, ScaleParams) else None
         if isinstance(want, int) and want > limit:
             return RuleCheck(f"{prefix}.max_replicas", "deny",
                              f"{action.target} would get {want} replicas, past the policy's maximum of {limit}: "

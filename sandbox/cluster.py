@@ -1,6 +1,7 @@
 """The simulated GPU cluster: nodes, GPUs, pods, models, faults and the effects of actions.
 
-Layer: sandbox (imports `core.domain`, `core.errors` and its own modules only). The simulator
+Layer: sandbox (imports `core` and its own modules only). Each catalogue action (`core.actions`) has one
+entry in `_HANDLERS` at the end: how the simulator carries it out and how it reads the effect back. The simulator
 advances a simulated clock in ticks; every random draw comes from one `random.Random(seed)`, so the same
 scenario and seed give the same run. GPU readings are sampled from a real H100 NVML trace
 (`nvml_profile`), and actions change the world the way a real cluster would: a cordoned node takes no new
@@ -13,7 +14,7 @@ from __future__ import annotations
 import gc
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +22,14 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from core import xids
+from core.actions import (
+    MessageParams,
+    PromoteParams,
+    RescheduleParams,
+    RollbackParams,
+    ScaleParams,
+    handler_table,
+)
 from core.domain import (
     CLOCK_REASON_HW_THERMAL,
     CLOCK_REASON_SW_POWER_CAP,
@@ -856,9 +865,7 @@ class Simulator:
 
     def execute(self, action: Action) -> tuple[bool, str]:
         """Apply an action. Returns (changed, detail); raises PermanentToolError when it cannot be done."""
-        name, t = action.name, action.target
-        handler = getattr(self, f"_do_{name}")
-        changed, detail = handler(t, action.params)
+        changed, detail = _HANDLERS[action.name].do(self, action)
         self._event("action", f"{action.key}: {detail}")
         return changed, detail
 
@@ -883,22 +890,25 @@ class Simulator:
             raise PermanentToolError(f"model {name!r} not registered")
         return self.models[name]
 
-    def _do_cordon_node(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_cordon_node(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         n = self._node(t)
         if n.unschedulable:
             return False, f"{t} was already cordoned"
         n.unschedulable = True
-        n.cordoned_by = str(params.get("incident_id") or "opsmedic")
+        n.cordoned_by = "opsmedic"
         return True, f"{t} cordoned: no new pods will be scheduled there"
 
-    def _do_uncordon_node(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_uncordon_node(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         n = self._node(t)
         if not n.unschedulable:
             return False, f"{t} was already schedulable"
         n.unschedulable, n.cordoned_by = False, None
         return True, f"{t} uncordoned"
 
-    def _do_drain_node(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_drain_node(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         n = self._node(t)
         if not n.unschedulable:
             n.unschedulable = True
@@ -911,10 +921,11 @@ class Simulator:
             moved.append(f"{p.name} -> {p.node or 'Pending'}")
         return True, f"evicted {len(pods)} pod(s): " + ", ".join(moved)
 
-    def _do_reschedule_pod(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_reschedule_pod(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         pod = self._pod(t)
         old = pod.node
-        if old is not None and not self.nodes[old].ready(self.now) and not params.get("force"):
+        if old is not None and not self.nodes[old].ready(self.now) and not a.params_as(RescheduleParams).force:
             raise PermanentToolError(
                 f"{t} is on NotReady node {old}: eviction cannot complete there; reschedule with force"
             )
@@ -932,13 +943,15 @@ class Simulator:
         where = pod.node if ok else "Pending (no room)"
         return True, f"{t} moved from {old} to {where}"
 
-    def _do_restart_pod(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_restart_pod(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         pod = self._pod(t)
         pod.restarts += 1
         self._recreate(pod, in_place=True)
         return True, f"{t} deleted and re-created on {pod.node or 'Pending'}"
 
-    def _do_reset_gpu(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_reset_gpu(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         g = self._gpu(t)
         if not self.nodes[g.node].ready(self.now):
             raise PermanentToolError(f"cannot reset {t}: node {g.node} is NotReady")
@@ -1002,10 +1015,9 @@ class Simulator:
         self._event("pod", f"{workload} scaled up from {have} to {replicas}")
         return f"{workload} scaled from {have} to {replicas} replica(s)"
 
-    def _do_scale_deployment(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
-        if params.get("replicas") is None:
-            raise PermanentToolError(f"scale_deployment {t}: `replicas` is required")
-        want = int(params["replicas"])
+    def _do_scale_deployment(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        want = a.params_as(ScaleParams).replicas
         before = sum(1 for p in self.pods.values() if p.workload == t and p.state != "Deleted")
         detail = self.scale_workload(t, want)
         return before != want, detail
@@ -1023,7 +1035,8 @@ class Simulator:
         self._event("model", f"{model} canary v{v} aborted: all traffic back to v{m.serving}")
         return f"{model} canary version {v} aborted: 100 % of requests on stable version {m.serving}"
 
-    def _do_abort_rollout(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_abort_rollout(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         m = self._model(t)
         if m.canary is None and m.aborted:
             return False, f"{t} rollout already aborted; stable version {m.serving} serves all traffic"
@@ -1044,7 +1057,8 @@ class Simulator:
         m.history.append(f"{self.now:.0f}s: canary version {v} starts at {share:.0%} of requests")
         self._event("model", f"{m.name} canary v{v} starts at {share:.0%} of requests")
 
-    def _do_pause_job(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_pause_job(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         pods = [p for p in self.pods.values() if p.workload == t]
         if not pods or pods[0].kind != "training":
             raise PermanentToolError(f"{t} is not a training job")
@@ -1054,7 +1068,8 @@ class Simulator:
             p.state = "Pending"
         return True, f"{t} paused at its last checkpoint"
 
-    def _do_resume_job(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_resume_job(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         pods = [p for p in self.pods.values() if p.workload == t]
         if not pods:
             raise PermanentToolError(f"{t} is not a training job")
@@ -1083,9 +1098,10 @@ class Simulator:
             older = [v for v in m.versions if v < version and v not in m.bad_versions]
             m.previous = max(older) if older else None
 
-    def _do_rollback_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_rollback_model(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         m = self._model(t)
-        to = params.get("to_version") or m.previous
+        to = a.params_as(RollbackParams).to_version or m.previous
         if to is None or to not in m.versions or to in m.bad_versions:
             raise PermanentToolError(f"{t} has no previous version to roll back to")
         if to == m.serving:
@@ -1098,7 +1114,8 @@ class Simulator:
         m.previous = max(older) if older else None
         return True, f"{t} rolled back from version {frm} to {to}"
 
-    def _do_retrain_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_retrain_model(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         m = self._model(t)
         if m.retrain_done_at is not None:
             return False, f"{t} retraining already running"
@@ -1106,12 +1123,14 @@ class Simulator:
         m.retrain_started_at = self.now
         return True, f"{t} retraining started on the last 24h of data"
 
-    def _do_promote_model(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
+    def _do_promote_model(self, a: Action) -> tuple[bool, str]:
+        t = a.target
         m = self._model(t)
-        newest = params.get("version") or max(m.versions)
+        p = a.params_as(PromoteParams)
+        newest = p.version or max(m.versions)
         if newest == m.serving:
             return False, f"{t} already serves version {newest}"
-        margin = float(params.get("min_margin", 0.01))
+        margin = p.min_margin
         cand = m.versions[newest]
         current = m.accuracy_now if m.accuracy_now is not None else m.versions[m.serving].accuracy
         if cand.accuracy < current + margin:
@@ -1122,12 +1141,14 @@ class Simulator:
         self._serve(m, int(newest), "promotion after retraining")
         return True, f"{t} promoted to version {newest} (accuracy {cand.accuracy:.3f} vs {current:.3f})"
 
-    def _do_notify(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
-        self.notifications.append(f"notify {t}: {params.get('message', '')}")
+    def _do_notify(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        self.notifications.append(f"notify {t}: {a.params_as(MessageParams).message}")
         return True, "owners notified"
 
-    def _do_escalate(self, t: str, params: dict[str, Any]) -> tuple[bool, str]:
-        self.notifications.append(f"escalate {t}: {params.get('message', '')}")
+    def _do_escalate(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        self.notifications.append(f"escalate {t}: {a.params_as(MessageParams).message}")
         return True, "on-call paged"
 
     # ----------------------------------------------------------------------------- verification
@@ -1144,62 +1165,86 @@ class Simulator:
         )
 
     def _check(self, a: Action) -> tuple[bool, str]:
+        return _HANDLERS[a.name].check(self, a)
+
+    def _check_cordon_node(self, a: Action) -> tuple[bool, str]:
         t = a.target
-        if a.name == "cordon_node":
-            return self.nodes[t].unschedulable, f"{t} unschedulable={self.nodes[t].unschedulable}"
-        if a.name == "uncordon_node":
-            return not self.nodes[t].unschedulable, f"{t} unschedulable={self.nodes[t].unschedulable}"
-        if a.name == "drain_node":
-            left = [p.name for p in self.pods.values() if p.node == t]
-            moved = [p for p in self.pods.values() if p.state != "Deleted"]
-            waiting = [p.name for p in moved if p.state in ("Pending", "Starting")]
-            if left:
-                return False, f"pods still on {t}: {', '.join(left)}"
-            if waiting:
-                return False, f"waiting for {', '.join(waiting)}"
-            return True, f"{t} drained; pods running elsewhere"
-        if a.name in ("restart_pod", "reschedule_pod"):
-            pod = self.pods[t]
-            ok = self._pod_healthy(pod)
-            return ok, f"{t} {pod.state} on {pod.node}" + ("" if ok else f" ({pod.reason or 'not ready'})")
-        if a.name == "reset_gpu":
-            g = self.gpus[t]
-            if g.reset_until is not None:
-                return False, f"{t} reset in progress"
-            return g.healthy, f"{t} " + ("healthy after reset" if g.healthy else "still unhealthy after reset")
-        if a.name == "rollback_model":
-            m = self.models[t]
-            ok = m.accuracy_now is not None and self._model_meets_slo(m)
-            return ok, f"{t} serves version {m.serving}; accuracy {m.accuracy_now}, p95 {m.latency_now} ms"
-        if a.name == "retrain_model":
-            m = self.models[t]
-            if m.retrain_done_at is not None:
-                return False, f"{t} retraining still running"
-            return True, f"{t} version {max(m.versions)} registered"
-        if a.name == "promote_model":
-            m = self.models[t]
-            return m.serving == max(m.versions), f"{t} serves version {m.serving}"
-        if a.name == "abort_rollout":
-            m = self.models[t]
-            ok = m.canary is None
-            return ok, (f"{t}: all traffic on stable version {m.serving}" if ok
-                        else f"{t}: canary version {m.canary} still takes traffic")
-        if a.name == "scale_deployment":
-            pods = [p for p in self.pods.values() if p.workload == t and p.state != "Deleted"]
-            want = a.params.get("replicas")
-            ready = sum(1 for p in pods if self._pod_healthy(p))
-            ok = want is not None and len(pods) == int(want) and ready == len(pods)
-            return ok, f"{t}: {ready}/{len(pods)} replica(s) ready (want {want})"
-        if a.name in ("pause_job",):
-            return all(p.node is None for p in self.pods.values() if p.workload == t), f"{t} paused"
-        if a.name in ("resume_job",):
-            ok = all(self._pod_healthy(p) for p in self.pods.values() if p.workload == t)
-            return ok, f"{t} running={ok}"
-        if a.name in ("notify", "escalate"):
-            msg = f"{a.name} {t}: {a.params.get('message', '')}"
-            ok = msg in self.notifications
-            return ok, "delivered" if ok else "not delivered"
-        return True, "done"
+        return self.nodes[t].unschedulable, f"{t} unschedulable={self.nodes[t].unschedulable}"
+
+    def _check_uncordon_node(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        return not self.nodes[t].unschedulable, f"{t} unschedulable={self.nodes[t].unschedulable}"
+
+    def _check_drain_node(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        left = [p.name for p in self.pods.values() if p.node == t]
+        moved = [p for p in self.pods.values() if p.state != "Deleted"]
+        waiting = [p.name for p in moved if p.state in ("Pending", "Starting")]
+        if left:
+            return False, f"pods still on {t}: {', '.join(left)}"
+        if waiting:
+            return False, f"waiting for {', '.join(waiting)}"
+        return True, f"{t} drained; pods running elsewhere"
+
+    def _check_pod(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        pod = self.pods[t]
+        ok = self._pod_healthy(pod)
+        return ok, f"{t} {pod.state} on {pod.node}" + ("" if ok else f" ({pod.reason or 'not ready'})")
+
+    def _check_reset_gpu(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        g = self.gpus[t]
+        if g.reset_until is not None:
+            return False, f"{t} reset in progress"
+        return g.healthy, f"{t} " + ("healthy after reset" if g.healthy else "still unhealthy after reset")
+
+    def _check_rollback_model(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        m = self.models[t]
+        ok = m.accuracy_now is not None and self._model_meets_slo(m)
+        return ok, f"{t} serves version {m.serving}; accuracy {m.accuracy_now}, p95 {m.latency_now} ms"
+
+    def _check_retrain_model(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        m = self.models[t]
+        if m.retrain_done_at is not None:
+            return False, f"{t} retraining still running"
+        return True, f"{t} version {max(m.versions)} registered"
+
+    def _check_promote_model(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        m = self.models[t]
+        return m.serving == max(m.versions), f"{t} serves version {m.serving}"
+
+    def _check_abort_rollout(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        m = self.models[t]
+        ok = m.canary is None
+        return ok, (f"{t}: all traffic on stable version {m.serving}" if ok
+                    else f"{t}: canary version {m.canary} still takes traffic")
+
+    def _check_scale_deployment(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        pods = [p for p in self.pods.values() if p.workload == t and p.state != "Deleted"]
+        want = a.params_as(ScaleParams).replicas
+        ready = sum(1 for p in pods if self._pod_healthy(p))
+        ok = len(pods) == want and ready == len(pods)
+        return ok, f"{t}: {ready}/{len(pods)} replica(s) ready (want {want})"
+
+    def _check_pause_job(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        return all(p.node is None for p in self.pods.values() if p.workload == t), f"{t} paused"
+
+    def _check_resume_job(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        ok = all(self._pod_healthy(p) for p in self.pods.values() if p.workload == t)
+        return ok, f"{t} running={ok}"
+
+    def _check_message(self, a: Action) -> tuple[bool, str]:
+        msg = f"{a.name} {a.target}: {a.params_as(MessageParams).message}"
+        ok = msg in self.notifications
+        return ok, "delivered" if ok else "not delivered"
 
     def _model_meets_slo(self, m: SimModel) -> bool:
         """Every track that receives traffic meets the SLO (latency, error rate, and the true accuracy:
@@ -1364,3 +1409,35 @@ class Simulator:
             for m in self.models.values()
         ]
         return ClusterSnapshot.model_construct(at_s=float(self.now), gpus=gpus, nodes=nodes, pods=pods, models=models)
+
+
+# ------------------------------------------------------------------------------- the action table
+
+
+@dataclass(frozen=True)
+class _Handler:
+    """How the simulator carries out one catalogue action, and how it reads the effect back."""
+
+    do: Callable[[Simulator, Action], tuple[bool, str]]
+    check: Callable[[Simulator, Action], tuple[bool, str]]
+
+
+# one entry per catalogue action (`handler_table` refuses a table that misses one); the simulator does them all
+_HANDLERS = handler_table("sandbox.cluster.Simulator", {
+    "restart_pod": _Handler(Simulator._do_restart_pod, Simulator._check_pod),
+    "reschedule_pod": _Handler(Simulator._do_reschedule_pod, Simulator._check_pod),
+    "cordon_node": _Handler(Simulator._do_cordon_node, Simulator._check_cordon_node),
+    "uncordon_node": _Handler(Simulator._do_uncordon_node, Simulator._check_uncordon_node),
+    "drain_node": _Handler(Simulator._do_drain_node, Simulator._check_drain_node),
+    "reset_gpu": _Handler(Simulator._do_reset_gpu, Simulator._check_reset_gpu),
+    "scale_deployment": _Handler(Simulator._do_scale_deployment, Simulator._check_scale_deployment),
+    "pause_job": _Handler(Simulator._do_pause_job, Simulator._check_pause_job),
+    "resume_job": _Handler(Simulator._do_resume_job, Simulator._check_resume_job),
+    "rollback_model": _Handler(Simulator._do_rollback_model, Simulator._check_rollback_model),
+    "retrain_model": _Handler(Simulator._do_retrain_model, Simulator._check_retrain_model),
+    "promote_model": _Handler(Simulator._do_promote_model, Simulator._check_promote_model),
+    "abort_rollout": _Handler(Simulator._do_abort_rollout, Simulator._check_abort_rollout),
+    "notify": _Handler(Simulator._do_notify, Simulator._check_message),
+    "escalate": _Handler(Simulator._do_escalate, Simulator._check_message),
+})
+HANDLERS = _HANDLERS  # read by the test that every backend's table covers the catalogue

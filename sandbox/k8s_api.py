@@ -485,10 +485,9 @@ class SandboxKubeAPI:
                 (str(t.get("value") or "") for t in taints if t.get("key") == "opsmedic.io/cordoned"),
                 labels.get("opsmedic.io/cordoned-by", ""),
             )
-            params = {"incident_id": incident} if incident and unsched else {}
-            self.sim.execute(
-                Action(name="cordon_node" if unsched else "uncordon_node", target=name, params=params)
-            )
+            self.sim.execute(Action(name="cordon_node" if unsched else "uncordon_node", target=name))
+            if incident and unsched:  # who cordoned it is the taint's word, not a parameter of the action
+                sim_node.cordoned_by = incident
             self._event("Normal", "NodeNotSchedulable" if unsched else "NodeSchedulable",
                         {"kind": "Node", "name": name, "uid": name},
                         f"Node {name} status is now: {'NodeNotSchedulable' if unsched else 'NodeSchedulable'}",

@@ -3,6 +3,11 @@
 The sandbox backend acts on the simulated cluster directly; the Kubernetes and MLflow backends implement
 the same protocol against real servers. Backends never decide anything: the governor has already allowed
 the action (and `agents.act` refuses to call a backend without that decision).
+
+Layer: tools. What an action is (name, typed parameters, risk, settle times) is declared once, in the catalogue
+`core.actions`; a backend adds only how it carries each one out, as one handler per catalogue action in a
+table built with `core.actions.handler_table` (an action it does not take is an `Unsupported` entry that
+says where it belongs), so adding an action to the catalogue without a handler fails at import.
 """
 
 from __future__ import annotations

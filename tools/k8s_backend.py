@@ -48,10 +48,11 @@ reset_gpu          a node-agent request (the API server cannot reset a GPU): the
                    `opsmedic.io/gpus` annotation says it holds the GPU
 =================  ====================================================================================
 
-Every action validates its parameters against `core.actions`, is idempotent per idempotency key, and
-has a dry run: the API's `dryRun=All` where the API has one (patches, evictions, scale), otherwise a
-report computed from a read. Model and notification actions are not Kubernetes actions: they go to the
-`fallback` backend when one is given, else they fail with a PermanentToolError.
+Each row is one entry of `HANDLERS` (the module's one table: per catalogue action its `_do_` and `_check_`
+methods, or `Unsupported`). Every action carries parameters typed by `core.actions`, is idempotent per
+idempotency key, and has a dry run: the API's `dryRun=All` where the API has one (patches, evictions, scale),
+otherwise a report computed from a read. Model and notification actions are not Kubernetes actions: they go to
+the `fallback` backend when one is given, else they fail with a PermanentToolError.
 
 The incident id, used in labels and taints, is the idempotency key's prefix before the first `:` (the
 graph's keys are `<incident>:<step>:<digest>`), sanitised to a label value.
@@ -66,12 +67,24 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
-from core.actions import validate_action
+from core.actions import (
+    ACTION_TOOLS,
+    DrainParams,
+    RescheduleParams,
+    ResourceKind,
+    ScaleParams,
+    Unsupported,
+    actions_on,
+    handler_table,
+    supported,
+    validate_action,
+)
 from core.domain import Action, ActionResult, ClusterSnapshot, NodeStatus, PodStatus, VerificationResult
 from core.errors import PermanentToolError, ToolError, TransientToolError
 from tools.backend import ActionBackend
@@ -87,20 +100,8 @@ ANN_GPUS = "opsmedic.io/gpus"
 ANN_STEP = "opsmedic.io/step"
 LABEL_KIND = "opsmedic.io/workload-kind"
 TAINT_UNSCHEDULABLE = "node.kubernetes.io/unschedulable"
-K8S_ACTIONS = {
-    "cordon_node",
-    "uncordon_node",
-    "drain_node",
-    "reschedule_pod",
-    "restart_pod",
-    "scale_deployment",
-    "pause_job",
-    "resume_job",
-    "reset_gpu",
-    "abort_rollout",
-}
-POD_ACTIONS = frozenset({"restart_pod", "reschedule_pod"})
-WORKLOAD_ACTIONS = frozenset({"scale_deployment", "pause_job", "resume_job"})
+POD_ACTIONS = actions_on(ResourceKind.pod)
+WORKLOAD_ACTIONS = actions_on(ResourceKind.workload)
 ANN_MAX_REPLICAS = "opsmedic.io/max-replicas"
 MERGE_PATCH = "application/merge-patch+json"
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]")
@@ -266,13 +267,10 @@ class KubernetesBackend:
     def apply(self, action: Action, *, idempotency_key: str = "", dry_run: bool = False) -> tuple[bool, str]:
         """Carry the action out (or dry-run it). Returns (changed, detail); raises opsmedic ToolErrors."""
         validate_action(action)
-        if action.name not in K8S_ACTIONS:
-            raise PermanentToolError(
-                f"{action.key}: not a Kubernetes action (model and notification actions "
-                "belong to other backends)"
-            )
-        handler: Callable[[Action, str, bool], tuple[bool, str]] = getattr(self, f"_do_{action.name}")
-        return handler(action, incident_of(idempotency_key), dry_run)
+        handler = HANDLERS[action.name]
+        if isinstance(handler, Unsupported):
+            raise PermanentToolError(f"{action.key}: {handler.reason}")
+        return handler.do(self, action, incident_of(idempotency_key), dry_run)
 
     def verify(self, action: Action) -> VerificationResult:
         if action.name not in K8S_ACTIONS and self.fallback is not None:
@@ -368,18 +366,12 @@ class KubernetesBackend:
         Best effort: an action that happened is not failed by a missing event."""
         if not self._record_events:
             return
-        kind = {"node": "Node", "pod": "Pod", "workload": "StatefulSet"}.get(
-            {
-                "cordon_node": "node",
-                "uncordon_node": "node",
-                "drain_node": "node",
-                "reset_gpu": "node",
-                "restart_pod": "pod",
-                "reschedule_pod": "pod",
-            }.get(action.name, "workload"),
-            "StatefulSet",
+        target_kind = ACTION_TOOLS[action.name].target_kind
+        # a GPU's event goes on its node; workloads and models on their StatefulSet (`_involved` may say better)
+        kind = {ResourceKind.node: "Node", ResourceKind.gpu: "Node", ResourceKind.pod: "Pod"}.get(
+            target_kind, "StatefulSet"
         )
-        name = action.target.split("/")[0] if action.name == "reset_gpu" else action.target
+        name = action.target.split("/")[0] if target_kind == ResourceKind.gpu else action.target
         involved: dict[str, str] = {
             "kind": kind,
             "name": name,
@@ -625,8 +617,8 @@ class KubernetesBackend:
 
     def _do_drain_node(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
         name = action.target
-        grace = int(action.params.get("grace_period_s", 30))
-        deadline = float(action.params.get("deadline_s", 600))
+        p = action.params_as(DrainParams)
+        grace, deadline = p.grace_period_s, float(p.deadline_s)
         if self._max_drain_wait_s is not None:
             deadline = min(deadline, self._max_drain_wait_s)
         cordoned, cordon_detail = self._do_cordon_node(action, incident, dry_run)
@@ -666,7 +658,7 @@ class KubernetesBackend:
         pod = self._pod(action.target)
         node_name = pod.spec.node_name if pod.spec else None
         if node_name and not node_ready(self._node(node_name)):
-            if not action.params.get("force"):
+            if not action.params_as(RescheduleParams).force:
                 raise PermanentToolError(
                     f"{action.target} is on NotReady node {node_name}: an eviction cannot "
                     "complete there; reschedule with force"
@@ -726,7 +718,7 @@ class KubernetesBackend:
         return self.apps.read_namespaced_deployment_scale, self.apps.patch_namespaced_deployment_scale
 
     def _do_scale_deployment(self, action: Action, incident: str, dry_run: bool) -> tuple[bool, str]:
-        want = int(action.params["replicas"])
+        want = action.params_as(ScaleParams).replicas
         w = self.serving.by_name(action.target)
         if w is None:
             raise PermanentToolError(
@@ -1029,77 +1021,100 @@ class KubernetesBackend:
     # ---------------------------------------------------------------------------- verification
 
     def _check(self, a: Action) -> tuple[bool, str]:
+        handler = HANDLERS[a.name]
+        if isinstance(handler, Unsupported):
+            return False, f"{a.key}: not a Kubernetes action"
+        return handler.check(self, a)
+
+    def _check_cordon_node(self, a: Action) -> tuple[bool, str]:
         t = a.target
-        if a.name == "cordon_node":
-            node = self._node(t)
-            unsched = bool(node.spec and node.spec.unschedulable)
-            by = (node.metadata.labels or {}).get(LABEL_CORDONED_BY)
-            return unsched, f"{t} unschedulable={unsched}" + (f", cordoned by {by}" if by else "")
-        if a.name == "uncordon_node":
-            node = self._node(t)
-            unsched = bool(node.spec and node.spec.unschedulable)
-            return not unsched, f"{t} unschedulable={unsched}"
-        if a.name == "drain_node":
-            left = [p.metadata.name for p in self._pods_on(t) if not _is_daemon_or_mirror(p)]
-            if left:
-                return False, f"pods still on {t}: {', '.join(left)}"
-            if self._every_view:
-                listing = self.caller.call("list pods", self.core.list_pod_for_all_namespaces)
-            else:
-                listing = self.caller.call("list pods", self.core.list_namespaced_pod, self.namespace)
-            pods: list[Any] = listing.items
-            waiting = [str(p.metadata.name) for p in pods or [] if not pod_ready(p)]
-            if waiting:
-                return False, f"{t} drained; waiting for {', '.join(waiting)} to be ready elsewhere"
-            return True, f"{t} drained; pods running elsewhere"
-        if a.name in ("restart_pod", "reschedule_pod"):
-            try:
-                pod = self._pod(t)
-            except PermanentToolError:
-                return False, f"{t} does not exist (yet)"
-            node = pod.spec.node_name if pod.spec else None
-            ready = (
-                pod_ready(pod) and pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
-            )
-            if ready and node:
-                ready = node_ready(self._node(node))
-            return ready, f"{t} {pod.status.phase} on {node}" + ("" if ready else " (not ready)")
-        if a.name == "reset_gpu":
-            node_name, idx = _split_gpu(t)
-            answer = (self._node(node_name).metadata.annotations or {}).get(reset_status_key(idx), "")
-            if not answer:
-                return False, f"no reset of {t} on record"
-            state = answer.split(":")[1] if ":" in answer else answer
-            return state == "done", f"{t} reset: {state}" + (f" ({answer})" if state == "failed" else "")
-        if a.name == "abort_rollout":
-            return self._check_abort(t)
-        if a.name == "scale_deployment":
-            w = self.serving.by_name(t)
-            if w is not None and w.kind in ("rollout", "inferenceservice"):
-                return self._check_scaled(w, int(a.params.get("replicas", 0)))
-        if a.name in ("scale_deployment", "pause_job", "resume_job"):
-            found = self._workload(t)
-            if found is None:
-                return False, f"{t} not found"
-            kind, obj = found
-            if kind == "job":
-                suspended = bool(obj.spec.suspend)
-                active = (obj.status.active or 0) if obj.status else 0
-                if a.name == "pause_job":
-                    return suspended and active == 0, f"job {t} suspend={suspended}, active pods {active}"
-                return not suspended, f"job {t} suspend={suspended}, active pods {active}"
-            want = {"scale_deployment": a.params.get("replicas"), "pause_job": 0}.get(
-                a.name, obj.spec.replicas
-            )
-            ready = (obj.status.ready_replicas or 0) if obj.status else 0
-            have = obj.spec.replicas
-            pods = self._workload_pods(obj)
-            if a.name == "pause_job":
-                ok = have == 0 and not pods
-                return ok, f"{kind} {t} paused={ok} ({len(pods)} pod(s) left)"
-            ok = have == want and ready == want
-            return ok, f"{kind} {t}: {ready}/{have} ready (want {want})"
-        return False, f"{a.key}: not a Kubernetes action"
+        node = self._node(t)
+        unsched = bool(node.spec and node.spec.unschedulable)
+        by = (node.metadata.labels or {}).get(LABEL_CORDONED_BY)
+        return unsched, f"{t} unschedulable={unsched}" + (f", cordoned by {by}" if by else "")
+
+    def _check_uncordon_node(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        node = self._node(t)
+        unsched = bool(node.spec and node.spec.unschedulable)
+        return not unsched, f"{t} unschedulable={unsched}"
+
+    def _check_drain_node(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        left = [p.metadata.name for p in self._pods_on(t) if not _is_daemon_or_mirror(p)]
+        if left:
+            return False, f"pods still on {t}: {', '.join(left)}"
+        if self._every_view:
+            listing = self.caller.call("list pods", self.core.list_pod_for_all_namespaces)
+        else:
+            listing = self.caller.call("list pods", self.core.list_namespaced_pod, self.namespace)
+        pods: list[Any] = listing.items
+        waiting = [str(p.metadata.name) for p in pods or [] if not pod_ready(p)]
+        if waiting:
+            return False, f"{t} drained; waiting for {', '.join(waiting)} to be ready elsewhere"
+        return True, f"{t} drained; pods running elsewhere"
+
+    def _check_pod(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        try:
+            pod = self._pod(t)
+        except PermanentToolError:
+            return False, f"{t} does not exist (yet)"
+        node = pod.spec.node_name if pod.spec else None
+        ready = (
+            pod_ready(pod) and pod.status.phase == "Running" and pod.metadata.deletion_timestamp is None
+        )
+        if ready and node:
+            ready = node_ready(self._node(node))
+        return ready, f"{t} {pod.status.phase} on {node}" + ("" if ready else " (not ready)")
+
+    def _check_reset_gpu(self, a: Action) -> tuple[bool, str]:
+        t = a.target
+        node_name, idx = _split_gpu(t)
+        answer = (self._node(node_name).metadata.annotations or {}).get(reset_status_key(idx), "")
+        if not answer:
+            return False, f"no reset of {t} on record"
+        state = answer.split(":")[1] if ":" in answer else answer
+        return state == "done", f"{t} reset: {state}" + (f" ({answer})" if state == "failed" else "")
+
+    def _check_abort_rollout(self, a: Action) -> tuple[bool, str]:
+        return self._check_abort(a.target)
+
+    def _check_scale_deployment(self, a: Action) -> tuple[bool, str]:
+        want = a.params_as(ScaleParams).replicas
+        w = self.serving.by_name(a.target)
+        if w is not None and w.kind in ("rollout", "inferenceservice"):
+            return self._check_scaled(w, want)
+        return self._check_workload(a.target, want)
+
+    def _check_pause_job(self, a: Action) -> tuple[bool, str]:
+        return self._check_workload(a.target, 0, pausing=True)
+
+    def _check_resume_job(self, a: Action) -> tuple[bool, str]:
+        return self._check_workload(a.target, None)
+
+    def _check_workload(self, t: str, want: int | None, *, pausing: bool = False) -> tuple[bool, str]:
+        """A Job, StatefulSet or Deployment at `want` ready replicas (None: its own spec's count), or, when
+        `pausing`, suspended or scaled to zero with no pod left."""
+        found = self._workload(t)
+        if found is None:
+            return False, f"{t} not found"
+        kind, obj = found
+        if kind == "job":
+            suspended = bool(obj.spec.suspend)
+            active = (obj.status.active or 0) if obj.status else 0
+            if pausing:
+                return suspended and active == 0, f"job {t} suspend={suspended}, active pods {active}"
+            return not suspended, f"job {t} suspend={suspended}, active pods {active}"
+        want = obj.spec.replicas if want is None else want
+        ready = (obj.status.ready_replicas or 0) if obj.status else 0
+        have = obj.spec.replicas
+        pods = self._workload_pods(obj)
+        if pausing:
+            ok = have == 0 and not pods
+            return ok, f"{kind} {t} paused={ok} ({len(pods)} pod(s) left)"
+        ok = have == want and ready == want
+        return ok, f"{kind} {t}: {ready}/{have} ready (want {want})"
 
     def _check_scaled(self, w: ServingWorkload, want: int) -> tuple[bool, str]:
         if w.kind == "rollout":
@@ -1115,6 +1130,41 @@ class KubernetesBackend:
         )
         ready = sum(1 for p in pods.items or [] if pod_ready(p))
         return low == want and ready >= want, f"{w.title}: minReplicas {low}, {ready} predictor pod(s) ready"
+
+
+# ------------------------------------------------------------------------------------- the action table
+
+
+@dataclass(frozen=True)
+class _Handler:
+    """How the Kubernetes backend carries out one catalogue action (incident id, dry run) and reads it back."""
+
+    do: Callable[[KubernetesBackend, Action, str, bool], tuple[bool, str]]
+    check: Callable[[KubernetesBackend, Action], tuple[bool, str]]
+
+
+_ELSEWHERE = "not a Kubernetes action (model and notification actions belong to other backends)"
+# one entry per catalogue action; the unsupported ones go to `fallback` (MLflow, the pager) when there is one
+_TABLE: dict[str, _Handler | Unsupported] = {
+    "restart_pod": _Handler(KubernetesBackend._do_restart_pod, KubernetesBackend._check_pod),
+    "reschedule_pod": _Handler(KubernetesBackend._do_reschedule_pod, KubernetesBackend._check_pod),
+    "cordon_node": _Handler(KubernetesBackend._do_cordon_node, KubernetesBackend._check_cordon_node),
+    "uncordon_node": _Handler(KubernetesBackend._do_uncordon_node, KubernetesBackend._check_uncordon_node),
+    "drain_node": _Handler(KubernetesBackend._do_drain_node, KubernetesBackend._check_drain_node),
+    "reset_gpu": _Handler(KubernetesBackend._do_reset_gpu, KubernetesBackend._check_reset_gpu),
+    "scale_deployment": _Handler(KubernetesBackend._do_scale_deployment,
+                                 KubernetesBackend._check_scale_deployment),
+    "pause_job": _Handler(KubernetesBackend._do_pause_job, KubernetesBackend._check_pause_job),
+    "resume_job": _Handler(KubernetesBackend._do_resume_job, KubernetesBackend._check_resume_job),
+    "rollback_model": Unsupported(_ELSEWHERE),
+    "retrain_model": Unsupported(_ELSEWHERE),
+    "promote_model": Unsupported(_ELSEWHERE),
+    "abort_rollout": _Handler(KubernetesBackend._do_abort_rollout, KubernetesBackend._check_abort_rollout),
+    "notify": Unsupported(_ELSEWHERE),
+    "escalate": Unsupported(_ELSEWHERE),
+}
+HANDLERS = handler_table("tools.k8s_backend.KubernetesBackend", _TABLE)
+K8S_ACTIONS = supported(HANDLERS)
 
 
 # ---------------------------------------------------------------------------------------- telemetry

@@ -21,10 +21,11 @@ What the registry holds, and what each action does:
   version on the held-out set by `min_margin`; otherwise it keeps serving the old version and answers
   ok=False with a detail that tells the remediator to escalate.
 
-Idempotency: a result is remembered per idempotency key in memory and as a registered-model tag
-(`opsmedic.action.<digest>`), so that a re-run after a crash or a graph resume is a no-op returning the
-first result; a retrain is also found by its key on the version it registered. Transient failures are not
-remembered, so a retry with the same key tries again.
+Each action is one entry of `HANDLERS` (its dry-run plan, its execution and its check, per catalogue action;
+the rest are `Unsupported`). Idempotency: a result is remembered per idempotency key in memory and as a
+registered-model tag (`opsmedic.action.<digest>`), so that a re-run after a crash or a graph resume is a no-op
+returning the first result; a retrain is also found by its key on the version it registered. Transient
+failures are not remembered, so a retry with the same key tries again.
 
 Models are logged through `MlflowClient` (run, LoggedModel, artifacts, version) rather than the fluent
 `mlflow.sklearn.log_model`, which needs MLflow's process-global tracking URI and active run: the backend
@@ -47,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.actions import PromoteParams, RollbackParams, validate_action
+from core.actions import PromoteParams, RollbackParams, Unsupported, handler_table, supported, validate_action
 from core.domain import Action, ActionResult, VerificationResult
 from core.errors import PermanentToolError, ToolError, TransientToolError
 from tools.mlflow_store import DEFAULT_ATTEMPTS, call, import_mlflow, prepare_sqlite_store, sqlite_path
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
     from sandbox.model_data import Dataset
     from sandbox.scenario import Scenario
 
-MODEL_ACTIONS: frozenset[str] = frozenset({"rollback_model", "retrain_model", "promote_model"})
 DEFAULT_ALIAS = "champion"
 DEFAULT_EXPERIMENT = "opsmedic-models"
 
@@ -444,8 +444,9 @@ class MlflowModelBackend:
     # ------------------------------------------------------------------------------------- actions
 
     def execute(self, action: Action, *, idempotency_key: str, dry_run: bool = False) -> ActionResult:
-        if action.name not in MODEL_ACTIONS:
-            raise PermanentToolError(f"{action.key}: the MLflow backend runs only {sorted(MODEL_ACTIONS)}")
+        handler = HANDLERS[action.name]
+        if isinstance(handler, Unsupported):
+            raise PermanentToolError(f"{action.key}: {handler.reason}")
         validate_action(action)
         with self._lock:
             if idempotency_key in self._done:
@@ -457,14 +458,9 @@ class MlflowModelBackend:
                     self._done[idempotency_key] = first
                     return _again(first)
                 if dry_run:
-                    return self._result(action, idempotency_key, True, False, self._plan(action, reg),
-                                        dry_run=True)
-                if action.name == "rollback_model":
-                    ok, changed, detail = self._rollback(action, reg, idempotency_key)
-                elif action.name == "retrain_model":
-                    ok, changed, detail = self._retrain(action, reg, idempotency_key)
-                else:
-                    ok, changed, detail = self._promote(action, reg, idempotency_key)
+                    plan = handler.plan(self, action, reg, self._serving_of(reg, self.alias))
+                    return self._result(action, idempotency_key, True, False, plan, dry_run=True)
+                ok, changed, detail = handler.do(self, action, reg, idempotency_key)
                 result = self._result(action, idempotency_key, ok, changed, detail)
                 self._remember(reg.name, idempotency_key, result)
             except TransientToolError as exc:  # not remembered: the same key may try again
@@ -490,20 +486,22 @@ class MlflowModelBackend:
         except ToolError:  # the action itself succeeded; the in-memory record still guards this process
             pass
 
-    def _plan(self, action: Action, reg: RegisteredModel) -> str:
-        serving = self._serving_of(reg, self.alias)
-        t = action.target
-        if action.name == "rollback_model":
-            to = self._rollback_target(reg, RollbackParams.model_validate(action.params), serving)
-            return f"dry run: would move alias {self.alias!r} of {t} from version {serving} to version {to}"
-        if action.name == "retrain_model":
-            seed, drift = self._data(reg)
-            return (f"dry run: would train a new version of {t} on {self.n_recent} recent rows "
-                    f"(drift {drift or 'none'}) and register it without serving it")
-        p = PromoteParams.model_validate(action.params)
+    # what a dry run says it would do, per action
+
+    def _plan_rollback(self, action: Action, reg: RegisteredModel, serving: int | None) -> str:
+        to = self._rollback_target(reg, action.params_as(RollbackParams), serving)
+        return f"dry run: would move alias {self.alias!r} of {action.target} from version {serving} to version {to}"
+
+    def _plan_retrain(self, action: Action, reg: RegisteredModel, serving: int | None) -> str:
+        seed, drift = self._data(reg)
+        return (f"dry run: would train a new version of {action.target} on {self.n_recent} recent rows "
+                f"(drift {drift or 'none'}) and register it without serving it")
+
+    def _plan_promote(self, action: Action, reg: RegisteredModel, serving: int | None) -> str:
+        p = action.params_as(PromoteParams)
         cand = p.version or max((int(mv.version) for mv in self._versions(reg.name)), default=None)
-        return (f"dry run: would serve version {cand} of {t} instead of version {serving} if it beats it by "
-                f"{p.min_margin} held-out accuracy")
+        return (f"dry run: would serve version {cand} of {action.target} instead of version {serving} if it "
+                f"beats it by {p.min_margin} held-out accuracy")
 
     def _rollback_target(self, reg: RegisteredModel, params: RollbackParams, serving: int | None) -> int:
         versions = {int(mv.version): mv for mv in self._versions(reg.name)}
@@ -524,7 +522,7 @@ class MlflowModelBackend:
         return older[0]
 
     def _rollback(self, action: Action, reg: RegisteredModel, key: str) -> tuple[bool, bool, str]:
-        params = RollbackParams.model_validate(action.params)
+        params = action.params_as(RollbackParams)
         serving = self._serving_of(reg, self.alias)
         to = self._rollback_target(reg, params, serving)
         t = action.target
@@ -597,7 +595,7 @@ class MlflowModelBackend:
     def _promote(self, action: Action, reg: RegisteredModel, key: str) -> tuple[bool, bool, str]:
         from tools import mlflow_training
 
-        params = PromoteParams.model_validate(action.params)
+        params = action.params_as(PromoteParams)
         t = action.target
         versions = [int(mv.version) for mv in self._versions(reg.name)]
         cand = params.version or max(versions, default=0)
@@ -636,31 +634,75 @@ class MlflowModelBackend:
         return VerificationResult(action=action, ok=ok, detail=detail, at_s=self.clock())
 
     def _check(self, action: Action) -> tuple[bool, str]:
-        if action.name not in MODEL_ACTIONS:
+        handler = HANDLERS[action.name]
+        if isinstance(handler, Unsupported):
             raise PermanentToolError(f"{action.key}: not a model action")
         reg = self._registered(action.target)
-        serving = self._serving_of(reg, self.alias)
-        versions = self._versions(reg.name)
+        return handler.check(self, action, reg, self._serving_of(reg, self.alias))
+
+    def _check_rollback(self, action: Action, reg: RegisteredModel, serving: int | None) -> tuple[bool, str]:
         t = action.target
-        if action.name == "rollback_model":
-            params = RollbackParams.model_validate(action.params)
-            last = json.loads((reg.tags or {}).get(T_LAST_ROLLBACK) or "null")
-            expected = params.to_version or (int(last["to"]) if last else None)
-            if expected is None:
-                return False, f"{t} has no rollback on record; serves version {serving}"
-            ok = serving == expected
-            return ok, f"{t} serves version {serving} (alias {self.alias!r}); rollback target {expected}"
-        if action.name == "retrain_model":
-            retrained = [mv for mv in versions if (mv.tags or {}).get(T_ORIGIN) == "retrain"]
-            if not retrained:
-                return False, f"{t} has no retrained version"
-            mv = retrained[-1]
-            ready = str(mv.status) == "READY"
-            return ready, (f"{t} version {mv.version} registered ({mv.status}) with held-out accuracy "
-                           f"{(mv.tags or {}).get(T_ACCURACY)}; serving version {serving}")
-        params_p = PromoteParams.model_validate(action.params)
-        expected = params_p.version or max((int(mv.version) for mv in versions), default=0)
-        return serving == expected, f"{t} serves version {serving}; promotion target {expected}"
+        params = action.params_as(RollbackParams)
+        last = json.loads((reg.tags or {}).get(T_LAST_ROLLBACK) or "null")
+        expected = params.to_version or (int(last["to"]) if last else None)
+        if expected is None:
+            return False, f"{t} has no rollback on record; serves version {serving}"
+        ok = serving == expected
+        return ok, f"{t} serves version {serving} (alias {self.alias!r}); rollback target {expected}"
+
+    def _check_retrain(self, action: Action, reg: RegisteredModel, serving: int | None) -> tuple[bool, str]:
+        t = action.target
+        retrained = [mv for mv in self._versions(reg.name) if (mv.tags or {}).get(T_ORIGIN) == "retrain"]
+        if not retrained:
+            return False, f"{t} has no retrained version"
+        mv = retrained[-1]
+        ready = str(mv.status) == "READY"
+        return ready, (f"{t} version {mv.version} registered ({mv.status}) with held-out accuracy "
+                       f"{(mv.tags or {}).get(T_ACCURACY)}; serving version {serving}")
+
+    def _check_promote(self, action: Action, reg: RegisteredModel, serving: int | None) -> tuple[bool, str]:
+        params_p = action.params_as(PromoteParams)
+        expected = params_p.version or max((int(mv.version) for mv in self._versions(reg.name)), default=0)
+        return serving == expected, f"{action.target} serves version {serving}; promotion target {expected}"
+
+
+# ------------------------------------------------------------------------------------- the action table
+
+
+@dataclass(frozen=True)
+class _Handler:
+    """How the MLflow backend dry-runs, carries out and reads back one catalogue action, given the model's
+    registry entry (and the version its alias serves)."""
+
+    plan: Callable[[MlflowModelBackend, Action, RegisteredModel, int | None], str]
+    do: Callable[[MlflowModelBackend, Action, RegisteredModel, str], tuple[bool, bool, str]]
+    check: Callable[[MlflowModelBackend, Action, RegisteredModel, int | None], tuple[bool, str]]
+
+
+_MODELS_ONLY = "the MLflow backend runs only ['promote_model', 'retrain_model', 'rollback_model']"
+_TABLE: dict[str, _Handler | Unsupported] = {
+    "restart_pod": Unsupported(_MODELS_ONLY),
+    "reschedule_pod": Unsupported(_MODELS_ONLY),
+    "cordon_node": Unsupported(_MODELS_ONLY),
+    "uncordon_node": Unsupported(_MODELS_ONLY),
+    "drain_node": Unsupported(_MODELS_ONLY),
+    "reset_gpu": Unsupported(_MODELS_ONLY),
+    "scale_deployment": Unsupported(_MODELS_ONLY),
+    "pause_job": Unsupported(_MODELS_ONLY),
+    "resume_job": Unsupported(_MODELS_ONLY),
+    "rollback_model": _Handler(MlflowModelBackend._plan_rollback, MlflowModelBackend._rollback,
+                               MlflowModelBackend._check_rollback),
+    "retrain_model": _Handler(MlflowModelBackend._plan_retrain, MlflowModelBackend._retrain,
+                              MlflowModelBackend._check_retrain),
+    "promote_model": _Handler(MlflowModelBackend._plan_promote, MlflowModelBackend._promote,
+                              MlflowModelBackend._check_promote),
+    "abort_rollout": Unsupported(_MODELS_ONLY),  # a serving-layer action: the Kubernetes backend's
+    "notify": Unsupported(_MODELS_ONLY),
+    "escalate": Unsupported(_MODELS_ONLY),
+}
+HANDLERS = handler_table("tools.mlflow_backend.MlflowModelBackend", _TABLE)
+MODEL_ACTIONS: frozenset[str] = supported(HANDLERS)
+assert _MODELS_ONLY.endswith(str(sorted(MODEL_ACTIONS)))
 
 
 def _action_tag(key: str) -> str:

@@ -103,7 +103,7 @@ class MlflowSandboxBackend:
         if action.name not in MODEL_ACTIONS or action.target not in self.sim.models:
             return self.sandbox.execute(action, idempotency_key=idempotency_key, dry_run=dry_run)
         name = action.target
-        params = dict(action.params)
+        params = action.given_params()
         for key in ("to_version", "version"):
             if params.get(key) is not None:
                 params[key] = self._to_mlflow[name].get(int(params[key]), int(params[key]))
@@ -141,7 +141,7 @@ class MlflowSandboxBackend:
         if action.name not in MODEL_ACTIONS or action.target not in self.sim.models:
             return self.sandbox.verify(action)
         name = action.target
-        params = dict(action.params)
+        params = action.given_params()
         for key in ("to_version", "version"):
             if params.get(key) is not None:
                 params[key] = self._to_mlflow[name].get(int(params[key]), int(params[key]))

@@ -1,7 +1,8 @@
 """The sandbox backends: action and telemetry tools over the simulated cluster.
 
 Layer: tools (may import `sandbox`). The same `ActionBackend` protocol is implemented by the Kubernetes and
-MLflow backends; this one acts on `sandbox.cluster.Simulator` directly. Idempotency keys are remembered so
+MLflow backends; this one acts on `sandbox.cluster.Simulator` directly, whose handler table (`sandbox.cluster.HANDLERS`)
+carries out every catalogue action. Idempotency keys are remembered so
 that an action re-run after a crash or a graph resume is a no-op returning the first result.
 """
 

@@ -148,7 +148,7 @@ def _plan_problems(proposal: PlanProposal, deterministic: ActionPlan, runbook: R
             problems.append(f"step {i} {key}: for this incident the runbook applies {st.action} to "
                             f"{', '.join(targets) or 'nothing'}, not {st.target}")
             continue
-        params = dict(base.action.params)
+        params = base.action.given_params()
         tunable = TUNABLE_PARAMS.get(st.action, frozenset())
         bad = [k for k, v in st.params.items() if k not in tunable and params.get(k) != v and k != "message"]
         if bad:
@@ -170,7 +170,7 @@ def _plan_problems(proposal: PlanProposal, deterministic: ActionPlan, runbook: R
             if chosen[key].action != action:
                 problems.append(f"step {i} {key}: proposed twice with different parameters")
             continue
-        if params != base.action.params:
+        if params != base.action.given_params():
             notes.append(f"{key} parameters {params}")
         chosen[key] = base.model_copy(update={"action": action, "why": (st.why.strip() or base.why)[:1000]})
     missing = [k for k, s in allowed.items() if not s.optional and k not in chosen]

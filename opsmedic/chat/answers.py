@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.actions import ACTION_TOOLS
 from core.domain import AuditEntry, ClusterSnapshot
 from knowledge.runbooks import Runbook
 from opsmedic.chat.intents import HELP_TEXT, Intent
@@ -43,11 +44,7 @@ from policies.audit_events import (
     payload_as,
 )
 
-VERB = {"cordon_node": "cordoned", "uncordon_node": "uncordoned", "drain_node": "drained",
-        "reset_gpu": "reset", "restart_pod": "restarted", "reschedule_pod": "rescheduled",
-        "rollback_model": "rolled back", "retrain_model": "retrained", "promote_model": "promoted",
-        "pause_job": "paused", "resume_job": "resumed", "scale_deployment": "scaled", "escalate": "escalated",
-        "notify": "notified", "abort_rollout": "aborted"}
+VERB = {n: s.past for n, s in ACTION_TOOLS.items()}  # the catalogue's word for each action done
 
 
 @dataclass

@@ -234,7 +234,8 @@ def incident_detail(source: ConsoleSource, inc_id: str, series: dict[str, Any] |
             ver = _latest(st.verifications, step.action)
             steps.append({
                 "n": i + 1, "action": step.action.key, "name": step.action.name, "target": step.action.target,
-                "params": step.action.params, "why": step.why, "runbook_id": step.runbook_id, "optional": step.optional,
+                "params": step.action.given_params(), "why": step.why, "runbook_id": step.runbook_id,
+                "optional": step.optional,
                 "decision": dec.model_dump(mode="json") if dec is not None else None,
                 "approval": approval_json(apr) if apr is not None else None,
                 "result": res.model_dump(mode="json") if res is not None else None,

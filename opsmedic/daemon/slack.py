@@ -206,8 +206,8 @@ def approval_message(v: ApprovalView) -> tuple[str, list[dict[str, Any]]]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _trunc("\n".join(lines), 3000)}})
     approvers = ", ".join(who(u) for u in r.approvers[:10]) + (" …" if len(r.approvers) > 10 else "")
     fields = [f"*Action*\n`{a.name}`", f"*Target*\n`{escape(a.target)}`"]
-    if a.params:
-        fields.append(f"*Parameters*\n`{escape(_trunc(json.dumps(a.params, sort_keys=True), 300))}`")
+    if given := a.given_params():
+        fields.append(f"*Parameters*\n`{escape(_trunc(json.dumps(given, sort_keys=True), 300))}`")
     fields += [f"*Risk*\n{r.risk.value}", f"*Policy rule*\n`{escape(r.rule)}`",
                f"*Approvals*\n{len(r.approved_by)} of {r.approvals_required} from {approvers}",
                f"*Expires*\n{_when(r.expires_at_s, v)}"]

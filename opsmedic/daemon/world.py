@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from core.actions import EscalateParams, MessageParams
 from core.clock import Clock, SimClock, WallClock
 from core.domain import Action, ActionResult, ClusterSnapshot, VerificationResult
 
@@ -220,7 +221,7 @@ class NotifyBackend:
         if action.name not in ("notify", "escalate"):
             return ActionResult(action=action, ok=False, changed=False, idempotency_key=idempotency_key, at_s=now,
                                 detail=f"{action.key}: no backend for this action is configured in the daemon")
-        message = str(action.params.get("message") or action.key)
+        message = action.params_as(MessageParams).message or action.key
         if dry_run:
             return ActionResult(action=action, ok=True, changed=False, dry_run=True, idempotency_key=idempotency_key,
                                 at_s=now, detail=f"dry run: would {action.name} {message[:200]}")
@@ -249,13 +250,13 @@ class NotifyBackend:
 
         assert self.pager is not None
         incident_id = key.removesuffix(":escalate")
-        severity = str(action.params.get("severity") or self.default_severity)
+        severity = str(action.params_as(EscalateParams).severity or self.default_severity)
         if severity not in SEVERITIES:
             severity = self.default_severity
         reason = message.removeprefix(f"{incident_id}: ")
         details: dict[str, Any] = {"incident_id": incident_id, "resource": action.target, "reason": reason}
-        evidence = action.params.get("evidence")
-        if isinstance(evidence, list) and evidence:
+        evidence = action.params_as(EscalateParams).evidence
+        if evidence:
             details["evidence"] = [str(e) for e in evidence]
         try:
             dedup = self.pager.trigger(dedup_key=incident_id, summary=f"opsmedic: {action.target}: {reason}",

@@ -95,7 +95,7 @@ def test_saturation_scales_the_workload_out_with_headroom(catalog: RunbookCatalo
     assert rb == "capacity-saturation-scale-out"
     assert steps == ["scale_deployment@fraud-svc"]
     p = remediator.plan(incident("slo_latency"), to_diagnosis(f, [rb]), catalog.for_cause(cause), snapshot(m, 97.0, 8))
-    assert p.steps[0].action.params == {"replicas": 4}  # 300 req/s at 80 % of 100 per replica
+    assert p.steps[0].action.given_params() == {"replicas": 4}  # 300 req/s at 80 % of 100 per replica
 
 
 def test_scale_is_bounded_by_free_gpus() -> None:
@@ -104,7 +104,7 @@ def test_scale_is_bounded_by_free_gpus() -> None:
     f = find(incident("slo_latency"), snap)
     rb = RunbookCatalog.bundled().for_cause(f.root_cause)
     p = remediator.plan(incident("slo_latency"), to_diagnosis(f, ["x"]), rb, snap)
-    assert p.steps[0].action.params == {"replicas": 3}
+    assert p.steps[0].action.given_params() == {"replicas": 3}
 
 
 def test_slow_model_with_idle_gpus_is_not_saturation() -> None:
@@ -137,4 +137,4 @@ def test_no_free_gpu_turns_the_scale_into_an_escalation() -> None:
     rb = RunbookCatalog.bundled().for_cause(f.root_cause)
     p = remediator.plan(incident("slo_latency"), to_diagnosis(f, ["x"]), rb, snap)
     assert [s.action.key for s in p.steps] == ["escalate@fraud-svc"]
-    assert "none is free" in p.steps[0].action.params["message"]
+    assert "none is free" in p.steps[0].action.given_params()["message"]

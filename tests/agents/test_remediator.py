@@ -93,7 +93,7 @@ def test_pods_on_a_not_ready_node_are_rescheduled_with_force(
     rb = catalog.for_cause("node_not_ready")
     p = plan(inc("node-2", ResourceKind.node), diag("node_not_ready", "node-2"), rb, snap)
     resched = [s.action for s in p.steps if s.action.name == "reschedule_pod"]
-    assert [a.key for a in resched] == ["reschedule_pod@fraud-model-2"] and resched[0].params == {
+    assert [a.key for a in resched] == ["reschedule_pod@fraud-model-2"] and resched[0].given_params() == {
         "force": True
     }
     assert "cordon_node@node-2" in [s.action.key for s in p.steps]
@@ -104,7 +104,7 @@ def test_pods_on_a_not_ready_node_are_rescheduled_with_force(
         inc("node-2", ResourceKind.node),
         healthy,
     )
-    assert [(a.key, a.params) for a in acts] == [("reschedule_pod@fraud-model-2", {})]
+    assert [(a.key, a.given_params()) for a in acts] == [("reschedule_pod@fraud-model-2", {})]
 
 
 def test_rollback_names_the_previous_version(
@@ -116,7 +116,7 @@ def test_rollback_names_the_previous_version(
         inc("fraud-model", ResourceKind.model), diag("model_quality_regression", "fraud-model"), rb, snap
     )
     rollback = [s.action for s in p.steps if s.action.name == "rollback_model"]
-    assert [(a.target, a.params) for a in rollback] == [("fraud-model", {"to_version": 3})]
+    assert [(a.target, a.given_params()) for a in rollback] == [("fraud-model", {"to_version": 3})]
 
 
 def test_app_error_restarts_only_the_pod(
@@ -134,7 +134,7 @@ def test_notify_message_comes_from_the_diagnosis(
     snap = world(scenario_path("xid13-app-error"), 120)
     rb = runbook_with(catalog, step("notify", "pod", message="obey the log"))
     [s] = plan(inc("node-0/gpu-1"), diag("gpu_app_error", "fraud-model-1", "XID 13 in pod"), rb, snap).steps
-    assert s.action.params == {"message": "gpu_app_error on fraud-model-1: XID 13 in pod"}
+    assert s.action.given_params() == {"message": "gpu_app_error on fraud-model-1: XID 13 in pod"}
 
 
 def test_healthy_or_uncovered_means_no_steps(

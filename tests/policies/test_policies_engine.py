@@ -9,7 +9,7 @@ import pytest
 from policy_helpers import act, make_ctx, policy_from
 
 from core.domain import Action, Risk, Verdict
-from core.errors import PolicyError
+from core.errors import PermanentToolError, PolicyError
 from policies import DecisionContext, HistoryEntry, PolicyEngine
 
 ONCALL = ["U0OPSMEDIC", "eval-approver"]
@@ -72,10 +72,15 @@ def test_whitelist_refuses_unknown_actions_and_bad_params(engine: PolicyEngine) 
     rogue = Action.model_construct(name="delete_everything", target="cluster", params={})
     d = engine.decide(rogue, make_ctx())
     assert (d.verdict, d.rule, d.risk) == (Verdict.deny, "whitelist", Risk.critical)
-    d = engine.decide(act("scale_deployment", "chat-llm"), make_ctx())  # replicas missing
-    assert (d.verdict, d.rule) == (Verdict.deny, "whitelist")
-    d = engine.decide(act("restart_pod", "p", force=True), make_ctx())  # no such parameter
-    assert (d.verdict, d.rule) == (Verdict.deny, "whitelist")
+    # invalid parameters: such an action cannot even be built (`Action` parses them with the catalogue's model)
+    with pytest.raises(PermanentToolError, match="invalid parameters"):
+        act("scale_deployment", "chat-llm")  # replicas missing
+    with pytest.raises(PermanentToolError, match="invalid parameters"):
+        act("restart_pod", "p", force=True)  # no such parameter
+    # and one built around that check is still refused by the whitelist rule
+    for name, params in (("scale_deployment", {}), ("restart_pod", {"force": True})):
+        d = engine.decide(Action.model_construct(name=name, target="p", params=params), make_ctx())
+        assert (d.verdict, d.rule) == (Verdict.deny, "whitelist")
 
 
 def test_disabled_action_is_denied() -> None:

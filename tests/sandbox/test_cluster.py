@@ -697,7 +697,8 @@ def test_notify_and_escalate_only_talk() -> None:
         ("restart_pod", "nope-0", "pod 'nope-0' not found"),
         ("reset_gpu", "node-0/gpu-9", "GPU 'node-0/gpu-9' not found"),
         ("rollback_model", "nomodel", "model 'nomodel' not registered"),
-        ("scale_deployment", "fraud-model", "`replicas` is required"),
+        # the Action itself refuses to be built without them (`core.actions.ScaleParams`)
+        ("scale_deployment", "fraud-model", "invalid parameters: 1 validation error for ScaleParams\nreplicas\n"),
     ],
 )
 def test_actions_on_unknown_targets_are_refused(name: str, target: str, match: str) -> None:

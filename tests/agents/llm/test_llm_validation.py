@@ -107,7 +107,7 @@ def test_good_plan_with_a_tuned_parameter_is_accepted(fake: FakeOpenAI, make_llm
     plan = out.chosen(c.plan)
     assert [s.action.key for s in plan.steps] == [s.action.key for s in c.plan.steps]
     drain = next(s for s in plan.steps if s.action.name == "drain_node")
-    assert drain.action.params == {"grace_period_s": 120}
+    assert drain.action.given_params() == {"grace_period_s": 120}
     assert drain.why == "move the training job off the broken node"
     assert "grace_period_s" in out.reason
 
