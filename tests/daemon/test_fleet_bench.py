@@ -48,3 +48,16 @@ def test_the_shard_bench_runs_one_replica_of_four_and_it_starts_the_incident_of_
     fig = bench_fleet_shards(ticks=15, shards=4, scenario=parse_scenario(_small()))
     assert fig["shard_incidents_started"] == 1.0  # the XID's node is in the shard this replica holds
     assert fig["daemon_tick_ms_10k_gpus_shard_of_4_p50"] > 0 and fig["daemon_tick_ms_10k_gpus_shard_of_4_p95"] > 0
+
+
+def test_the_fleet_bench_measures_the_held_out_fleet_scenario() -> None:
+    """The bench's fleet is the held-out scenario that eval scores (tests/scenarios/fleet-10k-xid.yaml): the
+    figures describe the run that passes."""
+    from pathlib import Path
+
+    from opsmedic.daemon.fleet_bench import fleet_scenario
+    from sandbox.scenario import load_scenario
+
+    held_out = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "fleet-10k-xid.yaml")
+    bench = fleet_scenario()
+    assert held_out.model_dump(exclude={"description"}) == bench.model_dump(exclude={"description"})
