@@ -379,10 +379,13 @@ class KubernetesBackend:
         }
         involved = self._involved.pop(action.key, involved)
         if kind != "Node":
-            involved["namespace"] = self.namespace
+            involved.setdefault("namespace", self.namespace)
+        # an Event lives in its object's namespace; a cluster-scoped object's (a Node's) in `default`, where
+        # the kubelet records its own: kube-apiserver refuses any other ("does not match event.namespace")
+        event_ns = involved.get("namespace") or "default"
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
-            "metadata": {"generateName": f"{name}.opsmedic-", "namespace": self.namespace},
+            "metadata": {"generateName": f"{name}.opsmedic-", "namespace": event_ns},
             "involvedObject": involved,
             "reason": "Opsmedic" + "".join(w.title() for w in action.name.split("_")),
             "message": f"{incident}: {detail}"[:1024],
@@ -396,7 +399,7 @@ class KubernetesBackend:
         }
         try:
             self.caller.call(
-                f"record event for {action.key}", self.core.create_namespaced_event, self.namespace, body
+                f"record event for {action.key}", self.core.create_namespaced_event, event_ns, body
             )
         except ToolError as exc:
             log.warning("could not record an event for %s: %s", action.key, exc)

@@ -197,6 +197,16 @@ def test_cordon_uncordon_through_the_backend(target: Target) -> None:
                                                                               "OpsmedicUncordonNode"}
 
 
+
+def test_a_nodes_event_goes_to_default_whatever_the_workloads_namespace(target: Target) -> None:
+    """A Node is cluster-scoped: kube-apiserver takes its Events only in `default` ("does not match
+    event.namespace" anywhere else), also from a daemon that watches another namespace."""
+    b = target.backend(namespace="ml-serving")
+    r = run(b, "cordon_node", "node-2", key="inc-9:s0")
+    assert r.ok and r.changed, r.detail
+    events = target.core.list_namespaced_event(NS, field_selector="involvedObject.name=node-2").items
+    assert "OpsmedicCordonNode" in {e.reason for e in events if e.source.component == "opsmedic"}
+
 def test_dry_run_changes_nothing(target: Target) -> None:
     rv = target.core.read_node("node-1").metadata.resource_version
     r = run(target.backend(), "cordon_node", "node-1", dry_run=True)
