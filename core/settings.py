@@ -213,7 +213,22 @@ class Settings(BaseSettings):
     # who may use the chat (opsmedic.chat.roles): comma-separated user ids; `*` is everyone
     chat_operators: str | None = None
     chat_viewers: str | None = None
+    chat_user: str | None = None  # who `opsmedic chat` speaks as (default: the login name)
+    # opsmedic's own traces (infra.tracing): none | console | otlp; the OTLP traces URL overrides
+    # OTEL_EXPORTER_OTLP_ENDPOINT, which the exporter itself honours
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    otel_endpoint: str | None = None
+    # caches: the chat router's example matrix (OPSMEDIC_CACHE_DIR, else $XDG_CACHE_HOME/opsmedic) and the
+    # root under which scripts/build-kube-apiserver.sh keeps its binaries (OPSMEDIC_CACHE, else ~/.cache/opsmedic)
+    cache_dir: Path | None = None
+    cache: Path | None = None
     daemon: DaemonVariables = Field(default_factory=DaemonVariables)
+
+    @field_validator("otel_exporter", mode="before")
+    @classmethod
+    def _otel_exporter(cls, v: Any) -> Any:
+        # as it has always been read: any case, surrounding blanks, and empty for none
+        return (v.strip().lower() or "none") if isinstance(v, str) else v
 
     @field_validator(*sorted(_LLM_INTS | {"llm_timeout_s", "llm_wall_budget_s", "llm_price_in_per_mtok",
                                           "llm_price_out_per_mtok"}), mode="before")

@@ -28,7 +28,6 @@ process that never configures tracing pays nothing: until then `span()` is a che
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -109,8 +108,9 @@ def _id_generator() -> Any:
 def setup_tracing_from_env(service_name: str = "opsmedic") -> TracerProvider | None:
     """Install tracing if `OPSMEDIC_OTEL_EXPORTER` is `console` or `otlp` (flushed at exit); else nothing,
     and nothing of the SDK is imported. A bad value is a `ConfigError`."""
-    choice = os.environ.get("OPSMEDIC_OTEL_EXPORTER", "").strip().lower()
-    if choice in ("", "none"):
+    from core.settings import load_settings
+
+    if load_settings().otel_exporter == "none":
         return None
     import atexit
 
@@ -137,10 +137,13 @@ def setup_tracing(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
 
-    choice: str | SpanExporter = (
-        exporter if exporter is not None else os.environ.get("OPSMEDIC_OTEL_EXPORTER", "none").strip().lower()
-    )
-    endpoint = endpoint or os.environ.get("OPSMEDIC_OTEL_ENDPOINT") or None
+    from core.settings import load_settings
+
+    if exporter is None or endpoint is None:
+        settings = load_settings()
+        exporter = settings.otel_exporter if exporter is None else exporter
+        endpoint = endpoint or settings.otel_endpoint
+    choice: str | SpanExporter = exporter
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}), id_generator=_id_generator())
     if isinstance(choice, str):
         if choice == "console":

@@ -377,8 +377,9 @@ class ApiServerSync:
             labels = meta.get("labels") or {}
             incident = next((str(t.get("value") or "") for t in spec.get("taints") or []
                              if t.get("key") == "opsmedic.io/cordoned"), labels.get("opsmedic.io/cordoned-by", ""))
-            params = {"incident_id": incident} if incident and want else {}
-            if self._act("cordon_node" if want else "uncordon_node", name, params):
+            if self._act("cordon_node" if want else "uncordon_node", name):
+                if incident and want:  # who cordoned it, as the embedded API records it (no action parameter)
+                    self.sim.nodes[name].cordoned_by = incident
                 reason = "NodeNotSchedulable" if want else "NodeSchedulable"
                 self._event("Normal", reason, {"kind": "Node", "name": name, "uid": name},
                             f"Node {name} status is now: {reason}", component="kubelet")

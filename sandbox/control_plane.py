@@ -29,7 +29,9 @@ BUILD_SCRIPT = "scripts/build-kube-apiserver.sh"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("OPSMEDIC_CACHE", str(Path.home() / ".cache" / "opsmedic"))) / "kube"
+    from core.settings import load_settings
+
+    return (load_settings().cache or Path.home() / ".cache" / "opsmedic") / "kube"
 
 
 def binaries() -> tuple[Path, Path]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
     if isinstance(db, Path) and not db.exists():
         raise InputError("no opsmedic database here: run `opsmedic demo` first, or point --db at the daemon's "
                          "database", str(db))
-    user = args.as_user or os.environ.get(USER_VAR) or _login()
+    from core.settings import load_settings
+
+    user = args.as_user or load_settings().chat_user or _login()
     ctx = ChatContext.from_settings(settings, db_path=db, with_llm=not args.no_llm, channel="cli")
     if args.ask is None:
         from opsmedic.chat.repl import run_repl

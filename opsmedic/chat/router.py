@@ -202,8 +202,12 @@ class _Index:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("OPSMEDIC_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "opsmedic" if "OPSMEDIC_CACHE_DIR" not in os.environ else Path(base)
+    from core.settings import load_settings
+
+    chosen = load_settings().cache_dir
+    if chosen is not None:
+        return chosen
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "opsmedic"
 
 
 def _save(path: Path, matrix: Any) -> None:

@@ -29,6 +29,11 @@ SHARED: dict[str, tuple[str, str, Any]] = {
     "OPSMEDIC_RETRIEVAL": ("false", "retrieval", False),
     "OPSMEDIC_LLM_BASE_URL": ("http://llm.local/v1", "llm_base_url", "http://llm.local/v1"),
     "OPSMEDIC_LLM_MODEL": ("model-x", "llm_model", "model-x"),
+    "OPSMEDIC_CHAT_USER": ("alice", "chat_user", "alice"),
+    "OPSMEDIC_OTEL_EXPORTER": (" OTLP ", "otel_exporter", "otlp"),  # any case, as it was always read
+    "OPSMEDIC_OTEL_ENDPOINT": ("http://otel:4318/v1/traces", "otel_endpoint", "http://otel:4318/v1/traces"),
+    "OPSMEDIC_CACHE_DIR": ("/var/cache/router", "cache_dir", Path("/var/cache/router")),
+    "OPSMEDIC_CACHE": ("/var/cache/opsmedic", "cache", Path("/var/cache/opsmedic")),
     "OPSMEDIC_CA_BUNDLE": ("/etc/opsmedic/ca.pem", "ca_bundle", Path("/etc/opsmedic/ca.pem")),
     "OPSMEDIC_LLM_TIMEOUT_S": ("7.5", "llm_timeout_s", 7.5),
     "OPSMEDIC_LLM_MAX_ATTEMPTS": ("5", "llm_max_attempts", 5),
