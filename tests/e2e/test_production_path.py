@@ -109,23 +109,31 @@ class Stack:
     """One scenario's servers: sandbox serve, Prometheus on its exporter, the daemon pointed at both."""
 
     def __init__(self, root: Path, scenario: str, slack: FakeSlack, pagerduty: FakePagerDuty, otlp: OtlpReceiver,
-                 mlflow: str | None = None) -> None:
+                 mlflow: str | None = None, model: str | None = None, env: dict[str, str] | None = None) -> None:
         self.root = root
-        self.serve = SandboxServe(str(self._scenario(scenario)), root / "serve", speed=SPEED, mlflow=mlflow)
+        self.extra_env = env or {}
+        self.serve = SandboxServe(str(self._scenario(scenario, model)), root / "serve", speed=SPEED, mlflow=mlflow)
         self.mlflow = mlflow
         self.slack, self.pagerduty, self.otlp = slack, pagerduty, otlp
         self.prometheus: Prometheus | None = None
         self.daemon: DaemonRun | None = None
 
-    def _scenario(self, name: str) -> Path:
-        """The bundled scenario with its fault at FAULT_AT: the fault-to-action figure must not include the
-        daemon's own start."""
+    def _scenario(self, name: str, model: str | None) -> Path:
+        """The bundled scenario with its fault at FAULT_AT (the fault-to-action figure must not include the
+        daemon's own start) and, with `model`, its one model renamed (one MLflow server serves the module)."""
         import yaml
 
         from sandbox.scenario import bundled_scenarios
 
         doc = yaml.safe_load(bundled_scenarios()[name].read_text(encoding="utf-8"))
         doc["faults"][0]["at"] = FAULT_AT
+        if model is not None:
+            (w,) = [w for w in doc["workloads"] if w.get("model")]
+            old = w["model"]
+            w["name"] = w["model"] = model
+            for f in doc["faults"]:
+                f["target"] = model if f["target"] == old else f["target"]
+            doc["expect"] = {"incident": True, "resource": model}  # what the test itself checks
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
@@ -149,7 +157,8 @@ class Stack:
             PYTHONWARNINGS="ignore:Unverified HTTPS request",
             # holds are wall time on a cluster: a test cannot wait minutes for a breach to count
             OPSMEDIC_MONITOR__NODE_HOLD_S="0", OPSMEDIC_MONITOR__POD_HOLD_S="0",
-            OPSMEDIC_MONITOR__SLO_HOLD_S="2", OPSMEDIC_MONITOR__REOPEN_QUIET_S="0")
+            OPSMEDIC_MONITOR__SLO_HOLD_S="2", OPSMEDIC_MONITOR__DRIFT_HOLD_S="2",
+            OPSMEDIC_MONITOR__REOPEN_QUIET_S="0", **self.extra_env)
         extra = ["--mlflow-tracking-uri", self.mlflow] if self.mlflow else []
         self.daemon = DaemonRun(self.root / "daemon", self.serve.kubeconfig, env, extra).start()
         with self.api() as c:
@@ -266,8 +275,9 @@ def test_xid79_is_cordoned_then_drained_after_a_slack_approval(
         # the drain's verification comes after its settle time, 70 s of wall time on a cluster
         # (agents.graph.SETTLE_S): the suite stops at the action and the cordon's verification
         assert "approved" in message_text(slack.messages[(CHANNEL, msg["ts"])]).lower()
-        events = _get(kube, "/api/v1/namespaces/default/events")["items"]
-        assert any(e.get("reason") == "Evicted" or "evict" in (e.get("message") or "").lower() for e in events)
+        # the simulated kubelet stops the evicted pod at its next sync and says so in an Event
+        wait_until(lambda: any("evicted" in (e.get("message") or "") for e in _get(
+            kube, "/api/v1/namespaces/default/events")["items"]), 20, 0.2, what="the eviction's Event")
         kube.close()
         _audit_and_trace(stack, inc["id"], ["cordon_node", "drain_node"], ["cordon_node"])
         assert not pagerduty.refused, pagerduty.refused  # whatever paged was a valid Events v2 request
@@ -320,6 +330,86 @@ def test_a_bad_deploy_is_rolled_back_in_mlflow_and_the_serving_workload_restarte
         # settle time, 60 s of wall time on a cluster (agents.graph.SETTLE_S): not waited for here
         kube.close()
         _audit_and_trace(stack, inc["id"], ["rollback_model"], [])
+        assert not pagerduty.refused, pagerduty.refused
+    finally:
+        stack.stop()
+
+
+RETRAIN_TEMPLATE = """\
+apiVersion: batch/v1
+kind: Job
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: train
+          image: registry.example.com/fraud-trainer:1.4
+          command: [python, -m, tools.train_job]
+          resources: {limits: {cpu: "2", memory: 4Gi}}
+          env:
+            - {name: OPSMEDIC_TRAIN_ROWS, value: "1500"}
+            - {name: OPSMEDIC_HELDOUT_ROWS, value: "1500"}
+"""
+
+
+def test_drift_is_retrained_by_a_job_that_registers_a_version(
+        work: Path, slack: FakeSlack, pagerduty: FakePagerDuty, otlp: OtlpReceiver, mlflow: MlflowServer) -> None:
+    """Data drift: the retraining (approved in Slack) runs as a Kubernetes Job from the operator's template;
+    the sandbox's kubelet runs its `python -m tools.train_job` for real, which registers a version in the MLflow
+    server, not served. Promotion follows the retrain's settle time (300 s of wall time, agents.graph.SETTLE_S),
+    past what this suite waits for."""
+    _need_control_plane()
+    _need_prometheus()
+    from tools.mlflow_backend import MlflowModelBackend
+
+    model = "risk-model"
+    template = work / "retrain-job.yaml"
+    template.write_text(RETRAIN_TEMPLATE, encoding="utf-8")
+    stack = Stack(work / "drift", "data-drift-retrain", slack, pagerduty, otlp, mlflow=mlflow.url, model=model,
+                  env={"OPSMEDIC_RETRAIN_JOB_TEMPLATE": str(template)})
+    try:
+        stack.start()
+        registry = MlflowModelBackend(mlflow.url)
+        assert registry.versions(model) == [1, 2, 3] and registry.serving_version(model) == 3
+        before = {m["ts"] for m in approval_messages(slack)}
+        msg = wait_until(lambda: [m for m in approval_messages(slack) if m["ts"] not in before], 120, 0.1,
+                         what="the retraining's approval message in Slack")[0]
+        fault = stack.serve.fault_at()
+        assert fault is not None
+        assert "retrain_model" in message_text(msg), message_text(msg)
+        FIGURES["data drift fault -> retrain approval asked (Slack)"] = time.monotonic() - fault
+        value = button_value(msg)
+        body = click_body(value["r"], value["d"], APPROVER, message_ts=msg["ts"])
+        assert stack.daemon is not None
+        clicked = time.monotonic()
+        r = httpx.post(stack.daemon.url + "/slack/events", content=body, headers=sign(body), timeout=10.0)
+        assert r.status_code == 200, r.text
+        kube = _kube_reader(stack)
+
+        def job() -> dict[str, Any] | None:
+            items = _get(kube, "/apis/batch/v1/namespaces/default/jobs")["items"]
+            mine = [j for j in items if j["metadata"]["name"].startswith(f"opsmedic-retrain-{model}")]
+            return mine[0] if mine else None
+        created = wait_until(job, 60, 0.1, what="the retraining Job in kube-apiserver")
+        FIGURES["retrain approval -> Job created"] = time.monotonic() - clicked
+        container = created["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"] for e in container.get("env") or []}
+        assert {"MLFLOW_TRACKING_URI", "OPSMEDIC_MODEL", "OPSMEDIC_MLFLOW_RUN_ID", "OPSMEDIC_IDEMPOTENCY_KEY"} <= env
+        assert created["spec"].get("activeDeadlineSeconds")
+        done = wait_until(lambda: (j := job()) and (j.get("status") or {}).get("succeeded") and j, 120, 0.2,
+                          what="the Job to complete (tools.train_job run by the sandbox's kubelet)")
+        assert done["status"]["conditions"][0]["type"] == "Complete"
+        FIGURES["retrain approval -> Job complete, version registered"] = time.monotonic() - clicked
+        assert registry.versions(model) == [1, 2, 3, 4]
+        tags = registry.version_tags(model, 4)
+        assert tags.get("opsmedic.origin") == "retrain" and tags.get("opsmedic.idempotency_key"), tags
+        assert registry.serving_version(model) == 3  # served only after promote_model's held-out evaluation
+        incs = [i for i in stack.incidents() if i["resource"] == model]
+        assert incs and incs[0]["root_cause"] == "data_drift", incs
+        kube.close()
+        _audit_and_trace(stack, incs[0]["id"], ["retrain_model"], [])
         assert not pagerduty.refused, pagerduty.refused
     finally:
         stack.stop()
