@@ -100,6 +100,22 @@ class MlflowServer:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, timeout: float = 90.0) -> MlflowServer:
+        """Up to three tries: a port chosen free here can be taken before the server binds it."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except AssertionError:
+                if attempt == 2 or "address already in use" not in self.log().lower():
+                    raise
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def log(self) -> str:
+        path = self.root / "mlflow.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _start(self, timeout: float) -> MlflowServer:
         assert MLFLOW is not None
         self.root.mkdir(parents=True, exist_ok=True)
         log = (self.root / "mlflow.log").open("w")
@@ -113,7 +129,7 @@ class MlflowServer:
         def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"mlflow server exited: {(self.root / 'mlflow.log').read_text()[-2000:]}")
+                raise AssertionError(f"mlflow server exited: {self.log()[-2000:]}")
             try:
                 return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
             except httpx.HTTPError:

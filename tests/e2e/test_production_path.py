@@ -71,6 +71,10 @@ def _need_prometheus() -> None:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's folder; every run needs the control plane and Prometheus, so without them each test skips
+    (with the reason) before any server starts."""
+    _need_control_plane()
+    _need_prometheus()
     return tmp_path_factory.mktemp("e2e")
 
 
@@ -238,8 +242,6 @@ def _audit_and_trace(stack: Stack, incident_id: str, actions: list[str], verifie
 
 def test_xid79_is_cordoned_then_drained_after_a_slack_approval(
         work: Path, slack: FakeSlack, pagerduty: FakePagerDuty, otlp: OtlpReceiver) -> None:
-    _need_control_plane()
-    _need_prometheus()
     stack = Stack(work / "xid79", "xid79-fell-off-bus", slack, pagerduty, otlp)
     try:
         stack.start()
@@ -287,8 +289,6 @@ def test_xid79_is_cordoned_then_drained_after_a_slack_approval(
 
 def test_a_bad_deploy_is_rolled_back_in_mlflow_and_the_serving_workload_restarted(
         work: Path, slack: FakeSlack, pagerduty: FakePagerDuty, otlp: OtlpReceiver, mlflow: MlflowServer) -> None:
-    _need_control_plane()
-    _need_prometheus()
     from tools.mlflow_backend import MlflowModelBackend
 
     stack = Stack(work / "bad-deploy", "bad-deploy-rollback", slack, pagerduty, otlp, mlflow=mlflow.url)
@@ -360,8 +360,6 @@ def test_drift_is_retrained_by_a_job_that_registers_a_version(
     the sandbox's kubelet runs its `python -m tools.train_job` for real, which registers a version in the MLflow
     server, not served. Promotion follows the retrain's settle time (300 s of wall time, agents.graph.SETTLE_S),
     past what this suite waits for."""
-    _need_control_plane()
-    _need_prometheus()
     from tools.mlflow_backend import MlflowModelBackend
 
     model = "risk-model"
