@@ -325,7 +325,7 @@ def cmd_sandbox_serve(args: argparse.Namespace) -> int:
         path = bundled_scenarios()[args.scenario]
     return serve(path, port=args.port, metrics_port=args.metrics_port,
                  kubeconfig=Path(args.kubeconfig) if args.kubeconfig else None, speed=args.speed, say=_print,
-                 apiserver=args.apiserver)
+                 apiserver=args.apiserver, mlflow_tracking_uri=args.mlflow_tracking_uri)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -418,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--apiserver", choices=("embedded", "real"), default="embedded",
                     help="embedded: the sandbox's in-process Kubernetes API; real: etcd + kube-apiserver from "
                          "scripts/build-kube-apiserver.sh, the simulator playing kubelets and controllers")
+    ss.add_argument("--mlflow-tracking-uri", metavar="URI",
+                    help="keep the scenario's models in this MLflow registry and serve each by its alias "
+                         "(a restarted serving pod loads what `champion` names)")
     ss.set_defaults(func=cmd_sandbox_serve)
 
     from opsmedic.chat.cli import add_parser as add_chat_parser

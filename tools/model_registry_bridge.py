@@ -113,6 +113,11 @@ class MlflowSandboxBackend:
             self._follow(name)
         return result.model_copy(update={"action": action, "at_s": self.sim.now})
 
+    def follow(self, name: str) -> None:
+        """Make the simulator serve what the registry's alias names now: a serving pod that (re)starts loads
+        the alias (`opsmedic sandbox serve --mlflow-tracking-uri`, where a client moves the alias)."""
+        self._follow(name)
+
     def _follow(self, name: str) -> None:
         """Make the simulator serve what the registry serves, registering versions it does not know."""
         m: SimModel = self.sim.models[name]
