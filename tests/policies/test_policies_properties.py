@@ -127,7 +127,7 @@ def test_needs_approval_is_never_consumable_without_a_valid_approval(
         req = req.model_copy(update={"approvers": [*req.approvers, ctx.requested_by]})
     store, audit = ApprovalStore(":memory:"), AuditLog(":memory:")
     store.request(req, requested_by=ctx.requested_by, audit=audit)
-    right, wrong = action.digest(), Action(name=action.name, target="elsewhere").digest()
+    right, wrong = action.digest(), action.model_copy(update={"target": "elsewhere"}).digest()
     allowed = set(decision.approvers)
 
     # reference model of the approval rules
