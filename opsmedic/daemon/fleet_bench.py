@@ -86,21 +86,13 @@ class _Preread:
         return self.snap
 
 
-def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, float]:
-    """`ticks` ticks (10 s each) of the fleet: the simulator, the monitor alone, then the daemon's tick.
-    `scenario` replaces the fleet (tests run a small one through the same code)."""
-    from agents.monitor import Monitor
-    from core.settings import load_settings
-    from opsmedic.daemon.config import DaemonConfig
-    from opsmedic.daemon.service import DaemonService, freeze_heap
+def _preread_world_type() -> Any:
+    """The sandbox world with its read taken out of the tick: `read()` steps the simulator and builds the
+    snapshot; the tick's `advance()` then only replays due actions, and its telemetry is that snapshot.
+    (The sandbox's drift feed is a read of its own: it is closed here.)"""
     from opsmedic.daemon.world import SandboxWorld
-    from sandbox.cluster import Simulator
 
     class _PrereadWorld(SandboxWorld):
-        """The sandbox world with its read taken out of the tick: `read()` steps the simulator and builds the
-        snapshot; the tick's `advance()` then only replays due actions, and its telemetry is that snapshot.
-        (The sandbox's drift feed is a read of its own: it is closed here.)"""
-
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.drift.close()
@@ -114,6 +106,19 @@ def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, 
         def advance(self) -> None:
             self._apply_due()
 
+    return _PrereadWorld
+
+
+def bench_fleet(ticks: int = 40, scenario: Scenario | None = None) -> dict[str, float]:
+    """`ticks` ticks (10 s each) of the fleet: the simulator, the monitor alone, then the daemon's tick.
+    `scenario` replaces the fleet (tests run a small one through the same code)."""
+    from agents.monitor import Monitor
+    from core.settings import load_settings
+    from opsmedic.daemon.config import DaemonConfig
+    from opsmedic.daemon.service import DaemonService, freeze_heap
+    from sandbox.cluster import Simulator
+
+    _PrereadWorld = _preread_world_type()
     sc = scenario or fleet_scenario()
     # 1. the simulator: step + snapshot, as the sandbox daemon does every tick (its heap frozen at start,
     # as `DaemonService.start` freezes it); 2. the monitor alone on each snapshot (the XID at 2 minutes is
@@ -191,7 +196,6 @@ def bench_fleet_shards(ticks: int = 20, shards: int = 4, scenario: Scenario | No
     from opsmedic.daemon.service import DaemonService, freeze_heap
     from opsmedic.daemon.shard_leadership import ShardLeadership
     from opsmedic.daemon.shards import ShardMap
-    from opsmedic.daemon.world import SandboxWorld
     from tools.k8s_shard_leases import RoundResult
 
     sc = scenario or fleet_scenario()
@@ -212,20 +216,7 @@ def bench_fleet_shards(ticks: int = 20, shards: int = 4, scenario: Scenario | No
         def release(self) -> list[int]:
             return []
 
-    class _PrereadWorld(SandboxWorld):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.drift.close()
-            self.preread = _Preread()
-            self.telemetry = self.preread
-
-        def read(self) -> None:
-            self.sim.step()
-            self.preread.snap = self.sim.snapshot()
-
-        def advance(self) -> None:
-            self._apply_due()
-
+    _PrereadWorld = _preread_world_type()
     with tempfile.TemporaryDirectory(prefix="opsmedic-bench-shards-") as tmp:
         folder = Path(tmp)
         settings = load_settings(database_url=f"sqlite:///{folder / 'opsmedic.db'}", retrieval=False,
