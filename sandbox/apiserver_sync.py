@@ -493,7 +493,7 @@ class ApiServerSync:
         anns: JSON = {}
         for (node, idx), (req, state, msg) in self._resets.items():
             if node == name:
-                anns[f"opsmedic.io/reset-gpu-{idx}-status"] = self.render_reset(node, idx, req, state, msg)
+                anns[f"opsmedic.io/reset-gpu-{idx}-status"] = self.render._reset_status(node, idx, req, state, msg)
         if anns and self._changed(f"node-anns/{name}", anns):
             self._merge(path, {"metadata": {"annotations": anns}})
         # As a kubelet: the status is written when it changes, and otherwise only every
@@ -507,17 +507,6 @@ class ApiServerSync:
         if self._changed(f"node-status/{name}", {**status, "conditions": steady}) or due:
             self._status_at[name] = self.clock()
             self._merge(path + "/status", {"status": status})
-
-    def render_reset(self, node: str, idx: int, req: str, state: str, msg: str) -> str:
-        g = self.sim.gpus.get(f"{node}/gpu-{idx}")
-        if state == "accepted" and g is not None:
-            if g.reset_until is not None:
-                state = "in-progress"
-            elif g.healthy:
-                state = "done"
-            else:
-                state, msg = "failed", "the GPU is still unhealthy after the reset; it needs replacement"
-        return f"{req}:{state}" + (f":{msg}" if msg else "")
 
     def _push_workload(self, w: str) -> None:
         rollout = self._is_rollout(w)
