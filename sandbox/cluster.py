@@ -1288,6 +1288,41 @@ class Simulator:
     def _row(self, rows: tuple[TraceRow, ...]) -> TraceRow:
         return rows[self.rng.randrange(len(rows))]
 
+    def _idle_rows(self) -> tuple[tuple[float, float, float, int, float], ...]:
+        """Per row of the idle trace, what an idle GPU's sample takes from it, converted once: power (scaled,
+        rounded as `_gpu_sample` rounds it), SM and memory clocks, clock reasons, and the raw power."""
+        cached = self.__dict__.get("_idle_rows_cache")
+        if cached is None:
+            cached = tuple((float(round(r.power_w * self.power_scale, 2)), float(r.sm_clock_mhz),
+                            float(r.mem_clock_mhz), int(r.clock_event_reasons), r.power_w)
+                           for r in self.prof.idle)
+            self.__dict__["_idle_rows_cache"] = cached
+        return cached
+
+    def _idle_gpu_sample(self, g: SimGpu, rows: tuple[tuple[float, float, float, int, float], ...],
+                         nvlink: bool) -> GpuSample:
+        """`_gpu_sample` for the common case at fleet size, a present GPU with no pod, fault, spike, cap or
+        reset: the same random draws in the same order and the same values, with the per-row conversions
+        done once (`_idle_rows`). tests/sandbox/test_snapshot_construct.py holds the two equal."""
+        xids, g.pending_xids = g.pending_xids, []
+        power, sm, mem_clock, reasons, _ = rows[self.rng.randrange(len(rows))]
+        mem = 480.0 + self.rng.uniform(0, 30)
+        return _built(GpuSample, {
+            "gpu": g.id, "node": g.node, "index": g.index, "present": True,
+            "util_pct": 0.0, "mem_util_pct": 0.0, "mem_used_mib": round(mem, 1),
+            "mem_total_mib": float(self.mem_total), "temp_c": float(round(g.temp, 1)),
+            "power_w": power, "power_limit_w": float(self.power_limit), "sm_clock_mhz": sm,
+            "mem_clock_mhz": mem_clock, "clock_event_reasons": reasons,
+            "ecc_sbe_volatile": g.ecc_sbe, "ecc_dbe_volatile": g.ecc_dbe_vol, "ecc_dbe_aggregate": g.ecc_dbe_agg,
+            "remapped_rows_correctable": g.remap_corr, "remapped_rows_uncorrectable": g.remap_unc,
+            "remap_pending": g.remap_pending, "remap_failure": g.remap_failure,
+            "pcie_replay_counter": g.pcie_replay,
+            "nvlink_crc_errors": int(g.nvlink_crc) if nvlink else None,
+            "nvlink_replay_errors": int(g.nvlink_replay) if nvlink else None,
+            "xids": xids, "recovery_action": g.recovery,
+            "processes": [],
+        })
+
     def _gpu_sample(self, g: SimGpu) -> GpuSample:
         xids, g.pending_xids = g.pending_xids, []
         # Built without validation (`_built`): every value below already has its field's type (the
@@ -1363,7 +1398,12 @@ class Simulator:
     def _snapshot(self) -> ClusterSnapshot:
         # `model_construct` for the per-GPU, per-node and per-pod objects (see `_gpu_sample`)
         ready = {name: n.ready(self.now) for name, n in self.nodes.items()}
-        gpus = [self._gpu_sample(g) for g in self.gpus.values() if ready[g.node]]
+        rows, nvlink = self._idle_rows(), self.scenario.cluster.gpu_model != "L4"
+        gpus = [self._idle_gpu_sample(g, rows, nvlink)
+                if (g.pod is None and g.present and not g.power_capped and g.spike is None and g.thermal is None
+                    and g.reset_until is None)
+                else self._gpu_sample(g)
+                for g in self.gpus.values() if ready[g.node]]
         per_node = self.scenario.cluster.gpus_per_node
         nodes = [
             _built(NodeStatus, dict(

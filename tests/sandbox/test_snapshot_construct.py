@@ -38,3 +38,29 @@ def test_a_constructed_snapshot_is_what_validation_builds(name: str) -> None:
                 assert _typed(cls.model_validate(raw).model_dump()) == _typed(raw), (name, sim.now, raw)
         again = ClusterSnapshot.model_validate_json(snap.model_dump_json())
         assert again.model_dump_json() == snap.model_dump_json()
+
+
+@pytest.mark.parametrize("name", ["xid79-fell-off-bus", "thermal-throttle", "node-not-ready"])
+def test_the_idle_gpu_fast_path_draws_and_builds_what_the_general_path_does(name: str) -> None:
+    """`_idle_gpu_sample` (most GPUs of a fleet) against `_gpu_sample` from the same random state: the same
+    sample, value for value and type for type, and the same draws consumed."""
+    import copy
+
+    sim = Simulator(load_scenario(SCENARIOS / f"{name}.yaml"))
+    rows, nvlink = sim._idle_rows(), sim.scenario.cluster.gpu_model != "L4"
+    compared = 0
+    while not sim.done:
+        sim.step()
+        for g in sim.gpus.values():
+            if g.pod is None and g.present and not g.power_capped and g.spike is None and g.thermal is None \
+                    and g.reset_until is None:
+                state = sim.rng.getstate()
+                twin = copy.deepcopy(g)
+                fast = sim._idle_gpu_sample(g, rows, nvlink)
+                after_fast = sim.rng.getstate()
+                sim.rng.setstate(state)
+                general = sim._gpu_sample(twin)
+                assert _typed(fast.model_dump()) == _typed(general.model_dump())
+                assert sim.rng.getstate() == after_fast
+                compared += 1
+    assert compared > 0
