@@ -96,7 +96,8 @@ class IncidentDriver:
         self.deps = Deps(clock=clock, telemetry=telemetry, backend=backend,
                          engine=PolicyEngine(policy), approvals=self.approvals,
                          audit=self.audit, runbooks=bundled_catalog(self.settings), ledger=self.ledger, narrate=narrate,
-                         requester=requester, llm=build_llm(self.settings))
+                         requester=requester, llm=build_llm(self.settings),
+                         settle_scale=self.settings.settle_scale)
         self.thread_prefix = thread_prefix
         self.incidents: dict[str, Incident] = {}
         self.states: dict[str, IncidentState] = {}

@@ -268,11 +268,12 @@ def verify(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     result = state.results[-1]
     action = result.action
     spec = ACTION_TOOLS[action.name]  # how long the effect takes to show, and how long we wait for it at most
-    settle, deadline = spec.settle_s, spec.deadline_s
+    scale = deps.settle_scale  # < 1 only on test clusters and in demos (Settings.settle_scale)
+    settle, deadline = spec.settle_s * scale, spec.deadline_s * scale
     if result.ok and not result.dry_run and settle > 0:
         started = state.verify_started_s if state.verify_started_s is not None else result.at_s
         waited = deps.clock.now() - started
-        due = started + (settle if waited < settle else waited + POLL_S)
+        due = started + (settle if waited < settle else waited + POLL_S * scale)
         interrupt(SettleWait(until_s=due, incident_id=state.incident.id, action=action.key).wire())
     else:
         started = result.at_s

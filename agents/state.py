@@ -80,6 +80,9 @@ class Deps:
     history: list[HistoryEntry] = field(default_factory=list)
     requester: str = "opsmedic"
     max_attempts: int = 2
+    # multiplies each action's settle and deadline time and the verify poll interval (Settings.settle_scale):
+    # 1 in production; a test cluster or demo shortens the wall seconds it waits for effects to show
+    settle_scale: float = 1.0
     # Optional LLM reasoning (agents.llm): proposes a Diagnosis / ActionPlan that is validated against the
     # deterministic result and the registry before use; None = deterministic only (the default).
     llm: Any | None = None

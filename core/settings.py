@@ -187,6 +187,11 @@ class Settings(BaseSettings):
     telemetry: Literal["sandbox", "prometheus"] = Field(
         default="sandbox", description="scenario runs: read the sandbox directly, or through its Prometheus exporter")
     retrieval: bool = Field(default=True, description="cite runbooks found by hybrid retrieval (Qdrant)")
+    settle_scale: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="multiplies every action's settle and deadline time and the "
+        "verifier's poll interval (core.actions.ActionSpec), so that a test cluster or a demo sees verification "
+        "and resolution in seconds; for test clusters and demos only, never needed in production (1: the catalogue's "
+        "times)")
     llm_base_url: str | None = None
     llm_model: str | None = None
     ca_bundle: Path | None = Field(

@@ -102,8 +102,6 @@ def serve(scenario_path: Path, *, port: int = 0, metrics_port: int = 0, kubeconf
     sync: ApiServerSync | None = None
     kc_path = kubeconfig or Path(".opsmedic") / f"kubeconfig-{sc.name}"
     if apiserver == "real":
-        import urllib3
-
         from sandbox.apiserver_sync import ApiServerSync
         from sandbox.control_plane import ControlPlane, ControlPlaneMissing
         from tools.k8s_client import build_api_client
@@ -114,9 +112,7 @@ def serve(scenario_path: Path, *, port: int = 0, metrics_port: int = 0, kubeconf
         except ControlPlaneMissing as exc:
             out(f"error: {exc}")
             return 2
-        # the control plane's certificate is self-signed for 127.0.0.1 and made afresh at every start
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        kc = plane.write_kubeconfig(kc_path)
+        kc = plane.write_kubeconfig(kc_path)  # trusts the certificate the control plane made at this start
         sync = real = ApiServerSync(sim, build_api_client(kc, context=None, in_cluster=False), speed=speed)
         try:
             real.setup()

@@ -134,14 +134,13 @@ class ControlPlane:
             # 127.0.0.1); a node with only a Hostname is still reached by name
             "--kubelet-preferred-address-types=InternalIP,Hostname",
         ], "apiserver.log")
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self._procs):
                 break
             try:
+                # verified as every client verifies it: the certificate is written before the server listens
+                ctx = ssl.create_default_context(cafile=str(self.serving_cert))
                 req = urllib.request.Request(self.url + "/readyz",
                                              headers={"Authorization": f"Bearer {self.admin_token}"})
                 with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
@@ -154,14 +153,21 @@ class ControlPlane:
         self.stop()
         raise RuntimeError(f"kube-apiserver did not become ready:\n{logs}")
 
+    @property
+    def serving_cert(self) -> Path:
+        """The serving certificate kube-apiserver made at start (for 127.0.0.1 and localhost), followed by
+        the self-signed CA that signed it: what a client trusts to verify this control plane."""
+        return self.dir / "certs" / "apiserver.crt"
+
     def write_kubeconfig(self, path: str | Path, *, namespace: str = "default",
                          context: str = "opsmedic-sandbox") -> Path:
-        """A kubeconfig for kubectl and the official client: the admin token, the self-signed certificate
-        not verified (it is made afresh at every start, for 127.0.0.1 only)."""
+        """A kubeconfig for kubectl and the official client: the admin token, and the serving certificate's
+        chain embedded as `certificate-authority-data`, so that clients verify the server (it is made afresh
+        at every start, so a kubeconfig holds only for the control plane that wrote it)."""
         from sandbox.k8s_api import write_kubeconfig
 
         return write_kubeconfig(self.url, path, token=self.admin_token, context=context, namespace=namespace,
-                                insecure_skip_tls_verify=True)
+                                certificate_authority=self.serving_cert.read_bytes())
 
     def stop(self) -> None:
         for p in reversed(self._procs):

@@ -72,6 +72,7 @@ resourceVersion older than the oldest one dropped answers 410 Gone (an ERROR eve
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import datetime as dt
@@ -2126,10 +2127,14 @@ def write_kubeconfig(
     context: str = "opsmedic-sandbox",
     namespace: str = "default",
     insecure_skip_tls_verify: bool = False,
+    certificate_authority: bytes | None = None,
 ) -> Path:
-    """Write a kubeconfig that points kubectl and the official client at `url`."""
+    """Write a kubeconfig that points kubectl and the official client at `url`; `certificate_authority` (PEM)
+    is the CA the server's certificate is verified against, embedded as `certificate-authority-data`."""
     user: JSON = {"token": token} if token else {}
     cluster: JSON = {"server": url}
+    if certificate_authority is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(certificate_authority).decode("ascii")
     if insecure_skip_tls_verify:
         cluster["insecure-skip-tls-verify"] = True
     doc = {

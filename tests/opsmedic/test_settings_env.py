@@ -27,6 +27,7 @@ SHARED: dict[str, tuple[str, str, Any]] = {
     "OPSMEDIC_CLUSTER_BACKEND": ("sandbox", "cluster_backend", "sandbox"),
     "OPSMEDIC_TELEMETRY": ("prometheus", "telemetry", "prometheus"),
     "OPSMEDIC_RETRIEVAL": ("false", "retrieval", False),
+    "OPSMEDIC_SETTLE_SCALE": ("0.05", "settle_scale", 0.05),
     "OPSMEDIC_LLM_BASE_URL": ("http://llm.local/v1", "llm_base_url", "http://llm.local/v1"),
     "OPSMEDIC_LLM_MODEL": ("model-x", "llm_model", "model-x"),
     "OPSMEDIC_CHAT_USER": ("alice", "chat_user", "alice"),

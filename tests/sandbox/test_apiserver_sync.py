@@ -32,7 +32,8 @@ TICK_S = 0.5  # real seconds per simulated tick (10 s) while a test runs
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning"),
+    # the kubeconfig trusts the control plane's own certificate: an unverified request would fail the test
+    pytest.mark.filterwarnings("error::urllib3.exceptions.InsecureRequestWarning"),
 ]
 
 
@@ -120,6 +121,25 @@ def world(plane: ControlPlane, tmp_path: Path, request: pytest.FixtureRequest) -
         yield w
     finally:
         w.close()
+
+
+def test_the_kubeconfig_verifies_the_control_planes_own_certificate(plane: ControlPlane, tmp_path: Path) -> None:
+    import base64
+    import ssl
+    import urllib.request
+
+    import yaml
+
+    doc = yaml.safe_load(plane.write_kubeconfig(tmp_path / "kubeconfig").read_text(encoding="utf-8"))
+    (cluster,) = [c["cluster"] for c in doc["clusters"]]
+    assert "insecure-skip-tls-verify" not in cluster
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+    req = urllib.request.Request(plane.url + "/readyz", headers={"Authorization": f"Bearer {plane.admin_token}"})
+    with urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(ca)), timeout=10) as resp:
+        assert resp.read() == b"ok"  # verified, host name included (the certificate is for 127.0.0.1)
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # the system's CAs do not
+        urllib.request.urlopen(req, context=ssl.create_default_context(), timeout=10)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
