@@ -249,7 +249,9 @@ class NotifyBackend:
         from tools.pagerduty import SEVERITIES
 
         assert self.pager is not None
-        incident_id = key.removesuffix(":escalate")
+        # the key is `<incident>:escalate` (the graph's own escalation) or a plan step's idempotency key
+        # (`<incident>:a0:s2:<digest>`): either way the incident's id, which PagerDuty dedups on, comes first
+        incident_id = key.split(":", 1)[0]
         severity = str(action.params_as(EscalateParams).severity or self.default_severity)
         if severity not in SEVERITIES:
             severity = self.default_severity

@@ -77,3 +77,13 @@ def test_a_restarted_daemon_resolves_what_it_paged_before(pd: FakePagerDuty) -> 
     assert b.paged == {"inc-4": "inc-4"}
     assert b.resolve_pages(lambda i: False) == ["inc-4"]
     assert pd.events == [{"routing_key": KEY, "event_action": "resolve", "dedup_key": "inc-4", "client": "opsmedic"}]
+
+
+def test_a_runbook_step_that_escalates_pages_on_the_incident_id(pd: FakePagerDuty) -> None:
+    """A plan step's idempotency key is `<incident>:a0:s2:<digest>`: the page still dedups on the incident,
+    so it is resolved when that incident ends (not at the next tick, for a key no incident has)."""
+    b = backend(pd)
+    res = b.execute(page("inc-6"), idempotency_key="inc-6:a0:s2:0f3c9d")
+    assert res.ok and pd.alerts == {"inc-6": "triggered"}
+    assert b.resolve_pages(lambda i: i == "inc-6") == [] and pd.alerts["inc-6"] == "triggered"
+    assert b.resolve_pages(lambda i: False) == ["inc-6"] and pd.alerts["inc-6"] == "resolved"

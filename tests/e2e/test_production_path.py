@@ -315,9 +315,9 @@ def test_xid79_is_cordoned_then_drained_after_a_slack_approval(
             assert pod["root_cause"] == "pod_crashloop" and "restart_pod@llama-ft-1" in pod["actions"], pod
         checked = [(v["action"]["name"], v["ok"]) for v in over["verifications"]]
         assert checked == [("cordon_node", True), ("drain_node", True), ("escalate", True)], checked
-        # the page's dedup key is the plan step's idempotency key (`<incident>:a0:s2:<digest>`), not the bare
-        # incident id that the escalate node's own pages use
-        (dedup,) = {e["dedup_key"] for e in pagerduty.events if e["dedup_key"].startswith(f"{inc['id']}:")}
+        # the page's dedup key is the incident id, also when `escalate` is a plan step
+        (dedup,) = {e["dedup_key"] for e in pagerduty.events if e["dedup_key"].startswith(inc["id"])}
+        assert dedup == inc["id"]
         pages = [e for e in pagerduty.events if e["dedup_key"] == dedup]
         assert pages[0]["event_action"] == "trigger", pages
         assert pages[0]["payload"]["component"] == "node-1/gpu-3", pages[0]
