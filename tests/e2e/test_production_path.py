@@ -322,10 +322,11 @@ def test_xid79_is_cordoned_then_drained_after_a_slack_approval(
         assert pages[0]["event_action"] == "trigger", pages
         assert pages[0]["payload"]["component"] == "node-1/gpu-3", pages[0]
         assert pages[0]["payload"]["custom_details"]["resource"] == "node-1/gpu-3", pages[0]
-        # the incident is over: the daemon resolves its page (after the tick that ended it)
-        wait_until(lambda: pagerduty.alerts.get(dedup) == "resolved", 30, 0.2, what="the page resolved at PagerDuty")
-        FIGURES["xid79 node drained -> page resolved (PagerDuty)"] = time.monotonic() - drained_at
-        assert [e["event_action"] for e in pagerduty.events if e["dedup_key"] == dedup] == ["trigger", "resolve"]
+        # the incident's graph is over, but the GPU is still lost: the monitor holds the resource, and the page
+        # stays open for the person who must replace it (it is resolved once the condition clears)
+        time.sleep(3.0)  # several of the daemon's ticks, each of which resolves the pages of ended incidents
+        assert pagerduty.alerts.get(dedup) == "triggered", pagerduty.events
+        assert [e["event_action"] for e in pagerduty.events if e["dedup_key"] == dedup] == ["trigger"]
         kube.close()
         _audit_and_trace(stack, inc["id"], ["cordon_node", "drain_node", "escalate"],
                          ["cordon_node", "drain_node", "escalate"])
