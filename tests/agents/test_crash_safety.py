@@ -56,8 +56,10 @@ TIMEOUT_S = 60.0
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSMEDIC_")}
-    # tests/ on the driver's path: it imports the test fakes (tests/fakes) like the tests do
-    path = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
+    # tests/ on the driver's path: it imports the test fakes (tests/fakes) like the tests do. The checkout
+    # goes first: tests/agents would otherwise stand for the `agents` package (a namespace portion found
+    # before the installed package), and `agents.llm` would not import
+    path = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
     env.update(PYTHONUNBUFFERED="1", PYTHONPATH=path, **extra)
     return env
 
