@@ -33,6 +33,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agents.counter_rate import CounterRates
 from core import xids as xid_catalog
 from core.domain import (
     CLOCK_REASON_HW_THERMAL,
@@ -126,7 +127,6 @@ class Monitor:
     _keys: dict[str, KeyState] = field(default_factory=dict)
     _mem: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
     _steps: dict[str, deque[tuple[float, int]]] = field(default_factory=lambda: defaultdict(deque))
-    _nvlink: dict[str, deque[tuple[float, float]]] = field(default_factory=lambda: defaultdict(deque))
     _restarts: dict[str, int] = field(default_factory=dict)
     _seq: int = 0
     # XIDs the catalog says to IGNORE open an incident only at `count` on one GPU within `window_s` (the
@@ -140,6 +140,7 @@ class Monitor:
 
     def __post_init__(self) -> None:
         self.xid_gate = XidGate(self.xid_ignore_count, self.xid_ignore_window_s)
+        self._nvlink = CounterRates(self.settings.nvlink_window_s)  # NVLink CRC counters, per GPU
     _canary: dict[str, deque[tuple[float, ModelTrack, ModelTrack]]] = field(
         default_factory=lambda: defaultdict(deque))  # model -> (t, canary, stable) samples
     _canary_verdict: dict[str, str] = field(default_factory=dict)  # model -> pass | fail | inconclusive
@@ -156,18 +157,22 @@ class Monitor:
         out: list[Signal] = []
         temp_max = s.gpu_temp_c
         hw = CLOCK_REASON_HW_THERMAL
-        nvlink = self._nvlink_signal
+        nvlink = self._nvlink.sample  # one call per quiet GPU: the rest of `_nvlink_signal` only on a climb
+        nvlink_max = s.nvlink_errors_per_min
+        self._nvlink.begin(t)
+        gpu_by_id: dict[str, GpuSample] = {}
         for g in snap.gpus:
+            gpu_by_id[g.gpu] = g
             temp = g.temp_c
             # the quiet GPU (see the module docstring): nothing but its NVLink history can change anything
             if (g.xids or not g.present or g.ecc_dbe_volatile or g.remap_failure
                     or (temp is not None and not -math.inf < temp < temp_max)
                     or (g.clock_event_reasons or 0) & hw):
                 out.extend(self._gpu_signals(g, t))
-            elif g.nvlink_crc_errors is not None:
-                x = nvlink(g, t)
-                if x is not None:
-                    out.append(x)
+            elif (crc := g.nvlink_crc_errors) is not None:
+                rate = nvlink(g.gpu, float(crc), nvlink_max)
+                if rate is not None:
+                    out.append(self._nvlink_climb(g, t, rate))
         for n in snap.nodes:
             if not n.ready:
                 out.append(Signal(kind="node_not_ready", resource=n.name, resource_kind=ResourceKind.node,
@@ -175,8 +180,6 @@ class Monitor:
             if "DiskPressure" in n.conditions:
                 out.append(Signal(kind="node_disk_pressure", resource=n.name, resource_kind=ResourceKind.node,
                                   at_s=t, detail=f"{n.name} reports DiskPressure: its disk is nearly full"))
-        util_by_gpu = {g.gpu: g.util_pct for g in snap.gpus}
-        gpu_by_id = {g.gpu: g for g in snap.gpus}
         for p in snap.pods:
             prev = self._restarts.get(p.name, p.restarts)
             self._restarts[p.name] = p.restarts
@@ -204,7 +207,8 @@ class Monitor:
             else:
                 self._mem.pop(p.name, None)
             if p.kind == "training" and p.phase == "Running" and p.ready and p.step is not None:
-                sig = self._stall_signal(p.name, t, p.step, [util_by_gpu.get(g) for g in p.gpus])
+                utils = [gpu_by_id[g].util_pct if g in gpu_by_id else None for g in p.gpus]
+                sig = self._stall_signal(p.name, t, p.step, utils)
                 if sig:
                     out.append(sig)
             elif p.kind == "training":
@@ -413,20 +417,11 @@ class Monitor:
 
     def _nvlink_signal(self, g: GpuSample, t: float) -> Signal | None:
         """Record the GPU's NVLink CRC counter; a signal when it climbs faster than the threshold."""
+        rate = self._nvlink.sample(g.gpu, float(g.nvlink_crc_errors or 0), self.settings.nvlink_errors_per_min)
+        return None if rate is None else self._nvlink_climb(g, t, rate)
+
+    def _nvlink_climb(self, g: GpuSample, t: float, rate: float) -> Signal:
         s = self.settings
-        hist = self._nvlink[g.gpu]
-        hist.append((t, float(g.nvlink_crc_errors or 0)))
-        window = s.nvlink_window_s
-        while hist and t - hist[0][0] > window:
-            hist.popleft()
-        if len(hist) < 3:
-            return None
-        (t0, v0), (t1, v1) = hist[0], hist[-1]
-        if t1 <= t0:
-            return None
-        rate = (v1 - v0) / (t1 - t0) * 60.0
-        if rate <= s.nvlink_errors_per_min:
-            return None
         return Signal(kind="nvlink_errors", resource=g.gpu, resource_kind=ResourceKind.gpu, at_s=t, value=rate,
                       threshold=s.nvlink_errors_per_min, labels={"node": g.node},
                       detail=f"NVLink CRC errors on {g.gpu} climbing at {rate:.0f}/min")

@@ -36,6 +36,7 @@ def test_the_quiet_gpu_short_cut_changes_no_signal() -> None:
         gpus = [_sample(rng, i, crc) for i in range(200)]
         snap = ClusterSnapshot(at_s=t, gpus=gpus, nodes=[], pods=[], models=[])
         got = [s for s in fast.detect(snap) if s.resource_kind == ResourceKind.gpu]
+        every._nvlink.begin(t)  # what `detect` does once per snapshot before its GPUs
         want = [s for g in gpus for s in every._gpu_signals(g, t)]
         assert [_key(s) for s in got] == [_key(s) for s in want], t
     assert fast.skipped_samples == every.skipped_samples > 0  # NaN and infinite readings, counted alike
