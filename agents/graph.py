@@ -62,9 +62,16 @@ def _note(state: IncidentState, deps: Deps, agent: Agent, text: str) -> list[Tim
     return [*state.timeline, entry]
 
 
+# What the graph writes before its decision: each commit without an fsync of its own; the decision's
+# durable commit, before any action reaches a tool, puts them on disk with it (see `AuditLog.append`).
+# Four fsyncs were most of the time from incident to first decision.
+_NARRATIVE = frozenset({"observation", "corroboration", "diagnosis", "plan", "llm_diagnosis", "llm_plan",
+                        "llm_investigation"})
+
+
 def _audit(deps: Deps, state: IncidentState, kind: str, payload: dict[str, Any], key: str) -> None:
     deps.audit.append(kind, payload, incident_id=state.incident.id, sim_s=deps.clock.now(),
-                      dedupe_key=f"{state.incident.id}:{key}")
+                      dedupe_key=f"{state.incident.id}:{key}", durable=kind not in _NARRATIVE)
 
 
 def _step_key(state: IncidentState) -> str:

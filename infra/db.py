@@ -174,6 +174,12 @@ class Db:
 
     # ------------------------------------------------------------------------------------- transactions
 
+    def _restore_synchronous(self) -> None:
+        try:
+            self._raw.execute("PRAGMA synchronous = FULL")
+        except self._driver_errors():
+            pass  # the connection is gone: nothing commits on it any more
+
     def _rollback(self) -> None:
         try:
             self._raw.execute("ROLLBACK")
@@ -181,37 +187,53 @@ class Db:
             pass  # the connection is gone or no transaction is open: nothing to undo here
 
     @contextmanager
-    def transaction(self, immediate: bool = True, lock: str | None = None) -> Iterator[Conn]:
+    def transaction(self, immediate: bool = True, lock: str | None = None, *,
+                    durable: bool = True) -> Iterator[Conn]:
         """A transaction. `immediate` serialises read-modify-write across processes: SQLite's
         `BEGIN IMMEDIATE`, or on Postgres the advisory lock `lock` (a table name; default: the whole
-        database) held until COMMIT. Without `immediate`: a consistent read-only snapshot."""
+        database) held until COMMIT. Without `immediate`: a consistent read-only snapshot.
+
+        `durable=False` commits without waiting for the disk (SQLite: `synchronous=NORMAL` for this commit;
+        Postgres: `SET LOCAL synchronous_commit = off`). Both databases log commits in order (SQLite's WAL,
+        Postgres's WAL), so such a commit survives a crash of the process, and a power cut can only lose
+        a *suffix* of commits: the next durable commit on the same database flushes it with its own.
+        For records whose loss in a power cut is harmless because they are written again (see
+        `AuditLog.append`); everything else stays durable."""
         errors = self._driver_errors()
         with self._lock:
             try:
-                if self.kind == "sqlite":
-                    self._raw.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-                elif immediate:
-                    self._raw.execute("BEGIN")
-                    self._raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(lock or "database"),))
-                else:
-                    self._raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            except errors as exc:
-                self._rollback()
-                raise self._error(f"database {self.path} is unavailable: {exc}") from exc
-            try:
-                yield self.conn
-            except errors as exc:
-                # translate at the boundary: callers catch opsmedic's errors, never the driver's
-                self._rollback()
-                raise self._error(f"database {self.path}: {exc}") from exc
-            except BaseException:
-                self._rollback()
-                raise
-            try:
-                self._raw.execute("COMMIT")
-            except errors as exc:
-                self._rollback()
-                raise self._error(f"could not commit to {self.path}: {exc}") from exc
+                try:
+                    if self.kind == "sqlite":
+                        if not durable:
+                            self._raw.execute("PRAGMA synchronous = NORMAL")
+                        self._raw.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+                    elif immediate:
+                        self._raw.execute("BEGIN")
+                        self._raw.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(lock or "database"),))
+                        if not durable:
+                            self._raw.execute("SET LOCAL synchronous_commit = off")
+                    else:
+                        self._raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                except errors as exc:
+                    self._rollback()
+                    raise self._error(f"database {self.path} is unavailable: {exc}") from exc
+                try:
+                    yield self.conn
+                except errors as exc:
+                    # translate at the boundary: callers catch opsmedic's errors, never the driver's
+                    self._rollback()
+                    raise self._error(f"database {self.path}: {exc}") from exc
+                except BaseException:
+                    self._rollback()
+                    raise
+                try:
+                    self._raw.execute("COMMIT")
+                except errors as exc:
+                    self._rollback()
+                    raise self._error(f"could not commit to {self.path}: {exc}") from exc
+            finally:
+                if not durable and self.kind == "sqlite":
+                    self._restore_synchronous()
 
     @contextmanager
     def reading(self) -> Iterator[Conn]:

@@ -256,9 +256,17 @@ class AuditLog(Store):
     # ------------------------------------------------------------------------------------------------
 
     def append(self, kind: str, payload: dict[str, Any], *, incident_id: str | None = None,
-               sim_s: float | None = None, dedupe_key: str | None = None) -> AuditEntry:
+               sim_s: float | None = None, dedupe_key: str | None = None, durable: bool = True) -> AuditEntry:
         """Append one entry. With `dedupe_key`, a second append under the same key returns the first
-        entry unchanged (graph nodes re-run after a resume and must not log twice)."""
+        entry unchanged (graph nodes re-run after a resume and must not log twice).
+
+        `durable=False` (the graph's narrative before a decision: observation, corroboration, diagnosis,
+        plan) commits without its own fsync: it survives a crash of the process at once, and the disk at
+        the next durable commit on the database -- the decision that follows it, at the latest, before any
+        action can reach a tool. A power cut in between can lose only the newest such entries, as a suffix
+        (the chain and its head stay consistent), together with the LangGraph checkpoints written after
+        them in the same log, so the graph re-runs those nodes and appends them again. Decisions,
+        approvals, executions and verifications stay durable (the default)."""
         if not kind:
             raise AuditError("an audit entry needs a kind")
         text = payload_text(payload)
@@ -269,7 +277,8 @@ class AuditLog(Store):
         incident_id = _clean_str(incident_id) if incident_id is not None else None
         kind = _clean_str(kind)
         try:
-            with self._db.transaction(lock=_TABLE) as conn:  # serialised: read head + insert is one step for all
+            # serialised: read head + insert is one step for all
+            with self._db.transaction(lock=_TABLE, durable=durable) as conn:
                 if dedupe_key is not None:
                     row = conn.execute(f"SELECT {_COLUMNS} FROM opsmedic_audit WHERE dedupe_key = ?",
                                        (dedupe_key,)).fetchone()

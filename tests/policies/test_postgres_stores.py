@@ -397,3 +397,14 @@ def test_scenario_end_to_end_on_postgres(pg_url: str, tmp_path: Path) -> None:
     broken = run("audit", "verify", "--db", pg_url)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "BROKEN at entry 1" in broken.stdout
+
+
+def test_narrative_entries_commit_asynchronously_and_chain_on_postgres(pg_url: str) -> None:
+    # durable=False is `SET LOCAL synchronous_commit = off` in the append's transaction: it must neither leak
+    # into the next (durable) transaction nor change what the chain holds
+    with AuditLog(pg_url) as audit:
+        audit.append("diagnosis", {"root_cause": "gpu_fell_off_bus"}, incident_id="inc-n", durable=False)
+        assert audit._db._raw.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        audit.append("decision", {"verdict": "allow"}, incident_id="inc-n")
+        assert [e.kind for e in audit.entries("inc-n")] == ["diagnosis", "decision"]
+        assert audit.verify().ok
