@@ -18,7 +18,8 @@ quadratic — a pod's GPUs are looked up by id, never by scanning every GPU — 
 to what a reading can trigger. A GPU with no XID, present, without uncorrectable ECC errors or a failed
 remap, below the temperature threshold (a finite reading) and without the HW-thermal clock reason cannot
 raise any of the event or threshold detectors, so it skips them after one test of those fields; only its
-NVLink counter history is kept up to date, in place, because the rate detector needs every sample. The
+NVLink counter is recorded, because the rate detector needs every sample (`agents.counter_rate`: a counter
+that sits still, as nearly all do, costs an update of three numbers, not a sample tuple). The
 framebuffer-leak fit stops as soon as the history cannot rise often enough to count. These are exact
 short-cuts, not approximations: the same signals come out for every snapshot (the scenarios and
 `tests/agents` hold this). Per-object code was kept over a vectorised (numpy) monitor because every
