@@ -281,7 +281,8 @@ class MlflowModelBackend:
                 from tools.mlflow_windows import log_dataset
 
                 log_dataset(self.client, run_id, mlflow_training.frame(train), name=f"{name}-training",
-                            targets=mlflow_training.LABEL, attempts=self.attempts)
+                            targets=mlflow_training.LABEL, artifact_uri=str(run.info.artifact_uri),
+                            attempts=self.attempts)
             self._c(self.client.finalize_logged_model, logged.model_id, "READY")
             self._c(self.client.log_outputs, run_id, [LoggedModelOutput(logged.model_id, step=0)])
             self._c(self.client.set_terminated, run_id, "FINISHED")
