@@ -9,14 +9,23 @@ an exception.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 import pytest
+from waiting import wait_until
 
 from core.domain import ClusterSnapshot, ModelStatus
 from sandbox import model_data
@@ -261,10 +270,70 @@ def test_a_retrain_logs_its_dataset_and_the_new_champion_is_measured_against_it(
 
 
 def test_importing_the_window_source_does_not_import_mlflow() -> None:
-    import subprocess
-    import sys
-
     code = "import sys, tools.mlflow_windows; print('mlflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- a real tracking server
+
+MLFLOW = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow")
+
+
+@pytest.fixture
+def tracking_server(tmp_path: Path) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with proxied artifacts (`mlflow-artifacts:/`, the server's default)."""
+    if MLFLOW is None:
+        pytest.skip("no mlflow executable")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPSMEDIC_", "MLFLOW_"))}
+    env.update({"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    with (tmp_path / "mlflow.log").open("w") as log:
+        proc = subprocess.Popen(
+            [MLFLOW, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination",
+             str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {(tmp_path / 'mlflow.log').read_text()[-2000:]}")
+        try:
+            return httpx.get(url + "/health", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(up, 120.0, 0.25, what="mlflow server's /health")
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker: the group we started
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_through_a_tracking_server_the_rows_come_back_through_its_artifact_proxy(
+        tracking_server: str, tmp_path: Path) -> None:
+    b = MlflowModelBackend(tracking_server, name_prefix="s.", n_bootstrap=600, n_heldout=400)
+    b.bootstrap([ModelSpec("served-model", 1)], seed=SEED)
+    mv = b.client.get_model_version_by_alias("s.served-model", "champion")
+    (di,) = b.client.get_run(mv.run_id).inputs.dataset_inputs
+    uri = source_uri(di.dataset)
+    # MLflow's own dataset sources leave `mlflow-artifacts:` out; opsmedic's source keeps the URI
+    assert uri is not None and uri.startswith("mlflow-artifacts:/") and di.dataset.source_type == "mlflow_artifact"
+    seed = model_data.data_seed(SEED, "served-model")
+    _write(tmp_path / "served-model", "current", _frame(model_data.current(seed, 600, {}, window=30)))
+    source = MlflowRunWindowSource(b, files=DirectoryWindowSource(tmp_path), refresh_s=0.0)
+    (window,) = source.windows(["served-model"])
+    reference, _ = window.load()
+    pd.testing.assert_frame_equal(reference, mlflow_training.frame(model_data.reference(seed, 600, window=1)))
