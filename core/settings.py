@@ -105,6 +105,7 @@ class DaemonVariables(BaseModel):
     read_timeout_s: str | None = _var("OPSMEDIC_DAEMON_READ_TIMEOUT")
     prometheus_url: str | None = _var("OPSMEDIC_PROMETHEUS_URL")
     drift_windows: str | None = _var("OPSMEDIC_DRIFT_WINDOWS")
+    drift_windows_from: str | None = _var("OPSMEDIC_DRIFT_WINDOWS_FROM")
     mlflow_tracking_uri: str | None = _var("OPSMEDIC_MLFLOW_TRACKING_URI")
     kubeconfig: str | None = _var("OPSMEDIC_KUBECONFIG")
     kube_context: str | None = _var("OPSMEDIC_KUBE_CONTEXT")

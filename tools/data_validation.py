@@ -5,7 +5,10 @@ Layer: tools (read adapter). Imports pandas and, lazily, Evidently; no opsmedic 
 A feature pipeline that starts sending nulls, impossible values or another type moves drift scores as
 much as a real population shift does, but retraining on those rows would teach the model the breakage.
 So the monitor asks this module first: is the current window *valid* against the reference window's
-profile? Four checks per feature, the ones a data-quality test suite runs:
+profile? The reference is whatever the drift feed's window source supplies (`tools.drift_feed`): with an
+MLflow registry, the rows the serving version was trained on, logged in its run (`tools.mlflow_windows`),
+so validation and drift judge a window against the same rows. Four checks per feature, the ones a
+data-quality test suite runs:
 
 - **null share**: the share of missing values may exceed the reference's by at most `null_tolerance`;
 - **range**: at most `range_tolerance` of the values may fall outside the reference's [min, max];

@@ -22,6 +22,9 @@ Window sources:
 - `SandboxWindowSource(sim)`: draws the sandbox's synthetic traffic (`sandbox.model_data`) at the drift
   level the simulator has reached (`Simulator.feature_drift`), levels quantised so that a ten-minute ramp
   is a handful of windows rather than one per tick.
+- `tools.mlflow_windows.MlflowRunWindowSource`: production with an MLflow registry. The reference window is
+  the training dataset logged in the serving version's run; the current window a dataset logged as
+  `serving`/`current`, or this directory's current file.
 - `DirectoryWindowSource(root)`: production. `root/<model>/reference.{parquet,csv}` (what the serving
   version was trained on) and `root/<model>/current.{parquet,csv}` (recent inference inputs, rewritten by
   whatever logs them). A file that cannot be read is reported in `errors` and that model is skipped; the
@@ -140,21 +143,29 @@ class DirectoryWindowSource:
                 return p
         return None
 
+    def window_file(self, model: str, stem: str) -> tuple[Path, tuple[int, int]] | str:
+        """`root/<model>/<stem>.{parquet,csv}` and its (mtime, size), or why there is none (for a source that
+        takes one of the two windows from here, `tools.mlflow_windows.MlflowRunWindowSource`)."""
+        path = self._file(model, stem)
+        if path is None:
+            return f"{self.root / model}: no {stem}.parquet or {stem}.csv"
+        try:
+            st = path.stat()
+        except OSError as exc:  # removed between the look and the stat: next tick
+            return f"{self.root / model}: {exc}"
+        return path, (st.st_mtime_ns, st.st_size)
+
     def windows(self, models: Sequence[str]) -> list[FeatureWindow]:
         out = []
         for name in models:
             if not (self.root / name).is_dir():
                 continue
-            ref, cur = self._file(name, "reference"), self._file(name, "current")
-            if ref is None or cur is None:
-                missing = "reference" if ref is None else "current"
-                self._error(name, f"{self.root / name}: no {missing}.parquet or {missing}.csv")
+            ref_file, cur_file = self.window_file(name, "reference"), self.window_file(name, "current")
+            if not isinstance(ref_file, tuple) or not isinstance(cur_file, tuple):
+                self._error(name, ref_file if isinstance(ref_file, str) else str(cur_file))
                 continue
-            try:
-                stamp = [(p.stat().st_mtime_ns, p.stat().st_size) for p in (ref, cur)]
-            except OSError as exc:  # removed between the look and the stat: next tick
-                self._error(name, f"{self.root / name}: {exc}")
-                continue
+            (ref, ref_stamp), (cur, cur_stamp) = ref_file, cur_file
+            stamp = [ref_stamp, cur_stamp]
             if self.errors.pop(name, None) is not None:
                 log.info("drift windows usable again", extra={"model": name})
             out.append(FeatureWindow(name, f"dir:{ref}:{cur}:{stamp}", self._loader(ref, cur)))
@@ -260,12 +271,13 @@ class DriftTelemetry:
         with self._lock:
             out: dict[str, Any] = {"scored": self.scored, "failed": self.failures, "last_error": self.last_error,
                                    "models": sorted(self._reports)}
-        errors = getattr(self.source, "errors", None)
-        try:
-            if errors:
-                out["window_errors"] = dict(errors)
-        except RuntimeError:  # the loop thread changed it while this (HTTP) thread copied it: next time
-            pass
+        for attr, name in (("errors", "window_errors"), ("notes", "window_notes")):
+            found = getattr(self.source, attr, None)
+            try:
+                if found:
+                    out[name] = dict(found)
+            except RuntimeError:  # the loop thread changed it while this (HTTP) thread copied it: next time
+                pass
         return out
 
     def _update(self, w: FeatureWindow) -> None:

@@ -239,9 +239,11 @@ class MlflowModelBackend:
 
     def _log_version(self, name: str, model: Any, *, run_name: str, params: Mapping[str, str],
                      metrics: Mapping[str, float], tags: Mapping[str, str], description: str,
-                     run_id: str | None = None) -> int:
+                     run_id: str | None = None, train: Dataset | None = None) -> int:
         """One MLflow run with params and metrics, the model logged in it, and a new registered version.
         `run_id`: an existing run to log into (a retraining Job's, created by whoever launched it).
+        `train`: the rows the model was fitted on, logged as the run's `training` dataset (the reference
+        window of the version's drift and validation, `tools.mlflow_windows`).
 
         The same steps as `mlflow.sklearn.log_model` + `register_model`, through this backend's client."""
         import mlflow.sklearn
@@ -275,6 +277,12 @@ class MlflowModelBackend:
                 self._c(mlflow.sklearn.save_model, model, local, mlflow_model=meta,
                         pip_requirements=mlflow_training.pip_requirements())
                 self._c(self.client.log_model_artifacts, logged.model_id, local)
+            if train is not None:
+                from tools.mlflow_windows import log_dataset
+
+                log_dataset(self.client, run_id, mlflow_training.frame(train), name=f"{name}-training",
+                            targets=mlflow_training.LABEL, artifact_uri=str(run.info.artifact_uri),
+                            attempts=self.attempts)
             self._c(self.client.finalize_logged_model, logged.model_id, "READY")
             self._c(self.client.log_outputs, run_id, [LoggedModelOutput(logged.model_id, step=0)])
             self._c(self.client.set_terminated, run_id, "FINISHED")
@@ -356,7 +364,7 @@ class MlflowModelBackend:
                                 "data_window": str(v)},
                         metrics={"heldout_accuracy": acc},
                         tags={T_ORIGIN: "bootstrap", T_MODEL: target, T_ACCURACY: f"{acc:.4f}"},
-                        description=f"bootstrap version {v} trained on reference data",
+                        description=f"bootstrap version {v} trained on reference data", train=train,
                     )
                     if got != v:
                         raise PermanentToolError(f"{name}: expected version {v}, MLflow registered {got}")
@@ -414,11 +422,12 @@ class MlflowModelBackend:
             seed, drift = self._data(reg)
             heldout = self._heldout(seed, drift)
             if accuracy is None:
-                model = mlflow_training.fit(self._recent(seed, drift, nxt), seed)
+                train = self._recent(seed, drift, nxt)
+                model = mlflow_training.fit(train, seed)
                 acc, fraction = mlflow_training.accuracy(model, heldout), 0.0
             else:
                 bad = mlflow_training.fit_degraded(seed, accuracy, heldout)
-                model, acc, fraction = bad.model, bad.accuracy, bad.fraction
+                model, acc, fraction, train = bad.model, bad.accuracy, bad.fraction, bad.train
             tags = {T_ORIGIN: "bad_deploy", T_MODEL: target, T_ACCURACY: f"{acc:.4f}"}
             if latency_p95_ms is not None:
                 tags[T_LATENCY] = f"{latency_p95_ms:g}"
@@ -430,6 +439,7 @@ class MlflowModelBackend:
                 params={"origin": "bad_deploy", "mislabelled_fraction": f"{fraction:.4f}",
                         "data_seed": str(seed)},
                 metrics=metrics, tags=tags, description=f"version {nxt}: a deploy with a labelling bug",
+                train=train,
             )
             if serve:
                 previous = self._serving_of(reg, self.alias)
@@ -587,7 +597,7 @@ class MlflowModelBackend:
         tags = {T_ORIGIN: "retrain", T_MODEL: t, T_KEY: key, T_ACCURACY: f"{acc:.4f}"}
         v = self._log_version(reg.name, model, run_name=f"retrain-{t}", params=params, metrics=metrics,
                               tags=tags, description="retrained on recent data; not served until promoted",
-                              run_id=run_id)
+                              run_id=run_id, train=recent)
         drifted = ", ".join(f"{f} PSI {p:g}" for f, p in drift.items()) or "no drift"
         return True, True, (f"{t} version {v} trained on {len(recent)} recent rows ({drifted}): held-out "
                             f"accuracy {acc:.3f}{versus}; registered, not served until promoted")

@@ -1,7 +1,7 @@
 """The real training behind `retrain_model`: a small scikit-learn model on `sandbox.model_data` rows.
 
-Layer: tools (adapters); imports scikit-learn, numpy and `sandbox.model_data`. The MLflow backend imports
-this module lazily (scikit-learn costs ~0.5 s to import).
+Layer: tools (adapters); imports scikit-learn, numpy and `sandbox.model_data` (pandas in `frame`). The MLflow
+backend imports this module lazily (scikit-learn costs ~0.5 s to import).
 
 The model is `QuantileTransformer(normal) -> LogisticRegression(newton-cholesky)`: the quantile step maps
 each feature back to a standard-normal scale (the data's features are monotone transforms of normal
@@ -59,6 +59,7 @@ class Degraded:
     model: Any
     accuracy: float  # on the held-out set it was tuned against
     fraction: float  # share of training rows with buggy labels
+    train: Dataset  # the rows it was fitted on
 
 
 def fit_degraded(seed: int, target_accuracy: float, heldout: Dataset, *, n: int = 3000,
@@ -69,10 +70,11 @@ def fit_degraded(seed: int, target_accuracy: float, heldout: Dataset, *, n: int 
     best: Degraded | None = None
     for _ in range(max_steps):
         mid = (lo + hi) / 2.0
-        model = fit(model_data.mislabelled(seed, n, mid, window=7), seed)
+        train = model_data.mislabelled(seed, n, mid, window=7)
+        model = fit(train, seed)
         acc = accuracy(model, heldout)
         if best is None or abs(acc - target_accuracy) < abs(best.accuracy - target_accuracy):
-            best = Degraded(model, acc, mid)
+            best = Degraded(model, acc, mid, train)
         if abs(acc - target_accuracy) <= tolerance:
             break
         if acc > target_accuracy:
@@ -81,6 +83,20 @@ def fit_degraded(seed: int, target_accuracy: float, heldout: Dataset, *, n: int 
             hi = mid
     assert best is not None
     return best
+
+
+LABEL = "label"  # the target column of a logged training dataset
+
+
+def frame(data: Dataset) -> Any:
+    """The rows a model is fitted on as a pandas frame (one column per feature, then `LABEL`): what the
+    training run logs as its `training` dataset, and so the reference window of its drift and validation
+    (`tools.mlflow_windows`)."""
+    import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+
+    out = pd.DataFrame(data.X, columns=list(data.features))
+    out[LABEL] = data.y.astype("int64")
+    return out
 
 
 def pip_requirements() -> list[str]:

@@ -7,8 +7,8 @@ the operator's template and fills in what this entry point reads from its enviro
 MLFLOW_TRACKING_URI            the registry to register in
 OPSMEDIC_MODEL                 the model (opsmedic's name)
 OPSMEDIC_MODEL_PREFIX          prefix of registered-model names (optional)
-OPSMEDIC_MLFLOW_RUN_ID         the MLflow run opsmedic opened for this training: params, metrics
-                               and the model are logged into it
+OPSMEDIC_MLFLOW_RUN_ID         the MLflow run opsmedic opened for this training: params, metrics,
+                               the training dataset and the model are logged into it
 OPSMEDIC_IDEMPOTENCY_KEY       the action's key: the version is tagged with it, and a rerun of
                                the Job after a crash registers nothing twice
 OPSMEDIC_DATA_WINDOW_START/END the data window to train on (RFC 3339). The sandbox's data is
@@ -16,7 +16,10 @@ OPSMEDIC_DATA_WINDOW_START/END the data window to train on (RFC 3339). The sandb
 =============================  =================================================================
 
 A real training image replaces this module with its own code and keeps the contract: log into the run,
-register one version tagged `opsmedic.idempotency_key`, exit 0. In the sandbox, the API's kubelet runs this
+log the rows it trained on as the run's dataset with context `training` (a source opsmedic can read back: a
+Parquet or CSV file, artifact or URL; `tools.mlflow_windows.log_dataset` does it), register one version tagged
+`opsmedic.idempotency_key`, exit 0. Once that version is promoted, its training dataset is the reference
+window of the model's drift and data validation (`tools.mlflow_windows`). In the sandbox, the API's kubelet runs this
 module's `main` for a Job whose container command is `python -m tools.train_job` (`sandbox.k8s_api`).
 Promotion is not this Job's business: `promote_model` evaluates on held-out data first.
 """

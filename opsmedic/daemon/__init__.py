@@ -49,6 +49,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "the sandbox draws its own windows)")
     d.add_argument("--mlflow-tracking-uri", dest="mlflow_tracking_uri", metavar="URI",
                    help="kubernetes source: roll back, retrain and promote models on this MLflow registry")
+    d.add_argument("--drift-windows-from", dest="drift_windows_from", choices=["auto", "files", "mlflow"],
+                   help="reference windows: the training dataset logged in the serving version's MLflow run "
+                        "(mlflow), the --drift-windows files (files), or auto (default): MLflow with "
+                        "--mlflow-tracking-uri, falling back to the files model by model")
     d.add_argument("--alerts-port", dest="alerts_port", type=int, metavar="PORT",
                    help="take Alertmanager webhooks on this port only (then not on --port), so that a "
                         "NetworkPolicy can admit Alertmanager alone to it")
@@ -60,7 +64,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 _CLI_FIELDS = ("host", "port", "scenario", "speed", "fresh", "source", "kubeconfig", "poll_interval_s", "identity",
-               "leader_election", "log_level", "drift_windows", "mlflow_tracking_uri", "alerts_port", "public_read")
+               "leader_election", "log_level", "drift_windows", "drift_windows_from", "mlflow_tracking_uri",
+               "alerts_port", "public_read")
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

@@ -22,7 +22,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from core.errors import ConfigError
 from core.settings import DaemonVariables
@@ -40,7 +49,8 @@ FLAGS: dict[str, str] = {"host": "--host", "port": "--port", "scenario": "--scen
                          "source": "--source", "fresh": "--fresh", "kubeconfig": "--kubeconfig",
                          "poll_interval_s": "--poll-interval", "identity": "--identity",
                          "leader_election": "--leader-election", "log_level": "--log-level",
-                         "drift_windows": "--drift-windows", "mlflow_tracking_uri": "--mlflow-tracking-uri",
+                         "drift_windows": "--drift-windows", "drift_windows_from": "--drift-windows-from",
+                         "mlflow_tracking_uri": "--mlflow-tracking-uri",
                          "alerts_port": "--alerts-port", "public_read": "--public-read"}
 
 
@@ -64,6 +74,9 @@ class DaemonConfig(BaseModel):
     prometheus_url: str | None = None  # kubernetes source: GPUs and models from Prometheus (DCGM exporter)
     drift_windows: Path | None = None  # kubernetes source: <dir>/<model>/{reference,current}.{parquet,csv}
     mlflow_tracking_uri: str | None = None  # kubernetes source: model actions on this MLflow registry
+    # where reference windows come from: the serving version's MLflow run (its training dataset), the files,
+    # or (auto) MLflow when a tracking URI is set, falling back to the files model by model
+    drift_windows_from: Literal["auto", "files", "mlflow"] = "auto"
     kubeconfig: Path | None = None
     kube_context: str | None = None
     namespace: str = "default"  # `*`: watch every namespace (node actions cluster-wide; see KubeWorld)
@@ -141,6 +154,19 @@ class DaemonConfig(BaseModel):
     def _mlflow_uri(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^(https?|sqlite|file|postgresql|mysql|databricks)(\+\w+)?:", v):
             raise ValueError("must be an MLflow tracking URI such as http://mlflow:5000 or sqlite:///mlflow.db")
+        return v
+
+    @field_validator("drift_windows_from", mode="before")
+    @classmethod
+    def _windows_from(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("drift_windows_from")
+    @classmethod
+    def _windows_from_needs_mlflow(cls, v: str, info: ValidationInfo) -> str:
+        if v == "mlflow" and not info.data.get("mlflow_tracking_uri"):
+            raise ValueError("mlflow needs an MLflow registry: set --mlflow-tracking-uri "
+                             "(OPSMEDIC_MLFLOW_TRACKING_URI)")
         return v
 
     @field_validator("scenario", "kubeconfig")

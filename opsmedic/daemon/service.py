@@ -121,7 +121,8 @@ class DaemonService:
                              in_cluster=c.kubeconfig is None and in_cluster(_environ()), namespace=c.namespace,
                              poll_interval_s=c.poll_interval_s or 10.0, read_timeout_s=c.read_timeout_s,
                              prometheus_url=c.prometheus_url, drift_windows=c.drift_windows, send=self._notice,
-                             mlflow_tracking_uri=c.mlflow_tracking_uri, env=self._world_env(),
+                             mlflow_tracking_uri=c.mlflow_tracking_uri, drift_windows_from=c.drift_windows_from,
+                             env=self._world_env(),
                              ca_bundle=getattr(self.settings, "ca_bundle", None))
         from sandbox.scenario import load_scenario
 

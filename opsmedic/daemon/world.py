@@ -32,7 +32,7 @@ from core.domain import Action, ActionResult, ClusterSnapshot, VerificationResul
 if TYPE_CHECKING:
     from sandbox.scenario import Scenario
     from tools.backend import ActionBackend, TelemetrySource
-    from tools.drift_feed import DriftTelemetry
+    from tools.drift_feed import DriftTelemetry, FeatureWindowSource
     from tools.ledger import LedgerRecord
     from tools.pagerduty import PagerDutyEvents
 
@@ -405,7 +405,7 @@ class KubeWorld:
                  poll_interval_s: float, read_timeout_s: float = 10.0, prometheus_url: str | None = None,
                  drift_windows: Path | None = None, send: Callable[[str, str], None] | None = None,
                  env: Mapping[str, str] | None = None, mlflow_tracking_uri: str | None = None,
-                 ca_bundle: Path | None = None) -> None:
+                 ca_bundle: Path | None = None, drift_windows_from: str = "auto") -> None:
         from tools.k8s_backend import KubernetesBackend, KubernetesTelemetry
         from tools.k8s_client import build_api_client
         from tools.pagerduty import pager_from_env
@@ -435,6 +435,7 @@ class KubeWorld:
             metrics = PrometheusSource(prometheus_url, ca_bundle=ca_bundle)
             telemetry = CompositeTelemetry(cluster, metrics)
         models: ActionBackend | None = None
+        registry: Any = None  # the MLflow registry, when there is one (model actions, reference windows)
         abort_tagging: Callable[[ActionBackend], ActionBackend] | None = None
         if mlflow_tracking_uri:
             from tools.k8s_client import KubeCaller
@@ -467,15 +468,16 @@ class KubeWorld:
         self._bounded = TimeoutTelemetry(telemetry, read_timeout_s)
         self.telemetry: TelemetrySource = self._bounded
         self.drift: DriftTelemetry | None = None
-        if drift_windows is not None:
-            from tools.drift_feed import DirectoryWindowSource, drift_telemetry_from_settings
+        source = _window_source(drift_windows, drift_windows_from, registry)
+        if source is not None:
+            from tools.drift_feed import drift_telemetry_from_settings
 
-            self.drift = drift_telemetry_from_settings(self._bounded, DirectoryWindowSource(drift_windows))
+            self.drift = drift_telemetry_from_settings(self._bounded, source)
             self.telemetry = self.drift
             if not prometheus_url:
                 log.warning("drift windows are configured but nothing reports models: the Kubernetes API knows "
                             "none; set OPSMEDIC_PROMETHEUS_URL so that service metrics name them",
-                            extra={"drift_windows": str(drift_windows)})
+                            extra={"drift_windows": str(drift_windows), "from": type(source).__name__})
         self.backend: ActionBackend = KubernetesBackend(self.api_client, namespace=action_namespace,
                                                         fallback=self.notify)
         if abort_tagging is not None:
@@ -520,3 +522,23 @@ class KubeWorld:
             self.api_client.close()
         except Exception:  # closing a pool at shutdown must not mask the real exit status
             log.debug("closing the Kubernetes client failed", exc_info=True)
+
+
+def _window_source(directory: Path | None, windows_from: str, registry: Any) -> FeatureWindowSource | None:
+    """Where drift and validation windows come from (`--drift-windows-from`): `files` reads `directory`;
+    `mlflow` takes each model's reference from its serving version's MLflow run (its `training` dataset) and
+    its current window from a `serving` run or `directory`; `auto` is `mlflow` when a registry is configured,
+    falling back to `directory`'s reference for a model whose run logged none, else `files`."""
+    if windows_from == "files" or (windows_from == "auto" and registry is None):
+        if directory is None:
+            return None
+        from tools.drift_feed import DirectoryWindowSource
+
+        return DirectoryWindowSource(directory)
+    if registry is None:  # `mlflow` without a registry: the configuration refuses it before this
+        raise ValueError("drift windows from MLflow need an MLflow registry (--mlflow-tracking-uri)")
+    from tools.drift_feed import DirectoryWindowSource
+    from tools.mlflow_windows import MlflowRunWindowSource
+
+    files = DirectoryWindowSource(directory) if directory is not None else None
+    return MlflowRunWindowSource(registry, files=files, fallback_reference=windows_from == "auto")

@@ -70,6 +70,7 @@ DAEMON: dict[str, tuple[str, str, Any]] = {
     "OPSMEDIC_PROMETHEUS_URL": ("http://prometheus:9090", "prometheus_url", "http://prometheus:9090"),
     "OPSMEDIC_DRIFT_WINDOWS": ("{dir}", "drift_windows", "{dir}"),
     "OPSMEDIC_MLFLOW_TRACKING_URI": ("http://mlflow:5000", "mlflow_tracking_uri", "http://mlflow:5000"),
+    "OPSMEDIC_DRIFT_WINDOWS_FROM": ("MLflow", "drift_windows_from", "mlflow"),
     "OPSMEDIC_KUBECONFIG": ("{file}", "kubeconfig", "{file}"),
     "OPSMEDIC_KUBE_CONTEXT": ("prod", "kube_context", "prod"),
     "OPSMEDIC_NAMESPACE": ("ml", "namespace", "ml"),
