@@ -53,13 +53,18 @@ from daemon_testkit import (  # noqa: E402  (the daemon tests' Slack signing and
 )
 
 from sandbox.control_plane import available, missing_reason  # noqa: E402
+from sandbox.scenario import parse_duration  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               # the sandbox's kubeconfig trusts the control plane's own certificate: nothing is unverified
               pytest.mark.filterwarnings("error::urllib3.exceptions.InsecureRequestWarning")]
 
 SPEED = 20.0  # simulated seconds per wall second
-FAULT_AT = "5m"  # the scenario's fault, moved from 2m so that it comes (15 s of wall time) after the daemon is up
+# the scenario's fault, moved from 2m so that it comes (24 s of wall time) after the daemon is up, on a loaded
+# machine too (at 5m, 15 s, a daemon starting beside other work was not always ready); the scenario runs on
+# for at least RUN_FOR after it
+FAULT_AT = "8m"
+RUN_FOR_S = 3600
 ROUTING_KEY = "e2e00123456789abcdef0123456789ab"  # 32 characters, as an Events v2 integration key
 SETTLE_SCALE = "0.05"  # the daemon's settle and deadline times (core.actions) at 1/20: drain 3.5 s, retrain 15 s
 FIGURES: dict[str, float] = {}
@@ -140,6 +145,8 @@ class Stack:
 
         doc = yaml.safe_load(bundled_scenarios()[name].read_text(encoding="utf-8"))
         doc["faults"][0]["at"] = FAULT_AT
+        if parse_duration(str(doc["duration"])) < RUN_FOR_S:
+            doc["duration"] = f"{RUN_FOR_S}s"
         if model is not None:
             (w,) = [w for w in doc["workloads"] if w.get("model")]
             old = w["model"]
