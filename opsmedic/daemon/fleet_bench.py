@@ -364,14 +364,18 @@ def bench_fleet_prometheus(reads: int = 5, scenario: Scenario | None = None,
             if snap is None or not snap.gpus:
                 return {"prometheus_skipped": "Prometheus did not scrape the exporter within 120 s"}
             read_ms: list[float] = []
+            read_cpu: list[float] = []
             for _ in range(reads):
-                t = time.perf_counter()
+                # the read's CPU in this process, its query threads included (Prometheus' own is apart)
+                t, c = time.perf_counter(), time.process_time()
                 snap = source.snapshot()
                 read_ms.append((time.perf_counter() - t) * 1000.0)
+                read_cpu.append((time.process_time() - c) * 1000.0)
             scrape = source.query('scrape_duration_seconds{job="sandbox"}')
             series = source.query('scrape_samples_scraped{job="sandbox"}')
             return {
                 "prometheus_read_ms_10k_gpus": round(statistics.median(read_ms), 1),
+                "prometheus_read_cpu_ms_10k_gpus": round(statistics.median(read_cpu), 1),
                 "prometheus_scrape_s_10k_gpus": round(float(scrape[0]["value"][1]), 2) if scrape else 0.0,
                 "prometheus_series_10k_gpus": float(series[0]["value"][1]) if series else 0.0,
                 "prometheus_read_ms_10k_gpus_max": round(max(read_ms), 1),
