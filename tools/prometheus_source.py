@@ -2,7 +2,7 @@
 
 Layer: tools (read adapter). Imports `core.domain`, `core.errors`, `core.metric_names` (every metric name and
 label it reads is declared there, and the sandbox exporter writes the same), `prometheus_client`'s parser and
-`prometheus-api-client`; it does not import the sandbox, so a production deployment reads a real DCGM
+`requests`; it does not import the sandbox, so a production deployment reads a real DCGM
 exporter and kube-state-metrics through the same code that reads `sandbox.exporter` in tests.
 
 Both paths turn samples into the same `ClusterSnapshot` the NVML collector and the simulator produce:
@@ -21,11 +21,15 @@ retries; a 4xx or an unreadable answer raises `PermanentToolError`. Nothing here
 
 from __future__ import annotations
 
+import gc
+import json
 import math
 import re
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +101,13 @@ class SnapshotBuilder:
     # -------------------------------------------------------------------------------------- build
 
     def build(self, samples: Iterable[MetricSample]) -> ClusterSnapshot:
+        return self.build_split({}, samples)
+
+    def build_split(self, dcgm: Mapping[str, list[dict[str, Any]]], samples: Iterable[MetricSample]) -> ClusterSnapshot:
+        """`build` with DCGM families given apart, as Prometheus' instant-vector answers (one list of
+        `{"metric": {labels}, "value": [t, "v"]}` per family name, e.g. from `max by (gpu, Hostname, pod)`):
+        the same snapshot `build` makes of the same series, without a `MetricSample` per series (at 10,000
+        GPUs there are 210,000). `samples` may hold DCGM series too."""
         skipped = 0
         gpus: dict[str, _Gpu] = {}
         by_name: dict[str, list[MetricSample]] = defaultdict(list)
@@ -113,6 +124,8 @@ class SnapshotBuilder:
                     skipped += 1
                 continue
             by_name[s.name].append(s)
+        if dcgm:
+            skipped += self._gpu_vectors(dcgm, gpus)
         nodes, skipped_nodes = self._nodes(by_name)
         pods, skipped_pods = self._pods(by_name, gpus)
         models, skipped_models = self._models(by_name)
@@ -165,6 +178,66 @@ class SnapshotBuilder:
             g.fields[DCGM_TO_FIELD[s.name]] = s.value
             g.readable = True
         return True
+
+    def _gpu_vectors(self, dcgm: Mapping[str, list[dict[str, Any]]], gpus: dict[str, _Gpu]) -> int:
+        """`_gpu_sample` over whole families: what it does per sample, with the GPU of each label set looked
+        up once (by its `gpu` and host labels) rather than parsed per series; returns the samples skipped.
+        An answer whose value is not a number is skipped as a NaN is (and counted)."""
+        skipped = 0
+        ids: dict[tuple[tuple[str, str], ...], Any] = {}  # label set -> its _Gpu (None: unidentifiable)
+        isfinite = math.isfinite
+        for name, items in dcgm.items():
+            attr = ""
+            if name == mn.DCGM_XID.name:
+                kind = 1
+            elif name == mn.DCGM_XID_COUNT.name:
+                kind = 2
+            elif name == mn.DCGM_FB_FREE.name:
+                kind, attr = 0, "__fb_free"
+            elif name in DCGM_TO_FIELD:
+                kind, attr = 0, DCGM_TO_FIELD[name]
+            else:
+                kind = 3  # a DCGM family the builder does not read: identified, not used
+            for item in items:
+                labels = item.get("metric") or {}
+                try:
+                    value = float(item["value"][1])
+                except (KeyError, IndexError, TypeError, ValueError):
+                    skipped += 1
+                    continue
+                if not isfinite(value):
+                    skipped += 1
+                    continue
+                key = tuple(labels.items())  # a query's answers carry few labels: this is the cheap key
+                got = ids.get(key, ids)
+                if got is ids:
+                    ident = self._gpu_id(labels)
+                    if ident is None:
+                        got = None
+                    else:
+                        got = gpus.get(ident[0])
+                        if got is None:
+                            got = gpus[ident[0]] = _Gpu(node=ident[1], index=ident[2])
+                    ids[key] = got
+                g = got
+                if g is None:
+                    skipped += 1
+                    continue
+                pod = labels.get("pod")
+                if pod:
+                    g.pod = pod
+                if kind == 0:
+                    g.fields[attr] = value
+                    g.readable = True
+                elif kind == 1:
+                    g.last_xid = value
+                elif kind == 2:
+                    code = labels.get("xid", "")
+                    if not code.isdigit():
+                        skipped += 1
+                        continue
+                    g.xid_counts[int(code)] = value
+        return skipped
 
     def _xids(self, gid: str, g: _Gpu) -> list[int]:
         out: list[int] = []
@@ -569,17 +642,64 @@ class ExpositionSource:
 # ------------------------------------------------------------------------------------- Prometheus
 
 
-def _status_of(exc: Exception) -> int | None:
-    m = re.search(r"HTTP Status Code (\d{3})", str(exc))
-    return int(m.group(1)) if m else None
+# the labels a DCGM query keeps: all the builder reads of a DCGM series (`_gpu_id`, the pod mapping)
+_DCGM_BY: tuple[str, ...] = ("gpu", *_HOST_LABELS, "pod")
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a read. Decoding a fleet's answers allocates ~2 million objects,
+    and CPython's collector, triggered every 700 allocations, walks the growing answers again and again:
+    ~0.7 s of a ~1 s decode. The answers hold no cycles; the collector runs as before once reads end
+    (a count, so that overlapping reads do not turn it back on under each other)."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+class _Dropped(Exception):
+    """A query of a read that had already failed, not sent."""
+
+
+def _loads(body: bytes) -> Any:
+    """JSON from bytes: orjson where installed (several times faster on a fleet's answers), else json."""
+    try:
+        import orjson
+    except ImportError:  # pragma: no cover - orjson comes with langgraph
+        return json.loads(body)
+    return orjson.loads(body)
 
 
 class PrometheusSource:
-    """A `TelemetrySource` that queries a Prometheus server with PromQL (through `PrometheusConnect`).
+    """A `TelemetrySource` that queries a Prometheus server with PromQL.
 
-    One instant query per tick fetches every series opsmedic reads (`{__name__=~"DCGM_FI_DEV_GPU_UTIL|..."}`
-    plus `selector`, e.g. `job="dcgm"`), so a tick costs one round trip. Each HTTP attempt is bounded by
-    `timeout_s`; transient failures are retried `attempts` times with exponential backoff (tenacity).
+    A read is one instant query per DCGM family plus one for everything else (`read_queries`), issued
+    `concurrency` at a time. Each DCGM query keeps only the labels the builder reads (`max by (gpu, Hostname,
+    ..., pod)`: the GPU, its host and the pod holding it; `max` also folds duplicate exporters of one GPU), so
+    Prometheus returns ~70 bytes a series instead of ~270 with dcgm-exporter's UUID, model name, device,
+    namespace, container, job and instance; the answers go to `SnapshotBuilder.build_split` without a Python
+    object per series. The snapshot is the one the single `{__name__=~"..."}` query of every series gave.
+    The families are read at (nearly) the same instant, not atomically: a scrape that lands during a read
+    may show in some families and not yet in others, for that tick.
+
+    `selector` (e.g. `job="dcgm"`) is added to every query. Each HTTP attempt is bounded by `timeout_s`;
+    transient failures are retried `attempts` times with exponential backoff (tenacity); the first query
+    that still fails fails the read (the queries not yet sent are dropped).
     """
 
     def __init__(
@@ -592,9 +712,10 @@ class PrometheusSource:
         selector: str = "",
         builder: SnapshotBuilder | None = None,
         ca_bundle: str | Path | None = None,
+        concurrency: int = 8,
     ) -> None:
         import requests
-        from prometheus_api_client import PrometheusConnect
+        from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
         self.url = url.rstrip("/")
@@ -603,8 +724,10 @@ class PrometheusSource:
         self.backoff_s = backoff_s
         self.selector = selector.strip().strip(",")
         self.builder = builder or SnapshotBuilder()
-        self.queries = 0
-        self.failures = 0
+        self.concurrency = max(1, concurrency)
+        self.queries = 0  # HTTP attempts
+        self.failures = 0  # `query` calls and reads that failed
+        self._lock = threading.Lock()
         # urllib3's own retries are off: tenacity below owns the (bounded) retry policy, so a timeout costs
         # at most attempts x timeout_s plus backoff, never urllib3's default multiplied by ours.
         # total=False also makes urllib3 raise a read timeout as itself rather than wrapped in MaxRetryError,
@@ -614,23 +737,47 @@ class PrometheusSource:
         self.ca_bundle = str(ca_bundle) if ca_bundle else None
         if self.ca_bundle is not None and not Path(self.ca_bundle).is_file():
             raise ConfigError(f"no such CA bundle file: {self.ca_bundle}", "setting ca_bundle (OPSMEDIC_CA_BUNDLE)")
-        session = requests.Session()
-        session.verify = self.ca_bundle or True
-        self._prom = PrometheusConnect(
-            url=self.url, disable_ssl=False, retry=Retry(total=False), timeout=timeout_s, session=session
-        )
+        self._session = requests.Session()
+        self._session.verify = self.ca_bundle or True
+        # one pooled connection per concurrent query
+        adapter = HTTPAdapter(max_retries=Retry(total=False), pool_connections=1, pool_maxsize=self.concurrency)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
 
     @property
     def skipped_samples(self) -> int:
         return self.builder.skipped_samples
 
     def promql(self) -> str:
+        """One query of every series opsmedic reads, all labels kept (for inspection; reads use
+        `read_queries`)."""
         names = "|".join(ALL_METRICS)
         extra = f",{self.selector}" if self.selector else ""
         return f'{{__name__=~"{names}"{extra}}}'
 
+    def read_queries(self) -> list[tuple[str | None, str]]:
+        """A read's queries: `(family, promql)` for each DCGM family, then `(None, promql)` for the series
+        that are not DCGM's (kube-state-metrics, service metrics, the sandbox's own), labels kept."""
+        sel = f"{{{self.selector}}}" if self.selector else ""
+        out: list[tuple[str | None, str]] = []
+        for fam in mn.DCGM_METRICS:
+            by = ", ".join((*_DCGM_BY, "xid") if fam is mn.DCGM_XID_COUNT else _DCGM_BY)
+            out.append((fam.name, f"max by ({by}) ({fam.name}{sel})"))
+        names = "|".join(n for n in ALL_METRICS if not n.startswith(mn.DCGM_PREFIX))
+        extra = f",{self.selector}" if self.selector else ""
+        out.append((None, f'{{__name__=~"{names}"{extra}}}'))
+        return out
+
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Run one instant query with bounded retries; errors become opsmedic's ToolErrors."""
+        try:
+            return self._query_retrying(promql)
+        except ToolError:
+            with self._lock:
+                self.failures += 1
+            raise
+
+    def _query_retrying(self, promql: str) -> list[dict[str, Any]]:
         from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
         retrying = Retrying(
@@ -639,31 +786,27 @@ class PrometheusSource:
             retry=retry_if_exception_type(TransientToolError),
             reraise=True,
         )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return self._query_once(promql)
-        except ToolError:
-            self.failures += 1
-            raise
+        for attempt in retrying:
+            with attempt:
+                return self._query_once(promql)
         raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
 
     def _query_once(self, promql: str) -> list[dict[str, Any]]:
         import requests
         import urllib3
-        from prometheus_api_client.exceptions import PrometheusApiClientException
 
-        self.queries += 1
+        with self._lock:
+            self.queries += 1
         slow = TransientToolError(
             f"Prometheus at {self.url} did not answer within {self.timeout_s:g}s ({self.attempts} attempt(s))"
         )
         try:
-            result = self._prom.custom_query(promql, timeout=self.timeout_s)
+            # verify given per request: the session's alone would lose to REQUESTS_CA_BUNDLE in the environment
+            response = self._session.get(f"{self.url}/api/v1/query", params={"query": promql},
+                                         timeout=self.timeout_s, verify=self._session.verify)
+            body = response.content
         except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
             raise slow from None
-        except (requests.exceptions.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-            # not JSON, or not Prometheus' JSON (requests' JSONDecodeError is also an OSError: caught first)
-            raise PermanentToolError(f"Prometheus at {self.url} gave an unreadable answer: {exc}") from None
         except (requests.ConnectionError, urllib3.exceptions.HTTPError, OSError) as exc:
             # with urllib3's retries off, a refused connection may surface as urllib3's own error
             if "timed out" in str(exc) and not isinstance(exc, urllib3.exceptions.NewConnectionError):
@@ -671,35 +814,71 @@ class PrometheusSource:
             raise TransientToolError(
                 f"Prometheus at {self.url} is unreachable: {type(exc).__name__}"
             ) from None
-        except PrometheusApiClientException as exc:
-            status = _status_of(exc)
-            if status is not None and (status >= 500 or status == 429):
+        status = response.status_code
+        if status != 200:
+            if status >= 500 or status == 429:
                 raise TransientToolError(f"Prometheus at {self.url} answered HTTP {status}") from None
             raise PermanentToolError(
-                f"Prometheus at {self.url} refused the query: {str(exc)[:300]}"
+                f"Prometheus at {self.url} refused the query: HTTP Status Code {status} ({body[:300]!r})"
             ) from None
+        try:
+            result = _loads(body)["data"]["result"]
+        except (ValueError, KeyError, TypeError) as exc:
+            # not JSON, or not Prometheus' JSON
+            raise PermanentToolError(f"Prometheus at {self.url} gave an unreadable answer: {exc}") from None
         if not isinstance(result, list):
             raise PermanentToolError(f"Prometheus at {self.url} gave an unexpected result type")
         return result
 
-    def samples(self) -> list[MetricSample]:
+    def _read(self) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+        """Every query of `read_queries`, `concurrency` at a time: the DCGM answers by family, and the rest."""
+        from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+        queries = self.read_queries()
+        queries.sort(key=lambda q: q[0] is not None)  # the largest answer (the rest) first
+        errors: list[BaseException] = []
+
+        def run(promql: str) -> list[dict[str, Any]]:
+            if errors:  # the read has failed: the queries not yet sent are not sent
+                raise _Dropped
+            try:
+                return self._query_retrying(promql)
+            except BaseException as exc:
+                errors.append(exc)  # before this future completes: `wait` below finds it
+                raise
+
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(queries)),
+                                  thread_name_prefix="opsmedic-prometheus")
+        try:
+            futures = {pool.submit(run, q): fam for fam, q in queries}
+            wait(futures, return_when=FIRST_EXCEPTION)
+            if errors:
+                with self._lock:
+                    self.failures += 1
+                raise errors[0]
+            dcgm: dict[str, list[dict[str, Any]]] = {}
+            other: list[dict[str, Any]] = []
+            for fut, fam in futures.items():
+                if fam is None:
+                    other = fut.result()
+                else:
+                    dcgm[fam] = fut.result()
+            return dcgm, other
+        finally:
+            # a failed read drops the queries not yet sent; those in flight end within their timeout
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _other_samples(self, items: list[dict[str, Any]]) -> list[MetricSample]:
+        # Prometheus answers in no particular order: pods and models must come out stably, so these few
+        # thousand series are sorted naturally (the DCGM answers are keyed by GPU and ordered by the builder).
         out = []
         bad = 0
-        # Prometheus answers in no particular order. Pods and models must come out stably, so the few
-        # thousand series that are not DCGM's are sorted naturally; the DCGM series (all but those at 10,000
-        # GPUs) are left as they come: the builder keys them by GPU and orders GPUs itself (node, index), and
-        # building a sort key for 200,000 label sets was most of a fleet-size read.
-        items = self.query(self.promql())
-        dcgm: list[dict[str, Any]] = []
-        other: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-        for item in items:
-            metric = item.get("metric") or {}
-            if str(metric.get("__name__", "")).startswith(mn.DCGM_PREFIX):
-                dcgm.append(item)
-            else:
-                other.append((_natural("|".join(f"{k}={v}" for k, v in sorted(metric.items()))), item))
-        other.sort(key=lambda pair: pair[0])
-        for item in [*dcgm, *(it for _, it in other)]:
+        keyed = [
+            (_natural("|".join(f"{k}={v}" for k, v in sorted((item.get("metric") or {}).items()))), item)
+            for item in items
+        ]
+        keyed.sort(key=lambda pair: pair[0])
+        for _, item in keyed:
             metric = dict(item.get("metric") or {})
             name = metric.pop("__name__", "")
             try:
@@ -711,6 +890,20 @@ class PrometheusSource:
         self.builder.skipped_samples += bad
         return out
 
+    def samples(self) -> list[MetricSample]:
+        """A read's series as samples (the DCGM ones carry only the labels their queries keep)."""
+        dcgm, other = self._read()
+        out: list[MetricSample] = []
+        for fam, items in dcgm.items():
+            for item in items:
+                try:
+                    out.append(MetricSample(fam, dict(item.get("metric") or {}), float(item["value"][1])))
+                except (KeyError, IndexError, TypeError, ValueError):
+                    self.builder.skipped_samples += 1
+        return [*out, *self._other_samples(other)]
+
     def snapshot(self) -> ClusterSnapshot:
         """The cluster as Prometheus last scraped it; raises TransientToolError / PermanentToolError."""
-        return self.builder.build(self.samples())
+        with _gc_paused():
+            dcgm, other = self._read()
+            return self.builder.build_split(dcgm, self._other_samples(other))

@@ -61,3 +61,21 @@ def test_the_fleet_bench_measures_the_held_out_fleet_scenario() -> None:
     held_out = load_scenario(Path(__file__).resolve().parents[1] / "scenarios" / "fleet-10k-xid.yaml")
     bench = fleet_scenario()
     assert held_out.model_dump(exclude={"description"}) == bench.model_dump(exclude={"description"})
+
+
+def test_the_prometheus_read_is_measured_through_a_real_prometheus_scraping_the_exporter() -> None:
+    """`PrometheusSource` reads every GPU of the fleet from Debian's Prometheus (skipped without one); the
+    exporter serves the fleet's text rendered once, and the read's CPU is reported beside its wall time."""
+    import shutil
+
+    import pytest
+
+    from opsmedic.daemon.fleet_bench import bench_fleet_prometheus
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("no prometheus binary (apt-get install prometheus)")
+    fig = bench_fleet_prometheus(reads=2, scenario=parse_scenario(_small()))
+    assert "prometheus_skipped" not in fig, fig
+    assert fig["prometheus_gpus_read"] == 96.0
+    assert fig["prometheus_read_ms_10k_gpus"] > 0 and fig["prometheus_read_cpu_ms_10k_gpus"] > 0
+    assert fig["prometheus_series_10k_gpus"] > 96 * 20  # every DCGM field of every GPU, and the rest
