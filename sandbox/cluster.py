@@ -110,6 +110,8 @@ class SimGpu:
     power_capped: bool = False
     thermal: tuple[float, float, float, float] | None = None  # (start, start_temp, target, end)
     spike: tuple[str, float, float] | None = None  # (metric, value, until)
+    # the snapshot's template for this GPU's sample and the `Simulator._idle_key` it was built from
+    sample_template: tuple[tuple[Any, ...], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def healthy(self) -> bool:
@@ -385,10 +387,10 @@ class Simulator:
             p = self.pods[pod]
             p.state, p.ready_at, p.started_at = "Running", 0.0, 0.0
         self._applied: set[tuple[int, int]] = set()  # (fault index, repetition)
-        # what the snapshot keeps between ticks (`_gpu_samples`, `_node_statuses`): by id, the key it was
-        # built from and what was built
-        self._idle_templates: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        # what the snapshot keeps between ticks (`_node_statuses`; a GPU's is `SimGpu.sample_template`): by
+        # name, the key it was built from and what was built
         self._node_cache: dict[str, tuple[tuple[Any, ...], NodeStatus]] = {}
+        self._pod_cache: dict[str, tuple[tuple[Any, ...], PodStatus]] = {}
         # Model-operations noise has its own stream, so that adding it left every older scenario's draws
         # (GPU readings, accuracy noise) exactly where they were.
         self.mrng = random.Random(f"{scenario.seed}:models")
@@ -1419,10 +1421,9 @@ class Simulator:
         serving_rows: dict[str, tuple[tuple[float, float, float, float, float, int], ...]] = {}  # by workload
         getrandbits, random_ = self.rng.getrandbits, self.rng.random
         pods_get = self.pods.get
-        templates = self._idle_templates
-        idle_key, template = self._idle_key, self._idle_template
+        template = self._idle_template
         general = self._gpu_sample
-        new, setattr_, round1 = _new, _setattr, _round1
+        new, setattr_ = _new, _setattr
         # the empty lists that this snapshot's idle samples share, like their fields set: the samples are
         # frozen and nothing changes a snapshot's lists in place; one list per GPU and tick was a third of
         # what the collector walked after each fleet snapshot
@@ -1454,10 +1455,12 @@ class Simulator:
                 else:
                     append(general(g, fields_set))
                     continue
-            key = idle_key(g)
-            entry = templates.get(g.id)
+            # `_idle_key`, written out
+            key = (g.ecc_sbe, g.ecc_dbe_vol, g.ecc_dbe_agg, g.remap_corr, g.remap_unc, g.remap_pending,
+                   g.remap_failure, g.pcie_replay, g.nvlink_crc, g.nvlink_replay, g.recovery)
+            entry = g.sample_template
             if entry is None or entry[0] != key:
-                entry = templates[g.id] = (key, template(g, nvlink))
+                entry = g.sample_template = (key, template(g, nvlink))
             values = entry[1].copy()
             if pod is None:
                 # self.rng.randrange(n_idle), as random.Random._randbelow_with_getrandbits draws it
@@ -1467,7 +1470,7 @@ class Simulator:
                 (values["power_w"], values["sm_clock_mhz"], values["mem_clock_mhz"],
                  values["clock_event_reasons"]) = idle_rows[r]
                 # self.rng.uniform(0, 30) is 0 + (30 - 0) * random()
-                values["mem_used_mib"] = round1(480.0 + 30 * random_())
+                mem = 480.0 + 30 * random_()
                 values["processes"] = no_processes
             else:
                 r = getrandbits(load_bits)
@@ -1477,9 +1480,19 @@ class Simulator:
                  values["mem_clock_mhz"], values["clock_event_reasons"]) = rows[r]
                 random_()  # `_gpu_sample` draws an idle GPU's memory, then the pod's: uniform(0, 30), unused
                 # self.rng.uniform(-64, 64) is -64 + (64 - -64) * random()
-                values["mem_used_mib"] = round1(pod.base_mem_mib + pod.leak_mib + (-64 + 128 * random_()))
+                mem = pod.base_mem_mib + pod.leak_mib + (-64 + 128 * random_())
                 values["processes"] = [pod_name]
-            values["temp_c"] = round1(g.temp)  # a float: SimGpu.temp only ever holds floats
+            # round(mem, 1) and round(g.temp, 1) as `_round1` computes them, written out (a call each costs
+            # as much as the rest): n / 10 unless 10x lies near a tie, is zero, huge or not a number
+            y = mem * 10.0
+            n = round(y) if -1e10 < y < 1e10 else 0
+            d = y - n
+            values["mem_used_mib"] = n / 10 if n and -0.499999 < d < 0.499999 else round(mem, 1)
+            temp = g.temp  # a float: SimGpu.temp only ever holds floats
+            y = temp * 10.0
+            n = round(y) if -1e10 < y < 1e10 else 0
+            d = y - n
+            values["temp_c"] = n / 10 if n and -0.499999 < d < 0.499999 else round(temp, 1)
             if g.pending_xids:
                 values["xids"], g.pending_xids = g.pending_xids, []
             else:
@@ -1581,29 +1594,42 @@ class Simulator:
             out.append(hit[1])
         return out
 
+    def _pod_statuses(self) -> list[PodStatus]:
+        """Every pod's status but the deleted ones'. Like a node's, a pod's status object is kept and handed
+        out again until what it is built from changes (a training pod's step changes every tick)."""
+        cache = self._pod_cache
+        out: list[PodStatus] = []
+        for p in self.pods.values():
+            if p.state == "Deleted":
+                continue
+            step = int(p.step) if p.kind == "training" else None
+            log_tail = p.log[-10:]
+            key = (p.workload, p.kind, p.state, p.app_error, p.reason, p.restarts, p.node, tuple(p.gpus), step,
+                   p.started_at, tuple(log_tail))
+            hit = cache.get(p.name)
+            if hit is None or hit[0] != key:
+                phase = {"Starting": "Pending", "CrashLoop": "Running"}.get(p.state, p.state)
+                pod_ready = p.state == "Running" and not p.app_error
+                reason = p.reason if p.state != "Running" else ("Error" if p.app_error else None)
+                hit = cache[p.name] = (key, _built(PodStatus, dict(
+                    name=p.name, workload=p.workload, kind=p.kind, node=p.node, gpus=list(p.gpus),
+                    phase=phase, ready=pod_ready, reason=reason, restarts=p.restarts,
+                    step=step, started_at_s=float(p.started_at),
+                    log_tail=log_tail, namespace=None,  # every field, in order (see `_built`)
+                )))
+            out.append(hit[1])
+        return out
+
     def snapshot(self) -> ClusterSnapshot:
         with _collector_paused():
             return self._snapshot()
 
     def _snapshot(self) -> ClusterSnapshot:
-        # built without validation (`_built`, see `_gpu_sample`); one fields set per class and snapshot
+        # built without validation (`_built`, see `_gpu_sample`); nodes and pods kept while unchanged
         ready = {name: n.ready(self.now) for name, n in self.nodes.items()}
         gpus = self._gpu_samples(ready)
         nodes = self._node_statuses(ready)
-        pod_fields = _all_fields(PodStatus)
-        pods = []
-        for p in self.pods.values():
-            if p.state == "Deleted":
-                continue
-            phase = {"Starting": "Pending", "CrashLoop": "Running"}.get(p.state, p.state)
-            pod_ready = p.state == "Running" and not p.app_error
-            reason = p.reason if p.state != "Running" else ("Error" if p.app_error else None)
-            pods.append(_built(PodStatus, dict(
-                name=p.name, workload=p.workload, kind=p.kind, node=p.node, gpus=list(p.gpus),
-                phase=phase, ready=pod_ready, reason=reason, restarts=p.restarts,
-                step=int(p.step) if p.kind == "training" else None, started_at_s=float(p.started_at),
-                log_tail=p.log[-10:], namespace=None,  # every field, in order (see `_built`)
-            ), pod_fields))
+        pods = self._pod_statuses()
         models = [
             ModelStatus(
                 name=m.name, serving_version=m.serving, versions=sorted(m.versions),

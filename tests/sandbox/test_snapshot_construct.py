@@ -71,8 +71,25 @@ def test_the_fast_gpu_paths_draw_and_build_what_the_general_path_does(path: Path
         assert [list(s.__dict__) for s in fast] == [list(GpuSample.model_fields)] * len(fast)
         assert [s.model_fields_set for s in fast] == [s.model_fields_set for s in general]
         assert sim.rng.getstate() == twin.rng.getstate(), sim.now
+        nvlink = sim.scenario.cluster.gpu_model != "L4"
+        for g in sim.gpus.values():
+            pod = sim.pods.get(g.pod) if g.pod else None
+            fast_path = ready[g.node] and g.present and not g.power_capped and g.spike is None \
+                and g.thermal is None and g.reset_until is None \
+                and (g.pod is None or (pod is not None and pod.state == "Running"
+                                       and (pod.kind == "inference" or not pod.stalled)))
+            if fast_path:  # its template was checked against the key, written out as `_idle_key` is
+                assert g.sample_template is not None and g.sample_template[0] == Simulator._idle_key(g)
+            if g.sample_template is not None and g.sample_template[0] == Simulator._idle_key(g):
+                # the key holds everything the template is built from
+                assert _typed(g.sample_template[1]) == _typed(sim._idle_template(g, nvlink))
         assert [g.pending_xids for g in sim.gpus.values()] == [g.pending_xids for g in twin.gpus.values()]
-        fast_paths += sum(1 for g in sim.gpus.values() if ready[g.node] and g.id in sim._idle_templates)
+        fast_paths += sum(1 for g in sim.gpus.values() if ready[g.node] and g.sample_template is not None)
+        # node and pod statuses kept from the tick before are what this tick builds afresh
+        kept = [_typed(x.model_dump()) for x in (*sim._node_statuses(ready), *sim._pod_statuses())]
+        sim._node_cache.clear()
+        sim._pod_cache.clear()
+        assert kept == [_typed(x.model_dump()) for x in (*sim._node_statuses(ready), *sim._pod_statuses())]
         sim.snapshot()  # the simulator goes on as it would (the fast path, again)
     assert fast_paths > 0
 
