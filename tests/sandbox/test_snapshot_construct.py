@@ -120,3 +120,14 @@ def test_round1_is_round_to_one_decimal_on_many_values() -> None:
     for x in values:
         assert repr(_round1(x)) == repr(round(x, 1)), x
     assert math.isnan(_round1(float("nan")))
+
+
+def test_compact_keeps_the_mapping_and_its_order() -> None:
+    from sandbox.cluster import _compact
+
+    values = {name: i for i, name in enumerate(GpuSample.model_fields)}
+    compact = _compact(values)
+    assert list(compact.items()) == list(values.items()) and type(compact) is dict
+    copied = compact.copy()
+    copied["temp_c"] = 1.5
+    assert list(copied) == list(values) and compact["temp_c"] == values["temp_c"]
