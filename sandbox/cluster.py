@@ -336,9 +336,11 @@ def _compact(values: dict[str, Any]) -> dict[str, Any]:
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Hold Python's cyclic garbage collector while a snapshot is built. A fleet snapshot allocates some
-    60,000 objects that all survive until the next one; each young-generation collection on the way walks
-    the survivors again, which was half of a 10,000-GPU snapshot's time. Nothing built here forms a cycle
-    (reference counting frees the previous snapshot), and the collector resumes, with its counts, after."""
+    22,000 tracked objects (a sample and its dict per GPU; fields sets and empty lists are shared, node and
+    pod statuses kept) that all survive until the next one; each young-generation collection on the way
+    would walk the survivors again. Nothing built here forms a cycle (reference counting frees the previous
+    snapshot), and the collector resumes, with its counts, after: its one walk over the new snapshot is
+    what remains (about a sixth of a 10,000-GPU tick)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
