@@ -79,7 +79,7 @@ CRASH_BACKOFF_S = 30.0
 PERSISTENT_CRASH_REASONS = {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"}
 
 
-@dataclass
+@dataclass(slots=True)  # 10,000 of them in a fleet, each read every tick: slots keep them small
 class SimGpu:
     id: str
     node: str
@@ -302,13 +302,14 @@ def _all_fields(cls: type[BaseModel]) -> set[str]:
 def _round1(x: float) -> float:
     """`round(x, 1)`, the same float, at a fraction of its cost (it formats and parses a decimal string;
     an idle GPU's sample rounds two readings a tick). `round(x, 1)` is the float nearest to n / 10, n the
-    integer nearest to the exact 10x (ties to even). Below 1e9 in magnitude, x * 10.0 is within 1.2e-7
-    of the exact 10x, so where it lies farther than 1e-6 from a tie its nearest integer is n, and n / 10
-    (an exact integer over 10, correctly rounded by IEEE division) is that float. Ties, zero (whose sign
-    `round` keeps), huge values, infinities and NaN go to `round` itself. Tested against it in
-    tests/sandbox/test_snapshot_construct.py."""
+    integer nearest to the exact 10x (ties to even). Where y = x * 10.0 is below 1e9 in magnitude, it is
+    within half a unit in its last place (6e-8) of the exact 10x, so where it lies farther than 1e-6 from
+    a tie its nearest integer is n, and n / 10 (an exact integer over 10, correctly rounded by IEEE
+    division) is that float. Ties, zero (whose sign `round` keeps), huge values, infinities and NaN go to
+    `round` itself. `_gpu_samples` has it written out; tests/sandbox/test_snapshot_construct.py tests it
+    against `round`."""
     y = x * 10.0
-    if -1e10 < y < 1e10:
+    if -1e9 < y < 1e9:
         n = round(y)
         d = y - n
         if n and -0.499999 < d < 0.499999:
@@ -1504,12 +1505,12 @@ class Simulator:
             # round(mem, 1) and round(g.temp, 1) as `_round1` computes them, written out (a call each costs
             # as much as the rest): n / 10 unless 10x lies near a tie, is zero, huge or not a number
             y = mem * 10.0
-            n = round(y) if -1e10 < y < 1e10 else 0
+            n = round(y) if -1e9 < y < 1e9 else 0
             d = y - n
             values["mem_used_mib"] = n / 10 if n and -0.499999 < d < 0.499999 else round(mem, 1)
             temp = g.temp  # a float: SimGpu.temp only ever holds floats
             y = temp * 10.0
-            n = round(y) if -1e10 < y < 1e10 else 0
+            n = round(y) if -1e9 < y < 1e9 else 0
             d = y - n
             values["temp_c"] = n / 10 if n and -0.499999 < d < 0.499999 else round(temp, 1)
             if g.pending_xids:
