@@ -407,6 +407,10 @@ class Simulator:
             p = self.pods[pod]
             p.state, p.ready_at, p.started_at = "Running", 0.0, 0.0
         self._applied: set[tuple[int, int]] = set()  # (fault index, repetition)
+        if any(f.type == "gpu_xid" for f in scenario.faults):
+            # NVIDIA's XID catalog is parsed once per process, here rather than in the tick of the first XID
+            # (a tenth of a second of YAML: at fleet size, as much as a whole tick)
+            xids.codes()
         # what the snapshot keeps between ticks (`_node_statuses`; a GPU's is `SimGpu.sample_template`): by
         # name, the key it was built from and what was built
         self._node_cache: dict[str, tuple[tuple[Any, ...], NodeStatus]] = {}
