@@ -79,7 +79,7 @@ CRASH_BACKOFF_S = 30.0
 PERSISTENT_CRASH_REASONS = {"ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"}
 
 
-@dataclass
+@dataclass(slots=True)  # 10,000 of them in a fleet, each read every tick: slots keep them small
 class SimGpu:
     id: str
     node: str
@@ -110,6 +110,8 @@ class SimGpu:
     power_capped: bool = False
     thermal: tuple[float, float, float, float] | None = None  # (start, start_temp, target, end)
     spike: tuple[str, float, float] | None = None  # (metric, value, until)
+    # the snapshot's template for this GPU's sample and the `Simulator._idle_key` it was built from
+    sample_template: tuple[tuple[Any, ...], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def healthy(self) -> bool:
@@ -254,37 +256,92 @@ def _default(cls: type[BaseModel], name: str) -> Any:
     return cls.model_fields[name].get_default(call_default_factory=True)
 
 
-def _built(cls: type[_M], values: dict[str, Any]) -> _M:
-    """`cls` from `values` without validation: what pydantic's `model_construct` does, without its
-    per-field Python loop (a tenth of the cost at 10,000 GPUs a tick). `values` must hold every field of
-    `cls` in its declared order (a dump follows it), each already of its field's type:
-    tests/sandbox/test_snapshot_construct.py holds that validating what the snapshot builds changes nothing."""
+def _complete(cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` holding every field of `cls` in its declared order: a field added to the domain model since a
+    builder below was written takes its declared default (a fresh one for a default_factory)."""
     count = _FIELD_COUNT.get(cls)
     if count is None:
         count = _FIELD_COUNT[cls] = len(cls.model_fields)
     # the builders name only real fields, so as many keys as fields means every field (the common case,
     # checked by a length, not a set difference: this runs once per GPU per tick)
     if len(values) != count and _defaults_of(cls).keys() - values.keys():
-        # a field added to the domain model since this builder was written takes its declared default
-        # (a fresh one for a default_factory), in the declared order
+        return {name: (values[name] if name in values else _default(cls, name)) for name in cls.model_fields}
+    return values
+
+
+def _built(cls: type[_M], values: dict[str, Any], fields_set: set[str] | None = None) -> _M:
+    """`cls` from `values` without validation: what pydantic's `model_construct` does, without its
+    per-field Python loop (a tenth of the cost at 10,000 GPUs a tick). `values` must hold every field of
+    `cls` in its declared order (a dump follows it), each already of its field's type:
+    tests/sandbox/test_snapshot_construct.py holds that validating what the snapshot builds changes nothing.
+    `fields_set`, where given, is every field's name (`_all_fields`), shared by the objects of one snapshot."""
+    if fields_set is None:
         fields_set = set(values)
-        values = {name: (values[name] if name in values else _default(cls, name)) for name in cls.model_fields}
-    else:
-        fields_set = set(values)
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    obj = _new(cls)
+    _setattr(obj, "__dict__", _complete(cls, values))
+    _setattr(obj, "__pydantic_fields_set__", fields_set)
+    _setattr(obj, "__pydantic_extra__", None)
+    _setattr(obj, "__pydantic_private__", None)
     return obj
+
+
+_new = object.__new__
+_setattr = object.__setattr__
+
+
+def _all_fields(cls: type[BaseModel]) -> set[str]:
+    """A fresh set of every field name of `cls`: the `__pydantic_fields_set__` that one snapshot's objects of
+    `cls` share (each has every field set). Sharing it is safe because these models are frozen: pydantic
+    changes a fields set in place only on attribute assignment, which a frozen model refuses, and copies it
+    for `model_copy`. One set per snapshot instead of one per object saved a set of ~27 names per GPU per
+    tick, and the collector's walk over it."""
+    assert cls.model_config.get("frozen"), cls
+    return set(cls.model_fields)
+
+
+def _round1(x: float) -> float:
+    """`round(x, 1)`, the same float, at a fraction of its cost (it formats and parses a decimal string;
+    an idle GPU's sample rounds two readings a tick). `round(x, 1)` is the float nearest to n / 10, n the
+    integer nearest to the exact 10x (ties to even). Where y = x * 10.0 is below 1e9 in magnitude, it is
+    within half a unit in its last place (6e-8) of the exact 10x, so where it lies farther than 1e-6 from
+    a tie its nearest integer is n, and n / 10 (an exact integer over 10, correctly rounded by IEEE
+    division) is that float. Ties, zero (whose sign `round` keeps), huge values, infinities and NaN go to
+    `round` itself. `_gpu_samples` has it written out; tests/sandbox/test_snapshot_construct.py tests it
+    against `round`."""
+    y = x * 10.0
+    if -1e9 < y < 1e9:
+        n = round(y)
+        d = y - n
+        if n and -0.499999 < d < 0.499999:
+            return n / 10
+    return round(x, 1)
+
+
+class _SampleValues:
+    """Holds a GPU sample template's values as attributes, for `_compact`."""
+
+
+def _compact(values: dict[str, Any]) -> dict[str, Any]:
+    """The same mapping, as a dict that shares its keys with every other one made here (CPython's split
+    table, the layout of an instance's `__dict__`): a copy of it is a third of the memory of a copy of a
+    plain 27-key dict, which a fleet snapshot makes 10,000 times a tick, and which the collector then walks
+    and the next tick frees. Equal, in the same order, and a plain `dict` whatever the layout (another
+    Python, or more fields than a shared table holds, just gives a plain one)."""
+    holder = _SampleValues()
+    for name, value in values.items():
+        setattr(holder, name, value)
+    compact = holder.__dict__
+    return compact if list(compact) == list(values) else values
 
 
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """Hold Python's cyclic garbage collector while a snapshot is built. A fleet snapshot allocates some
-    60,000 objects that all survive until the next one; each young-generation collection on the way walks
-    the survivors again, which was half of a 10,000-GPU snapshot's time. Nothing built here forms a cycle
-    (reference counting frees the previous snapshot), and the collector resumes, with its counts, after."""
+    22,000 tracked objects (a sample and its dict per GPU; fields sets and empty lists are shared, node and
+    pod statuses kept) that all survive until the next one; each young-generation collection on the way
+    would walk the survivors again. Nothing built here forms a cycle (reference counting frees the previous
+    snapshot), and the collector resumes, with its counts, after: its one walk over the new snapshot is
+    what remains (about a sixth of a 10,000-GPU tick)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -350,6 +407,14 @@ class Simulator:
             p = self.pods[pod]
             p.state, p.ready_at, p.started_at = "Running", 0.0, 0.0
         self._applied: set[tuple[int, int]] = set()  # (fault index, repetition)
+        if any(f.type == "gpu_xid" for f in scenario.faults):
+            # NVIDIA's XID catalog is parsed once per process, here rather than in the tick of the first XID
+            # (a tenth of a second of YAML: at fleet size, as much as a whole tick)
+            xids.codes()
+        # what the snapshot keeps between ticks (`_node_statuses`; a GPU's is `SimGpu.sample_template`): by
+        # name, the key it was built from and what was built
+        self._node_cache: dict[str, tuple[tuple[Any, ...], NodeStatus]] = {}
+        self._pod_cache: dict[str, tuple[tuple[Any, ...], PodStatus]] = {}
         # Model-operations noise has its own stream, so that adding it left every older scenario's draws
         # (GPU readings, accuracy noise) exactly where they were.
         self.mrng = random.Random(f"{scenario.seed}:models")
@@ -588,12 +653,17 @@ class Simulator:
         return 0.55 if g.temp > THERMAL_SLOWDOWN_C else 1.0
 
     def _update_gpus(self, dt: float) -> None:
+        # once per GPU per tick: names bound once, and `rng.uniform(-0.3, 0.3)` written out as `random.Random`
+        # computes it, a + (b - a) * random(), so that the draws and values stay exactly those of the call
         alpha = 1.0 - math.exp(-dt / 25.0)
+        now, rng, pods_get = self.now, self.rng, self.pods.get
+        random_ = rng.random
+        noise_span = 0.3 - -0.3
         for g in self.gpus.values():
-            if g.reset_until is not None and self.now >= g.reset_until:
+            if g.reset_until is not None and now >= g.reset_until:
                 g.reset_until = None
                 self._finish_reset(g)
-            pod = self.pods.get(g.pod) if g.pod else None
+            pod = pods_get(g.pod) if g.pod else None
             running = pod is not None and pod.state == "Running"
             if g.power_capped or (running and pod is not None and pod.kind == "training" and not pod.stalled):
                 target = 62.0 + g.temp_offset
@@ -603,14 +673,14 @@ class Simulator:
                 target = 36.0 + g.temp_offset
             if g.thermal is not None:
                 start, t0, hot, end = g.thermal
-                if self.now < end:
-                    frac = min(1.0, (self.now - start) / 60.0)
-                    g.temp = t0 + (hot - t0) * frac + self.rng.uniform(-0.4, 0.4)
+                if now < end:
+                    frac = min(1.0, (now - start) / 60.0)
+                    g.temp = t0 + (hot - t0) * frac + rng.uniform(-0.4, 0.4)
                     continue
                 g.thermal = None
-            g.temp += (target - g.temp) * alpha + self.rng.uniform(-0.3, 0.3)
+            g.temp += (target - g.temp) * alpha + (-0.3 + noise_span * random_())
             if g.nvlink_rate_per_min > 0:
-                g.nvlink_crc += g.nvlink_rate_per_min * dt / 60.0 * self.rng.uniform(0.7, 1.3)
+                g.nvlink_crc += g.nvlink_rate_per_min * dt / 60.0 * rng.uniform(0.7, 1.3)
                 g.nvlink_replay += g.nvlink_rate_per_min * dt / 600.0
 
     def _finish_reset(self, g: SimGpu) -> None:
@@ -1288,42 +1358,178 @@ class Simulator:
     def _row(self, rows: tuple[TraceRow, ...]) -> TraceRow:
         return rows[self.rng.randrange(len(rows))]
 
-    def _idle_rows(self) -> tuple[tuple[float, float, float, int, float], ...]:
-        """Per row of the idle trace, what an idle GPU's sample takes from it, converted once: power (scaled,
-        rounded as `_gpu_sample` rounds it), SM and memory clocks, clock reasons, and the raw power."""
-        cached = self.__dict__.get("_idle_rows_cache")
+    def _idle_rows(self) -> tuple[tuple[float, float, float, int], ...]:
+        """Per row of the idle trace, what an idle GPU's sample takes from it, converted once as `_gpu_sample`
+        converts it: (power, SM clock, memory clock, clock reasons)."""
+        cached: tuple[tuple[float, float, float, int], ...] | None = self.__dict__.get("_idle_rows_cache")
         if cached is None:
             cached = tuple((float(round(r.power_w * self.power_scale, 2)), float(r.sm_clock_mhz),
-                            float(r.mem_clock_mhz), int(r.clock_event_reasons), r.power_w)
+                            float(r.mem_clock_mhz), int(r.clock_event_reasons))
                            for r in self.prof.idle)
+            if not cached:
+                raise ValueError("the NVML trace has no idle rows")
             self.__dict__["_idle_rows_cache"] = cached
         return cached
 
-    def _idle_gpu_sample(self, g: SimGpu, rows: tuple[tuple[float, float, float, int, float], ...],
-                         nvlink: bool) -> GpuSample:
-        """`_gpu_sample` for the common case at fleet size, a present GPU with no pod, fault, spike, cap or
-        reset: the same random draws in the same order and the same values, with the per-row conversions
-        done once (`_idle_rows`). tests/sandbox/test_snapshot_construct.py holds the two equal."""
-        xids, g.pending_xids = g.pending_xids, []
-        power, sm, mem_clock, reasons, _ = rows[self.rng.randrange(len(rows))]
-        mem = 480.0 + self.rng.uniform(0, 30)
-        return _built(GpuSample, {
+    def _load_rows(self, factor: float | None) -> tuple[tuple[float, float, float, float, float, int], ...]:
+        """Per row of the load trace, what a busy GPU's sample takes from it, converted once as `_gpu_sample`
+        converts it: (utilisation, memory utilisation, power, SM clock, memory clock, clock reasons). `factor`
+        None: a training GPU's (the row as recorded); else an inference replica's at that `_util_factor`."""
+        cache: dict[float | None, tuple[tuple[float, float, float, float, float, int], ...]] = \
+            self.__dict__.setdefault("_load_rows_cache", {})
+        found = cache.get(factor)
+        if found is None:
+            built = []
+            for r in self.prof.load:
+                if factor is None:
+                    util, power = r.gpu_util_pct, r.power_w * self.power_scale
+                    sm, reasons = r.sm_clock_mhz, r.clock_event_reasons
+                else:
+                    util = round(r.gpu_util_pct * 0.55 * factor)
+                    power = (95.0 + (r.power_w - 95.0) * 0.5) * self.power_scale
+                    sm, reasons = 1980.0, 0
+                built.append((float(util), float(min(100.0, util * 0.6)), float(round(power, 2)), float(sm),
+                              float(r.mem_clock_mhz), int(reasons)))
+            if not built:
+                raise ValueError("the NVML trace has no load rows")
+            if len(cache) >= 64:  # a factor follows the load ratio: a few values a run, but keep it bounded
+                cache.clear()
+            found = cache[factor] = tuple(built)
+        return found
+
+    @staticmethod
+    def _idle_key(g: SimGpu) -> tuple[Any, ...]:
+        """What an idle GPU's sample takes from its state apart from the per-tick readings (`_idle_template`).
+        Keep it in step with `_idle_template`: the template is rebuilt whenever this changes."""
+        return (g.ecc_sbe, g.ecc_dbe_vol, g.ecc_dbe_agg, g.remap_corr, g.remap_unc, g.remap_pending,
+                g.remap_failure, g.pcie_replay, g.nvlink_crc, g.nvlink_replay, g.recovery)
+
+    def _idle_template(self, g: SimGpu, nvlink: bool) -> dict[str, Any]:
+        """An idle GPU's sample (`_gpu_sample` for a present GPU with no pod, fault, spike, cap or reset) with
+        its per-tick readings left blank: every field, in order; the blanks are filled per tick by
+        `_gpu_samples`. Its other values come from `_idle_key` and from what never changes."""
+        return _compact(_complete(GpuSample, {
             "gpu": g.id, "node": g.node, "index": g.index, "present": True,
-            "util_pct": 0.0, "mem_util_pct": 0.0, "mem_used_mib": round(mem, 1),
-            "mem_total_mib": float(self.mem_total), "temp_c": float(round(g.temp, 1)),
-            "power_w": power, "power_limit_w": float(self.power_limit), "sm_clock_mhz": sm,
-            "mem_clock_mhz": mem_clock, "clock_event_reasons": reasons,
+            "util_pct": 0.0, "mem_util_pct": 0.0, "mem_used_mib": None,
+            "mem_total_mib": float(self.mem_total), "temp_c": None,
+            "power_w": None, "power_limit_w": float(self.power_limit), "sm_clock_mhz": None,
+            "mem_clock_mhz": None, "clock_event_reasons": None,
             "ecc_sbe_volatile": g.ecc_sbe, "ecc_dbe_volatile": g.ecc_dbe_vol, "ecc_dbe_aggregate": g.ecc_dbe_agg,
             "remapped_rows_correctable": g.remap_corr, "remapped_rows_uncorrectable": g.remap_unc,
             "remap_pending": g.remap_pending, "remap_failure": g.remap_failure,
             "pcie_replay_counter": g.pcie_replay,
             "nvlink_crc_errors": int(g.nvlink_crc) if nvlink else None,
             "nvlink_replay_errors": int(g.nvlink_replay) if nvlink else None,
-            "xids": xids, "recovery_action": g.recovery,
-            "processes": [],
-        })
+            "xids": None, "recovery_action": g.recovery,
+            "processes": None,
+        }))
 
-    def _gpu_sample(self, g: SimGpu) -> GpuSample:
+    def _gpu_samples(self, ready: dict[str, bool]) -> list[GpuSample]:
+        """The sample of every GPU on a reachable node, in order: `_gpu_sample`'s, the same values of the same
+        types from the same random draws in the same order, with the common cases made faster. Those are a
+        present GPU with no fault, spike, cap or reset that is idle (most of a fleet's GPUs) or that serves a
+        Running pod (a training pod that is not stalled, or an inference replica). Their sample is a copy of
+        a per-GPU template (`_idle_template`, rebuilt when `_idle_key` changes) with the trace row converted
+        once (`_idle_rows`, `_load_rows`), `rng.randrange` and `rng.uniform` written out as `random.Random`
+        computes them, and `round(x, 1)` as `_round1`. Every other GPU takes `_gpu_sample` itself.
+        tests/sandbox/test_snapshot_construct.py holds the two equal, value for value, type for type and
+        draw for draw."""
+        fields_set = _all_fields(GpuSample)
+        nvlink = self.scenario.cluster.gpu_model != "L4"
+        idle_rows = self._idle_rows()
+        n_idle = len(idle_rows)
+        idle_bits = n_idle.bit_length()
+        train_rows = self._load_rows(None)
+        n_load = len(train_rows)
+        load_bits = n_load.bit_length()
+        serving_rows: dict[str, tuple[tuple[float, float, float, float, float, int], ...]] = {}  # by workload
+        getrandbits, random_ = self.rng.getrandbits, self.rng.random
+        pods_get = self.pods.get
+        template = self._idle_template
+        general = self._gpu_sample
+        new, setattr_ = _new, _setattr
+        # the empty lists that this snapshot's idle samples share, like their fields set: the samples are
+        # frozen and nothing changes a snapshot's lists in place; one list per GPU and tick was a third of
+        # what the collector walked after each fleet snapshot
+        no_xids: list[int] = []
+        no_processes: list[str] = []
+        out: list[GpuSample] = []
+        append = out.append
+        for g in self.gpus.values():
+            if not ready[g.node]:
+                continue
+            if not g.present or g.power_capped or g.spike is not None or g.thermal is not None \
+                    or g.reset_until is not None:
+                append(general(g, fields_set))
+                continue
+            pod_name = g.pod
+            pod = None
+            if pod_name is not None:
+                pod = pods_get(pod_name) if pod_name else None
+                if pod is None or pod.state != "Running":
+                    append(general(g, fields_set))
+                    continue
+                if pod.kind == "training" and not pod.stalled:
+                    rows = train_rows
+                elif pod.kind == "inference":
+                    found = serving_rows.get(pod.workload)
+                    if found is None:
+                        found = serving_rows[pod.workload] = self._load_rows(self._util_factor(pod.workload))
+                    rows = found
+                else:
+                    append(general(g, fields_set))
+                    continue
+            # `_idle_key`, written out
+            key = (g.ecc_sbe, g.ecc_dbe_vol, g.ecc_dbe_agg, g.remap_corr, g.remap_unc, g.remap_pending,
+                   g.remap_failure, g.pcie_replay, g.nvlink_crc, g.nvlink_replay, g.recovery)
+            entry = g.sample_template
+            if entry is None or entry[0] != key:
+                entry = g.sample_template = (key, template(g, nvlink))
+            values = entry[1].copy()
+            if pod is None:
+                # self.rng.randrange(n_idle), as random.Random._randbelow_with_getrandbits draws it
+                r = getrandbits(idle_bits)
+                while r >= n_idle:
+                    r = getrandbits(idle_bits)
+                (values["power_w"], values["sm_clock_mhz"], values["mem_clock_mhz"],
+                 values["clock_event_reasons"]) = idle_rows[r]
+                # self.rng.uniform(0, 30) is 0 + (30 - 0) * random()
+                mem = 480.0 + 30 * random_()
+                values["processes"] = no_processes
+            else:
+                r = getrandbits(load_bits)
+                while r >= n_load:
+                    r = getrandbits(load_bits)
+                (values["util_pct"], values["mem_util_pct"], values["power_w"], values["sm_clock_mhz"],
+                 values["mem_clock_mhz"], values["clock_event_reasons"]) = rows[r]
+                random_()  # `_gpu_sample` draws an idle GPU's memory, then the pod's: uniform(0, 30), unused
+                # self.rng.uniform(-64, 64) is -64 + (64 - -64) * random()
+                mem = pod.base_mem_mib + pod.leak_mib + (-64 + 128 * random_())
+                values["processes"] = [pod_name]
+            # round(mem, 1) and round(g.temp, 1) as `_round1` computes them, written out (a call each costs
+            # as much as the rest): n / 10 unless 10x lies near a tie, is zero, huge or not a number
+            y = mem * 10.0
+            n = round(y) if -1e9 < y < 1e9 else 0
+            d = y - n
+            values["mem_used_mib"] = n / 10 if n and -0.499999 < d < 0.499999 else round(mem, 1)
+            temp = g.temp  # a float: SimGpu.temp only ever holds floats
+            y = temp * 10.0
+            n = round(y) if -1e9 < y < 1e9 else 0
+            d = y - n
+            values["temp_c"] = n / 10 if n and -0.499999 < d < 0.499999 else round(temp, 1)
+            if g.pending_xids:
+                values["xids"], g.pending_xids = g.pending_xids, []
+            else:
+                values["xids"] = no_xids
+            sample = new(GpuSample)
+            setattr_(sample, "__dict__", values)
+            setattr_(sample, "__pydantic_fields_set__", fields_set)
+            setattr_(sample, "__pydantic_extra__", None)
+            setattr_(sample, "__pydantic_private__", None)
+            append(sample)
+        return out
+
+    def _gpu_sample(self, g: SimGpu, fields_set: set[str] | None = None) -> GpuSample:
         xids, g.pending_xids = g.pending_xids, []
         # Built without validation (`_built`): every value below already has its field's type (the
         # simulator's own numbers), and validating 10,000 samples a tick was most of a fleet snapshot's time.
@@ -1381,7 +1587,7 @@ class Simulator:
             "nvlink_replay_errors": int(g.nvlink_replay) if nvlink else None,
             "xids": xids, "recovery_action": g.recovery,
             "processes": [g.pod] if g.pod and pod is not None and pod.state != "Pending" else [],
-        })
+        }, fields_set)
 
     def _util_factor(self, workload: str) -> float:
         """GPU utilisation of an inference replica scales with its load; 1 at the base load (half of
@@ -1391,43 +1597,63 @@ class Simulator:
             return 1.0
         return max(1.0, min(100.0 / 55.0, m.load_ratio / 0.5))
 
+    def _node_statuses(self, ready: dict[str, bool]) -> list[NodeStatus]:
+        """Every node's status. A node's status changes only with what it is built from, so the object is
+        kept and handed out again until then (it is frozen, and nothing in it is drawn at random)."""
+        per_node = self.scenario.cluster.gpus_per_node
+        cache = self._node_cache
+        out: list[NodeStatus] = []
+        for n in self.nodes.values():
+            up = ready[n.name]
+            key = (up, n.unschedulable, n.cordoned_by, n.disk_pressure)
+            hit = cache.get(n.name)
+            if hit is None or hit[0] != key:
+                hit = cache[n.name] = (key, _built(NodeStatus, dict(
+                    name=n.name, ready=up, unschedulable=n.unschedulable, cordoned_by=n.cordoned_by,
+                    gpus=per_node,
+                    taints=(["node.kubernetes.io/unschedulable"] if n.unschedulable else [])
+                    + ([] if up else ["node.kubernetes.io/unreachable"]),
+                    conditions=["DiskPressure"] if n.disk_pressure else [],
+                )))
+            out.append(hit[1])
+        return out
+
+    def _pod_statuses(self) -> list[PodStatus]:
+        """Every pod's status but the deleted ones'. Like a node's, a pod's status object is kept and handed
+        out again until what it is built from changes (a training pod's step changes every tick)."""
+        cache = self._pod_cache
+        out: list[PodStatus] = []
+        for p in self.pods.values():
+            if p.state == "Deleted":
+                continue
+            step = int(p.step) if p.kind == "training" else None
+            log_tail = p.log[-10:]
+            key = (p.workload, p.kind, p.state, p.app_error, p.reason, p.restarts, p.node, tuple(p.gpus), step,
+                   p.started_at, tuple(log_tail))
+            hit = cache.get(p.name)
+            if hit is None or hit[0] != key:
+                phase = {"Starting": "Pending", "CrashLoop": "Running"}.get(p.state, p.state)
+                pod_ready = p.state == "Running" and not p.app_error
+                reason = p.reason if p.state != "Running" else ("Error" if p.app_error else None)
+                hit = cache[p.name] = (key, _built(PodStatus, dict(
+                    name=p.name, workload=p.workload, kind=p.kind, node=p.node, gpus=list(p.gpus),
+                    phase=phase, ready=pod_ready, reason=reason, restarts=p.restarts,
+                    step=step, started_at_s=float(p.started_at),
+                    log_tail=log_tail, namespace=None,  # every field, in order (see `_built`)
+                )))
+            out.append(hit[1])
+        return out
+
     def snapshot(self) -> ClusterSnapshot:
         with _collector_paused():
             return self._snapshot()
 
     def _snapshot(self) -> ClusterSnapshot:
-        # `model_construct` for the per-GPU, per-node and per-pod objects (see `_gpu_sample`)
+        # built without validation (`_built`, see `_gpu_sample`); nodes and pods kept while unchanged
         ready = {name: n.ready(self.now) for name, n in self.nodes.items()}
-        rows, nvlink = self._idle_rows(), self.scenario.cluster.gpu_model != "L4"
-        gpus = [self._idle_gpu_sample(g, rows, nvlink)
-                if (g.pod is None and g.present and not g.power_capped and g.spike is None and g.thermal is None
-                    and g.reset_until is None)
-                else self._gpu_sample(g)
-                for g in self.gpus.values() if ready[g.node]]
-        per_node = self.scenario.cluster.gpus_per_node
-        nodes = [
-            _built(NodeStatus, dict(
-                name=n.name, ready=ready[n.name], unschedulable=n.unschedulable, cordoned_by=n.cordoned_by,
-                gpus=per_node,
-                taints=(["node.kubernetes.io/unschedulable"] if n.unschedulable else [])
-                + ([] if ready[n.name] else ["node.kubernetes.io/unreachable"]),
-                conditions=["DiskPressure"] if n.disk_pressure else [],
-            ))
-            for n in self.nodes.values()
-        ]
-        pods = []
-        for p in self.pods.values():
-            if p.state == "Deleted":
-                continue
-            phase = {"Starting": "Pending", "CrashLoop": "Running"}.get(p.state, p.state)
-            pod_ready = p.state == "Running" and not p.app_error
-            reason = p.reason if p.state != "Running" else ("Error" if p.app_error else None)
-            pods.append(_built(PodStatus, dict(
-                name=p.name, workload=p.workload, kind=p.kind, node=p.node, gpus=list(p.gpus),
-                phase=phase, ready=pod_ready, reason=reason, restarts=p.restarts,
-                step=int(p.step) if p.kind == "training" else None, started_at_s=float(p.started_at),
-                log_tail=p.log[-10:], namespace=None,  # every field, in order (see `_built`)
-            )))
+        gpus = self._gpu_samples(ready)
+        nodes = self._node_statuses(ready)
+        pods = self._pod_statuses()
         models = [
             ModelStatus(
                 name=m.name, serving_version=m.serving, versions=sorted(m.versions),
