@@ -2,7 +2,7 @@
 
 Layer: tools (read adapter). Imports `core.domain`, `core.errors`, `core.metric_names` (every metric name and
 label it reads is declared there, and the sandbox exporter writes the same), `prometheus_client`'s parser and
-`requests`; it does not import the sandbox, so a production deployment reads a real DCGM
+`prometheus-api-client`; it does not import the sandbox, so a production deployment reads a real DCGM
 exporter and kube-state-metrics through the same code that reads `sandbox.exporter` in tests.
 
 Both paths turn samples into the same `ClusterSnapshot` the NVML collector and the simulator produce:
@@ -22,7 +22,6 @@ retries; a 4xx or an unreadable answer raises `PermanentToolError`. Nothing here
 from __future__ import annotations
 
 import gc
-import json
 import math
 import re
 import threading
@@ -676,13 +675,9 @@ class _Dropped(Exception):
     """A query of a read that had already failed, not sent."""
 
 
-def _loads(body: bytes) -> Any:
-    """JSON from bytes: orjson where installed (several times faster on a fleet's answers), else json."""
-    try:
-        import orjson
-    except ImportError:  # pragma: no cover - orjson comes with langgraph
-        return json.loads(body)
-    return orjson.loads(body)
+def _status_of(exc: Exception) -> int | None:
+    m = re.search(r"HTTP Status Code (\d{3})", str(exc))
+    return int(m.group(1)) if m else None
 
 
 class PrometheusSource:
@@ -715,6 +710,7 @@ class PrometheusSource:
         concurrency: int = 8,
     ) -> None:
         import requests
+        from prometheus_api_client import PrometheusConnect
         from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
@@ -737,12 +733,14 @@ class PrometheusSource:
         self.ca_bundle = str(ca_bundle) if ca_bundle else None
         if self.ca_bundle is not None and not Path(self.ca_bundle).is_file():
             raise ConfigError(f"no such CA bundle file: {self.ca_bundle}", "setting ca_bundle (OPSMEDIC_CA_BUNDLE)")
-        self._session = requests.Session()
-        self._session.verify = self.ca_bundle or True
-        # one pooled connection per concurrent query
-        adapter = HTTPAdapter(max_retries=Retry(total=False), pool_connections=1, pool_maxsize=self.concurrency)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        session = requests.Session()
+        session.verify = self.ca_bundle or True
+        # PrometheusConnect mounts its adapter on the URL; one pooled connection per concurrent query. Its
+        # requests pass `verify` themselves, so REQUESTS_CA_BUNDLE in the environment cannot override it.
+        self._prom = PrometheusConnect(
+            url=self.url, disable_ssl=False, retry=Retry(total=False), timeout=timeout_s, session=session
+        )
+        session.mount(self.url, HTTPAdapter(max_retries=Retry(total=False), pool_maxsize=max(10, self.concurrency)))
 
     @property
     def skipped_samples(self) -> int:
@@ -794,6 +792,7 @@ class PrometheusSource:
     def _query_once(self, promql: str) -> list[dict[str, Any]]:
         import requests
         import urllib3
+        from prometheus_api_client.exceptions import PrometheusApiClientException
 
         with self._lock:
             self.queries += 1
@@ -801,12 +800,12 @@ class PrometheusSource:
             f"Prometheus at {self.url} did not answer within {self.timeout_s:g}s ({self.attempts} attempt(s))"
         )
         try:
-            # verify given per request: the session's alone would lose to REQUESTS_CA_BUNDLE in the environment
-            response = self._session.get(f"{self.url}/api/v1/query", params={"query": promql},
-                                         timeout=self.timeout_s, verify=self._session.verify)
-            body = response.content
+            result = self._prom.custom_query(promql, timeout=self.timeout_s)
         except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError):
             raise slow from None
+        except (requests.exceptions.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+            # not JSON, or not Prometheus' JSON (requests' JSONDecodeError is also an OSError: caught first)
+            raise PermanentToolError(f"Prometheus at {self.url} gave an unreadable answer: {exc}") from None
         except (requests.ConnectionError, urllib3.exceptions.HTTPError, OSError) as exc:
             # with urllib3's retries off, a refused connection may surface as urllib3's own error
             if "timed out" in str(exc) and not isinstance(exc, urllib3.exceptions.NewConnectionError):
@@ -814,18 +813,13 @@ class PrometheusSource:
             raise TransientToolError(
                 f"Prometheus at {self.url} is unreachable: {type(exc).__name__}"
             ) from None
-        status = response.status_code
-        if status != 200:
-            if status >= 500 or status == 429:
+        except PrometheusApiClientException as exc:
+            status = _status_of(exc)
+            if status is not None and (status >= 500 or status == 429):
                 raise TransientToolError(f"Prometheus at {self.url} answered HTTP {status}") from None
             raise PermanentToolError(
-                f"Prometheus at {self.url} refused the query: HTTP Status Code {status} ({body[:300]!r})"
+                f"Prometheus at {self.url} refused the query: {str(exc)[:300]}"
             ) from None
-        try:
-            result = _loads(body)["data"]["result"]
-        except (ValueError, KeyError, TypeError) as exc:
-            # not JSON, or not Prometheus' JSON
-            raise PermanentToolError(f"Prometheus at {self.url} gave an unreadable answer: {exc}") from None
         if not isinstance(result, list):
             raise PermanentToolError(f"Prometheus at {self.url} gave an unexpected result type")
         return result
