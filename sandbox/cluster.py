@@ -11,7 +11,6 @@ rollback serves the previous version.
 
 from __future__ import annotations
 
-import gc
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -43,6 +42,7 @@ from core.domain import (
     VerificationResult,
 )
 from core.errors import PermanentToolError
+from infra.gc_pause import gc_paused
 from sandbox.nvml_profile import TraceRow, profiles
 from sandbox.scenario import (
     BadDeployParams,
@@ -342,13 +342,8 @@ def _collector_paused() -> Iterator[None]:
     would walk the survivors again. Nothing built here forms a cycle (reference counting frees the previous
     snapshot), and the collector resumes, with its counts, after: its one walk over the new snapshot is
     what remains (about a sixth of a 10,000-GPU tick)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class Simulator:

@@ -21,14 +21,12 @@ retries; a 4xx or an unreadable answer raises `PermanentToolError`. Nothing here
 
 from __future__ import annotations
 
-import gc
 import math
 import re
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from typing import Any
 from core import metric_names as mn
 from core.domain import ClusterSnapshot, GpuSample, ModelStatus, ModelTrack, NodeStatus, PodStatus
 from core.errors import ConfigError, PermanentToolError, ToolError, TransientToolError
+from infra.gc_pause import gc_paused
 
 DCGM_TO_FIELD: dict[str, str] = {f.name: f.gpu_field for f in mn.DCGM_FIELDS if f.gpu_field}
 _INT_FIELDS = frozenset(
@@ -645,32 +644,6 @@ class ExpositionSource:
 _DCGM_BY: tuple[str, ...] = ("gpu", *_HOST_LABELS, "pod")
 
 
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for a read. Decoding a fleet's answers allocates ~2 million objects,
-    and CPython's collector, triggered every 700 allocations, walks the growing answers again and again:
-    ~0.7 s of a ~1 s decode. The answers hold no cycles; the collector runs as before once reads end
-    (a count, so that overlapping reads do not turn it back on under each other)."""
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
-
-
 class _Dropped(Exception):
     """A query of a read that had already failed, not sent."""
 
@@ -898,6 +871,6 @@ class PrometheusSource:
 
     def snapshot(self) -> ClusterSnapshot:
         """The cluster as Prometheus last scraped it; raises TransientToolError / PermanentToolError."""
-        with _gc_paused():
+        with gc_paused():
             dcgm, other = self._read()
             return self.builder.build_split(dcgm, self._other_samples(other))
