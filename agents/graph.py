@@ -66,7 +66,7 @@ def _note(state: IncidentState, deps: Deps, agent: Agent, text: str) -> list[Tim
 # durable commit, before any action reaches a tool, puts them on disk with it (see `AuditLog.append`).
 # Four fsyncs were most of the time from incident to first decision.
 _NARRATIVE = frozenset({"observation", "corroboration", "diagnosis", "plan", "llm_diagnosis", "llm_plan",
-                        "llm_investigation"})
+                        "llm_investigation", "related_runbooks"})
 
 
 def _audit(deps: Deps, state: IncidentState, kind: str, payload: dict[str, Any], key: str) -> None:
@@ -104,12 +104,20 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     primary = deps.runbooks.for_cause(finding.root_cause, finding.runbook_hint)
     if primary is not None:
         cited.append(primary.id)
+    related: str | None = None
     if finding.root_cause != "healthy" and finding.query:
-        # `unknown`: no label to filter by; the nearest runbooks by retrieval are what the person gets
-        scope = None if finding.root_cause == "unknown" else finding.root_cause
-        for rb, _score in deps.runbooks.search(finding.query, top_k=3, root_cause=scope):
-            if rb.id not in cited:
-                cited.append(rb.id)
+        if primary is not None and finding.root_cause != "unknown" and deps.llm is None:
+            # a known cause with its runbook: the plan needs nothing more, and the runbooks related to it
+            # are for the person reading the incident, so they are looked up after the first decision
+            # (`_relate`): a retrieval (an embedding and two searches) was most of the time to it
+            related = finding.query
+        else:
+            # `unknown`: no label to filter by; the nearest runbooks by retrieval are what the person gets
+            # (and what the model is shown, when one reasons)
+            scope = None if finding.root_cause == "unknown" else finding.root_cause
+            for rb, _score in deps.runbooks.search(finding.query, top_k=3, root_cause=scope):
+                if rb.id not in cited:
+                    cited.append(rb.id)
     diag = diagnostician.to_diagnosis(finding, cited)
     llm_note = ""
     if deps.llm is not None:  # optional: a validated proposal, else the deterministic diagnosis stands
@@ -121,9 +129,32 @@ def diagnose(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     text = (f"root cause {diag.root_cause} at {diag.resource} (confidence {diag.confidence:.2f}): {diag.summary}"
             + (f"; evidence: {evidence}" if evidence else "") + (f"; runbooks {', '.join(cited)}" if cited else "")
             + llm_note)
-    update: dict[str, Any] = {"diagnosis": diag, "timeline": _note(state, deps, "diagnostician", text)}
+    update: dict[str, Any] = {"diagnosis": diag, "timeline": _note(state, deps, "diagnostician", text),
+                              "related_query": related}
     if claims.groundless:
         update["escalation"] = f"unverified alert claim(s), nothing done on them: {claims.summary()}"
+    return update
+
+
+def _relate(state: IncidentState, deps: Deps) -> dict[str, Any]:
+    """The runbooks related to a known cause beyond its own (retrieval filtered to the cause), added to the
+    diagnosis once the first decision is made: what Slack, the console and the summary show. Nothing when
+    there is no pending lookup; the search is cached by the index and the audit entry keyed, so a re-run
+    repeats nothing."""
+    query, diag = state.related_query, state.diagnosis
+    if query is None or diag is None:
+        return {}
+    cited = list(diag.runbook_ids)
+    for rb, _score in deps.runbooks.search(query, top_k=3, root_cause=diag.root_cause):
+        if rb.id not in cited:
+            cited.append(rb.id)
+    update: dict[str, Any] = {"related_query": None}
+    if cited != diag.runbook_ids:
+        extra = cited[len(diag.runbook_ids):]
+        _audit(deps, state, "related_runbooks", {"root_cause": diag.root_cause, "runbook_ids": extra},
+               f"related_runbooks:{state.attempts}")
+        update["diagnosis"] = diag.model_copy(update={"runbook_ids": cited})
+        update["timeline"] = _note(state, deps, "diagnostician", f"related runbooks {', '.join(extra)}")
     return update
 
 
@@ -185,6 +216,7 @@ def govern(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
     elif decision.verdict == Verdict.deny:
         text += f"; {'; '.join(decision.reasons)}"
     update["timeline"] = _note(state, deps, "governor", text)
+    update.update(_relate(state.model_copy(update={"timeline": update["timeline"]}), deps))
     return update
 
 
@@ -336,8 +368,10 @@ def escalate(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:
             deps.history.append(HistoryEntry.of(page, res.at_s, state.incident.id))
         _audit(deps, state, "execution", res.model_dump(), "execution:escalate")
     _audit(deps, state, "escalation", {"reason": reason}, "escalation")
-    return {"outcome": "escalated", "escalation": reason, "results": results,
-            "timeline": _note(state, deps, "governor", f"escalated to a human: {reason}")}
+    update: dict[str, Any] = {"outcome": "escalated", "escalation": reason, "results": results,
+                              "timeline": _note(state, deps, "governor", f"escalated to a human: {reason}")}
+    update.update(_relate(state.model_copy(update={"timeline": update["timeline"]}), deps))
+    return update
 
 
 def resolved(state: IncidentState, runtime: Runtime[Deps]) -> dict[str, Any]:

@@ -56,6 +56,9 @@ class IncidentState(BaseModel):
     outcome: Outcome = "open"
     escalation: str | None = None
     timeline: list[TimelineEntry] = Field(default_factory=list)
+    # the query for the runbooks related to a known cause beyond its own, looked up once the first decision
+    # is made (`agents.graph._relate`); None when done or not needed
+    related_query: str | None = None
 
 
 class RunbookSource(Protocol):

@@ -123,6 +123,14 @@ class DiagnosisPayload(AuditPayload):
     source: str | None = None
 
 
+class RelatedRunbooksPayload(AuditPayload):
+    """The runbooks related to a known cause beyond its own, found after the first decision."""
+
+    KINDS = ("related_runbooks",)
+    root_cause: str = ""
+    runbook_ids: list[str] = Field(default_factory=list)
+
+
 class PlanPayload(AuditPayload):
     KINDS = ("plan",)
     steps: list[PlanStepRecord] = Field(default_factory=list)
@@ -247,9 +255,9 @@ class UnknownPayload(AuditPayload):
 MODELS: dict[str, type[AuditPayload]] = {
     kind: model
     for model in (ObservationPayload, ObservationRecordedPayload, CorroborationPayload, DiagnosisPayload,
-                  PlanPayload, DecisionPayload, LlmPayload, ApprovalRequestPayload, ApprovalDecisionPayload,
-                  ApprovalExpiredPayload, ExecutionPayload, VerificationPayload, EscalationPayload,
-                  ResolutionPayload, ChatPayload)
+                  RelatedRunbooksPayload, PlanPayload, DecisionPayload, LlmPayload, ApprovalRequestPayload,
+                  ApprovalDecisionPayload, ApprovalExpiredPayload, ExecutionPayload, VerificationPayload,
+                  EscalationPayload, ResolutionPayload, ChatPayload)
     for kind in model.KINDS
 }
 

@@ -384,3 +384,24 @@ def test_a_failed_verification_rediagnoses_up_to_the_deps_max_attempts(
     )
     runtime = Runtime(context=SimpleNamespace(max_attempts=max_attempts))
     assert _after_verify(state, runtime) == route  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ related runbooks after the decision
+
+
+def test_runbooks_related_to_a_known_cause_are_looked_up_after_the_first_decision(
+        scenario_raw: Callable[[str], Raw], tmp_path: Path) -> None:
+    # the plan needs only the cause's own runbook: the retrieval of the others is off the path to the
+    # first governed decision, and the diagnosis still ends with them (Slack, the console, the summary)
+    db = tmp_path / "opsmedic.db"
+    r = run_scenario(parse_scenario(xid79(scenario_raw)), db_path=db)
+    assert r.passed, r.failures
+    [inc] = r.incidents
+    with AuditLog(db) as log:
+        kinds = [e.kind for e in log.entries(incident_id=inc.id)]
+        [diag] = log.entries(incident_id=inc.id, kinds=["diagnosis"])
+        [related] = log.entries(incident_id=inc.id, kinds=["related_runbooks"])
+    assert kinds.index("diagnosis") < kinds.index("decision") < kinds.index("related_runbooks")
+    primary = diag.payload["runbook_ids"]
+    assert len(primary) == 1 and related.payload["runbook_ids"] and primary[0] not in related.payload["runbook_ids"]
+    assert any(f"related runbooks {related.payload['runbook_ids'][0]}" in line for line in inc.timeline)
