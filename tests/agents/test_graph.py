@@ -389,14 +389,42 @@ def test_a_failed_verification_rediagnoses_up_to_the_deps_max_attempts(
 # ------------------------------------------------------------------ related runbooks after the decision
 
 
+class _Hit:
+    def __init__(self, runbook: Any) -> None:
+        self.runbook, self.score = runbook, 1.0
+
+
+class _RecordingIndex:
+    """Every runbook of the cause, last first (so that the cause's own is not the only hit); records when
+    it was asked, against the audit log's length at the time."""
+
+    def __init__(self, db: Path) -> None:
+        from agents.runbook_source import RunbookCatalog
+
+        self.db, self.asked_at = db, []
+        self.catalog = RunbookCatalog.bundled()
+
+    def search(self, query: str, *, top_k: int = 3, root_cause: str | None = None) -> list[_Hit]:
+        with AuditLog(self.db) as log:
+            self.asked_at.append([e.kind for e in log.entries()])
+        return [_Hit(r) for r in reversed(self.catalog.all()) if root_cause in r.root_causes][:top_k]
+
+
 def test_runbooks_related_to_a_known_cause_are_looked_up_after_the_first_decision(
-        scenario_raw: Callable[[str], Raw], tmp_path: Path) -> None:
+        scenario_raw: Callable[[str], Raw], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the plan needs only the cause's own runbook: the retrieval of the others is off the path to the
     # first governed decision, and the diagnosis still ends with them (Slack, the console, the summary)
+    from agents import driver
+    from agents.runbook_source import RunbookCatalog
+
     db = tmp_path / "opsmedic.db"
-    r = run_scenario(parse_scenario(xid79(scenario_raw)), db_path=db)
+    index = _RecordingIndex(db)
+    monkeypatch.setattr(driver, "bundled_catalog", lambda settings=None: RunbookCatalog.bundled(index=index))
+    raw = xid79(scenario_raw)
+    r = run_scenario(parse_scenario(raw), db_path=db)
     assert r.passed, r.failures
     [inc] = r.incidents
+    assert index.asked_at and all("decision" in kinds for kinds in index.asked_at)  # never before it
     with AuditLog(db) as log:
         kinds = [e.kind for e in log.entries(incident_id=inc.id)]
         [diag] = log.entries(incident_id=inc.id, kinds=["diagnosis"])
