@@ -83,8 +83,9 @@ def live(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def _read_when_scraped(source: PrometheusSource, gpus: int) -> ClusterSnapshot:
     """`source`'s first read once Prometheus has scraped every GPU (waiting with a source of its own, so
-    that the read reports the XIDs in the counters, as a fresh builder does)."""
-    probe = PrometheusSource(source.url, timeout_s=10)
+    that the read reports the XIDs in the counters, as a fresh builder does). The probe reads through the
+    same selector: one job's scrape must not stand for the other's (the two jobs scrape independently)."""
+    probe = PrometheusSource(source.url, timeout_s=10, selector=source.selector)
 
     def ready() -> bool:
         try:
